@@ -1,0 +1,1246 @@
+//! The consensus state machine: `handle(now, event) -> actions`.
+//!
+//! It owns the protocol state of one validator (view, certificates, the block
+//! tree above the last commit, vote and timeout aggregation, checkpoints) and
+//! decides every message it signs. It must never perform I/O, read a clock,
+//! use randomness or block: time arrives as a value with each event, timers
+//! are requested as actions, and persistence, sending and execution are
+//! actions the driver performs in list order (persist before send).
+//!
+//! Line tags (`P1`, …) refer to the pseudocode in `docs/PROTOCOL.md`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use phalanx_crypto::{
+    Certificate, ChainId, Digest, KeyPair, ValidatorIndex, ValidatorSet, Verified,
+};
+
+use crate::safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
+use crate::types::{
+    Block, BlockHeader, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote, Height,
+    Message, Proposal, QuorumCert, Time, Timeout, TimeoutCert, TimeoutEntry, View, Vote,
+    genesis_qc,
+};
+use crate::verify::{MAX_SYNC_BLOCKS, VerifiedMessage};
+
+/// Decides whether a block payload may be voted for. The node checks
+/// transaction encoding and signatures; the simulator checks that payloads
+/// came from its clients. Must be pure and deterministic.
+pub trait PayloadValidator {
+    /// True if honest validators may vote for a block carrying `payload`.
+    fn is_valid(&self, payload: &[u8]) -> bool;
+}
+
+/// Accepts every payload.
+pub struct AcceptAll;
+
+impl PayloadValidator for AcceptAll {
+    fn is_valid(&self, _: &[u8]) -> bool {
+        true
+    }
+}
+
+/// Deliberately unsafe protocol variants, used only to show that the
+/// simulator's checkers catch real bugs.
+#[cfg(feature = "sim")]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Flaw {
+    /// Commit a block as soon as it is certified (one-chain rule).
+    CommitOnSingleQc,
+    /// Vote without the lock check of the vote rule (P7's certificate
+    /// condition): any block in a new view is acceptable.
+    VoteIgnoresLock,
+    /// Vote for every valid proposal, even twice in one view.
+    VoteTwiceInView,
+}
+
+/// Protocol parameters. Every validator of a chain must use the same values
+/// for `chain_id`, `validators`, `genesis_time_ms` and
+/// `checkpoint_interval`; the rest are local tuning.
+#[derive(Clone, Debug)]
+pub struct Config {
+    /// The chain's id, inside every signature.
+    pub chain_id: ChainId,
+    /// The validator set, in leader-rotation order.
+    pub validators: ValidatorSet,
+    /// Timestamp of the genesis block, ms.
+    pub genesis_time_ms: u64,
+    /// Committed blocks between checkpoints (K). Default 100.
+    pub checkpoint_interval: u64,
+    /// First view timeout, ms. Default 1000.
+    pub base_timeout_ms: u64,
+    /// Longest view timeout after backoff, ms. Default 30000.
+    pub max_timeout_ms: u64,
+    /// How far ahead of this validator's clock a block timestamp may be, ms.
+    /// Default 2000.
+    pub max_clock_skew_ms: u64,
+    /// Messages for views more than this far ahead are dropped, not
+    /// buffered. Default 64.
+    pub future_view_window: u64,
+    /// Largest block payload, bytes. Default 4 MiB.
+    pub max_payload_bytes: usize,
+    /// Blocks asked for in one sync request. Default 64.
+    pub sync_batch_blocks: u16,
+    /// Committed blocks kept in memory to answer peers' sync requests.
+    /// Default 256.
+    pub retained_blocks: u64,
+    /// A deliberately unsafe variant (simulator only).
+    #[cfg(feature = "sim")]
+    pub flaw: Option<Flaw>,
+}
+
+/// A configuration value that cannot be used.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+#[error("invalid consensus config `{key}`: {reason}")]
+pub struct ConfigError {
+    /// The offending key.
+    pub key: &'static str,
+    /// Why.
+    pub reason: String,
+}
+
+impl Config {
+    /// Defaults for everything but the chain's identity.
+    pub fn new(chain_id: ChainId, validators: ValidatorSet, genesis_time_ms: u64) -> Config {
+        Config {
+            chain_id,
+            validators,
+            genesis_time_ms,
+            checkpoint_interval: 100,
+            base_timeout_ms: 1000,
+            max_timeout_ms: 30_000,
+            max_clock_skew_ms: 2000,
+            future_view_window: 64,
+            max_payload_bytes: 4 * 1024 * 1024,
+            sync_batch_blocks: 64,
+            retained_blocks: 256,
+            #[cfg(feature = "sim")]
+            flaw: None,
+        }
+    }
+
+    /// Checks every value, naming the key that is wrong.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let err = |key, reason: &str| {
+            Err(ConfigError {
+                key,
+                reason: reason.into(),
+            })
+        };
+        if self.checkpoint_interval == 0 {
+            return err("checkpoint_interval", "must be at least 1");
+        }
+        if self.base_timeout_ms == 0 {
+            return err("base_timeout_ms", "must be at least 1");
+        }
+        if self.max_timeout_ms < self.base_timeout_ms {
+            return err("max_timeout_ms", "must be at least base_timeout_ms");
+        }
+        if self.future_view_window == 0 || self.future_view_window > 10_000 {
+            return err("future_view_window", "must be between 1 and 10000");
+        }
+        if self.max_payload_bytes == 0
+            || self.max_payload_bytes > crate::verify::MAX_MESSAGE_BYTES / 2
+        {
+            return err(
+                "max_payload_bytes",
+                "must be between 1 and half the message bound (8 MiB)",
+            );
+        }
+        if self.sync_batch_blocks == 0 || self.sync_batch_blocks as usize > MAX_SYNC_BLOCKS {
+            return err("sync_batch_blocks", "must be between 1 and 256");
+        }
+        if self.retained_blocks < self.checkpoint_interval {
+            return err("retained_blocks", "must be at least checkpoint_interval");
+        }
+        Ok(())
+    }
+
+    /// The leader of `view`: round robin over the validator set.
+    pub fn leader(&self, view: View) -> ValidatorIndex {
+        ValidatorIndex((view.0 % self.validators.len() as u64) as u16)
+    }
+}
+
+/// Inputs to the core.
+#[derive(Clone, Debug)]
+pub enum Event {
+    /// A verified message from validator `from` (the transport authenticated
+    /// the peer; `from` is used only to answer and to ask for blocks).
+    Message {
+        /// The sending peer.
+        from: ValidatorIndex,
+        /// The message.
+        msg: VerifiedMessage,
+    },
+    /// The timer set by [`Action::SetTimer`] for `view` fired.
+    TimerFired {
+        /// The view it was set for.
+        view: View,
+    },
+    /// The answer to [`Action::RequestPayload`].
+    PayloadReady {
+        /// The view it was requested for.
+        view: View,
+        /// The payload to propose.
+        payload: Vec<u8>,
+    },
+    /// A committed block was executed.
+    Executed {
+        /// Its height.
+        height: Height,
+        /// Its id.
+        block_id: Digest,
+        /// The state root after it.
+        state_root: Digest,
+    },
+}
+
+/// Conflicting signed messages of one validator: proof of misbehaviour.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Evidence {
+    /// The culprit.
+    pub signer: ValidatorIndex,
+    /// The view (or height, for checkpoint votes) both are for.
+    pub round: u64,
+    /// The first message seen.
+    pub first: Message,
+    /// The conflicting one.
+    pub second: Message,
+}
+
+/// Outputs of the core, to be performed in order.
+#[derive(Clone, Debug)]
+pub enum Action {
+    /// Write the safety state durably (synced) before doing anything later in
+    /// this list.
+    Persist(SafetyState),
+    /// Write an uncommitted block durably (with the safety state's sync, at
+    /// the latest). Emitted before the vote or proposal for it: a validator
+    /// that voted for a block must still have it after a crash, or a
+    /// certificate could exist for a block no honest validator can serve.
+    /// Blocks at or below a committed height may be deleted.
+    PersistBlock(Block),
+    /// Send to one validator.
+    Send {
+        /// Recipient.
+        to: ValidatorIndex,
+        /// Message.
+        msg: Message,
+    },
+    /// Send to every other validator.
+    Broadcast(Message),
+    /// Deliver [`Event::TimerFired`] for `view` at time `at` (replaces any
+    /// earlier timer).
+    SetTimer {
+        /// The view.
+        view: View,
+        /// When.
+        at: Time,
+    },
+    /// Deliver [`Event::PayloadReady`] for `view` with up to `max_bytes`.
+    RequestPayload {
+        /// The view this validator leads.
+        view: View,
+        /// Height of the block to be built.
+        height: Height,
+        /// Payload bound.
+        max_bytes: usize,
+    },
+    /// A block is final. Commits arrive in height order, each with the
+    /// certificate for that block; execute it and answer with
+    /// [`Event::Executed`].
+    Commit {
+        /// The block.
+        block: Block,
+        /// Its certificate.
+        cert: QuorumCert,
+    },
+    /// A new stable checkpoint.
+    StableCheckpoint(CheckpointCert),
+    /// Misbehaviour detected.
+    Evidence(Evidence),
+}
+
+/// Where a restarted validator resumes from: what its storage holds.
+#[derive(Clone, Debug)]
+pub struct Restore {
+    /// The safety state last persisted.
+    pub safety: SafetyState,
+    /// The last committed block and its certificate.
+    pub committed: (Block, QuorumCert),
+    /// The latest stable checkpoint, if any.
+    pub stable: Option<CheckpointCert>,
+    /// Uncommitted blocks persisted by [`Action::PersistBlock`].
+    pub blocks: Vec<Block>,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Kind {
+    Proposal,
+    Vote,
+    Timeout,
+    Checkpoint,
+}
+
+/// Most proposals held while their parent is fetched.
+const MAX_PENDING_PROPOSALS: usize = 8;
+/// Most blocks being fetched at once.
+const MAX_WANTED: usize = 64;
+
+/// Counters the node turns into metrics; the core has no metrics dependency.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Stats {
+    /// Messages dropped for a stale view.
+    pub stale_dropped: u64,
+    /// Messages dropped for a view beyond the window.
+    pub future_dropped: u64,
+    /// Proposals refused (wrong leader, bad block, bad payload, bad time).
+    pub proposals_refused: u64,
+    /// Local view timeouts.
+    pub timeouts: u64,
+    /// Certified chains seen that conflict with this validator's commits.
+    pub conflicting_commits: u64,
+}
+
+/// One validator's consensus state machine.
+pub struct Core {
+    cfg: Config,
+    key: KeyPair,
+    me: ValidatorIndex,
+    payload_check: Box<dyn PayloadValidator>,
+    safety: SafetyState,
+    view: View,
+    high_tc: Option<TimeoutCert>,
+    failures: u32,
+    blocks: BTreeMap<Digest, Block>,
+    qcs: BTreeMap<Digest, QuorumCert>,
+    committed: (Height, Digest),
+    committed_ids: BTreeMap<Height, Digest>,
+    votes: BTreeMap<View, BTreeMap<ValidatorIndex, Verified<Vote>>>,
+    timeouts: BTreeMap<View, BTreeMap<ValidatorIndex, Verified<Timeout>>>,
+    seen: BTreeMap<(u64, Kind, ValidatorIndex), (Digest, Message)>,
+    reported: BTreeSet<(u64, Kind, ValidatorIndex)>,
+    pending: BTreeMap<View, Verified<Proposal>>,
+    wanted: BTreeMap<Digest, View>,
+    pending_commit: Option<Digest>,
+    awaiting_payload: Option<View>,
+    executed: BTreeMap<Height, (Digest, Digest)>,
+    checkpoint_votes: BTreeMap<Height, BTreeMap<ValidatorIndex, Verified<CheckpointVote>>>,
+    stable: Option<CheckpointCert>,
+    stats: Stats,
+    now: Time,
+    out: Vec<Action>,
+}
+
+impl Core {
+    /// A validator starting at genesis. The returned actions set the first
+    /// timer (and, for the first leader, request a payload).
+    pub fn new(
+        cfg: Config,
+        key: KeyPair,
+        payload_check: Box<dyn PayloadValidator>,
+        now: Time,
+    ) -> Result<(Core, Vec<Action>), ConfigError> {
+        let genesis = Block::genesis(&cfg.chain_id, cfg.genesis_time_ms);
+        let qc = genesis_qc(&genesis);
+        let restore = Restore {
+            safety: SafetyState::initial(qc.clone()),
+            committed: (genesis, qc),
+            stable: None,
+            blocks: vec![],
+        };
+        Core::restore(cfg, key, payload_check, restore, now)
+    }
+
+    /// A validator resuming from its persisted state.
+    pub fn restore(
+        cfg: Config,
+        key: KeyPair,
+        payload_check: Box<dyn PayloadValidator>,
+        restore: Restore,
+        now: Time,
+    ) -> Result<(Core, Vec<Action>), ConfigError> {
+        cfg.validate()?;
+        let me = cfg
+            .validators
+            .index_of(&key.public())
+            .ok_or_else(|| ConfigError {
+                key: "validator_key",
+                reason: format!("key {} is not in the validator set", key.public()),
+            })?;
+        let (block, cert) = restore.committed;
+        let committed = (block.height(), block.id());
+        let mut core = Core {
+            me,
+            key,
+            payload_check,
+            view: View(0),
+            high_tc: restore.safety.high_tc.clone(),
+            failures: 0,
+            blocks: BTreeMap::new(),
+            qcs: BTreeMap::new(),
+            committed,
+            committed_ids: BTreeMap::new(),
+            votes: BTreeMap::new(),
+            timeouts: BTreeMap::new(),
+            seen: BTreeMap::new(),
+            reported: BTreeSet::new(),
+            pending: BTreeMap::new(),
+            wanted: BTreeMap::new(),
+            pending_commit: None,
+            awaiting_payload: None,
+            executed: BTreeMap::new(),
+            checkpoint_votes: BTreeMap::new(),
+            stable: restore.stable,
+            stats: Stats::default(),
+            now,
+            out: Vec::new(),
+            safety: restore.safety,
+            cfg,
+        };
+        core.committed_ids.insert(committed.0, committed.1);
+        core.qcs.insert(committed.1, cert);
+        core.blocks.insert(committed.1, block);
+        for b in restore.blocks {
+            if b.height() > committed.0 {
+                core.insert_block(b);
+            }
+        }
+        // Resume in the last view this validator signed in (where it can
+        // only re-send what it stored: it never votes there again), or after
+        // its highest certificate. Not beyond: a validator that jumps ahead
+        // alone, without a certificate to show, strands itself.
+        let start = core
+            .safety
+            .last_voted_view
+            .max(core.safety.last_proposed_view)
+            .max(core.safety.high_qc.payload.view.next());
+        core.enter_view(start, false);
+        let actions = std::mem::take(&mut core.out);
+        Ok((core, actions))
+    }
+
+    /// Handles one event at time `now` and returns the actions to perform,
+    /// in order.
+    pub fn handle(&mut self, now: Time, event: Event) -> Vec<Action> {
+        // Time never goes backwards inside the core even if the driver's
+        // clock does.
+        self.now = self.now.max(now);
+        match event {
+            Event::Message { from, msg } => self.on_message(from, msg),
+            Event::TimerFired { view } => {
+                if view == self.view {
+                    self.local_timeout();
+                }
+            }
+            Event::PayloadReady { view, payload } => self.on_payload(view, payload),
+            Event::Executed {
+                height,
+                block_id,
+                state_root,
+            } => self.on_executed(height, block_id, state_root),
+        }
+        std::mem::take(&mut self.out)
+    }
+
+    /// The current view.
+    pub fn view(&self) -> View {
+        self.view
+    }
+
+    /// This validator's index.
+    pub fn index(&self) -> ValidatorIndex {
+        self.me
+    }
+
+    /// Height and id of the last committed block.
+    pub fn committed(&self) -> (Height, Digest) {
+        self.committed
+    }
+
+    /// The safety state as last handed out for persistence (or restored).
+    pub fn safety(&self) -> &SafetyState {
+        &self.safety
+    }
+
+    /// The latest stable checkpoint.
+    pub fn stable_checkpoint(&self) -> Option<&CheckpointCert> {
+        self.stable.as_ref()
+    }
+
+    /// Counters for metrics.
+    pub fn stats(&self) -> &Stats {
+        &self.stats
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &Config {
+        &self.cfg
+    }
+
+    #[cfg(feature = "sim")]
+    fn flaw(&self, f: Flaw) -> bool {
+        self.cfg.flaw == Some(f)
+    }
+
+    // ----- views and timers --------------------------------------------
+
+    /// P1: enter `view`, arm its timer, and propose if leading.
+    fn enter_view(&mut self, view: View, progress: bool) {
+        if view <= self.view {
+            return;
+        }
+        self.view = view;
+        if progress {
+            self.failures = 0;
+        }
+        self.awaiting_payload = None;
+        let ms = view_timeout_ms(
+            self.cfg.base_timeout_ms,
+            self.cfg.max_timeout_ms,
+            self.failures,
+        );
+        self.out.push(Action::SetTimer {
+            view,
+            at: self.now.plus_ms(ms),
+        });
+        // Aggregation state for views the protocol has moved past is useless:
+        // keep the previous view's votes (its certificate may still form).
+        let keep_from = View(view.0.saturating_sub(1));
+        self.votes = self.votes.split_off(&keep_from);
+        self.timeouts = self.timeouts.split_off(&keep_from);
+        let evidence_from = view.0.saturating_sub(2 * self.cfg.future_view_window);
+        self.seen.retain(|(round, kind, _), _| {
+            *kind == Kind::Checkpoint || *round >= evidence_from
+        });
+        self.reported.retain(|(round, kind, _)| {
+            *kind == Kind::Checkpoint || *round >= evidence_from
+        });
+        self.pending = self.pending.split_off(&view);
+        self.maybe_propose();
+        self.retry_pending();
+    }
+
+    /// P14: the view's timer fired: sign (or re-send) a timeout for it and
+    /// back off.
+    fn local_timeout(&mut self) {
+        let view = self.view;
+        self.stats.timeouts += 1;
+        self.failures = self.failures.saturating_add(1);
+        self.send_timeout(view);
+        let ms = view_timeout_ms(
+            self.cfg.base_timeout_ms,
+            self.cfg.max_timeout_ms,
+            self.failures,
+        );
+        self.out.push(Action::SetTimer {
+            view,
+            at: self.now.plus_ms(ms),
+        });
+        // Ask again for blocks still missing, from another peer.
+        let wanted: Vec<Digest> = self.wanted.keys().copied().collect();
+        for (i, id) in wanted.into_iter().enumerate() {
+            let peer = ValidatorIndex(
+                ((self.me.0 as u64 + 1 + view.0 + i as u64) % self.cfg.validators.len() as u64)
+                    as u16,
+            );
+            self.request_block(id, peer, true);
+        }
+    }
+
+    fn send_timeout(&mut self, view: View) {
+        if let Some(t) = &self.safety.last_timeout
+            && t.payload.view == view
+        {
+            // A re-request for the same view re-sends the stored message
+            // (same signature), with the current highest TC attached.
+            let mut t = t.clone();
+            t.payload.high_tc = self.high_tc.clone();
+            let msg = Message::Timeout(t);
+            self.out.push(Action::Broadcast(msg));
+            return;
+        }
+        if self.safety.last_voted_view > view {
+            return;
+        }
+        let timeout = Timeout {
+            view,
+            high_qc: self.safety.high_qc.clone(),
+            high_tc: self.high_tc.clone(),
+        };
+        let signed = Verified::sign(&self.key, self.me, &self.cfg.chain_id, timeout);
+        // P14: no vote in this view after timing out in it.
+        self.safety.last_voted_view = view;
+        self.safety.last_timeout = Some(signed.signed().clone());
+        self.persist();
+        self.out
+            .push(Action::Broadcast(Message::Timeout(signed.signed().clone())));
+        self.on_timeout_msg(signed);
+    }
+
+    // ----- proposing ----------------------------------------------------
+
+    /// P2: the leader asks for a payload once it can justify its view.
+    fn maybe_propose(&mut self) {
+        let view = self.view;
+        if self.cfg.leader(view) != self.me
+            || self.safety.last_proposed_view >= view
+            || self.awaiting_payload == Some(view)
+        {
+            return;
+        }
+        let qc = &self.safety.high_qc;
+        let justified = qc.payload.view.next() == view
+            || self.high_tc.as_ref().is_some_and(|tc| tc.view.next() == view);
+        if !justified {
+            return;
+        }
+        let parent_id = qc.payload.block_id;
+        let Some(parent) = self.blocks.get(&parent_id) else {
+            let from = self.cfg.leader(qc.payload.view.next());
+            self.request_block(parent_id, from, false);
+            return;
+        };
+        self.awaiting_payload = Some(view);
+        self.out.push(Action::RequestPayload {
+            view,
+            height: parent.height().next(),
+            max_bytes: self.cfg.max_payload_bytes,
+        });
+    }
+
+    /// P3: build, sign, persist and broadcast the proposal.
+    fn on_payload(&mut self, view: View, payload: Vec<u8>) {
+        if self.awaiting_payload != Some(view) || view != self.view {
+            return;
+        }
+        self.awaiting_payload = None;
+        if payload.len() > self.cfg.max_payload_bytes {
+            return;
+        }
+        let qc = self.safety.high_qc.clone();
+        let Some(parent) = self.blocks.get(&qc.payload.block_id) else {
+            return;
+        };
+        let tc = if qc.payload.view.next() == view {
+            None
+        } else {
+            self.high_tc.clone().filter(|tc| tc.view.next() == view)
+        };
+        let block = Block {
+            header: BlockHeader {
+                parent: parent.id(),
+                height: parent.height().next(),
+                view,
+                proposer: self.me,
+                timestamp_ms: self.now.0.max(parent.header.timestamp_ms + 1),
+                payload_digest: Digest::of(&payload),
+                justify: qc,
+            },
+            payload,
+        };
+        let signed = Verified::sign(
+            &self.key,
+            self.me,
+            &self.cfg.chain_id,
+            Proposal { block, tc },
+        );
+        self.safety.last_proposed_view = view;
+        self.persist();
+        self.out
+            .push(Action::Broadcast(Message::Proposal(signed.signed().clone())));
+        self.on_proposal(self.me, signed);
+    }
+
+    // ----- messages -------------------------------------------------------
+
+    fn on_message(&mut self, from: ValidatorIndex, msg: VerifiedMessage) {
+        match msg {
+            VerifiedMessage::Proposal(p) => self.on_proposal(from, p),
+            VerifiedMessage::Vote(v) => self.on_vote(v),
+            VerifiedMessage::Timeout(t) => self.on_timeout_msg(t),
+            VerifiedMessage::Checkpoint(c) => self.on_checkpoint_vote(c),
+            VerifiedMessage::BlockRequest(r) => self.on_block_request(from, r),
+            VerifiedMessage::BlockResponse(b) => self.on_blocks(from, b.blocks()),
+        }
+    }
+
+    /// True if `view` is inside the window this validator accepts.
+    fn in_window(&mut self, view: View) -> bool {
+        if view.0 > self.view.0.saturating_add(self.cfg.future_view_window) {
+            self.stats.future_dropped += 1;
+            return false;
+        }
+        true
+    }
+
+    /// Records a signed message for equivocation detection (P16).
+    fn observe_signed(&mut self, round: u64, kind: Kind, signer: ValidatorIndex, msg: Message) {
+        let content = match &msg {
+            Message::Proposal(p) => Digest::of(&phalanx_crypto::SignedPayload::signed_bytes(
+                &p.payload,
+            )),
+            Message::Vote(v) => Digest::of(&phalanx_crypto::encode(&v.payload)),
+            Message::Timeout(t) => {
+                Digest::of(&phalanx_crypto::SignedPayload::signed_bytes(&t.payload))
+            }
+            Message::Checkpoint(c) => Digest::of(&phalanx_crypto::encode(&c.payload)),
+            _ => return,
+        };
+        let key = (round, kind, signer);
+        match self.seen.get(&key) {
+            None => {
+                self.seen.insert(key, (content, msg));
+            }
+            Some((first, first_msg)) if *first != content => {
+                if self.reported.insert(key) {
+                    self.out.push(Action::Evidence(Evidence {
+                        signer,
+                        round,
+                        first: first_msg.clone(),
+                        second: msg,
+                    }));
+                }
+            }
+            Some(_) => {}
+        }
+    }
+
+    /// P5–P8: a proposal.
+    fn on_proposal(&mut self, from: ValidatorIndex, p: Verified<Proposal>) {
+        let block = &p.payload.block;
+        let view = block.view();
+        if !self.in_window(view) {
+            return;
+        }
+        if p.signer != self.cfg.leader(view) {
+            self.stats.proposals_refused += 1;
+            return;
+        }
+        self.observe_signed(
+            view.0,
+            Kind::Proposal,
+            p.signer,
+            Message::Proposal(p.signed().clone()),
+        );
+        // Certificates are verified facts whatever the proposal's fate.
+        self.observe_qc(block.header.justify.clone(), from);
+        if let Some(tc) = &p.payload.tc {
+            self.observe_tc(tc.clone(), from);
+        }
+        if view < self.view {
+            self.stats.stale_dropped += 1;
+            return;
+        }
+        if view > self.view {
+            // Not justified by what it carries: nothing to do yet.
+            return;
+        }
+        let parent_id = block.header.justify.payload.block_id;
+        let Some(parent) = self.blocks.get(&parent_id) else {
+            if self.pending.len() < MAX_PENDING_PROPOSALS {
+                self.pending.insert(view, p);
+            }
+            self.request_block(parent_id, from, false);
+            return;
+        };
+        // P6: the block must be well formed relative to its parent.
+        let h = &block.header;
+        let well_formed = h.parent == parent_id
+            && h.height == parent.height().next()
+            && h.timestamp_ms > parent.header.timestamp_ms
+            && h.timestamp_ms <= self.now.0.saturating_add(self.cfg.max_clock_skew_ms)
+            && block.payload.len() <= self.cfg.max_payload_bytes
+            && self.payload_check.is_valid(&block.payload);
+        if !well_formed {
+            self.stats.proposals_refused += 1;
+            return;
+        }
+        let block = block.clone();
+        let id = self.insert_block(block.clone());
+        self.out.push(Action::PersistBlock(block.clone()));
+        self.try_vote(&block, id, p.payload.tc.as_ref());
+    }
+
+    /// P7–P8: vote if the safety rules allow, persisting first.
+    fn try_vote(&mut self, block: &Block, id: Digest, tc: Option<&TimeoutCert>) {
+        let view = block.view();
+        let vote = Vote {
+            view,
+            height: block.height(),
+            block_id: id,
+        };
+        let next_leader = self.cfg.leader(view.next());
+        if let Some(last) = &self.safety.last_vote
+            && last.payload == vote
+        {
+            // A re-request for the same view re-sends the stored vote.
+            let msg = Message::Vote(last.clone());
+            self.send_to(next_leader, msg);
+            return;
+        }
+        #[cfg(feature = "sim")]
+        let allowed = if self.flaw(Flaw::VoteIgnoresLock) {
+            view > self.safety.last_voted_view
+        } else if self.flaw(Flaw::VoteTwiceInView) {
+            view >= self.safety.last_voted_view
+                && self.safety.last_timeout.as_ref().map(|t| t.payload.view) != Some(view)
+        } else {
+            safe_to_vote(self.safety.last_voted_view, block, tc)
+        };
+        #[cfg(not(feature = "sim"))]
+        let allowed = safe_to_vote(self.safety.last_voted_view, block, tc);
+        if !allowed {
+            return;
+        }
+        let signed = Verified::sign(&self.key, self.me, &self.cfg.chain_id, vote);
+        self.safety.last_voted_view = view;
+        self.safety.last_vote = Some(signed.signed().clone());
+        self.persist();
+        if next_leader == self.me {
+            self.on_vote(signed);
+        } else {
+            self.out.push(Action::Send {
+                to: next_leader,
+                msg: Message::Vote(signed.signed().clone()),
+            });
+        }
+    }
+
+    /// Hands the safety state out for durable storage; everything pushed
+    /// after this in the action list depends on it.
+    fn persist(&mut self) {
+        self.safety.high_tc = self.high_tc.clone();
+        self.out.push(Action::Persist(self.safety.clone()));
+    }
+
+    fn send_to(&mut self, to: ValidatorIndex, msg: Message) {
+        if to != self.me {
+            self.out.push(Action::Send { to, msg });
+        }
+    }
+
+    /// P9: the next leader aggregates votes into a certificate.
+    fn on_vote(&mut self, v: Verified<Vote>) {
+        let view = v.payload.view;
+        if !self.in_window(view) {
+            return;
+        }
+        self.observe_signed(view.0, Kind::Vote, v.signer, Message::Vote(v.signed().clone()));
+        if view.next() < self.view {
+            self.stats.stale_dropped += 1;
+            return;
+        }
+        if self.cfg.leader(view.next()) != self.me {
+            return;
+        }
+        let quorum = self.cfg.validators.quorum();
+        let for_view = self.votes.entry(view).or_default();
+        // One vote per signer per view: an equivocating second vote is
+        // evidence (above), never counted.
+        if for_view.contains_key(&v.signer) {
+            return;
+        }
+        let block_id = v.payload.block_id;
+        for_view.insert(v.signer, v);
+        let same: Vec<Verified<Vote>> = for_view
+            .values()
+            .filter(|x| x.payload.block_id == block_id)
+            .cloned()
+            .collect();
+        if same.len() == quorum {
+            match Certificate::aggregate(&same, &self.cfg.validators) {
+                Ok(qc) => self.observe_qc(qc, self.me),
+                // Unreachable with verified, distinct, equal votes; refusing
+                // is the safe outcome if it ever happens.
+                Err(_) => debug_assert!(false, "aggregating verified votes failed"),
+            }
+        }
+    }
+
+    /// P13: a timeout from a peer (or this validator).
+    fn on_timeout_msg(&mut self, t: Verified<Timeout>) {
+        let view = t.payload.view;
+        if !self.in_window(view) {
+            return;
+        }
+        self.observe_signed(
+            view.0,
+            Kind::Timeout,
+            t.signer,
+            Message::Timeout(t.signed().clone()),
+        );
+        self.observe_qc(t.payload.high_qc.clone(), t.signer);
+        if let Some(tc) = &t.payload.high_tc {
+            self.observe_tc(tc.clone(), t.signer);
+        }
+        if view < self.view {
+            self.stats.stale_dropped += 1;
+            return;
+        }
+        let set = self.timeouts.entry(view).or_default();
+        if set.contains_key(&t.signer) {
+            return;
+        }
+        set.insert(t.signer, t);
+        let count = set.len();
+        // P13: f+1 timeouts mean at least one honest validator gave up on
+        // this view; join them so a certificate can form.
+        if count >= self.cfg.validators.one_honest() && view >= self.view {
+            let already = self
+                .safety
+                .last_timeout
+                .as_ref()
+                .is_some_and(|t| t.payload.view >= view);
+            if !already {
+                self.enter_view(view, false);
+                if self.view == view {
+                    self.send_timeout(view);
+                }
+            }
+        }
+        if count >= self.cfg.validators.quorum()
+            && self.high_tc.as_ref().is_none_or(|tc| tc.view < view)
+            && let Some(tc) = self.build_tc(view)
+        {
+            self.observe_tc(tc, self.me);
+        }
+    }
+
+    fn build_tc(&self, view: View) -> Option<TimeoutCert> {
+        let set = self.timeouts.get(&view)?;
+        let high_qc = set
+            .values()
+            .map(|t| &t.payload.high_qc)
+            .max_by_key(|qc| qc.payload.view)?
+            .clone();
+        let entries = set
+            .values()
+            .map(|t| TimeoutEntry {
+                signer: t.signer,
+                high_qc_view: t.payload.high_qc.payload.view,
+                signature: t.signature,
+            })
+            .collect();
+        Some(TimeoutCert {
+            view,
+            entries,
+            high_qc,
+        })
+    }
+
+    /// P10: a verified certificate: raise the high certificate, move to the
+    /// next view, and commit what the two-chain rule allows.
+    fn observe_qc(&mut self, qc: QuorumCert, from: ValidatorIndex) {
+        let id = qc.payload.block_id;
+        let view = qc.payload.view;
+        if view > self.safety.high_qc.payload.view {
+            // Persisted with the next vote or timeout, before it matters.
+            self.safety.high_qc = qc.clone();
+        }
+        if !self.qcs.contains_key(&id) && qc.payload.height > self.committed.0 {
+            self.qcs.insert(id, qc);
+        }
+        if view >= self.view {
+            self.enter_view(view.next(), true);
+        }
+        self.try_commit_via(id, from);
+    }
+
+    /// P11: a timeout certificate moves everyone to the next view.
+    fn observe_tc(&mut self, tc: TimeoutCert, from: ValidatorIndex) {
+        let view = tc.view;
+        self.observe_qc(tc.high_qc.clone(), from);
+        if self.high_tc.as_ref().is_none_or(|t| t.view < view) {
+            self.high_tc = Some(tc);
+        }
+        if view >= self.view {
+            self.enter_view(view.next(), false);
+        }
+        self.maybe_propose();
+    }
+
+    // ----- commit ---------------------------------------------------------
+
+    /// P12: if the certified block `id` directly follows its parent's view,
+    /// the parent is committed (with all its uncommitted ancestors).
+    fn try_commit_via(&mut self, id: Digest, from: ValidatorIndex) {
+        let Some(b) = self.blocks.get(&id) else {
+            if self
+                .qcs
+                .get(&id)
+                .is_some_and(|qc| qc.payload.height > self.committed.0)
+            {
+                self.request_block(id, from, false);
+            }
+            return;
+        };
+        #[cfg(feature = "sim")]
+        if self.flaw(Flaw::CommitOnSingleQc) {
+            self.commit_chain(id, from);
+            return;
+        }
+        if commits_parent(b) {
+            let parent = b.header.justify.payload.block_id;
+            self.commit_chain(parent, from);
+        }
+    }
+
+    fn commit_chain(&mut self, target: Digest, from: ValidatorIndex) {
+        let Some(t) = self.blocks.get(&target) else {
+            self.pending_commit = Some(target);
+            self.request_block(target, from, false);
+            return;
+        };
+        if t.height() <= self.committed.0 {
+            if self.committed_ids.get(&t.height()) != Some(&target) {
+                self.stats.conflicting_commits += 1;
+            }
+            return;
+        }
+        // Walk down to the last committed block.
+        let mut chain = Vec::new();
+        let mut cur = target;
+        loop {
+            let Some(b) = self.blocks.get(&cur) else {
+                self.pending_commit = Some(target);
+                self.request_block(cur, from, false);
+                return;
+            };
+            if b.height() == self.committed.0 {
+                if cur != self.committed.1 {
+                    // A certified chain that forks below our commit: more
+                    // than f validators are faulty. Never commit it.
+                    self.stats.conflicting_commits += 1;
+                    return;
+                }
+                break;
+            }
+            chain.push(cur);
+            cur = b.header.parent;
+        }
+        self.pending_commit = None;
+        for id in chain.into_iter().rev() {
+            let Some(block) = self.blocks.get(&id).cloned() else {
+                return;
+            };
+            let Some(cert) = self.qcs.get(&id).cloned() else {
+                // Every block on a certified chain has its certificate in its
+                // child's header, recorded on insert.
+                debug_assert!(false, "committed block without certificate");
+                return;
+            };
+            debug_assert_eq!(block.height(), self.committed.0.next());
+            self.committed = (block.height(), id);
+            self.committed_ids.insert(block.height(), id);
+            self.out.push(Action::Commit { block, cert });
+        }
+        self.prune();
+    }
+
+    /// Drops blocks that can no longer matter: forks below the commit, and
+    /// committed blocks older than the retention window.
+    fn prune(&mut self) {
+        let (h, _) = self.committed;
+        let keep_from = Height(h.0.saturating_sub(self.cfg.retained_blocks));
+        let committed_ids = &self.committed_ids;
+        self.blocks.retain(|id, b| {
+            b.height() > h
+                || (b.height() >= keep_from && committed_ids.get(&b.height()) == Some(id))
+        });
+        let blocks = &self.blocks;
+        self.qcs.retain(|id, _| blocks.contains_key(id));
+        self.committed_ids = self.committed_ids.split_off(&keep_from);
+        self.wanted.retain(|id, _| !blocks.contains_key(id));
+    }
+
+    // ----- block sync -----------------------------------------------------
+
+    fn request_block(&mut self, id: Digest, peer: ValidatorIndex, retry: bool) {
+        if self.blocks.contains_key(&id) {
+            return;
+        }
+        match self.wanted.get(&id) {
+            Some(v) if *v == self.view && !retry => return,
+            None if self.wanted.len() >= MAX_WANTED => return,
+            _ => {}
+        }
+        self.wanted.insert(id, self.view);
+        let peer = if peer == self.me {
+            self.cfg.leader(self.view)
+        } else {
+            peer
+        };
+        self.send_to(
+            peer,
+            Message::BlockRequest(BlockRequest {
+                id,
+                count: self.cfg.sync_batch_blocks,
+            }),
+        );
+    }
+
+    fn on_block_request(&mut self, from: ValidatorIndex, r: BlockRequest) {
+        let mut blocks = Vec::new();
+        let mut cur = r.id;
+        let count = (r.count as usize).min(MAX_SYNC_BLOCKS);
+        let mut bytes = 0usize;
+        while blocks.len() < count {
+            // Every validator has genesis; it is never sent.
+            let Some(b) = self.blocks.get(&cur).filter(|b| b.height().0 > 0) else {
+                break;
+            };
+            bytes += b.payload.len() + 512;
+            if bytes > crate::verify::MAX_MESSAGE_BYTES / 2 && !blocks.is_empty() {
+                break;
+            }
+            blocks.push(b.clone());
+            cur = b.header.parent;
+        }
+        if !blocks.is_empty() {
+            self.send_to(from, Message::BlockResponse(BlockResponse { blocks }));
+        }
+    }
+
+    /// Inserts fetched blocks that were asked for (directly, or as the parent
+    /// of one that was), then retries whatever waited for them.
+    fn on_blocks(&mut self, from: ValidatorIndex, blocks: &[Block]) {
+        let mut added = false;
+        for b in blocks {
+            let id = b.id();
+            if self.wanted.remove(&id).is_none() {
+                continue;
+            }
+            if b.height() <= self.committed.0 {
+                continue;
+            }
+            let parent = b.header.parent;
+            self.insert_block(b.clone());
+            self.out.push(Action::PersistBlock(b.clone()));
+            added = true;
+            if !self.blocks.contains_key(&parent) && b.height().0 > self.committed.0.0 + 1 {
+                if self.wanted.len() < MAX_WANTED {
+                    self.wanted.insert(parent, View(0));
+                }
+            }
+        }
+        if !added {
+            return;
+        }
+        // Any parent still missing is asked for from the same peer.
+        let missing: Vec<Digest> = self
+            .wanted
+            .iter()
+            .filter(|(_, v)| **v == View(0))
+            .map(|(id, _)| *id)
+            .collect();
+        for id in missing {
+            self.wanted.remove(&id);
+            self.request_block(id, from, false);
+        }
+        if let Some(target) = self.pending_commit {
+            self.commit_chain(target, from);
+        }
+        let certified: Vec<Digest> = self
+            .qcs
+            .keys()
+            .copied()
+            .filter(|id| self.blocks.contains_key(id))
+            .collect();
+        for id in certified {
+            self.try_commit_via(id, from);
+        }
+        self.maybe_propose();
+        self.retry_pending();
+    }
+
+    fn insert_block(&mut self, b: Block) -> Digest {
+        let id = b.id();
+        let justify = b.header.justify.clone();
+        if justify.payload.height > self.committed.0 || justify.payload.height.0 == 0 {
+            self.qcs.entry(justify.payload.block_id).or_insert(justify);
+        }
+        self.blocks.insert(id, b);
+        id
+    }
+
+    fn retry_pending(&mut self) {
+        if let Some(p) = self.pending.remove(&self.view) {
+            let parent = p.payload.block.header.justify.payload.block_id;
+            if self.blocks.contains_key(&parent) {
+                let from = p.signer;
+                self.on_proposal(from, p);
+            } else {
+                self.pending.insert(self.view, p);
+            }
+        }
+    }
+
+    // ----- checkpoints ----------------------------------------------------
+
+    /// P17: after executing a checkpoint height, sign (height, block, root).
+    fn on_executed(&mut self, height: Height, block_id: Digest, state_root: Digest) {
+        let k = self.cfg.checkpoint_interval;
+        self.executed.insert(height, (block_id, state_root));
+        let stable_h = self.stable.as_ref().map_or(0, |c| c.payload.height.0);
+        self.executed = self.executed.split_off(&Height(stable_h));
+        if height.0 == 0 || height.0 % k != 0 || height.0 <= stable_h {
+            return;
+        }
+        let vote = CheckpointVote {
+            height,
+            block_id,
+            state_root,
+        };
+        let signed = Verified::sign(&self.key, self.me, &self.cfg.chain_id, vote);
+        self.out
+            .push(Action::Broadcast(Message::Checkpoint(signed.signed().clone())));
+        self.on_checkpoint_vote(signed);
+    }
+
+    /// P18: a quorum of equal checkpoint votes is a stable checkpoint.
+    fn on_checkpoint_vote(&mut self, c: Verified<CheckpointVote>) {
+        let k = self.cfg.checkpoint_interval;
+        let h = c.payload.height;
+        let stable_h = self.stable.as_ref().map_or(0, |c| c.payload.height.0);
+        // Bounded: only checkpoint heights above the stable one and within
+        // the future window's worth of checkpoints.
+        let horizon = self
+            .committed
+            .0
+            .0
+            .saturating_add(k.saturating_mul(self.cfg.future_view_window));
+        if h.0 == 0 || h.0 % k != 0 || h.0 <= stable_h || h.0 > horizon {
+            return;
+        }
+        self.observe_signed(
+            h.0,
+            Kind::Checkpoint,
+            c.signer,
+            Message::Checkpoint(c.signed().clone()),
+        );
+        let votes = self.checkpoint_votes.entry(h).or_default();
+        if votes.contains_key(&c.signer) {
+            return;
+        }
+        let payload = c.payload;
+        votes.insert(c.signer, c);
+        let same: Vec<_> = votes
+            .values()
+            .filter(|v| v.payload == payload)
+            .cloned()
+            .collect();
+        if same.len() < self.cfg.validators.quorum() {
+            return;
+        }
+        let Ok(cert) = Certificate::aggregate(&same, &self.cfg.validators) else {
+            return;
+        };
+        self.checkpoint_votes = self.checkpoint_votes.split_off(&h.next());
+        self.seen
+            .retain(|(round, kind, _), _| *kind != Kind::Checkpoint || *round > h.0);
+        self.stable = Some(cert.clone());
+        self.out.push(Action::StableCheckpoint(cert));
+    }
+}

@@ -1,0 +1,47 @@
+//! The Phalanx consensus core.
+//!
+//! A chained two-phase BFT protocol in the HotStuff-2 / Jolteon family, as a
+//! pure, deterministic, synchronous state machine: [`Core::handle`] takes an
+//! [`Event`] and the current time as a value and returns [`Action`]s. The
+//! core holds the validator's key and signs its own messages (ed25519
+//! signing is deterministic), but does no I/O, reads no clock and uses no
+//! randomness; the node and the simulator drive it identically.
+//!
+//! * Happy path: the leader of view `v` proposes a block extending the
+//!   certificate of view `v-1`; validators vote to the leader of `v+1`, whose
+//!   certificate both starts view `v+1` and, when two certified blocks sit in
+//!   consecutive views, commits the first (two-chain rule). One block per
+//!   round trip (pipelining).
+//! * View change: a validator whose timer fires broadcasts a signed timeout
+//!   carrying its highest certificate; a quorum forms a timeout certificate
+//!   that moves everyone on; timers back off exponentially over consecutive
+//!   failed views.
+//! * Checkpoints: every K committed blocks, validators sign (height, block,
+//!   state root); a quorum is a stable checkpoint.
+//!
+//! Signatures are checked at the edge by [`Verifier`]; the core accepts only
+//! [`VerifiedMessage`]s. The full protocol with pseudocode and proofs is in
+//! `docs/PROTOCOL.md`.
+
+mod core;
+mod safety;
+#[cfg(feature = "sim")]
+pub mod sim;
+mod types;
+mod verify;
+
+#[cfg(feature = "sim")]
+pub use crate::core::Flaw;
+pub use crate::core::{
+    AcceptAll, Action, Config, ConfigError, Core, Event, Evidence, PayloadValidator, Restore,
+    Stats,
+};
+pub use safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
+pub use types::{
+    Block, BlockHeader, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote, Height,
+    Message, Proposal, QuorumCert, Time, Timeout, TimeoutCert, TimeoutEntry, TimeoutVote, View,
+    Vote, genesis_qc,
+};
+pub use verify::{
+    MAX_MESSAGE_BYTES, MAX_SYNC_BLOCKS, VerifiedBlocks, VerifiedMessage, VerifyError, Verifier,
+};

@@ -1,0 +1,333 @@
+//! Protocol values: views, heights, blocks, votes, timeouts, certificates and
+//! the wire message. Encodings are canonical (postcard) and pinned by tests.
+
+use std::fmt;
+
+use phalanx_crypto::{
+    Certificate, ChainId, Digest, Domain, Signature, SignedPayload, ValidatorIndex, encode,
+};
+use serde::{Deserialize, Serialize};
+
+/// A consensus round. Each view has one leader; views only increase.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, Serialize, Deserialize,
+)]
+pub struct View(pub u64);
+
+impl View {
+    /// The view after this one.
+    pub fn next(self) -> View {
+        View(self.0 + 1)
+    }
+}
+
+impl fmt::Display for View {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Position of a block in the chain; genesis is height 0.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, Serialize, Deserialize,
+)]
+pub struct Height(pub u64);
+
+impl Height {
+    /// The height after this one.
+    pub fn next(self) -> Height {
+        Height(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Height {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// A clock reading handed to the core, in milliseconds since the Unix epoch
+/// (the simulator uses virtual milliseconds). The core never reads a clock.
+#[derive(
+    Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Debug, Default, Serialize, Deserialize,
+)]
+pub struct Time(pub u64);
+
+impl Time {
+    /// `self + ms`, saturating.
+    pub fn plus_ms(self, ms: u64) -> Time {
+        Time(self.0.saturating_add(ms))
+    }
+}
+
+/// A vote for a block: the signed message a quorum certificate aggregates.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct Vote {
+    /// The view the block was proposed in.
+    pub view: View,
+    /// The block's height.
+    pub height: Height,
+    /// The block's id.
+    pub block_id: Digest,
+}
+
+impl SignedPayload for Vote {
+    const DOMAIN: Domain = Domain("phalanx/consensus/vote");
+}
+
+/// A quorum certificate: a quorum of votes for one block.
+pub type QuorumCert = Certificate<Vote>;
+
+/// The header of a block; the block id is the digest of its encoding.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct BlockHeader {
+    /// Id of the parent block.
+    pub parent: Digest,
+    /// Parent's height + 1.
+    pub height: Height,
+    /// View it was proposed in.
+    pub view: View,
+    /// The view's leader.
+    pub proposer: ValidatorIndex,
+    /// Proposer's clock, ms; strictly above the parent's.
+    pub timestamp_ms: u64,
+    /// Digest of the payload bytes.
+    pub payload_digest: Digest,
+    /// Certificate for the parent.
+    pub justify: QuorumCert,
+}
+
+/// A block: a header and an opaque payload (the node puts a batch of
+/// transactions there; the core only checks its size and asks the
+/// [`crate::PayloadValidator`] whether it is acceptable).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Block {
+    /// The header.
+    pub header: BlockHeader,
+    /// The payload.
+    pub payload: Vec<u8>,
+}
+
+impl Block {
+    /// The block id: SHA-256 of the header's canonical encoding (which commits
+    /// to the payload through `payload_digest`).
+    pub fn id(&self) -> Digest {
+        Digest::of(&encode(&self.header))
+    }
+
+    /// The genesis block of `chain`: height 0, view 0, no parent. Its id
+    /// differs per chain id and genesis time.
+    pub fn genesis(chain: &ChainId, timestamp_ms: u64) -> Block {
+        let payload = chain.as_str().as_bytes().to_vec();
+        Block {
+            header: BlockHeader {
+                parent: Digest::ZERO,
+                height: Height(0),
+                view: View(0),
+                proposer: ValidatorIndex(0),
+                timestamp_ms,
+                payload_digest: Digest::of(&payload),
+                justify: QuorumCert {
+                    payload: Vote {
+                        view: View(0),
+                        height: Height(0),
+                        block_id: Digest::ZERO,
+                    },
+                    signers: Default::default(),
+                    signatures: vec![],
+                },
+            },
+            payload,
+        }
+    }
+
+    /// Shorthand for the header's view.
+    pub fn view(&self) -> View {
+        self.header.view
+    }
+
+    /// Shorthand for the header's height.
+    pub fn height(&self) -> Height {
+        self.header.height
+    }
+}
+
+/// The certificate that stands for the genesis block: no signatures, valid by
+/// definition for exactly this block.
+pub fn genesis_qc(genesis: &Block) -> QuorumCert {
+    QuorumCert {
+        payload: Vote {
+            view: View(0),
+            height: Height(0),
+            block_id: genesis.id(),
+        },
+        signers: Default::default(),
+        signatures: vec![],
+    }
+}
+
+/// A leader's proposal: the block, and the timeout certificate for the
+/// previous view when the block does not directly follow its parent's view.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Proposal {
+    /// The proposed block.
+    pub block: Block,
+    /// Present when `block.view != block.justify.view + 1`.
+    pub tc: Option<TimeoutCert>,
+}
+
+/// What a proposer signs: the view and the block id (not the payload, which
+/// the id commits to), so a signature over a large block is cheap.
+#[derive(Serialize)]
+struct ProposalSigned {
+    view: View,
+    block_id: Digest,
+}
+
+impl SignedPayload for Proposal {
+    const DOMAIN: Domain = Domain("phalanx/consensus/proposal");
+    fn signed_bytes(&self) -> Vec<u8> {
+        encode(&ProposalSigned {
+            view: self.block.view(),
+            block_id: self.block.id(),
+        })
+    }
+}
+
+/// A validator's signed statement that view `view` failed, carrying its
+/// highest certificate so the next leader can extend it.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct Timeout {
+    /// The view that timed out.
+    pub view: View,
+    /// The signer's highest quorum certificate.
+    pub high_qc: QuorumCert,
+    /// The signer's highest timeout certificate. Not signed (it verifies on
+    /// its own); it lets validators that missed it catch up to the signer's
+    /// view, so that validators stranded in different views converge.
+    pub high_tc: Option<TimeoutCert>,
+}
+
+/// What a timeout signature covers: the view and the view of the signer's
+/// highest certificate. Timeout certificates aggregate these.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct TimeoutVote {
+    /// The view that timed out.
+    pub view: View,
+    /// View of the signer's highest certificate.
+    pub high_qc_view: View,
+}
+
+impl SignedPayload for TimeoutVote {
+    const DOMAIN: Domain = Domain("phalanx/consensus/timeout");
+}
+
+impl SignedPayload for Timeout {
+    const DOMAIN: Domain = TimeoutVote::DOMAIN;
+    fn signed_bytes(&self) -> Vec<u8> {
+        encode(&TimeoutVote {
+            view: self.view,
+            high_qc_view: self.high_qc.payload.view,
+        })
+    }
+}
+
+/// One signer's entry in a timeout certificate.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct TimeoutEntry {
+    /// Who signed.
+    pub signer: ValidatorIndex,
+    /// The view of their highest certificate.
+    pub high_qc_view: View,
+    /// Their signature over `TimeoutVote { view, high_qc_view }`.
+    pub signature: Signature,
+}
+
+/// A quorum of timeouts for one view. It moves everyone to the next view and
+/// carries the highest certificate among its signers, which the next block
+/// must extend (or exceed).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct TimeoutCert {
+    /// The view that failed.
+    pub view: View,
+    /// Entries in ascending signer order.
+    pub entries: Vec<TimeoutEntry>,
+    /// The certificate with the highest view among the entries.
+    pub high_qc: QuorumCert,
+}
+
+/// A validator's signature over the state after executing a block at a
+/// checkpoint height.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct CheckpointVote {
+    /// A multiple of the checkpoint interval.
+    pub height: Height,
+    /// The committed block at that height.
+    pub block_id: Digest,
+    /// The state root after executing it.
+    pub state_root: Digest,
+}
+
+impl SignedPayload for CheckpointVote {
+    const DOMAIN: Domain = Domain("phalanx/consensus/checkpoint");
+}
+
+/// A quorum of checkpoint votes: a stable checkpoint.
+pub type CheckpointCert = Certificate<CheckpointVote>;
+
+/// Ask a peer for a block and up to `count - 1` of its ancestors.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct BlockRequest {
+    /// The newest block wanted.
+    pub id: Digest,
+    /// How many blocks, newest first.
+    pub count: u16,
+}
+
+/// Blocks newest first, each the parent of the one before.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct BlockResponse {
+    /// The blocks.
+    pub blocks: Vec<Block>,
+}
+
+/// Everything validators send each other about consensus.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Message {
+    /// A leader's block.
+    Proposal(phalanx_crypto::Signed<Proposal>),
+    /// A vote, sent to the next view's leader.
+    Vote(phalanx_crypto::Signed<Vote>),
+    /// A timeout, broadcast.
+    Timeout(phalanx_crypto::Signed<Timeout>),
+    /// A checkpoint vote, broadcast.
+    Checkpoint(phalanx_crypto::Signed<CheckpointVote>),
+    /// A request for missing blocks.
+    BlockRequest(BlockRequest),
+    /// The answer to a [`BlockRequest`].
+    BlockResponse(BlockResponse),
+}
+
+impl Message {
+    /// The view a message is about, when it has one.
+    pub fn view(&self) -> Option<View> {
+        match self {
+            Message::Proposal(p) => Some(p.payload.block.view()),
+            Message::Vote(v) => Some(v.payload.view),
+            Message::Timeout(t) => Some(t.payload.view),
+            _ => None,
+        }
+    }
+
+    /// A short name for logs and metrics.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Message::Proposal(_) => "proposal",
+            Message::Vote(_) => "vote",
+            Message::Timeout(_) => "timeout",
+            Message::Checkpoint(_) => "checkpoint",
+            Message::BlockRequest(_) => "block_request",
+            Message::BlockResponse(_) => "block_response",
+        }
+    }
+}

@@ -1,0 +1,329 @@
+//! The edge between the untrusted wire and the core: cheap checks first
+//! (size, decode, shape), then signatures and embedded certificates. Only a
+//! [`VerifiedMessage`] reaches [`crate::Core::handle`].
+//!
+//! The verifier owns small bounded caches of certificates and messages it has
+//! already verified: the same highest certificate rides in every timeout and
+//! proposal of a view, and a broadcast message may arrive more than once.
+//! Caching is sound because verification is a deterministic function of the
+//! bytes.
+
+use std::collections::{BTreeSet, VecDeque};
+
+use phalanx_crypto::{
+    ChainId, CryptoError, Digest, ValidatorSet, Verified, decode, encode, signing_bytes,
+    verify_batch,
+};
+
+use crate::types::{
+    Block, BlockRequest, CheckpointVote, Message, Proposal, QuorumCert, Timeout, TimeoutCert,
+    TimeoutVote, Vote, genesis_qc,
+};
+
+/// Largest encoded consensus message accepted, in bytes; bounds decoding
+/// before any allocation driven by the input.
+pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
+
+/// Most blocks in one [`crate::types::BlockResponse`].
+pub const MAX_SYNC_BLOCKS: usize = 256;
+
+/// Certificates and messages remembered as already verified.
+const CACHE_ENTRIES: usize = 4096;
+
+/// Why a message was refused at the edge.
+#[derive(Debug, thiserror::Error, Clone, PartialEq, Eq)]
+pub enum VerifyError {
+    /// Could not decode, or over the size bound.
+    #[error("undecodable message: {0}")]
+    Decode(CryptoError),
+    /// A signature or certificate did not verify.
+    #[error("bad signature: {0}")]
+    Signature(CryptoError),
+    /// A proposal signed by someone other than the block's proposer.
+    #[error("proposal signed by {signer} but block names proposer {proposer}")]
+    WrongProposer {
+        /// The signer.
+        signer: phalanx_crypto::ValidatorIndex,
+        /// The header's proposer.
+        proposer: phalanx_crypto::ValidatorIndex,
+    },
+    /// The payload does not match the header's payload digest.
+    #[error("payload digest mismatch")]
+    PayloadDigest,
+    /// The payload is over the configured bound.
+    #[error("payload of {len} bytes exceeds {max}")]
+    PayloadTooLarge {
+        /// Bytes in the payload.
+        len: usize,
+        /// The bound.
+        max: usize,
+    },
+    /// A timeout certificate that is malformed or below quorum.
+    #[error("bad timeout certificate: {0}")]
+    TimeoutCert(&'static str),
+    /// A sync request or response over its bound.
+    #[error("sync message over bound: {0}")]
+    SyncBound(&'static str),
+}
+
+/// A block whose payload digest and justifying certificate have been checked.
+#[derive(Clone, Debug)]
+pub struct VerifiedBlocks(Vec<Block>);
+
+impl VerifiedBlocks {
+    /// The blocks, newest first.
+    pub fn blocks(&self) -> &[Block] {
+        &self.0
+    }
+}
+
+/// A message whose signatures and embedded certificates have been verified.
+/// Built by [`Verifier`], or by the core for the messages it signs itself.
+#[derive(Clone, Debug)]
+pub enum VerifiedMessage {
+    /// A proposal; its justify certificate and timeout certificate verified.
+    Proposal(Verified<Proposal>),
+    /// A vote.
+    Vote(Verified<Vote>),
+    /// A timeout; its high certificate verified.
+    Timeout(Verified<Timeout>),
+    /// A checkpoint vote.
+    Checkpoint(Verified<CheckpointVote>),
+    /// A sync request (unsigned; the transport authenticates the peer).
+    BlockRequest(BlockRequest),
+    /// Sync blocks, each with a verified justify certificate.
+    BlockResponse(VerifiedBlocks),
+}
+
+impl VerifiedMessage {
+    /// The wire form.
+    pub fn to_message(&self) -> Message {
+        match self {
+            VerifiedMessage::Proposal(p) => Message::Proposal(p.signed().clone()),
+            VerifiedMessage::Vote(v) => Message::Vote(v.signed().clone()),
+            VerifiedMessage::Timeout(t) => Message::Timeout(t.signed().clone()),
+            VerifiedMessage::Checkpoint(c) => Message::Checkpoint(c.signed().clone()),
+            VerifiedMessage::BlockRequest(r) => Message::BlockRequest(*r),
+            VerifiedMessage::BlockResponse(b) => {
+                Message::BlockResponse(crate::types::BlockResponse {
+                    blocks: b.0.clone(),
+                })
+            }
+        }
+    }
+}
+
+/// A bounded set of digests with first-in-first-out eviction.
+#[derive(Default)]
+struct DigestCache {
+    set: BTreeSet<Digest>,
+    order: VecDeque<Digest>,
+}
+
+impl DigestCache {
+    fn contains(&self, d: &Digest) -> bool {
+        self.set.contains(d)
+    }
+    fn insert(&mut self, d: Digest) {
+        if self.set.insert(d) {
+            self.order.push_back(d);
+            if self.order.len() > CACHE_ENTRIES
+                && let Some(old) = self.order.pop_front()
+            {
+                self.set.remove(&old);
+            }
+        }
+    }
+}
+
+/// Verifies messages for one chain and validator set.
+pub struct Verifier {
+    set: ValidatorSet,
+    chain: ChainId,
+    genesis_qc: QuorumCert,
+    max_payload_bytes: usize,
+    certs: DigestCache,
+    messages: DigestCache,
+}
+
+impl Verifier {
+    /// A verifier for `chain` with genesis block `genesis`.
+    pub fn new(
+        set: ValidatorSet,
+        chain: ChainId,
+        genesis: &Block,
+        max_payload_bytes: usize,
+    ) -> Verifier {
+        Verifier {
+            set,
+            chain,
+            genesis_qc: genesis_qc(genesis),
+            max_payload_bytes,
+            certs: DigestCache::default(),
+            messages: DigestCache::default(),
+        }
+    }
+
+    /// Decodes and verifies wire bytes.
+    pub fn verify_bytes(&mut self, bytes: &[u8]) -> Result<VerifiedMessage, VerifyError> {
+        let msg: Message = decode(bytes, MAX_MESSAGE_BYTES).map_err(VerifyError::Decode)?;
+        let key = Digest::of(bytes);
+        if self.messages.contains(&key) {
+            return Ok(trusted(msg));
+        }
+        let verified = self.verify(msg)?;
+        self.messages.insert(key);
+        Ok(verified)
+    }
+
+    /// Verifies a decoded message.
+    pub fn verify(&mut self, msg: Message) -> Result<VerifiedMessage, VerifyError> {
+        Ok(match msg {
+            Message::Proposal(p) => {
+                let h = &p.payload.block.header;
+                if p.signer != h.proposer {
+                    return Err(VerifyError::WrongProposer {
+                        signer: p.signer,
+                        proposer: h.proposer,
+                    });
+                }
+                self.check_block(&p.payload.block)?;
+                if let Some(tc) = &p.payload.tc {
+                    self.verify_tc(tc)?;
+                }
+                VerifiedMessage::Proposal(
+                    p.verify(&self.set, &self.chain)
+                        .map_err(VerifyError::Signature)?,
+                )
+            }
+            Message::Vote(v) => VerifiedMessage::Vote(
+                v.verify(&self.set, &self.chain)
+                    .map_err(VerifyError::Signature)?,
+            ),
+            Message::Timeout(t) => {
+                self.verify_qc(&t.payload.high_qc)?;
+                if let Some(tc) = &t.payload.high_tc {
+                    self.verify_tc(tc)?;
+                }
+                VerifiedMessage::Timeout(
+                    t.verify(&self.set, &self.chain)
+                        .map_err(VerifyError::Signature)?,
+                )
+            }
+            Message::Checkpoint(c) => VerifiedMessage::Checkpoint(
+                c.verify(&self.set, &self.chain)
+                    .map_err(VerifyError::Signature)?,
+            ),
+            Message::BlockRequest(r) => {
+                if r.count as usize > MAX_SYNC_BLOCKS {
+                    return Err(VerifyError::SyncBound("request count"));
+                }
+                VerifiedMessage::BlockRequest(r)
+            }
+            Message::BlockResponse(r) => {
+                if r.blocks.len() > MAX_SYNC_BLOCKS {
+                    return Err(VerifyError::SyncBound("response length"));
+                }
+                for b in &r.blocks {
+                    self.check_block(b)?;
+                }
+                VerifiedMessage::BlockResponse(VerifiedBlocks(r.blocks))
+            }
+        })
+    }
+
+    fn check_block(&mut self, b: &Block) -> Result<(), VerifyError> {
+        if b.payload.len() > self.max_payload_bytes {
+            return Err(VerifyError::PayloadTooLarge {
+                len: b.payload.len(),
+                max: self.max_payload_bytes,
+            });
+        }
+        if Digest::of(&b.payload) != b.header.payload_digest {
+            return Err(VerifyError::PayloadDigest);
+        }
+        self.verify_qc(&b.header.justify)
+    }
+
+    /// Verifies a quorum certificate (the genesis certificate is valid by
+    /// definition).
+    pub fn verify_qc(&mut self, qc: &QuorumCert) -> Result<(), VerifyError> {
+        if *qc == self.genesis_qc {
+            return Ok(());
+        }
+        let key = Digest::of(&encode(qc));
+        if self.certs.contains(&key) {
+            return Ok(());
+        }
+        qc.verify(&self.set, &self.chain)
+            .map_err(VerifyError::Signature)?;
+        self.certs.insert(key);
+        Ok(())
+    }
+
+    /// Verifies a timeout certificate: a quorum of distinct members, each
+    /// signature over `(view, their high_qc view)`, and a carried certificate
+    /// whose view is the highest among the entries.
+    pub fn verify_tc(&mut self, tc: &TimeoutCert) -> Result<(), VerifyError> {
+        let key = Digest::of(&encode(tc));
+        if self.certs.contains(&key) {
+            return Ok(());
+        }
+        if tc.entries.len() < self.set.quorum() {
+            return Err(VerifyError::TimeoutCert("below quorum"));
+        }
+        if !tc.entries.windows(2).all(|w| w[0].signer < w[1].signer) {
+            return Err(VerifyError::TimeoutCert(
+                "entries not in strictly ascending signer order",
+            ));
+        }
+        let max_view = tc.entries.iter().map(|e| e.high_qc_view).max();
+        if max_view != Some(tc.high_qc.payload.view) {
+            return Err(VerifyError::TimeoutCert(
+                "carried certificate is not the entries' highest",
+            ));
+        }
+        let mut keys = Vec::with_capacity(tc.entries.len());
+        let mut msgs = Vec::with_capacity(tc.entries.len());
+        for e in &tc.entries {
+            let k = self.set.key(e.signer).ok_or(VerifyError::TimeoutCert(
+                "signer outside the validator set",
+            ))?;
+            keys.push(k);
+            msgs.push(signing_bytes(
+                &self.chain,
+                &TimeoutVote {
+                    view: tc.view,
+                    high_qc_view: e.high_qc_view,
+                },
+            ));
+        }
+        let items: Vec<_> = tc
+            .entries
+            .iter()
+            .enumerate()
+            .map(|(i, e)| (keys[i], msgs[i].as_slice(), &e.signature))
+            .collect();
+        verify_batch(&items).map_err(|i| {
+            VerifyError::Signature(CryptoError::InvalidSignature {
+                signer: tc.entries[i].signer,
+            })
+        })?;
+        self.verify_qc(&tc.high_qc)?;
+        self.certs.insert(key);
+        Ok(())
+    }
+}
+
+/// Rebuilds a message that was verified before (same bytes) without
+/// re-checking signatures.
+fn trusted(msg: Message) -> VerifiedMessage {
+    match msg {
+        Message::Proposal(p) => VerifiedMessage::Proposal(Verified::trusted(p)),
+        Message::Vote(v) => VerifiedMessage::Vote(Verified::trusted(v)),
+        Message::Timeout(t) => VerifiedMessage::Timeout(Verified::trusted(t)),
+        Message::Checkpoint(c) => VerifiedMessage::Checkpoint(Verified::trusted(c)),
+        Message::BlockRequest(r) => VerifiedMessage::BlockRequest(r),
+        Message::BlockResponse(r) => VerifiedMessage::BlockResponse(VerifiedBlocks(r.blocks)),
+    }
+}
