@@ -49,8 +49,8 @@ pub enum Behaviour {
     /// Floods validly signed timeouts and votes for future views, near and
     /// far beyond the window.
     FutureFlood,
-    /// As leader after a view change, extends an older certificate than the
-    /// timeout certificate allows (a fork attempt the lock must stop).
+    /// As leader, extends a certificate two below its highest, forking off
+    /// a block that may already be committed (the vote rule must stop it).
     StaleFork,
     /// Two honest instances sharing this validator's key, placed in
     /// different partitions.
@@ -450,7 +450,8 @@ impl<'a> Sim<'a> {
         let deadline = self.cfg.gst_ms + self.cfg.liveness_budget_ms;
         let mut gst_done = false;
         while let Some(((at, _), ev)) = self.queue.pop_first() {
-            if at > deadline || self.done {
+            // A violated invariant ends the run: the seed replays it.
+            if at > deadline || self.done || !self.violations.is_empty() {
                 break;
             }
             self.now = at;
@@ -460,7 +461,8 @@ impl<'a> Sim<'a> {
             }
             self.step(ev);
         }
-        if !self.done {
+        self.check_conflicts();
+        if !self.done && self.violations.is_empty() {
             let missing: Vec<String> = (0..self.slots.len())
                 .filter(|&s| self.honest(s))
                 .filter_map(|s| {
@@ -775,6 +777,7 @@ impl<'a> Sim<'a> {
                 }
             }
         }
+        self.check_conflicts();
         self.all_blocks.insert(id, block.clone());
         self.slots[s].disk.root = root;
         self.slots[s].disk.blocks.retain(|_, b| b.height().0 > h);
@@ -809,6 +812,26 @@ impl<'a> Sim<'a> {
             self.stats.stable_height = self.stats.stable_height.max(h);
         }
         self.slots[s].disk.stable = Some(c);
+    }
+
+    /// An honest validator that sees a certified chain conflicting with its
+    /// own commits proves that a fork was certified: with at most f faulty,
+    /// that must never happen.
+    fn check_conflicts(&mut self) {
+        for s in 0..self.slots.len() {
+            if !self.honest(s) {
+                continue;
+            }
+            if let Some(c) = &self.slots[s].core
+                && c.stats().conflicting_commits > 0
+            {
+                let who = self.slots[s].validator;
+                self.violations.push(format!(
+                    "agreement: {who} saw a certified chain that conflicts with its commits"
+                ));
+                return;
+            }
+        }
     }
 
     fn check_liveness(&mut self) {
@@ -878,7 +901,6 @@ impl<'a> Sim<'a> {
             }
             Some(Behaviour::StaleFork) => {
                 if let Message::Proposal(p) = &msg
-                    && p.payload.tc.is_some()
                     && let Some(alt) = self.stale_fork(s, &p.payload)
                 {
                     self.transmit(s, None, &Message::Proposal(alt));
@@ -922,17 +944,25 @@ impl<'a> Sim<'a> {
         let alt = Message::Proposal(self.sign_as(s, alt));
         for v in 0..self.cfg.validators {
             let target = Some(ValidatorIndex(v as u16));
-            if self.rng.chance(0.5) {
-                self.transmit(s, target, &msg);
+            let (first, second) = if self.rng.chance(0.5) {
+                (&msg, &alt)
             } else {
-                self.transmit(s, target, &alt);
+                (&alt, &msg)
+            };
+            self.transmit(s, target, first);
+            // Some validators see both blocks: an honest one votes once.
+            if self.rng.chance(0.5) {
+                self.transmit(s, target, second);
             }
         }
     }
 
     fn stale_fork(&self, s: usize, p: &Proposal) -> Option<phalanx_crypto::Signed<Proposal>> {
+        // Fork off two certificates below the highest: below the block the
+        // highest certificate's parent may already have committed.
         let high = self.all_blocks.get(&p.block.header.justify.payload.block_id)?;
-        let older = high.header.justify.clone();
+        let mid = self.all_blocks.get(&high.header.justify.payload.block_id)?;
+        let older = mid.header.justify.clone();
         let base = self.all_blocks.get(&older.payload.block_id)?;
         let mut alt = p.clone();
         alt.block.header.parent = base.id();
