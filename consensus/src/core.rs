@@ -163,6 +163,9 @@ impl Config {
 }
 
 /// Inputs to the core.
+// Events are moved once into `handle`, never stored in bulk: boxing the
+// large variant would cost an allocation per message for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Event {
     /// A verified message from validator `from` (the transport authenticated
@@ -511,12 +514,10 @@ impl Core {
         self.votes = self.votes.split_off(&keep_from);
         self.timeouts = self.timeouts.split_off(&keep_from);
         let evidence_from = view.0.saturating_sub(2 * self.cfg.future_view_window);
-        self.seen.retain(|(round, kind, _), _| {
-            *kind == Kind::Checkpoint || *round >= evidence_from
-        });
-        self.reported.retain(|(round, kind, _)| {
-            *kind == Kind::Checkpoint || *round >= evidence_from
-        });
+        self.seen
+            .retain(|(round, kind, _), _| *kind == Kind::Checkpoint || *round >= evidence_from);
+        self.reported
+            .retain(|(round, kind, _)| *kind == Kind::Checkpoint || *round >= evidence_from);
         self.pending = self.pending.split_off(&view);
         self.maybe_propose();
         self.retry_pending();
@@ -592,7 +593,10 @@ impl Core {
         }
         let qc = &self.safety.high_qc;
         let justified = qc.payload.view.next() == view
-            || self.high_tc.as_ref().is_some_and(|tc| tc.view.next() == view);
+            || self
+                .high_tc
+                .as_ref()
+                .is_some_and(|tc| tc.view.next() == view);
         if !justified {
             return;
         }
@@ -648,8 +652,9 @@ impl Core {
         );
         self.safety.last_proposed_view = view;
         self.persist();
-        self.out
-            .push(Action::Broadcast(Message::Proposal(signed.signed().clone())));
+        self.out.push(Action::Broadcast(Message::Proposal(
+            signed.signed().clone(),
+        )));
         self.on_proposal(self.me, signed);
     }
 
@@ -678,9 +683,9 @@ impl Core {
     /// Records a signed message for equivocation detection (P16).
     fn observe_signed(&mut self, round: u64, kind: Kind, signer: ValidatorIndex, msg: Message) {
         let content = match &msg {
-            Message::Proposal(p) => Digest::of(&phalanx_crypto::SignedPayload::signed_bytes(
-                &p.payload,
-            )),
+            Message::Proposal(p) => {
+                Digest::of(&phalanx_crypto::SignedPayload::signed_bytes(&p.payload))
+            }
             Message::Vote(v) => Digest::of(&phalanx_crypto::encode(&v.payload)),
             Message::Timeout(t) => {
                 Digest::of(&phalanx_crypto::SignedPayload::signed_bytes(&t.payload))
@@ -827,7 +832,12 @@ impl Core {
         if !self.in_window(view) {
             return;
         }
-        self.observe_signed(view.0, Kind::Vote, v.signer, Message::Vote(v.signed().clone()));
+        self.observe_signed(
+            view.0,
+            Kind::Vote,
+            v.signer,
+            Message::Vote(v.signed().clone()),
+        );
         if view.next() < self.view {
             self.stats.stale_dropped += 1;
             return;
@@ -1124,10 +1134,11 @@ impl Core {
             self.insert_block(b.clone());
             self.out.push(Action::PersistBlock(b.clone()));
             added = true;
-            if !self.blocks.contains_key(&parent) && b.height().0 > self.committed.0.0 + 1 {
-                if self.wanted.len() < MAX_WANTED {
-                    self.wanted.insert(parent, View(0));
-                }
+            if !self.blocks.contains_key(&parent)
+                && b.height().0 > self.committed.0.0 + 1
+                && self.wanted.len() < MAX_WANTED
+            {
+                self.wanted.insert(parent, View(0));
             }
         }
         if !added {
@@ -1190,7 +1201,7 @@ impl Core {
         self.executed.insert(height, (block_id, state_root));
         let stable_h = self.stable.as_ref().map_or(0, |c| c.payload.height.0);
         self.executed = self.executed.split_off(&Height(stable_h));
-        if height.0 == 0 || height.0 % k != 0 || height.0 <= stable_h {
+        if height.0 == 0 || !height.0.is_multiple_of(k) || height.0 <= stable_h {
             return;
         }
         let vote = CheckpointVote {
@@ -1199,8 +1210,9 @@ impl Core {
             state_root,
         };
         let signed = Verified::sign(&self.key, self.me, &self.cfg.chain_id, vote);
-        self.out
-            .push(Action::Broadcast(Message::Checkpoint(signed.signed().clone())));
+        self.out.push(Action::Broadcast(Message::Checkpoint(
+            signed.signed().clone(),
+        )));
         self.on_checkpoint_vote(signed);
     }
 
@@ -1216,7 +1228,7 @@ impl Core {
             .0
             .0
             .saturating_add(k.saturating_mul(self.cfg.future_view_window));
-        if h.0 == 0 || h.0 % k != 0 || h.0 <= stable_h || h.0 > horizon {
+        if h.0 == 0 || !h.0.is_multiple_of(k) || h.0 <= stable_h || h.0 > horizon {
             return;
         }
         self.observe_signed(

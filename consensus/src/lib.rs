@@ -33,8 +33,7 @@ mod verify;
 #[cfg(feature = "sim")]
 pub use crate::core::Flaw;
 pub use crate::core::{
-    AcceptAll, Action, Config, ConfigError, Core, Event, Evidence, PayloadValidator, Restore,
-    Stats,
+    AcceptAll, Action, Config, ConfigError, Core, Event, Evidence, PayloadValidator, Restore, Stats,
 };
 pub use safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
 pub use types::{
@@ -43,5 +42,5 @@ pub use types::{
     Vote, genesis_qc,
 };
 pub use verify::{
-    MAX_MESSAGE_BYTES, MAX_SYNC_BLOCKS, VerifiedBlocks, VerifiedMessage, VerifyError, Verifier,
+    MAX_MESSAGE_BYTES, MAX_SYNC_BLOCKS, VerifiedBlocks, VerifiedMessage, Verifier, VerifyError,
 };

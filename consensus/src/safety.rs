@@ -115,10 +115,38 @@ mod tests {
             (5, 5, 4, None, false, "already voted in this view"),
             (6, 5, 4, None, false, "already voted in a later view"),
             (4, 6, 4, None, false, "gap without a timeout certificate"),
-            (4, 6, 4, Some((5, 4)), true, "enters via TC, extends its highest"),
-            (4, 6, 4, Some((5, 3)), true, "extends higher than the TC's highest"),
-            (4, 6, 3, Some((5, 4)), false, "extends below the TC's highest"),
-            (4, 7, 4, Some((5, 4)), false, "TC is not for the previous view"),
+            (
+                4,
+                6,
+                4,
+                Some((5, 4)),
+                true,
+                "enters via TC, extends its highest",
+            ),
+            (
+                4,
+                6,
+                4,
+                Some((5, 3)),
+                true,
+                "extends higher than the TC's highest",
+            ),
+            (
+                4,
+                6,
+                3,
+                Some((5, 4)),
+                false,
+                "extends below the TC's highest",
+            ),
+            (
+                4,
+                7,
+                4,
+                Some((5, 4)),
+                false,
+                "TC is not for the previous view",
+            ),
         ];
         for (last, view, qc, t, want, why) in cases {
             let b = block_with(view, qc);

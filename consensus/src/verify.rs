@@ -286,9 +286,10 @@ impl Verifier {
         let mut keys = Vec::with_capacity(tc.entries.len());
         let mut msgs = Vec::with_capacity(tc.entries.len());
         for e in &tc.entries {
-            let k = self.set.key(e.signer).ok_or(VerifyError::TimeoutCert(
-                "signer outside the validator set",
-            ))?;
+            let k = self
+                .set
+                .key(e.signer)
+                .ok_or(VerifyError::TimeoutCert("signer outside the validator set"))?;
             keys.push(k);
             msgs.push(signing_bytes(
                 &self.chain,

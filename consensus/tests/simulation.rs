@@ -1,6 +1,8 @@
 //! The simulator's verdicts: the protocol passes under Byzantine schedules,
 //! every run replays from its seed, and the checkers catch planted bugs.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use phalanx_consensus::Flaw;
 use phalanx_consensus::sim::{Behaviour, SimConfig, run, run_many};
 
@@ -48,7 +50,10 @@ fn a_seed_replays_the_same_trace() {
     assert_eq!(a.trace, b.trace);
     assert_eq!(a.stats, b.stats);
     let c = run(8, &cfg);
-    assert_ne!(a.trace, c.trace, "different seeds explore different schedules");
+    assert_ne!(
+        a.trace, c.trace,
+        "different seeds explore different schedules"
+    );
 }
 
 #[test]
@@ -75,7 +80,10 @@ fn checker_catches_commit_on_a_single_certificate() {
     let mut cfg = SimConfig::new(4, 0);
     cfg.flaw = Some(Flaw::CommitOnSingleQc);
     let found = first_failure(&cfg, 300).expect("one-chain commit must be caught");
-    assert!(found.1.contains("agreement") || found.1.contains("chain"), "{found:?}");
+    assert!(
+        found.1.contains("agreement") || found.1.contains("chain"),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -84,7 +92,10 @@ fn checker_catches_voting_without_the_lock_check() {
     cfg.flaw = Some(Flaw::VoteIgnoresLock);
     cfg.behaviours = vec![Behaviour::StaleFork];
     let found = first_failure(&cfg, 300).expect("voting without the lock must be caught");
-    assert!(found.1.contains("agreement") || found.1.contains("chain"), "{found:?}");
+    assert!(
+        found.1.contains("agreement") || found.1.contains("chain"),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -93,7 +104,10 @@ fn checker_catches_voting_twice_in_a_view() {
     cfg.flaw = Some(Flaw::VoteTwiceInView);
     cfg.behaviours = vec![Behaviour::Equivocate];
     let found = first_failure(&cfg, 200).expect("double voting must be caught");
-    assert!(found.1.contains("equivocation") || found.1.contains("agreement"), "{found:?}");
+    assert!(
+        found.1.contains("equivocation") || found.1.contains("agreement"),
+        "{found:?}"
+    );
 }
 
 #[test]
@@ -101,7 +115,10 @@ fn checker_catches_forgetting_the_safety_state() {
     let mut cfg = SimConfig::new(4, 0);
     cfg.forget_safety_on_restart = true;
     let found = first_failure(&cfg, 200).expect("amnesia must be caught");
-    assert!(found.1.contains("equivocation") || found.1.contains("agreement"), "{found:?}");
+    assert!(
+        found.1.contains("equivocation") || found.1.contains("agreement"),
+        "{found:?}"
+    );
 }
 
 #[test]

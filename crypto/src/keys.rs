@@ -256,7 +256,10 @@ mod tests {
         KeyPair::generate().unwrap().save(&path).unwrap();
         fs::set_permissions(&path, fs::Permissions::from_mode(0o644)).unwrap();
         let err = KeyPair::load(&path).unwrap_err();
-        assert!(matches!(err, CryptoError::KeyFilePermissions { mode: 0o644, .. }));
+        assert!(matches!(
+            err,
+            CryptoError::KeyFilePermissions { mode: 0o644, .. }
+        ));
         assert!(err.to_string().contains("chmod 600"));
     }
 

@@ -152,7 +152,7 @@ mod tests {
             let s = set(n);
             assert_eq!((s.f(), s.quorum()), (f, q), "n = {n}");
             // Two quorums always overlap in at least f+1 members.
-            assert!(2 * s.quorum() >= n + s.f() + 1, "n = {n}");
+            assert!(2 * s.quorum() > n + s.f(), "n = {n}");
         }
     }
 

@@ -67,11 +67,7 @@ mod tests {
     fn single_and_batch_agree_on_valid_and_invalid() {
         let keys: Vec<KeyPair> = (0..8u8).map(|i| KeyPair::from_seed([i; 32])).collect();
         let msgs: Vec<Vec<u8>> = (0..8u8).map(|i| vec![i; 10]).collect();
-        let mut sigs: Vec<Signature> = keys
-            .iter()
-            .zip(&msgs)
-            .map(|(k, m)| k.sign_raw(m))
-            .collect();
+        let mut sigs: Vec<Signature> = keys.iter().zip(&msgs).map(|(k, m)| k.sign_raw(m)).collect();
         let pubs: Vec<PublicKey> = keys.iter().map(|k| k.public()).collect();
         let items = |sigs: &[Signature]| {
             pubs.iter()

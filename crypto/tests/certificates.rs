@@ -1,6 +1,8 @@
 //! Certificate verification: every rejection class has its own error, and
 //! property tests over random sets, signer subsets and tampering.
 
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
 use phalanx_crypto::{
     Certificate, ChainId, CryptoError, Digest, Domain, KeyPair, SignedPayload, ValidatorIndex,
     ValidatorSet, Verified, decode, decode_canonical, encode,
@@ -153,7 +155,11 @@ fn serde_roundtrip_bitmap(
     byte: u8,
 ) -> phalanx_crypto::SignerBitmap {
     let mut bytes = encode(b);
-    assert_eq!(bytes.len(), 2, "n = 4 gives one length byte and one bitmap byte");
+    assert_eq!(
+        bytes.len(),
+        2,
+        "n = 4 gives one length byte and one bitmap byte"
+    );
     bytes[1] = byte;
     decode(&bytes, 16).unwrap()
 }

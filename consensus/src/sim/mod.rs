@@ -187,7 +187,8 @@ fn make_item(id: u64) -> [u8; ITEM_BYTES] {
 /// Splits a payload into client items, or `None` if it is malformed or any
 /// item is not authenticated by a client.
 fn parse_items(payload: &[u8]) -> Option<Vec<u64>> {
-    if payload.len() % ITEM_BYTES != 0 || payload.len() / ITEM_BYTES > MAX_ITEMS_PER_BLOCK {
+    if !payload.len().is_multiple_of(ITEM_BYTES) || payload.len() / ITEM_BYTES > MAX_ITEMS_PER_BLOCK
+    {
         return None;
     }
     payload
@@ -466,9 +467,15 @@ impl<'a> Sim<'a> {
             let missing: Vec<String> = (0..self.slots.len())
                 .filter(|&s| self.honest(s))
                 .filter_map(|s| {
-                    let h = self.slots[s].disk.head.as_ref().map_or(0, |(b, _)| b.height().0);
+                    let h = self.slots[s]
+                        .disk
+                        .head
+                        .as_ref()
+                        .map_or(0, |(b, _)| b.height().0);
                     let need = self.slots[s].gst_height + self.cfg.liveness_blocks;
-                    (h < need).then(|| format!("{} at height {h} (needs {need})", self.slots[s].validator))
+                    (h < need).then(|| {
+                        format!("{} at height {h} (needs {need})", self.slots[s].validator)
+                    })
                 })
                 .collect();
             self.violations.push(format!(
@@ -486,7 +493,11 @@ impl<'a> Sim<'a> {
             if self.slots[s].core.is_none() {
                 self.start(s);
             }
-            self.slots[s].gst_height = self.slots[s].disk.head.as_ref().map_or(0, |(b, _)| b.height().0);
+            self.slots[s].gst_height = self.slots[s]
+                .disk
+                .head
+                .as_ref()
+                .map_or(0, |(b, _)| b.height().0);
         }
         self.gst_view = self.max_honest_view();
     }
@@ -598,7 +609,8 @@ impl<'a> Sim<'a> {
             Partition::None => true,
             Partition::Halves => sa == sb,
             Partition::Isolate(i) => a != i && b != i,
-            Partition::OneWay => !(sa && !sb),
+            // Side `true` cannot reach side `false`; the reverse works.
+            Partition::OneWay => !sa || sb,
         }
     }
 
@@ -633,12 +645,29 @@ impl<'a> Sim<'a> {
             for a in &actions {
                 match a {
                     Action::Persist(_) | Action::SetTimer { .. } | Action::PersistBlock(_) => {}
-                    Action::Send { to, msg } => eprintln!("{} slot {s} v{} -> {to}: {} {:?}", self.now, core.view(), msg.kind(), msg.view()),
-                    Action::Broadcast(msg) => eprintln!("{} slot {s} v{} -> all: {} {:?}", self.now, core.view(), msg.kind(), msg.view()),
+                    Action::Send { to, msg } => eprintln!(
+                        "{} slot {s} v{} -> {to}: {} {:?}",
+                        self.now,
+                        core.view(),
+                        msg.kind(),
+                        msg.view()
+                    ),
+                    Action::Broadcast(msg) => eprintln!(
+                        "{} slot {s} v{} -> all: {} {:?}",
+                        self.now,
+                        core.view(),
+                        msg.kind(),
+                        msg.view()
+                    ),
                     other => eprintln!("{} slot {s} v{}: {other:?}", self.now, core.view()),
                 }
             }
-            eprintln!("{} slot {s} stats {:?} committed {:?}", self.now, core.stats(), core.committed().0);
+            eprintln!(
+                "{} slot {s} stats {:?} committed {:?}",
+                self.now,
+                core.stats(),
+                core.committed().0
+            );
         }
         // Rarely, an honest process dies part-way through its action list,
         // losing what was not yet persisted or sent.
@@ -674,7 +703,14 @@ impl<'a> Sim<'a> {
                     self.slots[s].timer_token += 1;
                     let token = self.slots[s].timer_token;
                     let at = at.0.saturating_sub(self.slots[s].clock_skew_ms);
-                    self.schedule(at, Ev::Timer { slot: s, token, view });
+                    self.schedule(
+                        at,
+                        Ev::Timer {
+                            slot: s,
+                            token,
+                            view,
+                        },
+                    );
                 }
                 Action::RequestPayload { view, .. } => {
                     let payload: Vec<u8> = self.slots[s]
@@ -725,8 +761,9 @@ impl<'a> Sim<'a> {
         self.mix(6000 + h);
         self.mix(id.0[0] as u64);
         if cert.payload.block_id != id || cert.payload.height != block.height() {
-            self.violations
-                .push(format!("commit certificate mismatch at height {h} on {who}"));
+            self.violations.push(format!(
+                "commit certificate mismatch at height {h} on {who}"
+            ));
         }
         // Chain integrity: consecutive heights, each extending the last.
         if let Some((prev, _)) = &self.slots[s].disk.head
@@ -736,7 +773,11 @@ impl<'a> Sim<'a> {
             self.violations.push(format!(
                 "chain integrity: {who} committed height {h} on top of height {} ({})",
                 prev.height().0,
-                if block.header.parent == prev.id() { "parent ok" } else { "wrong parent" }
+                if block.header.parent == prev.id() {
+                    "parent ok"
+                } else {
+                    "wrong parent"
+                }
             ));
         }
         // Validity: every item was submitted by a client.
@@ -744,8 +785,9 @@ impl<'a> Sim<'a> {
             Some(ids) if ids.iter().all(|i| *i < self.next_item) => {}
             _ => {
                 if honest {
-                    self.violations
-                        .push(format!("validity: {who} committed a payload no client submitted at height {h}"));
+                    self.violations.push(format!(
+                        "validity: {who} committed a payload no client submitted at height {h}"
+                    ));
                 }
             }
         }
@@ -839,7 +881,11 @@ impl<'a> Sim<'a> {
             return;
         }
         let all = (0..self.slots.len()).filter(|&s| self.honest(s)).all(|s| {
-            let h = self.slots[s].disk.head.as_ref().map_or(0, |(b, _)| b.height().0);
+            let h = self.slots[s]
+                .disk
+                .head
+                .as_ref()
+                .map_or(0, |(b, _)| b.height().0);
             h >= self.slots[s].gst_height + self.cfg.liveness_blocks
         });
         if all {
@@ -917,7 +963,13 @@ impl<'a> Sim<'a> {
         payload: T,
     ) -> phalanx_crypto::Signed<T> {
         let v = self.slots[s].validator;
-        Verified::sign(&self.keys[v.as_usize()], v, &self.core_cfg.chain_id, payload).into_signed()
+        Verified::sign(
+            &self.keys[v.as_usize()],
+            v,
+            &self.core_cfg.chain_id,
+            payload,
+        )
+        .into_signed()
     }
 
     fn equivocate(&mut self, s: usize, to: Option<ValidatorIndex>, msg: Message) {
@@ -960,14 +1012,20 @@ impl<'a> Sim<'a> {
     fn stale_fork(&self, s: usize, p: &Proposal) -> Option<phalanx_crypto::Signed<Proposal>> {
         // Fork off two certificates below the highest: below the block the
         // highest certificate's parent may already have committed.
-        let high = self.all_blocks.get(&p.block.header.justify.payload.block_id)?;
+        let high = self
+            .all_blocks
+            .get(&p.block.header.justify.payload.block_id)?;
         let mid = self.all_blocks.get(&high.header.justify.payload.block_id)?;
         let older = mid.header.justify.clone();
         let base = self.all_blocks.get(&older.payload.block_id)?;
         let mut alt = p.clone();
         alt.block.header.parent = base.id();
         alt.block.header.height = base.height().next();
-        alt.block.header.timestamp_ms = alt.block.header.timestamp_ms.max(base.header.timestamp_ms + 1);
+        alt.block.header.timestamp_ms = alt
+            .block
+            .header
+            .timestamp_ms
+            .max(base.header.timestamp_ms + 1);
         alt.block.header.justify = older;
         Some(self.sign_as(s, alt))
     }
@@ -1019,7 +1077,13 @@ impl<'a> Sim<'a> {
         let honest: Vec<usize> = (0..self.slots.len()).filter(|&s| self.honest(s)).collect();
         self.stats.min_height = honest
             .iter()
-            .map(|&s| self.slots[s].disk.head.as_ref().map_or(0, |(b, _)| b.height().0))
+            .map(|&s| {
+                self.slots[s]
+                    .disk
+                    .head
+                    .as_ref()
+                    .map_or(0, |(b, _)| b.height().0)
+            })
             .min()
             .unwrap_or(0);
         self.stats.max_view = self.max_honest_view();

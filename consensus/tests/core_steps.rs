@@ -1,0 +1,423 @@
+//! Table-like steps through the core: what it does for one input, checked
+//! directly on its actions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use phalanx_consensus::{
+    AcceptAll, Action, Block, BlockHeader, Config, Core, Event, Height, Message, Proposal, Restore,
+    Time, Timeout, VerifiedMessage, Verifier, View, Vote, genesis_qc,
+};
+use phalanx_crypto::{ChainId, Digest, KeyPair, Signed, ValidatorIndex, ValidatorSet, Verified};
+
+struct Net {
+    keys: Vec<KeyPair>,
+    cfg: Config,
+    verifier: Verifier,
+}
+
+fn net() -> Net {
+    let keys: Vec<KeyPair> = (0..4u8).map(|i| KeyPair::from_seed([i + 1; 32])).collect();
+    let set = ValidatorSet::new(keys.iter().map(|k| k.public()).collect()).unwrap();
+    let chain = ChainId::new("steps").unwrap();
+    let mut cfg = Config::new(chain.clone(), set.clone(), 1_000);
+    cfg.checkpoint_interval = 2;
+    cfg.future_view_window = 10;
+    let genesis = Block::genesis(&chain, 1_000);
+    let verifier = Verifier::new(set, chain, &genesis, cfg.max_payload_bytes);
+    Net {
+        keys,
+        cfg,
+        verifier,
+    }
+}
+
+impl Net {
+    fn core(&self, i: usize) -> Core {
+        Core::new(
+            self.cfg.clone(),
+            self.keys[i].clone(),
+            Box::new(AcceptAll),
+            Time(2_000),
+        )
+        .unwrap()
+        .0
+    }
+
+    fn genesis(&self) -> Block {
+        Block::genesis(&self.cfg.chain_id, 1_000)
+    }
+
+    /// A proposal for view 1 (leader v1) on genesis with `payload` and time.
+    fn proposal(&self, payload: &[u8], ts: u64) -> Signed<Proposal> {
+        let g = self.genesis();
+        let block = Block {
+            header: BlockHeader {
+                parent: g.id(),
+                height: Height(1),
+                view: View(1),
+                proposer: ValidatorIndex(1),
+                timestamp_ms: ts,
+                payload_digest: Digest::of(payload),
+                justify: genesis_qc(&g),
+            },
+            payload: payload.to_vec(),
+        };
+        Verified::sign(
+            &self.keys[1],
+            ValidatorIndex(1),
+            &self.cfg.chain_id,
+            Proposal { block, tc: None },
+        )
+        .into_signed()
+    }
+
+    fn deliver(&mut self, core: &mut Core, from: u16, msg: Message, now: u64) -> Vec<Action> {
+        let msg: VerifiedMessage = self.verifier.verify(msg).expect("valid message");
+        core.handle(
+            Time(now),
+            Event::Message {
+                from: ValidatorIndex(from),
+                msg,
+            },
+        )
+    }
+}
+
+fn votes(actions: &[Action]) -> Vec<Signed<Vote>> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                msg: Message::Vote(v),
+                ..
+            } => Some(v.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Every message a validator signs is preceded, in the same action list, by
+/// a Persist whose safety state already records it.
+fn assert_persist_before_send(actions: &[Action]) {
+    let mut persisted = None;
+    for a in actions {
+        match a {
+            Action::Persist(s) => persisted = Some(s.clone()),
+            Action::Send {
+                msg: Message::Vote(v),
+                ..
+            } => {
+                let s = persisted.as_ref().expect("vote sent before any persist");
+                assert_eq!(
+                    s.last_vote.as_ref(),
+                    Some(v),
+                    "persisted state lacks the vote"
+                );
+            }
+            Action::Broadcast(Message::Timeout(t)) => {
+                let s = persisted.as_ref().expect("timeout sent before any persist");
+                let stored = s.last_timeout.as_ref().expect("timeout not persisted");
+                assert_eq!(stored.signature, t.signature);
+            }
+            Action::Broadcast(Message::Proposal(p)) => {
+                let s = persisted
+                    .as_ref()
+                    .expect("proposal sent before any persist");
+                assert!(s.last_proposed_view >= p.payload.block.view());
+            }
+            _ => {}
+        }
+    }
+}
+
+#[test]
+fn votes_once_and_persists_before_sending() {
+    let mut n = net();
+    let mut c = n.core(0);
+    let p = n.proposal(b"tx", 2_100);
+    let out = n.deliver(&mut c, 1, Message::Proposal(p), 2_200);
+    assert_persist_before_send(&out);
+    let v = votes(&out);
+    assert_eq!(v.len(), 1);
+    assert!(
+        matches!(out.iter().find(|a| matches!(a, Action::Send { .. })),
+        Some(Action::Send { to, .. }) if *to == ValidatorIndex(2)),
+        "vote goes to the next leader"
+    );
+    assert!(
+        out.iter().any(|a| matches!(a, Action::PersistBlock(_))),
+        "the voted block is persisted"
+    );
+}
+
+#[test]
+fn restart_resends_the_stored_vote_and_never_signs_a_conflicting_one() {
+    let mut n = net();
+    let mut c = n.core(0);
+    let p = n.proposal(b"tx", 2_100);
+    let out = n.deliver(&mut c, 1, Message::Proposal(p.clone()), 2_200);
+    let first = votes(&out).pop().unwrap();
+    let safety = c.safety().clone();
+    drop(c);
+
+    let g = n.genesis();
+    let restore = Restore {
+        safety,
+        committed: (g.clone(), genesis_qc(&g)),
+        stable: None,
+        blocks: vec![],
+    };
+    let mut c = Core::restore(
+        n.cfg.clone(),
+        n.keys[0].clone(),
+        Box::new(AcceptAll),
+        restore,
+        Time(3_000),
+    )
+    .unwrap()
+    .0;
+    assert_eq!(c.view(), View(1), "resumes in the view it voted in");
+    // The leader equivocates: a different block for view 1. No vote.
+    let other = n.proposal(b"other", 2_100);
+    let out = n.deliver(&mut c, 1, Message::Proposal(other), 3_100);
+    assert!(
+        votes(&out).is_empty(),
+        "signed a conflicting vote after restart"
+    );
+    // The original block again: the stored vote, byte for byte.
+    let out = n.deliver(&mut c, 1, Message::Proposal(p), 3_200);
+    let again = votes(&out).pop().expect("stored vote re-sent");
+    assert_eq!(again, first);
+}
+
+#[test]
+fn equivocating_proposals_produce_evidence_with_both_signatures() {
+    let mut n = net();
+    let mut c = n.core(0);
+    let a = n.proposal(b"a", 2_100);
+    let b = n.proposal(b"b", 2_100);
+    n.deliver(&mut c, 1, Message::Proposal(a.clone()), 2_200);
+    let out = n.deliver(&mut c, 1, Message::Proposal(b.clone()), 2_300);
+    let ev = out
+        .iter()
+        .find_map(|x| match x {
+            Action::Evidence(e) => Some(e.clone()),
+            _ => None,
+        })
+        .expect("evidence");
+    assert_eq!(ev.signer, ValidatorIndex(1));
+    assert_eq!(ev.first, Message::Proposal(a));
+    assert_eq!(ev.second, Message::Proposal(b));
+    assert!(votes(&out).is_empty());
+}
+
+#[test]
+fn block_timestamp_rules() {
+    // (block timestamp, validator clock, votes?, why)
+    let cases = [
+        (2_100, 2_200, true, "in the past, after the parent"),
+        (2_200 + 2_000, 2_200, true, "at the skew bound"),
+        (2_200 + 2_001, 2_200, false, "beyond the skew bound"),
+        (1_000, 2_200, false, "not after the parent's timestamp"),
+    ];
+    for (ts, now, want, why) in cases {
+        let mut n = net();
+        let mut c = n.core(0);
+        let out = n.deliver(&mut c, 1, Message::Proposal(n.proposal(b"x", ts)), now);
+        assert_eq!(!votes(&out).is_empty(), want, "{why}");
+    }
+}
+
+#[test]
+fn far_future_messages_are_dropped_not_buffered() {
+    let mut n = net();
+    let mut c = n.core(0);
+    let g = n.genesis();
+    for (view, dropped) in [(5u64, 0u64), (11, 0), (12, 1), (1_000_000, 2)] {
+        let t = Verified::sign(
+            &n.keys[3],
+            ValidatorIndex(3),
+            &n.cfg.chain_id,
+            Timeout {
+                view: View(view),
+                high_qc: genesis_qc(&g),
+                high_tc: None,
+            },
+        )
+        .into_signed();
+        n.deliver(&mut c, 3, Message::Timeout(t), 2_100);
+        assert_eq!(c.stats().future_dropped, dropped, "view {view}");
+    }
+    assert_eq!(c.view(), View(1), "one validator's timeouts move nobody");
+}
+
+#[test]
+fn timer_fires_a_persisted_timeout_and_no_vote_follows_in_that_view() {
+    let mut n = net();
+    let mut c = n.core(0);
+    let fired = c.handle(Time(3_000), Event::TimerFired { view: View(1) });
+    let out = fired.clone();
+    assert_persist_before_send(&out);
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::Broadcast(Message::Timeout(_))))
+    );
+    let next_timer = out.iter().find_map(|a| match a {
+        Action::SetTimer { view, at } => Some((*view, *at)),
+        _ => None,
+    });
+    assert_eq!(
+        next_timer,
+        Some((View(1), Time(3_000 + 2 * n.cfg.base_timeout_ms))),
+        "the view's timer backs off"
+    );
+    let out = n.deliver(
+        &mut c,
+        1,
+        Message::Proposal(n.proposal(b"late", 2_100)),
+        3_100,
+    );
+    assert!(votes(&out).is_empty());
+    // The timer firing again re-sends the same signed timeout.
+    let again = c.handle(Time(6_000), Event::TimerFired { view: View(1) });
+    let sigs: Vec<_> = fired
+        .iter()
+        .chain(again.iter())
+        .filter_map(|a| match a {
+            Action::Broadcast(Message::Timeout(t)) => Some(t.signature),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sigs.len(), 2);
+    assert_eq!(sigs[0], sigs[1], "re-sent, not re-signed");
+}
+
+#[test]
+fn wire_format_is_pinned() {
+    // Changing these bytes breaks every deployed validator: do it only with
+    // a new message version.
+    let v = Vote {
+        view: View(300),
+        height: Height(7),
+        block_id: Digest([0xab; 32]),
+    };
+    let hex: String = phalanx_crypto::encode(&v)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert_eq!(hex, format!("ac0207{}", "ab".repeat(32)));
+    let chain = ChainId::new("c").unwrap();
+    let signing = phalanx_crypto::signing_bytes(&chain, &v);
+    assert!(signing.starts_with(b"PHALANX-SIG-V1\0\x16phalanx/consensus/vote\x01c"));
+}
+
+#[test]
+fn stale_proposals_are_dropped() {
+    let mut n = net();
+    let mut c = n.core(0);
+    // Three timeouts for view 1 and 2 move validator 0 to view 3.
+    let g = n.genesis();
+    for view in [1u64, 2] {
+        for i in 1..4u16 {
+            let t = Verified::sign(
+                &n.keys[i as usize],
+                ValidatorIndex(i),
+                &n.cfg.chain_id,
+                Timeout {
+                    view: View(view),
+                    high_qc: genesis_qc(&g),
+                    high_tc: None,
+                },
+            )
+            .into_signed();
+            n.deliver(&mut c, i, Message::Timeout(t), 2_100);
+        }
+    }
+    assert_eq!(c.view(), View(3));
+    let before = c.stats().stale_dropped;
+    let out = n.deliver(
+        &mut c,
+        1,
+        Message::Proposal(n.proposal(b"old", 2_100)),
+        2_200,
+    );
+    assert!(votes(&out).is_empty());
+    assert_eq!(c.stats().stale_dropped, before + 1);
+}
+
+#[test]
+fn bad_inputs_are_refused_at_the_edge() {
+    let mut n = net();
+    let mut p = n.proposal(b"x", 2_100);
+    p.signature.0[0] ^= 1;
+    assert!(n.verifier.verify(Message::Proposal(p)).is_err());
+    let mut p = n.proposal(b"x", 2_100);
+    p.payload.block.payload = b"y".to_vec();
+    assert!(
+        n.verifier.verify(Message::Proposal(p)).is_err(),
+        "payload digest"
+    );
+    let mut p = n.proposal(b"x", 2_100);
+    p.signer = ValidatorIndex(2);
+    assert!(
+        n.verifier.verify(Message::Proposal(p)).is_err(),
+        "signer is not the proposer"
+    );
+    assert!(n.verifier.verify_bytes(&[0xff; 40]).is_err());
+    assert!(n.verifier.verify_bytes(&[]).is_err());
+}
+
+#[test]
+fn a_checkpoint_forms_from_a_quorum_of_equal_votes() {
+    let mut n = net();
+    let mut cores: Vec<Core> = (0..4).map(|i| n.core(i)).collect();
+    let root = Digest::of(b"root");
+    let block = Digest::of(b"block");
+    let mut votes = Vec::new();
+    for c in cores.iter_mut().take(3) {
+        let out = c.handle(
+            Time(2_100),
+            Event::Executed {
+                height: Height(2),
+                block_id: block,
+                state_root: root,
+            },
+        );
+        votes.extend(out.into_iter().filter_map(|a| match a {
+            Action::Broadcast(m @ Message::Checkpoint(_)) => Some(m),
+            _ => None,
+        }));
+    }
+    assert_eq!(votes.len(), 3);
+    let mut last = vec![];
+    for (i, v) in votes.into_iter().enumerate() {
+        last = n.deliver(&mut cores[3], i as u16, v, 2_200);
+    }
+    let cert = last
+        .iter()
+        .find_map(|a| match a {
+            Action::StableCheckpoint(c) => Some(c.clone()),
+            _ => None,
+        })
+        .expect("stable checkpoint");
+    assert_eq!(cert.payload.height, Height(2));
+    assert_eq!(cert.payload.state_root, root);
+    assert_eq!(cert.signers.count(), 3);
+    assert_eq!(cores[3].stable_checkpoint(), Some(&cert));
+}
+
+#[test]
+fn config_errors_name_the_key() {
+    let n = net();
+    let mut cfg = n.cfg.clone();
+    cfg.checkpoint_interval = 0;
+    assert_eq!(cfg.validate().unwrap_err().key, "checkpoint_interval");
+    let mut cfg = n.cfg.clone();
+    cfg.max_timeout_ms = 1;
+    assert_eq!(cfg.validate().unwrap_err().key, "max_timeout_ms");
+    let stranger = KeyPair::from_seed([99; 32]);
+    let err = Core::new(n.cfg.clone(), stranger, Box::new(AcceptAll), Time(0))
+        .err()
+        .unwrap();
+    assert_eq!(err.key, "validator_key");
+}
