@@ -1,0 +1,34 @@
+# Shared set-up for the project's scripts (sourced, not run).
+#
+# Builds reuse one target directory outside the clone, so a fresh clone on a
+# machine that built before does not rebuild RocksDB (about 20 minutes).
+export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$HOME/.cache/phalanx/target}"
+export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
+
+# Root runs apt-get directly; anyone else goes through sudo.
+_apt() {
+    if [ "$(id -u)" -eq 0 ]; then
+        DEBIAN_FRONTEND=noninteractive apt-get "$@"
+    else
+        sudo DEBIAN_FRONTEND=noninteractive apt-get "$@"
+    fi
+}
+
+# RocksDB's bindings need clang/libclang (with clang's built-in headers) and
+# a C++ compiler. Installed only when missing.
+ensure_build_deps() {
+    local missing=()
+    command -v cargo >/dev/null || { echo "cargo not found: install Rust (rustup) first" >&2; exit 1; }
+    command -v c++ >/dev/null || missing+=(g++)
+    command -v clang >/dev/null || missing+=(clang)
+    # The unversioned libclang.so and clang's stddef.h come with libclang-dev.
+    if ! ls /usr/lib/llvm-*/lib/libclang.so >/dev/null 2>&1 \
+        || ! ls /usr/lib/llvm-*/lib/clang/*/include/stddef.h >/dev/null 2>&1; then
+        missing+=(libclang-dev)
+    fi
+    if [ ${#missing[@]} -gt 0 ]; then
+        echo "==> installing ${missing[*]}"
+        _apt update -qq
+        _apt install -y -qq "${missing[@]}" >/dev/null
+    fi
+}
