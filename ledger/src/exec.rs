@@ -1,0 +1,245 @@
+//! Deterministic execution of a block's transactions.
+//!
+//! Total: every payload item gets exactly one receipt, whatever a Byzantine
+//! leader put there; nothing here panics on input. The only error is a
+//! failing state read (a local disk fault, fatal to the node).
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use phalanx_crypto::{ChainId, Digest, PublicKey};
+use serde::{Deserialize, Serialize};
+
+use crate::{Account, LedgerError, SignedTransfer, decode_payload, verify_signatures};
+
+/// Read access to the state before a block.
+pub trait StateView {
+    /// An account, or `None` if it never received anything.
+    fn account(&self, addr: &PublicKey) -> Result<Option<Account>, LedgerError>;
+    /// Whether a transaction with this hash is already in a committed block.
+    fn tx_committed(&self, hash: &Digest) -> Result<bool, LedgerError>;
+}
+
+/// The outcome of one transaction.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum TxStatus {
+    /// Applied: balances moved and the sender's nonce advanced.
+    Applied,
+    /// Not a decodable, well-formed transaction.
+    Malformed,
+    /// The signature does not verify.
+    BadSignature,
+    /// Signed for another chain.
+    WrongChain,
+    /// Already in an earlier block, or earlier in this one: not applied again.
+    Duplicate,
+    /// The nonce was already used.
+    NonceTooLow {
+        /// The sender's next nonce.
+        expected: u64,
+        /// The transaction's.
+        got: u64,
+    },
+    /// The nonce skips ahead of the sender's next nonce.
+    NonceTooHigh {
+        /// The sender's next nonce.
+        expected: u64,
+        /// The transaction's.
+        got: u64,
+    },
+    /// The sender cannot pay the sum of the legs.
+    InsufficientFunds {
+        /// The sender's balance.
+        balance: u64,
+        /// The sum of the legs.
+        needed: u64,
+    },
+    /// The legs' sum or a recipient's balance would overflow.
+    Overflow,
+}
+
+impl TxStatus {
+    /// A stable snake_case name, for metrics and RPC.
+    pub fn name(&self) -> &'static str {
+        match self {
+            TxStatus::Applied => "applied",
+            TxStatus::Malformed => "malformed",
+            TxStatus::BadSignature => "bad_signature",
+            TxStatus::WrongChain => "wrong_chain",
+            TxStatus::Duplicate => "duplicate",
+            TxStatus::NonceTooLow { .. } => "nonce_too_low",
+            TxStatus::NonceTooHigh { .. } => "nonce_too_high",
+            TxStatus::InsufficientFunds { .. } => "insufficient_funds",
+            TxStatus::Overflow => "overflow",
+        }
+    }
+}
+
+/// One transaction's receipt.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// The transaction hash (for a malformed item: SHA-256 of its bytes).
+    pub tx_hash: Digest,
+    /// What happened.
+    pub status: TxStatus,
+}
+
+/// Everything a block's execution produced.
+#[derive(Clone, Debug, Default)]
+pub struct BlockOutput {
+    /// One per payload item, in order.
+    pub receipts: Vec<Receipt>,
+    /// New state of every account the block changed.
+    pub changes: BTreeMap<PublicKey, Account>,
+    /// The raw bytes of each payload item, in order (for the transaction
+    /// index).
+    pub tx_bytes: Vec<Vec<u8>>,
+}
+
+impl BlockOutput {
+    /// Hashes of the applied transactions.
+    pub fn applied(&self) -> impl Iterator<Item = &Digest> {
+        self.receipts
+            .iter()
+            .filter(|r| r.status == TxStatus::Applied)
+            .map(|r| &r.tx_hash)
+    }
+}
+
+/// Decodes, batch-verifies and executes a block payload.
+pub fn execute_block(
+    view: &impl StateView,
+    chain: &ChainId,
+    payload: &[u8],
+) -> Result<BlockOutput, LedgerError> {
+    let Ok(items) = decode_payload(payload) else {
+        return Ok(BlockOutput::default());
+    };
+    let decoded: Vec<Result<SignedTransfer, LedgerError>> =
+        items.iter().map(|b| SignedTransfer::decode(b)).collect();
+    let good: Vec<SignedTransfer> = decoded.iter().filter_map(|d| d.as_ref().ok()).cloned().collect();
+    let mut sig = verify_signatures(&good).into_iter();
+    let checked: Vec<Option<(SignedTransfer, bool)>> = decoded
+        .into_iter()
+        .map(|d| d.ok().map(|t| (t, sig.next().unwrap_or(false))))
+        .collect();
+    execute_checked(view, chain, items, checked)
+}
+
+/// Executes decoded transactions whose signatures were already checked
+/// (`None` marks an undecodable item). Exposed so that signature
+/// verification can be measured and done on its own.
+pub fn execute_checked(
+    view: &impl StateView,
+    chain: &ChainId,
+    items: Vec<Vec<u8>>,
+    checked: Vec<Option<(SignedTransfer, bool)>>,
+) -> Result<BlockOutput, LedgerError> {
+    debug_assert_eq!(items.len(), checked.len());
+    let mut overlay: BTreeMap<PublicKey, Account> = BTreeMap::new();
+    let mut before: BTreeMap<PublicKey, Account> = BTreeMap::new();
+    let mut seen: BTreeSet<Digest> = BTreeSet::new();
+    let mut receipts = Vec::with_capacity(items.len());
+
+    let mut load = |addr: &PublicKey,
+                    overlay: &mut BTreeMap<PublicKey, Account>|
+     -> Result<Account, LedgerError> {
+        if let Some(a) = overlay.get(addr) {
+            return Ok(*a);
+        }
+        let a = view.account(addr)?.unwrap_or_default();
+        before.insert(*addr, a);
+        overlay.insert(*addr, a);
+        Ok(a)
+    };
+
+    for (bytes, item) in items.iter().zip(checked) {
+        let Some((tx, sig_ok)) = item else {
+            receipts.push(Receipt {
+                tx_hash: Digest::of(bytes),
+                status: TxStatus::Malformed,
+            });
+            continue;
+        };
+        let hash = tx.hash();
+        let status = 'status: {
+            if !sig_ok {
+                break 'status TxStatus::BadSignature;
+            }
+            let t = &tx.transfer;
+            if t.chain_id != *chain {
+                break 'status TxStatus::WrongChain;
+            }
+            if seen.contains(&hash) || view.tx_committed(&hash)? {
+                break 'status TxStatus::Duplicate;
+            }
+            let sender = load(&t.sender, &mut overlay)?;
+            if t.nonce < sender.nonce {
+                break 'status TxStatus::NonceTooLow {
+                    expected: sender.nonce,
+                    got: t.nonce,
+                };
+            }
+            if t.nonce > sender.nonce {
+                break 'status TxStatus::NonceTooHigh {
+                    expected: sender.nonce,
+                    got: t.nonce,
+                };
+            }
+            let Some(total) = t.total() else {
+                break 'status TxStatus::Overflow;
+            };
+            if sender.balance < total {
+                break 'status TxStatus::InsufficientFunds {
+                    balance: sender.balance,
+                    needed: total,
+                };
+            }
+            // Check every credit before changing anything: all or nothing.
+            let mut staged: BTreeMap<PublicKey, Account> = BTreeMap::new();
+            staged.insert(
+                t.sender,
+                Account {
+                    balance: sender.balance - total,
+                    nonce: sender.nonce + 1,
+                },
+            );
+            for leg in &t.legs {
+                let cur = match staged.get(&leg.to) {
+                    Some(a) => *a,
+                    None => load(&leg.to, &mut overlay)?,
+                };
+                let Some(balance) = cur.balance.checked_add(leg.amount) else {
+                    break 'status TxStatus::Overflow;
+                };
+                staged.insert(leg.to, Account { balance, ..cur });
+            }
+            overlay.extend(staged);
+            seen.insert(hash);
+            TxStatus::Applied
+        };
+        receipts.push(Receipt {
+            tx_hash: hash,
+            status,
+        });
+    }
+
+    // Conservation of supply: balances only move between accounts. A
+    // violation is a bug that would corrupt the ledger; stop here.
+    let delta: i128 = overlay
+        .iter()
+        .map(|(k, a)| {
+            a.balance as i128 - before.get(k).map_or(0, |b| b.balance) as i128
+        })
+        .sum();
+    assert_eq!(delta, 0, "block execution changed the total supply");
+
+    let changes = overlay
+        .into_iter()
+        .filter(|(k, a)| before.get(k) != Some(a))
+        .collect();
+    Ok(BlockOutput {
+        receipts,
+        changes,
+        tx_bytes: items,
+    })
+}

@@ -1,0 +1,214 @@
+//! Execution rules, exactly-once, and property tests over random streams of
+//! valid and invalid transactions.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use phalanx_crypto::{ChainId, Digest, KeyPair, PublicKey};
+use phalanx_ledger::{
+    Account, LedgerError, Leg, MemTreeStore, StateTree, StateView, Transfer, TxStatus,
+    encode_payload, execute_block, verify_account_proof,
+};
+use proptest::prelude::*;
+
+/// A ledger held in memory: accounts, committed hashes and the tree.
+struct Ledger {
+    chain: ChainId,
+    accounts: BTreeMap<PublicKey, Account>,
+    committed: BTreeSet<Digest>,
+    tree: MemTreeStore,
+    version: u64,
+    root: Digest,
+}
+
+impl StateView for Ledger {
+    fn account(&self, a: &PublicKey) -> Result<Option<Account>, LedgerError> {
+        Ok(self.accounts.get(a).copied())
+    }
+    fn tx_committed(&self, h: &Digest) -> Result<bool, LedgerError> {
+        Ok(self.committed.contains(h))
+    }
+}
+
+impl Ledger {
+    fn new(balances: &[(PublicKey, u64)]) -> Ledger {
+        let mut tree = MemTreeStore::default();
+        let accounts: BTreeMap<_, _> = balances
+            .iter()
+            .map(|(k, b)| {
+                (
+                    *k,
+                    Account {
+                        balance: *b,
+                        nonce: 0,
+                    },
+                )
+            })
+            .collect();
+        let (root, batch) = StateTree::apply(&tree, 0, &accounts).unwrap();
+        tree.write(&batch);
+        Ledger {
+            chain: ChainId::new("ledger-test").unwrap(),
+            accounts,
+            committed: BTreeSet::new(),
+            tree,
+            version: 0,
+            root,
+        }
+    }
+
+    fn apply(&mut self, txs: &[Vec<u8>]) -> Vec<TxStatus> {
+        let out = execute_block(self, &self.chain.clone(), &encode_payload(txs)).unwrap();
+        self.version += 1;
+        let (root, batch) = StateTree::apply(&self.tree, self.version, &out.changes).unwrap();
+        self.tree.write(&batch);
+        self.root = root;
+        for (k, a) in &out.changes {
+            self.accounts.insert(*k, *a);
+        }
+        self.committed.extend(out.receipts.iter().map(|r| r.tx_hash));
+        out.receipts.into_iter().map(|r| r.status).collect()
+    }
+
+    fn supply(&self) -> u128 {
+        self.accounts.values().map(|a| a.balance as u128).sum()
+    }
+}
+
+fn key(i: u8) -> KeyPair {
+    KeyPair::from_seed([i + 1; 32])
+}
+
+fn transfer(chain: &ChainId, from: &KeyPair, nonce: u64, legs: &[(u8, u64)]) -> Vec<u8> {
+    Transfer {
+        chain_id: chain.clone(),
+        sender: from.public(),
+        nonce,
+        legs: legs
+            .iter()
+            .map(|(to, amount)| Leg {
+                to: key(*to).public(),
+                amount: *amount,
+            })
+            .collect(),
+    }
+    .sign(from)
+    .encode()
+}
+
+#[test]
+fn each_rule_has_its_receipt() {
+    let mut l = Ledger::new(&[(key(0).public(), 100), (key(1).public(), u64::MAX - 100)]);
+    let c = l.chain.clone();
+    let other = ChainId::new("other").unwrap();
+    let mut bad_sig = transfer(&c, &key(0), 0, &[(2, 1)]);
+    let last = bad_sig.len() - 1;
+    bad_sig[last] ^= 1;
+    let ok = transfer(&c, &key(0), 0, &[(2, 10), (3, 5)]);
+    let statuses = l.apply(&[
+        vec![1, 2, 3],                                      // malformed
+        bad_sig,                                            // bad signature
+        transfer(&other, &key(0), 0, &[(2, 1)]),            // wrong chain
+        transfer(&c, &key(0), 1, &[(2, 1)]),                // nonce too high
+        ok.clone(),                                         // applied
+        ok.clone(),                                         // duplicate within the block
+        transfer(&c, &key(0), 0, &[(2, 2)]),                // nonce too low now
+        transfer(&c, &key(0), 1, &[(2, 1000)]),             // insufficient funds
+        // A recipient's balance can never overflow (supply fits in u64, and
+        // is conserved); this one ends 20 short of the maximum.
+        transfer(&c, &key(0), 1, &[(1, 80)]),               // applied
+        transfer(&c, &key(0), 2, &[(2, u64::MAX), (3, 2)]), // overflow of the sum
+    ]);
+    assert_eq!(statuses[0], TxStatus::Malformed);
+    assert_eq!(statuses[1], TxStatus::BadSignature);
+    assert_eq!(statuses[2], TxStatus::WrongChain);
+    assert_eq!(statuses[3], TxStatus::NonceTooHigh { expected: 0, got: 1 });
+    assert_eq!(statuses[4], TxStatus::Applied);
+    assert_eq!(statuses[5], TxStatus::Duplicate);
+    assert_eq!(statuses[6], TxStatus::NonceTooLow { expected: 1, got: 0 });
+    assert_eq!(
+        statuses[7],
+        TxStatus::InsufficientFunds {
+            balance: 85,
+            needed: 1000
+        }
+    );
+    assert_eq!(statuses[8], TxStatus::Applied);
+    assert_eq!(statuses[9], TxStatus::Overflow);
+    assert_eq!(
+        l.accounts[&key(0).public()],
+        Account {
+            balance: 5,
+            nonce: 2
+        }
+    );
+    assert_eq!(l.accounts[&key(1).public()].balance, u64::MAX - 20);
+    assert_eq!(l.accounts[&key(2).public()].balance, 10);
+    // Resubmitted in a later block: recognised by hash, never applied twice.
+    assert_eq!(l.apply(&[ok]), vec![TxStatus::Duplicate]);
+    assert_eq!(l.accounts[&key(2).public()].balance, 10);
+}
+
+#[test]
+fn a_garbage_payload_executes_to_no_receipts() {
+    let mut l = Ledger::new(&[(key(0).public(), 1)]);
+    let chain = l.chain.clone();
+    let out = execute_block(&l, &chain, &[0xff, 0xff, 0xff, 0xff, 0x0f]).unwrap();
+    assert!(out.receipts.is_empty() && out.changes.is_empty());
+    assert!(l.apply(&[]).is_empty());
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(64))]
+
+    /// Random streams of valid and invalid transfers: supply conserved,
+    /// nonces exact (one per applied transfer), and every account's proof
+    /// verifies against the root and fails on a tampered byte.
+    #[test]
+    fn random_streams_conserve_supply_and_keep_nonces_exact(
+        ops in proptest::collection::vec(
+            (0u8..6, 0u8..8, 0u64..400, 0u64..3, any::<bool>(), 0usize..4),
+            1..60,
+        ),
+        block_size in 1usize..8,
+    ) {
+        let genesis: Vec<(PublicKey, u64)> = (0..6u8).map(|i| (key(i).public(), 1000)).collect();
+        let mut l = Ledger::new(&genesis);
+        let supply = l.supply();
+        let chain = l.chain.clone();
+        let mut next_nonce = [0u64; 6];
+        for chunk in ops.chunks(block_size) {
+            let txs: Vec<Vec<u8>> = chunk.iter().map(|(from, to, amount, skew, corrupt, legs)| {
+                // Usually the right nonce, sometimes one below or above.
+                let nonce = (next_nonce[*from as usize] + skew).saturating_sub(1);
+                let legs: Vec<(u8, u64)> = (0..=*legs).map(|i| ((to + i as u8) % 8, *amount)).collect();
+                let mut b = transfer(&chain, &key(*from), nonce, &legs);
+                if *corrupt && amount % 5 == 0 { let n = b.len() - 3; b[n] ^= 0x20; }
+                b
+            }).collect();
+            let senders: Vec<u8> = chunk.iter().map(|o| o.0).collect();
+            let statuses = l.apply(&txs);
+            prop_assert_eq!(statuses.len(), txs.len());
+            for (s, st) in senders.iter().zip(&statuses) {
+                if *st == TxStatus::Applied {
+                    next_nonce[*s as usize] += 1;
+                }
+            }
+            prop_assert_eq!(l.supply(), supply);
+        }
+        for i in 0..6u8 {
+            let acct = l.accounts[&key(i).public()];
+            prop_assert_eq!(acct.nonce, next_nonce[i as usize]);
+            let (got, proof) = StateTree::get_with_proof(&l.tree, l.version, &key(i).public()).unwrap();
+            prop_assert_eq!(got, Some(acct));
+            prop_assert!(verify_account_proof(l.root, &key(i).public(), Some(&acct), &proof).is_ok());
+            let mut bytes = proof.to_bytes();
+            let pos = bytes.len() / 2;
+            bytes[pos] ^= 1;
+            if let Ok(bad) = phalanx_ledger::AccountProof::from_bytes(&bytes) {
+                prop_assert!(verify_account_proof(l.root, &key(i).public(), Some(&acct), &bad).is_err());
+            }
+        }
+    }
+}
