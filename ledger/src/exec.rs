@@ -105,35 +105,62 @@ impl BlockOutput {
     }
 }
 
+/// A block payload decoded and signature-checked, ready to execute.
+/// Preparing is where signatures are verified (in one batch), so it can be
+/// done, and measured, apart from execution.
+#[derive(Clone, Debug, Default)]
+pub struct PreparedPayload {
+    items: Vec<Vec<u8>>,
+    checked: Vec<Option<(SignedTransfer, bool)>>,
+}
+
+impl PreparedPayload {
+    /// Number of payload items.
+    pub fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    /// True if the payload holds no items (or did not decode).
+    pub fn is_empty(&self) -> bool {
+        self.items.is_empty()
+    }
+}
+
+/// Decodes a payload and batch-verifies its signatures. An undecodable
+/// payload prepares to nothing, and so executes to no receipts.
+pub fn prepare_payload(payload: &[u8]) -> PreparedPayload {
+    let Ok(items) = decode_payload(payload) else {
+        return PreparedPayload::default();
+    };
+    let decoded: Vec<Option<SignedTransfer>> = items
+        .iter()
+        .map(|b| SignedTransfer::decode(b).ok())
+        .collect();
+    let good: Vec<SignedTransfer> = decoded.iter().flatten().cloned().collect();
+    let mut sig = verify_signatures(&good).into_iter();
+    let checked = decoded
+        .into_iter()
+        .map(|d| d.map(|t| (t, sig.next().unwrap_or(false))))
+        .collect();
+    PreparedPayload { items, checked }
+}
+
 /// Decodes, batch-verifies and executes a block payload.
 pub fn execute_block(
     view: &impl StateView,
     chain: &ChainId,
     payload: &[u8],
 ) -> Result<BlockOutput, LedgerError> {
-    let Ok(items) = decode_payload(payload) else {
-        return Ok(BlockOutput::default());
-    };
-    let decoded: Vec<Result<SignedTransfer, LedgerError>> =
-        items.iter().map(|b| SignedTransfer::decode(b)).collect();
-    let good: Vec<SignedTransfer> = decoded.iter().filter_map(|d| d.as_ref().ok()).cloned().collect();
-    let mut sig = verify_signatures(&good).into_iter();
-    let checked: Vec<Option<(SignedTransfer, bool)>> = decoded
-        .into_iter()
-        .map(|d| d.ok().map(|t| (t, sig.next().unwrap_or(false))))
-        .collect();
-    execute_checked(view, chain, items, checked)
+    execute_prepared(view, chain, prepare_payload(payload))
 }
 
-/// Executes decoded transactions whose signatures were already checked
-/// (`None` marks an undecodable item). Exposed so that signature
-/// verification can be measured and done on its own.
-pub fn execute_checked(
+/// Executes a prepared payload.
+pub fn execute_prepared(
     view: &impl StateView,
     chain: &ChainId,
-    items: Vec<Vec<u8>>,
-    checked: Vec<Option<(SignedTransfer, bool)>>,
+    prepared: PreparedPayload,
 ) -> Result<BlockOutput, LedgerError> {
+    let PreparedPayload { items, checked } = prepared;
     debug_assert_eq!(items.len(), checked.len());
     let mut overlay: BTreeMap<PublicKey, Account> = BTreeMap::new();
     let mut before: BTreeMap<PublicKey, Account> = BTreeMap::new();

@@ -18,9 +18,19 @@ mod tx;
 
 pub use account::Account;
 pub use error::LedgerError;
-pub use exec::{BlockOutput, Receipt, StateView, TxStatus, execute_block, execute_checked};
+pub use exec::{
+    BlockOutput, PreparedPayload, Receipt, StateView, TxStatus, execute_block, execute_prepared,
+    prepare_payload,
+};
 pub use genesis::{Genesis, GenesisAccount, Params};
-pub use state::{AccountProof, MemTreeStore, StateTree, account_key, verify_account_proof};
+pub use state::{
+    AccountProof, MemTreeStore, StateTree, account_key, account_value, decode_account_value,
+    verify_account_proof,
+};
+/// The state tree crate, re-exported for storage implementations.
+pub use jmt;
+/// The hasher the state tree uses.
+pub type TreeHasher = sha2_jmt::Sha256;
 pub use tx::{
     Leg, MAX_LEGS, MAX_TX_BYTES, MAX_TXS_PER_BLOCK, SignedTransfer, Transfer, decode_payload,
     encode_payload, verify_signatures,

@@ -1,6 +1,7 @@
 //! The authenticated state: a Jellyfish Merkle tree (16-ary, sparse, with
-//! path compression) over `SHA-256(public key) → encode(Account)`, one tree
-//! version per block height.
+//! path compression) over `SHA-256(public key) → encode((public key,
+//! Account))`, one tree version per block height. The value carries the key
+//! so that a state snapshot restored from chunks names its accounts.
 //!
 //! An update touches O(changed accounts · log₁₆ n) nodes. Old versions stay
 //! readable until their stale nodes are pruned, which gives checkpoints a
@@ -47,11 +48,22 @@ pub fn verify_account_proof(
     account: Option<&Account>,
     proof: &AccountProof,
 ) -> Result<(), LedgerError> {
-    let value = account.map(encode);
+    let value = account.map(|a| account_value(addr, a));
     proof
         .0
         .verify(RootHash(root.0), account_key(addr), value)
         .map_err(|e| LedgerError::Proof(e.to_string()))
+}
+
+/// The tree value of an account.
+pub fn account_value(addr: &PublicKey, account: &Account) -> Vec<u8> {
+    encode(&(addr, account))
+}
+
+/// Decodes a tree value into its account.
+pub fn decode_account_value(v: &[u8]) -> Result<(PublicKey, Account), LedgerError> {
+    decode::<(PublicKey, Account)>(v, 128)
+        .map_err(|e| LedgerError::State(format!("stored account: {e}")))
 }
 
 fn state_err(e: anyhow::Error) -> LedgerError {
@@ -73,7 +85,7 @@ impl StateTree {
         let tree = JellyfishMerkleTree::<R, Hasher>::new(reader);
         let set: Vec<(KeyHash, Option<OwnedValue>)> = changes
             .iter()
-            .map(|(k, a)| (account_key(k), Some(encode(a))))
+            .map(|(k, a)| (account_key(k), Some(account_value(k, a))))
             .collect();
         let (root, batch) = tree.put_value_set(set, version).map_err(state_err)?;
         Ok((Digest(root.0), batch))
@@ -98,10 +110,13 @@ impl StateTree {
             .get_with_proof(account_key(addr), version)
             .map_err(state_err)?;
         let account = match value {
-            Some(v) => Some(
-                decode::<Account>(&v, 64)
-                    .map_err(|e| LedgerError::State(format!("stored account: {e}")))?,
-            ),
+            Some(v) => {
+                let (stored, a) = decode_account_value(&v)?;
+                if stored != *addr {
+                    return Err(LedgerError::State("tree value names another account".into()));
+                }
+                Some(a)
+            }
             None => None,
         };
         Ok((account, AccountProof(proof)))
