@@ -92,6 +92,8 @@ pub struct SimConfig {
     pub liveness_budget_ms: u64,
     /// Blocks each honest validator must commit after GST.
     pub liveness_blocks: u64,
+    /// ... within at most this many views after GST.
+    pub liveness_max_views: u64,
     /// Checkpoint interval K.
     pub checkpoint_interval: u64,
     /// Whether honest validators crash and restart before GST.
@@ -110,6 +112,7 @@ impl SimConfig {
             gst_ms: 4_000,
             liveness_budget_ms: 60_000,
             liveness_blocks: 8,
+            liveness_max_views: 60,
             checkpoint_interval: 5,
             crashes: true,
         }
@@ -563,7 +566,13 @@ impl<'a> Sim<'a> {
                 self.partition = match self.rng.index(if has_twins { 3 } else { 5 }) {
                     0 => Partition::None,
                     1 | 2 => Partition::Halves,
-                    3 => Partition::Isolate(self.rng.index(self.slots.len())),
+                    3 => {
+                        // Isolate the current leader: the view must change.
+                        let view = View(self.max_honest_view());
+                        let leader = self.core_cfg.leader(view);
+                        let slot = self.slots.iter().position(|s| s.validator == leader);
+                        Partition::Isolate(slot.unwrap_or(0))
+                    }
                     _ => Partition::OneWay,
                 };
                 for s in 0..self.slots.len() {
@@ -889,7 +898,14 @@ impl<'a> Sim<'a> {
             h >= self.slots[s].gst_height + self.cfg.liveness_blocks
         });
         if all {
-            self.stats.views_after_gst = self.max_honest_view().saturating_sub(self.gst_view);
+            let views = self.max_honest_view().saturating_sub(self.gst_view);
+            self.stats.views_after_gst = views;
+            if views > self.cfg.liveness_max_views {
+                self.violations.push(format!(
+                    "liveness: {views} views after GST before every honest validator committed {} blocks (bound {})",
+                    self.cfg.liveness_blocks, self.cfg.liveness_max_views
+                ));
+            }
             self.done = true;
         }
     }
