@@ -254,9 +254,7 @@ pub fn execute_prepared(
     // violation is a bug that would corrupt the ledger; stop here.
     let delta: i128 = overlay
         .iter()
-        .map(|(k, a)| {
-            a.balance as i128 - before.get(k).map_or(0, |b| b.balance) as i128
-        })
+        .map(|(k, a)| a.balance as i128 - before.get(k).map_or(0, |b| b.balance) as i128)
         .sum();
     assert_eq!(delta, 0, "block execution changed the total supply");
 

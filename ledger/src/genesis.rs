@@ -199,7 +199,12 @@ mod tests {
                 .contains("checkpoint_interval")
         );
         assert!(Genesis::from_json("{\"chain_id\": \"a b\"}").is_err());
-        let text = sample().to_json().replace("\"params\"", "\"unknown\": 1, \"params\"");
-        assert!(Genesis::from_json(&text).is_err(), "unknown fields are refused");
+        let text = sample()
+            .to_json()
+            .replace("\"params\"", "\"unknown\": 1, \"params\"");
+        assert!(
+            Genesis::from_json(&text).is_err(),
+            "unknown fields are refused"
+        );
     }
 }

@@ -23,12 +23,12 @@ pub use exec::{
     prepare_payload,
 };
 pub use genesis::{Genesis, GenesisAccount, Params};
+/// The state tree crate, re-exported for storage implementations.
+pub use jmt;
 pub use state::{
     AccountProof, MemTreeStore, StateTree, account_key, account_value, decode_account_value,
     verify_account_proof,
 };
-/// The state tree crate, re-exported for storage implementations.
-pub use jmt;
 /// The hasher the state tree uses.
 pub type TreeHasher = sha2_jmt::Sha256;
 pub use tx::{

@@ -113,7 +113,9 @@ impl StateTree {
             Some(v) => {
                 let (stored, a) = decode_account_value(&v)?;
                 if stored != *addr {
-                    return Err(LedgerError::State("tree value names another account".into()));
+                    return Err(LedgerError::State(
+                        "tree value names another account".into(),
+                    ));
                 }
                 Some(a)
             }
@@ -171,7 +173,9 @@ impl TreeReader for MemTreeStore {
         let mut best: Option<(NodeKey, LeafNode)> = None;
         for (k, n) in &self.nodes {
             if let Node::Leaf(l) = n
-                && best.as_ref().is_none_or(|(_, b)| l.key_hash() > b.key_hash())
+                && best
+                    .as_ref()
+                    .is_none_or(|(_, b)| l.key_hash() > b.key_hash())
             {
                 best = Some((k.clone(), l.clone()));
             }
@@ -217,10 +221,19 @@ mod tests {
         assert_eq!(StateTree::root(&store, 0).unwrap(), root);
 
         let (acct, proof) = StateTree::get_with_proof(&store, 0, &addr(7)).unwrap();
-        assert_eq!(acct, Some(Account { balance: 70, nonce: 7 }));
+        assert_eq!(
+            acct,
+            Some(Account {
+                balance: 70,
+                nonce: 7
+            })
+        );
         verify_account_proof(root, &addr(7), acct.as_ref(), &proof).unwrap();
         // Wrong balance, wrong account, wrong root: all fail.
-        let wrong = Account { balance: 71, nonce: 7 };
+        let wrong = Account {
+            balance: 71,
+            nonce: 7,
+        };
         assert!(verify_account_proof(root, &addr(7), Some(&wrong), &proof).is_err());
         assert!(verify_account_proof(root, &addr(8), acct.as_ref(), &proof).is_err());
         assert!(verify_account_proof(Digest::of(b"x"), &addr(7), acct.as_ref(), &proof).is_err());
@@ -241,10 +254,22 @@ mod tests {
     fn updates_change_the_root_and_keep_old_versions_readable() {
         let mut store = MemTreeStore::default();
         let mut c = BTreeMap::new();
-        c.insert(addr(1), Account { balance: 5, nonce: 0 });
+        c.insert(
+            addr(1),
+            Account {
+                balance: 5,
+                nonce: 0,
+            },
+        );
         let (r0, b) = StateTree::apply(&store, 0, &c).unwrap();
         store.write(&b);
-        c.insert(addr(1), Account { balance: 4, nonce: 1 });
+        c.insert(
+            addr(1),
+            Account {
+                balance: 4,
+                nonce: 1,
+            },
+        );
         let (r1, b) = StateTree::apply(&store, 1, &c).unwrap();
         store.write(&b);
         assert_ne!(r0, r1);

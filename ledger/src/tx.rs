@@ -55,7 +55,9 @@ impl Transfer {
 
     /// Sum of the legs, or `None` on overflow.
     pub fn total(&self) -> Option<u64> {
-        self.legs.iter().try_fold(0u64, |acc, l| acc.checked_add(l.amount))
+        self.legs
+            .iter()
+            .try_fold(0u64, |acc, l| acc.checked_add(l.amount))
     }
 
     /// Signs with `key` (which must be the sender's).

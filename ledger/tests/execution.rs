@@ -67,7 +67,8 @@ impl Ledger {
         for (k, a) in &out.changes {
             self.accounts.insert(*k, *a);
         }
-        self.committed.extend(out.receipts.iter().map(|r| r.tx_hash));
+        self.committed
+            .extend(out.receipts.iter().map(|r| r.tx_hash));
         out.receipts.into_iter().map(|r| r.status).collect()
     }
 
@@ -107,26 +108,38 @@ fn each_rule_has_its_receipt() {
     bad_sig[last] ^= 1;
     let ok = transfer(&c, &key(0), 0, &[(2, 10), (3, 5)]);
     let statuses = l.apply(&[
-        vec![1, 2, 3],                                      // malformed
-        bad_sig,                                            // bad signature
-        transfer(&other, &key(0), 0, &[(2, 1)]),            // wrong chain
-        transfer(&c, &key(0), 1, &[(2, 1)]),                // nonce too high
-        ok.clone(),                                         // applied
-        ok.clone(),                                         // duplicate within the block
-        transfer(&c, &key(0), 0, &[(2, 2)]),                // nonce too low now
-        transfer(&c, &key(0), 1, &[(2, 1000)]),             // insufficient funds
+        vec![1, 2, 3],                           // malformed
+        bad_sig,                                 // bad signature
+        transfer(&other, &key(0), 0, &[(2, 1)]), // wrong chain
+        transfer(&c, &key(0), 1, &[(2, 1)]),     // nonce too high
+        ok.clone(),                              // applied
+        ok.clone(),                              // duplicate within the block
+        transfer(&c, &key(0), 0, &[(2, 2)]),     // nonce too low now
+        transfer(&c, &key(0), 1, &[(2, 1000)]),  // insufficient funds
         // A recipient's balance can never overflow (supply fits in u64, and
         // is conserved); this one ends 20 short of the maximum.
-        transfer(&c, &key(0), 1, &[(1, 80)]),               // applied
+        transfer(&c, &key(0), 1, &[(1, 80)]), // applied
         transfer(&c, &key(0), 2, &[(2, u64::MAX), (3, 2)]), // overflow of the sum
     ]);
     assert_eq!(statuses[0], TxStatus::Malformed);
     assert_eq!(statuses[1], TxStatus::BadSignature);
     assert_eq!(statuses[2], TxStatus::WrongChain);
-    assert_eq!(statuses[3], TxStatus::NonceTooHigh { expected: 0, got: 1 });
+    assert_eq!(
+        statuses[3],
+        TxStatus::NonceTooHigh {
+            expected: 0,
+            got: 1
+        }
+    );
     assert_eq!(statuses[4], TxStatus::Applied);
     assert_eq!(statuses[5], TxStatus::Duplicate);
-    assert_eq!(statuses[6], TxStatus::NonceTooLow { expected: 1, got: 0 });
+    assert_eq!(
+        statuses[6],
+        TxStatus::NonceTooLow {
+            expected: 1,
+            got: 0
+        }
+    );
     assert_eq!(
         statuses[7],
         TxStatus::InsufficientFunds {
@@ -172,6 +185,8 @@ proptest! {
             1..60,
         ),
         block_size in 1usize..8,
+        tamper in any::<prop::sample::Index>(),
+        bit in 0u8..8,
     ) {
         let genesis: Vec<(PublicKey, u64)> = (0..6u8).map(|i| (key(i).public(), 1000)).collect();
         let mut l = Ledger::new(&genesis);
@@ -204,8 +219,8 @@ proptest! {
             prop_assert_eq!(got, Some(acct));
             prop_assert!(verify_account_proof(l.root, &key(i).public(), Some(&acct), &proof).is_ok());
             let mut bytes = proof.to_bytes();
-            let pos = bytes.len() / 2;
-            bytes[pos] ^= 1;
+            let pos = tamper.index(bytes.len());
+            bytes[pos] ^= 1 << bit;
             if let Ok(bad) = phalanx_ledger::AccountProof::from_bytes(&bytes) {
                 prop_assert!(verify_account_proof(l.root, &key(i).public(), Some(&acct), &bad).is_err());
             }
