@@ -1,1 +1,36 @@
-//! Storage.
+//! Crash-safe storage for a Phalanx validator, on RocksDB.
+//!
+//! This crate owns the on-disk layout (column families, key encodings,
+//! checksummed records), the atomic commit of a block (block, certificate,
+//! transactions and receipts, account states, state-tree nodes and the new
+//! head in one `WriteBatch`), the sync policy, the consensus safety state
+//! (fail closed when damaged), checkpoint snapshots served in verifiable
+//! chunks, and pruning. It is the only crate that links RocksDB.
+//!
+//! Sync policy:
+//! * the safety state is written with `sync = true` before the message it
+//!   guards may leave the process ([`Store::put_safety`]);
+//! * blocks persisted for consensus ([`Store::put_pending_block`]) are
+//!   written without sync: they always precede a safety-state write in the
+//!   same action list, whose WAL sync makes them durable too;
+//! * a committed block is written with `sync = true` before it may be
+//!   acknowledged to any client ([`Store::commit_block`]);
+//! * the WAL is always on, recovering to the last complete write batch
+//!   (point-in-time recovery) after a torn tail.
+//!
+//! It must never decide anything about consensus or transaction validity:
+//! it stores what it is given and executes blocks through the ledger crate.
+
+#[cfg(feature = "testkit")]
+pub mod crashtest;
+mod error;
+mod keys;
+mod snapshot;
+mod store;
+#[cfg(feature = "testkit")]
+pub mod testkit;
+mod tree;
+
+pub use error::StorageError;
+pub use snapshot::{StateChunk, StateRestore};
+pub use store::{CommitResult, Head, Store, StoreOptions, TxRecord};

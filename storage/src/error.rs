@@ -1,0 +1,46 @@
+use std::path::PathBuf;
+
+/// Storage failures. Anything but [`StorageError::NotNext`] is a local fault
+/// the node treats as fatal: it stops cleanly rather than run on bad data.
+#[derive(Debug, thiserror::Error)]
+pub enum StorageError {
+    /// RocksDB reported an error.
+    #[error("rocksdb: {0}")]
+    Db(#[from] rocksdb::Error),
+    /// The store belongs to another chain.
+    #[error(
+        "store at {path} belongs to chain {found} but the genesis file is for {expected}; \
+         use another data directory or the right genesis"
+    )]
+    ForeignStore {
+        /// The data directory.
+        path: PathBuf,
+        /// Genesis hash recorded in the store.
+        found: String,
+        /// Genesis hash of the genesis file.
+        expected: String,
+    },
+    /// Stored data that fails its checks.
+    #[error("corrupted store: {0}")]
+    Corrupt(String),
+    /// The safety-state record cannot be trusted. A validator must never sign
+    /// from it: restore it from a backup or start a new validator identity.
+    #[error(
+        "consensus safety state is damaged ({0}); refusing to start, since signing from it could equivocate"
+    )]
+    SafetyStateCorrupt(String),
+    /// A block that does not extend the head.
+    #[error("block at height {got} does not extend the head at height {head}")]
+    NotNext {
+        /// The head's height.
+        head: u64,
+        /// The block's height.
+        got: u64,
+    },
+    /// A checkpoint that does not match this store's chain.
+    #[error("checkpoint mismatch: {0}")]
+    Checkpoint(String),
+    /// The ledger failed (state tree or execution).
+    #[error("ledger: {0}")]
+    Ledger(#[from] phalanx_ledger::LedgerError),
+}

@@ -1,0 +1,58 @@
+//! Column families and key encodings. Heights and versions are big-endian so
+//! that RocksDB's byte order is numeric order.
+
+pub const CF_META: &str = "meta";
+pub const CF_BLOCKS: &str = "blocks";
+pub const CF_BLOCK_INDEX: &str = "block_index";
+pub const CF_CERTS: &str = "certs";
+pub const CF_TXS: &str = "txs";
+pub const CF_ACCOUNTS: &str = "accounts";
+pub const CF_TREE_NODES: &str = "tree_nodes";
+pub const CF_TREE_VALUES: &str = "tree_values";
+pub const CF_TREE_STALE: &str = "tree_stale";
+pub const CF_SAFETY: &str = "safety";
+pub const CF_PENDING: &str = "pending_blocks";
+pub const CF_CHECKPOINTS: &str = "checkpoints";
+
+pub const ALL_CFS: [&str; 12] = [
+    CF_META,
+    CF_BLOCKS,
+    CF_BLOCK_INDEX,
+    CF_CERTS,
+    CF_TXS,
+    CF_ACCOUNTS,
+    CF_TREE_NODES,
+    CF_TREE_VALUES,
+    CF_TREE_STALE,
+    CF_SAFETY,
+    CF_PENDING,
+    CF_CHECKPOINTS,
+];
+
+pub const META_GENESIS: &[u8] = b"genesis_hash";
+pub const META_HEAD: &[u8] = b"head";
+pub const META_STABLE: &[u8] = b"stable_checkpoint";
+pub const META_FORMAT: &[u8] = b"format_version";
+pub const SAFETY_KEY: &[u8] = b"state";
+
+/// The on-disk format version this code writes and reads.
+pub const FORMAT_VERSION: u32 = 1;
+
+pub fn height_key(h: u64) -> [u8; 8] {
+    h.to_be_bytes()
+}
+
+pub fn pending_key(h: u64, id: &phalanx_crypto::Digest) -> Vec<u8> {
+    let mut k = h.to_be_bytes().to_vec();
+    k.extend_from_slice(&id.0);
+    k
+}
+
+/// `key_hash ‖ version`: the latest value at or below a version is one
+/// reverse seek away.
+pub fn value_key(key_hash: &[u8; 32], version: u64) -> [u8; 40] {
+    let mut k = [0u8; 40];
+    k[..32].copy_from_slice(key_hash);
+    k[32..].copy_from_slice(&version.to_be_bytes());
+    k
+}

@@ -1,0 +1,604 @@
+//! The store: open with the chain check, atomic block commits, reads, the
+//! safety state, pending blocks, checkpoints and pruning.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock};
+
+use phalanx_consensus::{Block, CheckpointCert, Height, QuorumCert, SafetyState, genesis_qc};
+use phalanx_crypto::{ChainId, Digest, PublicKey, decode, encode};
+use phalanx_ledger::{
+    Account, Genesis, LedgerError, PreparedPayload, Receipt, StateTree, StateView, TxStatus,
+    execute_prepared, prepare_payload,
+};
+use rocksdb::{
+    ColumnFamilyDescriptor, DB, DBCompressionType, DBRecoveryMode, IteratorMode, Options,
+    WriteBatch, WriteOptions,
+};
+use serde::{Deserialize, Serialize};
+
+use crate::StorageError;
+use crate::keys::*;
+use crate::tree::{TreeStore, add_update, cf, prune_stale};
+
+/// Largest stored record decoded, bytes.
+const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
+/// Magic prefix of the safety-state record.
+const SAFETY_MAGIC: &[u8; 4] = b"PXS1";
+
+/// Tuning knobs of the store.
+#[derive(Clone, Debug)]
+pub struct StoreOptions {
+    /// Committed blocks kept below the stable checkpoint before pruning.
+    /// Default 1000.
+    pub retained_blocks: u64,
+    /// Sync the WAL on every block commit. Default true; turning it off
+    /// loses the durability promise and exists for benchmarks only.
+    pub sync_commits: bool,
+    /// A deliberately broken commit that writes the new head in its own
+    /// batch before the block (with a pause between), so that the crash
+    /// test can show it catches a non-atomic commit. Never set otherwise.
+    #[doc(hidden)]
+    pub planted_split_commit: bool,
+}
+
+impl Default for StoreOptions {
+    fn default() -> Self {
+        StoreOptions {
+            retained_blocks: 1000,
+            sync_commits: true,
+            planted_split_commit: false,
+        }
+    }
+}
+
+/// The last committed block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// Its height (also the state tree's version).
+    pub height: u64,
+    /// Its id.
+    pub block_id: Digest,
+    /// The state root after it.
+    pub state_root: Digest,
+}
+
+/// Where a transaction landed.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TxRecord {
+    /// Block height.
+    pub height: u64,
+    /// Position in the block.
+    pub index: u32,
+    /// Its receipt.
+    pub receipt: Receipt,
+    /// The signed transaction bytes.
+    pub bytes: Vec<u8>,
+}
+
+/// What a commit produced.
+#[derive(Clone, Debug)]
+pub struct CommitResult {
+    /// The new head.
+    pub head: Head,
+    /// One receipt per payload item.
+    pub receipts: Vec<Receipt>,
+}
+
+/// A validator's durable store.
+pub struct Store {
+    db: Arc<DB>,
+    path: PathBuf,
+    chain: ChainId,
+    head: RwLock<Head>,
+    opts: StoreOptions,
+}
+
+fn db_options() -> Options {
+    let mut o = Options::default();
+    o.create_if_missing(true);
+    o.create_missing_column_families(true);
+    // After a crash, recover every complete write batch up to the first torn
+    // record and stop there: a torn tail never needs manual repair.
+    o.set_wal_recovery_mode(DBRecoveryMode::PointInTime);
+    o.set_compression_type(DBCompressionType::Lz4);
+    o.set_max_background_jobs(2);
+    o
+}
+
+fn corrupt(what: &str, e: impl std::fmt::Display) -> StorageError {
+    StorageError::Corrupt(format!("{what}: {e}"))
+}
+
+impl Store {
+    /// Opens (creating if needed) the store at `path` for the chain of
+    /// `genesis`. A store of another chain, or one whose metadata is damaged,
+    /// is refused with an error naming the problem.
+    pub fn open(path: &Path, genesis: &Genesis, opts: StoreOptions) -> Result<Store, StorageError> {
+        let cfs = ALL_CFS
+            .iter()
+            .map(|n| ColumnFamilyDescriptor::new(*n, db_options()));
+        let db = Arc::new(DB::open_cf_descriptors(&db_options(), path, cfs)?);
+        let meta = cf(&db, CF_META)?;
+        let want = genesis.hash();
+        let head = match db.get_cf(meta, META_GENESIS)? {
+            Some(found) => {
+                if found.as_slice() != want.0 {
+                    return Err(StorageError::ForeignStore {
+                        path: path.to_path_buf(),
+                        found: hex_of(&found),
+                        expected: want.to_hex(),
+                    });
+                }
+                match db.get_cf(meta, META_FORMAT)? {
+                    Some(v) if v.as_slice() == FORMAT_VERSION.to_be_bytes() => {}
+                    other => {
+                        return Err(corrupt(
+                            "format version",
+                            format!("expected {FORMAT_VERSION}, found {other:?}"),
+                        ));
+                    }
+                }
+                let bytes = db
+                    .get_cf(meta, META_HEAD)?
+                    .ok_or_else(|| StorageError::Corrupt("head record missing".into()))?;
+                decode::<Head>(&bytes, 256).map_err(|e| corrupt("head record", e))?
+            }
+            None => Self::init(&db, genesis)?,
+        };
+        let store = Store {
+            db,
+            path: path.to_path_buf(),
+            chain: genesis.chain_id.clone(),
+            head: RwLock::new(head),
+            opts,
+        };
+        store.check_head()?;
+        Ok(store)
+    }
+
+    /// Writes genesis: accounts, tree version 0, the genesis block and head.
+    fn init(db: &Arc<DB>, genesis: &Genesis) -> Result<Head, StorageError> {
+        genesis.validate()?;
+        let tree = TreeStore { db: db.clone() };
+        let accounts: std::collections::BTreeMap<PublicKey, Account> = genesis
+            .accounts
+            .iter()
+            .map(|a| {
+                (
+                    a.address,
+                    Account {
+                        balance: a.balance,
+                        nonce: 0,
+                    },
+                )
+            })
+            .collect();
+        let (root, update) = StateTree::apply(&tree, 0, &accounts)?;
+        let block = Block::genesis(&genesis.chain_id, genesis.genesis_time_ms);
+        let head = Head {
+            height: 0,
+            block_id: block.id(),
+            state_root: root,
+        };
+        let mut wb = WriteBatch::default();
+        for (k, a) in &accounts {
+            wb.put_cf(cf(db, CF_ACCOUNTS)?, k.to_bytes(), encode(a));
+        }
+        add_update(db, &mut wb, &update)?;
+        wb.put_cf(cf(db, CF_BLOCKS)?, height_key(0), encode(&block));
+        wb.put_cf(cf(db, CF_BLOCK_INDEX)?, block.id().0, height_key(0));
+        wb.put_cf(
+            cf(db, CF_CERTS)?,
+            height_key(0),
+            encode(&genesis_qc(&block)),
+        );
+        let meta = cf(db, CF_META)?;
+        wb.put_cf(meta, META_FORMAT, FORMAT_VERSION.to_be_bytes());
+        wb.put_cf(meta, META_HEAD, encode(&head));
+        // Written last in the batch; the batch is atomic anyway.
+        wb.put_cf(meta, META_GENESIS, genesis.hash().0);
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        db.write_opt(wb, &w)?;
+        Ok(head)
+    }
+
+    /// The head block must exist and match the head record.
+    fn check_head(&self) -> Result<(), StorageError> {
+        let head = self.head();
+        let block = self
+            .block(head.height)?
+            .ok_or_else(|| StorageError::Corrupt(format!("head block {} missing", head.height)))?;
+        if block.id() != head.block_id {
+            return Err(StorageError::Corrupt("head block id mismatch".into()));
+        }
+        let root = StateTree::root(&self.tree(), head.height)?;
+        if root != head.state_root {
+            return Err(StorageError::Corrupt(
+                "state root at head does not match the head record".into(),
+            ));
+        }
+        Ok(())
+    }
+
+    fn tree(&self) -> TreeStore {
+        TreeStore {
+            db: self.db.clone(),
+        }
+    }
+
+    fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StorageError> {
+        cf(&self.db, name)
+    }
+
+    /// The data directory.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The chain id.
+    pub fn chain_id(&self) -> &ChainId {
+        &self.chain
+    }
+
+    /// The last committed block.
+    pub fn head(&self) -> Head {
+        // A poisoned lock means a writer panicked mid-update of a plain Copy
+        // value; the value itself is still whole.
+        *self.head.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    // ----- commits ---------------------------------------------------------
+
+    /// Executes `block` on the head state and writes everything it produced
+    /// in one atomic, synced batch: the block, its certificate, transaction
+    /// records and receipts, account states, tree nodes and the new head.
+    pub fn commit_block(
+        &self,
+        block: &Block,
+        cert: &QuorumCert,
+    ) -> Result<CommitResult, StorageError> {
+        self.commit_prepared(block, cert, prepare_payload(&block.payload))
+    }
+
+    /// [`Store::commit_block`] with the payload already decoded and its
+    /// signatures verified (`prepared` must come from `block.payload`): a
+    /// validator verifies each signature once, before voting, not again at
+    /// commit.
+    pub fn commit_prepared(
+        &self,
+        block: &Block,
+        cert: &QuorumCert,
+        prepared: PreparedPayload,
+    ) -> Result<CommitResult, StorageError> {
+        let head = self.head();
+        let h = block.height().0;
+        if h != head.height + 1 || block.header.parent != head.block_id {
+            return Err(StorageError::NotNext {
+                head: head.height,
+                got: h,
+            });
+        }
+        let out = execute_prepared(self, &self.chain, prepared)?;
+        let (root, update) = StateTree::apply(&self.tree(), h, &out.changes)?;
+        let id = block.id();
+        let mut wb = WriteBatch::default();
+        wb.put_cf(self.cf(CF_BLOCKS)?, height_key(h), encode(block));
+        wb.put_cf(self.cf(CF_BLOCK_INDEX)?, id.0, height_key(h));
+        wb.put_cf(self.cf(CF_CERTS)?, height_key(h), encode(cert));
+        let txs = self.cf(CF_TXS)?;
+        for (i, (r, bytes)) in out.receipts.iter().zip(&out.tx_bytes).enumerate() {
+            // The first record of a hash wins: a duplicate keeps pointing at
+            // the block that applied it.
+            if r.status == TxStatus::Duplicate || self.db.get_pinned_cf(txs, r.tx_hash.0)?.is_some()
+            {
+                continue;
+            }
+            let rec = TxRecord {
+                height: h,
+                index: i as u32,
+                receipt: r.clone(),
+                bytes: bytes.clone(),
+            };
+            wb.put_cf(txs, r.tx_hash.0, encode(&rec));
+        }
+        let accounts = self.cf(CF_ACCOUNTS)?;
+        for (k, a) in &out.changes {
+            wb.put_cf(accounts, k.to_bytes(), encode(a));
+        }
+        add_update(&self.db, &mut wb, &update)?;
+        // Blocks persisted for consensus up to this height are settled.
+        wb.delete_range_cf(
+            self.cf(CF_PENDING)?,
+            height_key(0).as_slice(),
+            height_key(h + 1).as_slice(),
+        );
+        let new_head = Head {
+            height: h,
+            block_id: id,
+            state_root: root,
+        };
+        let mut w = WriteOptions::default();
+        w.set_sync(self.opts.sync_commits);
+        if self.opts.planted_split_commit {
+            self.db
+                .put_cf_opt(self.cf(CF_META)?, META_HEAD, encode(&new_head), &w)?;
+            std::thread::sleep(std::time::Duration::from_millis(20));
+        } else {
+            wb.put_cf(self.cf(CF_META)?, META_HEAD, encode(&new_head));
+        }
+        self.db.write_opt(wb, &w)?;
+        *self.head.write().unwrap_or_else(|e| e.into_inner()) = new_head;
+        Ok(CommitResult {
+            head: new_head,
+            receipts: out.receipts,
+        })
+    }
+
+    // ----- reads -----------------------------------------------------------
+
+    /// The committed block at `height`, if retained.
+    pub fn block(&self, height: u64) -> Result<Option<Block>, StorageError> {
+        self.read_record(CF_BLOCKS, &height_key(height), "block")
+    }
+
+    /// The certificate of the committed block at `height`, if retained.
+    pub fn cert(&self, height: u64) -> Result<Option<QuorumCert>, StorageError> {
+        self.read_record(CF_CERTS, &height_key(height), "certificate")
+    }
+
+    /// Height of a committed block by id.
+    pub fn height_of(&self, id: &Digest) -> Result<Option<u64>, StorageError> {
+        match self.db.get_cf(self.cf(CF_BLOCK_INDEX)?, id.0)? {
+            None => Ok(None),
+            Some(b) => {
+                let arr: [u8; 8] = b
+                    .as_slice()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt("block index entry".into()))?;
+                Ok(Some(u64::from_be_bytes(arr)))
+            }
+        }
+    }
+
+    /// A committed transaction's record.
+    pub fn transaction(&self, hash: &Digest) -> Result<Option<TxRecord>, StorageError> {
+        self.read_record(CF_TXS, &hash.0, "transaction record")
+    }
+
+    /// An account's latest state.
+    pub fn account(&self, addr: &PublicKey) -> Result<Option<Account>, StorageError> {
+        self.read_record(CF_ACCOUNTS, &addr.to_bytes(), "account")
+    }
+
+    /// An account at the head with its proof against the head's state root.
+    pub fn account_with_proof(
+        &self,
+        addr: &PublicKey,
+    ) -> Result<(Head, Option<Account>, phalanx_ledger::AccountProof), StorageError> {
+        let head = self.head();
+        let (a, proof) = StateTree::get_with_proof(&self.tree(), head.height, addr)?;
+        Ok((head, a, proof))
+    }
+
+    /// The state root at `height`, if that tree version is still kept.
+    pub fn state_root_at(&self, height: u64) -> Result<Digest, StorageError> {
+        Ok(StateTree::root(&self.tree(), height)?)
+    }
+
+    fn read_record<T: serde::de::DeserializeOwned>(
+        &self,
+        cf_name: &str,
+        key: &[u8],
+        what: &str,
+    ) -> Result<Option<T>, StorageError> {
+        match self.db.get_pinned_cf(self.cf(cf_name)?, key)? {
+            None => Ok(None),
+            Some(b) => Ok(Some(
+                decode(&b, MAX_RECORD_BYTES).map_err(|e| corrupt(what, e))?,
+            )),
+        }
+    }
+
+    // ----- consensus safety state and pending blocks -------------------------
+
+    /// Writes the safety state, synced, as a checksummed record. Returns only
+    /// once it is durable.
+    pub fn put_safety(&self, state: &SafetyState) -> Result<(), StorageError> {
+        let payload = encode(state);
+        let mut rec = Vec::with_capacity(payload.len() + 40);
+        rec.extend_from_slice(SAFETY_MAGIC);
+        rec.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        rec.extend_from_slice(&payload);
+        rec.extend_from_slice(&Digest::of(&payload).0);
+        self.put_safety_raw(&rec)
+    }
+
+    /// Writes raw bytes as the safety record (for tests of damaged records).
+    #[doc(hidden)]
+    pub fn put_safety_raw(&self, rec: &[u8]) -> Result<(), StorageError> {
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(CF_SAFETY)?, SAFETY_KEY, rec, &w)?;
+        Ok(())
+    }
+
+    /// Reads the safety state: `None` for a validator that never signed;
+    /// an error, never a default, for a record that is truncated, altered or
+    /// undecodable (fail closed).
+    pub fn load_safety(&self) -> Result<Option<SafetyState>, StorageError> {
+        let Some(rec) = self.db.get_cf(self.cf(CF_SAFETY)?, SAFETY_KEY)? else {
+            return Ok(None);
+        };
+        let bad = |why: &str| StorageError::SafetyStateCorrupt(why.to_string());
+        if rec.len() < 8 + 32 || &rec[..4] != SAFETY_MAGIC {
+            return Err(bad("bad header or truncated"));
+        }
+        let len = u32::from_be_bytes([rec[4], rec[5], rec[6], rec[7]]) as usize;
+        if rec.len() != 8 + len + 32 {
+            return Err(bad("length mismatch (truncated or extended)"));
+        }
+        let payload = &rec[8..8 + len];
+        if Digest::of(payload).0 != rec[8 + len..] {
+            return Err(bad("checksum mismatch"));
+        }
+        decode::<SafetyState>(payload, MAX_RECORD_BYTES)
+            .map(Some)
+            .map_err(|e| bad(&format!("undecodable: {e}")))
+    }
+
+    /// Persists an uncommitted block for consensus (see the sync policy).
+    pub fn put_pending_block(&self, block: &Block) -> Result<(), StorageError> {
+        if block.height().0 <= self.head().height {
+            return Ok(());
+        }
+        self.db.put_cf(
+            self.cf(CF_PENDING)?,
+            pending_key(block.height().0, &block.id()),
+            encode(block),
+        )?;
+        Ok(())
+    }
+
+    /// Uncommitted blocks above the head.
+    pub fn pending_blocks(&self) -> Result<Vec<Block>, StorageError> {
+        let head = self.head().height;
+        let mut out = Vec::new();
+        for item in self.db.iterator_cf(
+            self.cf(CF_PENDING)?,
+            IteratorMode::From(&height_key(head + 1), rocksdb::Direction::Forward),
+        ) {
+            let (_, v) = item?;
+            out.push(decode(&v, MAX_RECORD_BYTES).map_err(|e| corrupt("pending block", e))?);
+        }
+        Ok(out)
+    }
+
+    // ----- checkpoints and pruning -----------------------------------------
+
+    /// Records a stable checkpoint after checking it names this store's
+    /// block and state root at its height, then prunes: tree versions below
+    /// it (its own version stays readable for snapshot serving) and blocks
+    /// older than the retention window.
+    pub fn put_stable_checkpoint(&self, cert: &CheckpointCert) -> Result<(), StorageError> {
+        let h = cert.payload.height.0;
+        let block = self
+            .block(h)?
+            .ok_or_else(|| StorageError::Checkpoint(format!("no block at height {h}")))?;
+        if block.id() != cert.payload.block_id {
+            return Err(StorageError::Checkpoint(format!(
+                "block at height {h} differs from the checkpoint's"
+            )));
+        }
+        let root = self.state_root_at(h)?;
+        if root != cert.payload.state_root {
+            return Err(StorageError::Checkpoint(format!(
+                "state root at height {h} differs from the checkpoint's"
+            )));
+        }
+        let mut wb = WriteBatch::default();
+        wb.put_cf(self.cf(CF_CHECKPOINTS)?, height_key(h), encode(cert));
+        wb.put_cf(self.cf(CF_META)?, META_STABLE, encode(cert));
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        self.db.write_opt(wb, &w)?;
+        self.prune(h)?;
+        Ok(())
+    }
+
+    /// The latest stable checkpoint.
+    pub fn stable_checkpoint(&self) -> Result<Option<CheckpointCert>, StorageError> {
+        self.read_record(CF_META, META_STABLE, "stable checkpoint")
+    }
+
+    /// Prunes below the stable checkpoint at `stable`.
+    fn prune(&self, stable: u64) -> Result<(), StorageError> {
+        prune_stale(&self.db, stable)?;
+        let keep_from = stable.saturating_sub(self.opts.retained_blocks);
+        if keep_from > 1 {
+            // Genesis (height 0) is always kept: every validator has it.
+            let mut wb = WriteBatch::default();
+            for h in self.first_retained_block()?..keep_from {
+                if let Some(b) = self.block(h)? {
+                    wb.delete_cf(self.cf(CF_BLOCK_INDEX)?, b.id().0);
+                }
+                wb.delete_cf(self.cf(CF_BLOCKS)?, height_key(h));
+                wb.delete_cf(self.cf(CF_CERTS)?, height_key(h));
+            }
+            self.db.write(wb)?;
+        }
+        Ok(())
+    }
+
+    /// Lowest retained height above genesis.
+    pub fn first_retained_block(&self) -> Result<u64, StorageError> {
+        let mut it = self.db.iterator_cf(
+            self.cf(CF_BLOCKS)?,
+            IteratorMode::From(&height_key(1), rocksdb::Direction::Forward),
+        );
+        match it.next() {
+            Some(item) => {
+                let (k, _) = item?;
+                let arr: [u8; 8] = k
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt("block key".into()))?;
+                Ok(u64::from_be_bytes(arr))
+            }
+            None => Ok(self.head().height + 1),
+        }
+    }
+
+    pub(crate) fn db(&self) -> &Arc<DB> {
+        &self.db
+    }
+
+    pub(crate) fn tree_store(&self) -> TreeStore {
+        self.tree()
+    }
+
+    pub(crate) fn set_head(&self, wb: &mut WriteBatch, head: Head) -> Result<(), StorageError> {
+        wb.put_cf(self.cf(CF_META)?, META_HEAD, encode(&head));
+        Ok(())
+    }
+
+    pub(crate) fn write_synced(
+        &self,
+        wb: WriteBatch,
+        head: Option<Head>,
+    ) -> Result<(), StorageError> {
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        self.db.write_opt(wb, &w)?;
+        if let Some(h) = head {
+            *self.head.write().unwrap_or_else(|e| e.into_inner()) = h;
+        }
+        Ok(())
+    }
+
+    /// Height of the head as a consensus [`Height`].
+    pub fn head_height(&self) -> Height {
+        Height(self.head().height)
+    }
+}
+
+impl StateView for Store {
+    fn account(&self, addr: &PublicKey) -> Result<Option<Account>, LedgerError> {
+        Store::account(self, addr).map_err(|e| LedgerError::Read(e.to_string()))
+    }
+
+    fn tx_committed(&self, hash: &Digest) -> Result<bool, LedgerError> {
+        let txs = self
+            .cf(CF_TXS)
+            .map_err(|e| LedgerError::Read(e.to_string()))?;
+        self.db
+            .get_pinned_cf(txs, hash.0)
+            .map(|v| v.is_some())
+            .map_err(|e| LedgerError::Read(e.to_string()))
+    }
+}
+
+fn hex_of(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
