@@ -46,6 +46,28 @@ fn bench(c: &mut Criterion) {
     )
     .unwrap();
 
+    // Where a commit's time goes, averaged over a few blocks.
+    for (name, store) in [("synced", &sync_store), ("unsynced", &nosync_store)] {
+        let (mut e, mut r, mut w) = (Duration::ZERO, Duration::ZERO, Duration::ZERO);
+        let blocks = 5;
+        for _ in 0..blocks {
+            let h = store.head().height + 1;
+            let txs = transfers(store, &g.chain_id, n, h, 11, TXS_PER_BLOCK).unwrap();
+            let (block, cert) = next_block(store, &txs);
+            let t = store
+                .commit_prepared(&block, &cert, prepare_payload(&block.payload))
+                .unwrap()
+                .timings;
+            (e, r, w) = (e + t.execute, r + t.state_root, w + t.write);
+        }
+        eprintln!(
+            "{name}: per block of {TXS_PER_BLOCK}: execute {:?}, state root {:?}, write {:?}",
+            e / blocks,
+            r / blocks,
+            w / blocks
+        );
+    }
+
     let mut group = c.benchmark_group(format!("commit_{n}_accounts"));
     group.throughput(Throughput::Elements(TXS_PER_BLOCK as u64));
     group.sample_size(10);

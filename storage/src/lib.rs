@@ -33,4 +33,4 @@ mod tree;
 
 pub use error::StorageError;
 pub use snapshot::{StateChunk, StateRestore};
-pub use store::{CommitResult, Head, Store, StoreOptions, TxRecord};
+pub use store::{CommitResult, CommitTimings, Head, Store, StoreOptions, TxRecord};

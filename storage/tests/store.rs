@@ -190,6 +190,13 @@ fn pending_blocks_are_kept_until_committed() {
     assert_eq!(s.pending_blocks().unwrap(), vec![b1.clone()]);
     s.commit_block(&b1, &c1).unwrap();
     assert!(s.pending_blocks().unwrap().is_empty());
+    // An empty block is a new state version like any other.
+    let root = s.head().state_root;
+    drop(s);
+    let s = open(dir.path());
+    assert_eq!(s.head().height, 1);
+    assert_eq!(s.state_root_at(1).unwrap(), root);
+    assert_eq!(s.state_root_at(0).unwrap(), root, "no account changed");
 }
 
 /// Truncates the newest WAL file by `cut` bytes, as a crash mid-write would.
