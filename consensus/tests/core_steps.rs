@@ -32,6 +32,10 @@ fn net() -> Net {
 }
 
 impl Net {
+    fn verifier_set(&self) -> &ValidatorSet {
+        &self.cfg.validators
+    }
+
     fn core(&self, i: usize) -> Core {
         Core::new(
             self.cfg.clone(),
@@ -206,8 +210,21 @@ fn equivocating_proposals_produce_evidence_with_both_signatures() {
         })
         .expect("evidence");
     assert_eq!(ev.signer, ValidatorIndex(1));
-    assert_eq!(ev.first, Message::Proposal(a));
-    assert_eq!(ev.second, Message::Proposal(b));
+    // Both signed messages, compacted to what the signature covers, and both
+    // still verify: anyone can check the evidence.
+    for (got, want) in [(&ev.first, &a), (&ev.second, &b)] {
+        let Message::Proposal(got) = got else {
+            panic!("not a proposal")
+        };
+        assert_eq!(got.signature, want.signature);
+        assert_eq!(got.payload.block.id(), want.payload.block.id());
+        assert!(got.payload.block.payload.is_empty(), "payload not kept");
+        assert!(
+            got.clone()
+                .verify(n.verifier_set(), &n.cfg.chain_id)
+                .is_ok()
+        );
+    }
     assert!(votes(&out).is_empty());
 }
 
