@@ -748,6 +748,15 @@ impl Core {
             // Only the leader's first block of a view is considered: an
             // equivocating leader cannot make validators store an unbounded
             // number of blocks. (Honest validators vote at most once anyway.)
+            // A repeated request for the block this validator voted for
+            // still gets the stored vote.
+            if let Some(last) = &self.safety.last_vote
+                && last.payload.view == view
+                && last.payload.block_id == block.id()
+            {
+                let msg = Message::Vote(last.clone());
+                self.send_to(self.cfg.leader(view.next()), msg);
+            }
             return;
         }
         // Certificates are verified facts whatever the proposal's fate.
