@@ -499,15 +499,7 @@ impl Core {
             self.failures = 0;
         }
         self.awaiting_payload = None;
-        let ms = view_timeout_ms(
-            self.cfg.base_timeout_ms,
-            self.cfg.max_timeout_ms,
-            self.failures,
-        );
-        self.out.push(Action::SetTimer {
-            view,
-            at: self.now.plus_ms(ms),
-        });
+        self.arm_timer();
         // Aggregation state for views the protocol has moved past is useless:
         // keep the previous view's votes (its certificate may still form).
         let keep_from = View(view.0.saturating_sub(1));
@@ -523,6 +515,20 @@ impl Core {
         self.retry_pending();
     }
 
+    /// P15: (re)arms the current view's timer, backed off by the number of
+    /// consecutive failed views.
+    fn arm_timer(&mut self) {
+        let ms = view_timeout_ms(
+            self.cfg.base_timeout_ms,
+            self.cfg.max_timeout_ms,
+            self.failures,
+        );
+        self.out.push(Action::SetTimer {
+            view: self.view,
+            at: self.now.plus_ms(ms),
+        });
+    }
+
     /// P14: the view's timer fired: sign (or re-send) a timeout for it and
     /// back off.
     fn local_timeout(&mut self) {
@@ -530,15 +536,7 @@ impl Core {
         self.stats.timeouts += 1;
         self.failures = self.failures.saturating_add(1);
         self.send_timeout(view);
-        let ms = view_timeout_ms(
-            self.cfg.base_timeout_ms,
-            self.cfg.max_timeout_ms,
-            self.failures,
-        );
-        self.out.push(Action::SetTimer {
-            view,
-            at: self.now.plus_ms(ms),
-        });
+        self.arm_timer();
         // Ask again for blocks still missing, from another peer.
         let wanted: Vec<Digest> = self.wanted.keys().copied().collect();
         for (i, id) in wanted.into_iter().enumerate() {

@@ -51,6 +51,23 @@ impl Net {
         Block::genesis(&self.cfg.chain_id, 1_000)
     }
 
+    /// A timeout for `view` signed by validator `i`, carrying the genesis QC.
+    fn timeout(&self, i: u16, view: u64) -> Message {
+        Message::Timeout(
+            Verified::sign(
+                &self.keys[i as usize],
+                ValidatorIndex(i),
+                &self.cfg.chain_id,
+                Timeout {
+                    view: View(view),
+                    high_qc: genesis_qc(&self.genesis()),
+                    high_tc: None,
+                },
+            )
+            .into_signed(),
+        )
+    }
+
     /// A proposal for view 1 (leader v1) on genesis with `payload` and time.
     fn proposal(&self, payload: &[u8], ts: u64) -> Signed<Proposal> {
         let g = self.genesis();
@@ -249,20 +266,9 @@ fn block_timestamp_rules() {
 fn far_future_messages_are_dropped_not_buffered() {
     let mut n = net();
     let mut c = n.core(0);
-    let g = n.genesis();
     for (view, dropped) in [(5u64, 0u64), (11, 0), (12, 1), (1_000_000, 2)] {
-        let t = Verified::sign(
-            &n.keys[3],
-            ValidatorIndex(3),
-            &n.cfg.chain_id,
-            Timeout {
-                view: View(view),
-                high_qc: genesis_qc(&g),
-                high_tc: None,
-            },
-        )
-        .into_signed();
-        n.deliver(&mut c, 3, Message::Timeout(t), 2_100);
+        let t = n.timeout(3, view);
+        n.deliver(&mut c, 3, t, 2_100);
         assert_eq!(c.stats().future_dropped, dropped, "view {view}");
     }
     assert_eq!(c.view(), View(1), "one validator's timeouts move nobody");
@@ -333,21 +339,10 @@ fn stale_proposals_are_dropped() {
     let mut n = net();
     let mut c = n.core(0);
     // Three timeouts for view 1 and 2 move validator 0 to view 3.
-    let g = n.genesis();
     for view in [1u64, 2] {
         for i in 1..4u16 {
-            let t = Verified::sign(
-                &n.keys[i as usize],
-                ValidatorIndex(i),
-                &n.cfg.chain_id,
-                Timeout {
-                    view: View(view),
-                    high_qc: genesis_qc(&g),
-                    high_tc: None,
-                },
-            )
-            .into_signed();
-            n.deliver(&mut c, i, Message::Timeout(t), 2_100);
+            let t = n.timeout(i, view);
+            n.deliver(&mut c, i, t, 2_100);
         }
     }
     assert_eq!(c.view(), View(3));
