@@ -331,8 +331,15 @@ impl Store {
         let txs = self.cf(CF_TXS)?;
         for (i, (r, bytes)) in out.receipts.iter().zip(&out.tx_bytes).enumerate() {
             // The first record of a hash wins: a duplicate keeps pointing at
-            // the block that applied it.
-            if r.status == TxStatus::Duplicate || self.db.get_pinned_cf(txs, r.tx_hash.0)?.is_some()
+            // the block that applied it. Execution already looked up every
+            // hash that got past the signature and chain checks; only the
+            // items refused before that need a look here.
+            let unchecked = matches!(
+                r.status,
+                TxStatus::Malformed | TxStatus::BadSignature | TxStatus::WrongChain
+            );
+            if r.status == TxStatus::Duplicate
+                || (unchecked && self.db.get_pinned_cf(txs, r.tx_hash.0)?.is_some())
             {
                 continue;
             }

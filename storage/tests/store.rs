@@ -6,7 +6,7 @@ use std::path::Path;
 
 use phalanx_consensus::{CheckpointCert, CheckpointVote, Height, SafetyState, genesis_qc};
 use phalanx_crypto::{ChainId, Digest};
-use phalanx_ledger::{StateView, TxStatus, verify_account_proof};
+use phalanx_ledger::{TxStatus, verify_account_proof};
 use phalanx_storage::testkit::{account_key, genesis, next_block, transfers};
 use phalanx_storage::{StateRestore, StorageError, Store, StoreOptions};
 
@@ -300,7 +300,7 @@ fn a_checkpoint_snapshot_restores_in_verified_chunks() {
         let k = account_key(i).public();
         let (_, a, p) = restored.account_with_proof(&k).unwrap();
         verify_account_proof(cp.payload.state_root, &k, a.as_ref(), &p).unwrap();
-        assert_eq!(a, StateView::account(&s, &k).ok().flatten().and(a));
+        assert!(a.is_some(), "account {i} missing from the restored state");
     }
     drop(restored);
     // It reopens as a normal store at height 4 and continues.
