@@ -9,7 +9,7 @@ use std::time::Instant;
 
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use phalanx_crypto::{KeyPair, PublicKey};
-use phalanx_ledger::{Account, MemTreeStore, StateTree};
+use phalanx_ledger::{Account, StateTree};
 
 const CHANGES: usize = 8000;
 
@@ -26,26 +26,27 @@ fn bench(c: &mut Criterion) {
         .unwrap_or(1_000_000);
     let t = Instant::now();
     let keys: Vec<PublicKey> = (0..n).map(addr).collect();
-    let genesis: BTreeMap<PublicKey, Account> = keys
-        .iter()
-        .map(|k| {
-            (
-                *k,
-                Account {
-                    balance: 1_000,
-                    nonce: 0,
-                },
-            )
-        })
-        .collect();
-    let mut store = MemTreeStore::default();
-    let (_, batch) = StateTree::apply(&store, 0, &genesis).unwrap();
-    store.write(&batch);
-    eprintln!("{n} accounts in {:.1} s", t.elapsed().as_secs_f64());
+    eprintln!("{n} keys in {:.1} s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
+    let mut tree = StateTree::from_accounts(keys.iter().map(|k| {
+        (
+            k.to_bytes(),
+            Account {
+                balance: 1_000,
+                nonce: 0,
+            },
+            0,
+        )
+    }));
+    eprintln!(
+        "tree of {n} accounts built in {:.2} s, {} MiB",
+        t.elapsed().as_secs_f64(),
+        tree.memory_bytes() >> 20
+    );
     let mut version = 0u64;
     let mut group = c.benchmark_group(format!("state_root_{n}_accounts"));
     group.throughput(Throughput::Elements(CHANGES as u64));
-    group.sample_size(10);
+    group.sample_size(20);
     group.bench_function("apply_8000_changes", |b| {
         b.iter_batched(
             || {
@@ -64,7 +65,7 @@ fn bench(c: &mut Criterion) {
                     .collect();
                 (version, changes)
             },
-            |(v, changes)| StateTree::apply(&store, v, &changes).unwrap(),
+            |(v, changes)| tree.apply(v, &changes),
             criterion::BatchSize::PerIteration,
         )
     });

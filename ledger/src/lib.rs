@@ -4,10 +4,9 @@
 //! This crate owns the transaction format, genesis, deterministic execution
 //! (one receipt per transaction, never a panic on anything a leader can put
 //! in a block, conservation of supply asserted) and the authenticated state
-//! (a Jellyfish Merkle tree over accounts, with proofs of presence and
-//! absence). It never does I/O beyond reading a genesis file: state is read
-//! through [`StateView`] and the tree through jmt's `TreeReader`, both
-//! implemented by the storage crate.
+//! (a binary sparse Merkle tree over accounts, in memory, with proofs of
+//! presence and absence). It never does I/O beyond reading a genesis file:
+//! state is read through [`StateView`], which the storage crate implements.
 
 mod account;
 mod error;
@@ -23,14 +22,11 @@ pub use exec::{
     prepare_payload,
 };
 pub use genesis::{Genesis, GenesisAccount, Params};
-/// The state tree crate, re-exported for storage implementations.
-pub use jmt;
 pub use state::{
-    AccountProof, MemTreeStore, StateTree, account_key, account_value, decode_account_value,
-    verify_account_proof,
+    AccountProof, EMPTY_HASH, KeyHash, MAX_PROOF_DEPTH, ProofLeaf, StateTree, Subtree,
+    account_key, account_leaf, account_value, decode_account_value, leaf_hash, root_of_summaries,
+    summarise_accounts, verify_account_proof,
 };
-/// The hasher the state tree uses.
-pub type TreeHasher = sha2_jmt::Sha256;
 pub use tx::{
     Leg, MAX_LEGS, MAX_TX_BYTES, MAX_TXS_PER_BLOCK, SignedTransfer, Transfer, decode_payload,
     encode_payload, verify_signatures,

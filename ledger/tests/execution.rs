@@ -7,7 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use phalanx_crypto::{ChainId, Digest, KeyPair, PublicKey};
 use phalanx_ledger::{
-    Account, LedgerError, Leg, MemTreeStore, StateTree, StateView, Transfer, TxStatus,
+    Account, LedgerError, Leg, StateTree, StateView, Transfer, TxStatus,
     encode_payload, execute_block, verify_account_proof,
 };
 use proptest::prelude::*;
@@ -17,7 +17,7 @@ struct Ledger {
     chain: ChainId,
     accounts: BTreeMap<PublicKey, Account>,
     committed: BTreeSet<Digest>,
-    tree: MemTreeStore,
+    tree: StateTree,
     version: u64,
     root: Digest,
 }
@@ -33,7 +33,7 @@ impl StateView for Ledger {
 
 impl Ledger {
     fn new(balances: &[(PublicKey, u64)]) -> Ledger {
-        let mut tree = MemTreeStore::default();
+        let mut tree = StateTree::new();
         let accounts: BTreeMap<_, _> = balances
             .iter()
             .map(|(k, b)| {
@@ -46,8 +46,7 @@ impl Ledger {
                 )
             })
             .collect();
-        let (root, batch) = StateTree::apply(&tree, 0, &accounts).unwrap();
-        tree.write(&batch);
+        let root = tree.apply(0, &accounts);
         Ledger {
             chain: ChainId::new("ledger-test").unwrap(),
             accounts,
@@ -61,9 +60,7 @@ impl Ledger {
     fn apply(&mut self, txs: &[Vec<u8>]) -> Vec<TxStatus> {
         let out = execute_block(self, &self.chain.clone(), &encode_payload(txs)).unwrap();
         self.version += 1;
-        let (root, batch) = StateTree::apply(&self.tree, self.version, &out.changes).unwrap();
-        self.tree.write(&batch);
-        self.root = root;
+        self.root = self.tree.apply(self.version, &out.changes);
         for (k, a) in &out.changes {
             self.accounts.insert(*k, *a);
         }
@@ -215,7 +212,7 @@ proptest! {
         for i in 0..6u8 {
             let acct = l.accounts[&key(i).public()];
             prop_assert_eq!(acct.nonce, next_nonce[i as usize]);
-            let (got, proof) = StateTree::get_with_proof(&l.tree, l.version, &key(i).public()).unwrap();
+            let (got, proof) = l.tree.prove(&key(i).public());
             prop_assert_eq!(got, Some(acct));
             prop_assert!(verify_account_proof(l.root, &key(i).public(), Some(&acct), &proof).is_ok());
             let mut bytes = proof.to_bytes();

@@ -13,7 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-use phalanx_ledger::{MemTreeStore, StateTree, StateView, execute_block};
+use phalanx_ledger::{StateTree, StateView, execute_block};
 
 use crate::testkit::{genesis, mix, next_block, transfers};
 use crate::{Store, StoreOptions};
@@ -208,7 +208,7 @@ pub fn verify(dir: &Path, acks: &[(u64, String)]) -> Result<(), String> {
 struct Replay {
     accounts: std::collections::BTreeMap<phalanx_crypto::PublicKey, phalanx_ledger::Account>,
     committed: std::collections::BTreeSet<phalanx_crypto::Digest>,
-    tree: MemTreeStore,
+    tree: StateTree,
     version: u64,
 }
 
@@ -227,9 +227,8 @@ impl Replay {
                 )
             })
             .collect();
-        let mut tree = MemTreeStore::default();
-        let (_, b) = StateTree::apply(&tree, 0, &accounts).unwrap();
-        tree.write(&b);
+        let mut tree = StateTree::new();
+        tree.apply(0, &accounts);
         Replay {
             accounts,
             committed: Default::default(),
@@ -241,8 +240,7 @@ impl Replay {
     fn apply(&mut self, g: &phalanx_ledger::Genesis, payload: &[u8]) -> phalanx_crypto::Digest {
         let out = execute_block(&*self, &g.chain_id, payload).unwrap();
         self.version += 1;
-        let (root, b) = StateTree::apply(&self.tree, self.version, &out.changes).unwrap();
-        self.tree.write(&b);
+        let root = self.tree.apply(self.version, &out.changes);
         self.accounts.extend(out.changes);
         self.committed
             .extend(out.receipts.iter().map(|r| r.tx_hash));

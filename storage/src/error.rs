@@ -37,6 +37,21 @@ pub enum StorageError {
         /// The block's height.
         got: u64,
     },
+    /// A state restore was interrupted; the partial state is unusable.
+    #[error(
+        "store at {path} holds an interrupted state restore; delete the directory and let the node state-sync again"
+    )]
+    RestoreInterrupted {
+        /// The data directory.
+        path: PathBuf,
+    },
+    /// A commit's write failed after the in-memory state moved on; the store
+    /// refuses further commits. Restart the node to reload from disk.
+    #[error("store poisoned by an earlier failed commit; restart to recover")]
+    Poisoned,
+    /// The requested height is no longer (or not yet) kept.
+    #[error("nothing retained at height {0}")]
+    NotRetained(u64),
     /// A checkpoint that does not match this store's chain.
     #[error("checkpoint mismatch: {0}")]
     Checkpoint(String),

@@ -7,23 +7,21 @@ pub const CF_BLOCK_INDEX: &str = "block_index";
 pub const CF_CERTS: &str = "certs";
 pub const CF_TXS: &str = "txs";
 pub const CF_ACCOUNTS: &str = "accounts";
-pub const CF_TREE_NODES: &str = "tree_nodes";
-pub const CF_TREE_VALUES: &str = "tree_values";
-pub const CF_TREE_STALE: &str = "tree_stale";
+pub const CF_ACCOUNT_STALE: &str = "account_stale";
+pub const CF_STATE_ROOTS: &str = "state_roots";
 pub const CF_SAFETY: &str = "safety";
 pub const CF_PENDING: &str = "pending_blocks";
 pub const CF_CHECKPOINTS: &str = "checkpoints";
 
-pub const ALL_CFS: [&str; 12] = [
+pub const ALL_CFS: [&str; 11] = [
     CF_META,
     CF_BLOCKS,
     CF_BLOCK_INDEX,
     CF_CERTS,
     CF_TXS,
     CF_ACCOUNTS,
-    CF_TREE_NODES,
-    CF_TREE_VALUES,
-    CF_TREE_STALE,
+    CF_ACCOUNT_STALE,
+    CF_STATE_ROOTS,
     CF_SAFETY,
     CF_PENDING,
     CF_CHECKPOINTS,
@@ -33,10 +31,12 @@ pub const META_GENESIS: &[u8] = b"genesis_hash";
 pub const META_HEAD: &[u8] = b"head";
 pub const META_STABLE: &[u8] = b"stable_checkpoint";
 pub const META_FORMAT: &[u8] = b"format_version";
+/// Present while a state restore is under way (removed by its last batch).
+pub const META_RESTORING: &[u8] = b"restoring";
 pub const SAFETY_KEY: &[u8] = b"state";
 
 /// The on-disk format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 1;
+pub const FORMAT_VERSION: u32 = 2;
 
 pub fn height_key(h: u64) -> [u8; 8] {
     h.to_be_bytes()
@@ -48,11 +48,21 @@ pub fn pending_key(h: u64, id: &phalanx_crypto::Digest) -> Vec<u8> {
     k
 }
 
-/// `key_hash ‖ version`: the latest value at or below a version is one
-/// reverse seek away.
-pub fn value_key(key_hash: &[u8; 32], version: u64) -> [u8; 40] {
+/// An account version: `key_hash ‖ height`. All versions of an account are
+/// adjacent, oldest first, and accounts come in state-tree order.
+pub fn account_key(key_hash: &[u8; 32], version: u64) -> [u8; 40] {
     let mut k = [0u8; 40];
     k[..32].copy_from_slice(key_hash);
     k[32..].copy_from_slice(&version.to_be_bytes());
+    k
+}
+
+/// A superseded account version: `superseded_at ‖ key_hash ‖ old_height`,
+/// so that pruning below a checkpoint is one forward scan.
+pub fn stale_key(since: u64, key_hash: &[u8; 32], old: u64) -> [u8; 48] {
+    let mut k = [0u8; 48];
+    k[..8].copy_from_slice(&since.to_be_bytes());
+    k[8..40].copy_from_slice(key_hash);
+    k[40..].copy_from_slice(&old.to_be_bytes());
     k
 }

@@ -2,8 +2,9 @@
 //!
 //! This crate owns the on-disk layout (column families, key encodings,
 //! checksummed records), the atomic commit of a block (block, certificate,
-//! transactions and receipts, account states, state-tree nodes and the new
-//! head in one `WriteBatch`), the sync policy, the consensus safety state
+//! transactions and receipts, account versions, the state root and the new
+//! head in one `WriteBatch`), the in-memory state tree rebuilt from the
+//! account versions at open, the sync policy, the consensus safety state
 //! (fail closed when damaged), checkpoint snapshots served in verifiable
 //! chunks, and pruning. It is the only crate that links RocksDB.
 //!
@@ -21,6 +22,7 @@
 //! It must never decide anything about consensus or transaction validity:
 //! it stores what it is given and executes blocks through the ledger crate.
 
+mod accounts;
 #[cfg(feature = "testkit")]
 pub mod crashtest;
 mod error;
@@ -29,8 +31,10 @@ mod snapshot;
 mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
-mod tree;
 
 pub use error::StorageError;
-pub use snapshot::{StateChunk, StateRestore};
+pub use snapshot::{
+    MAX_CHUNK_ACCOUNTS, MAX_MANIFEST_DEPTH, SnapshotManifest, StateChunk, StateRestore,
+    TARGET_BUCKET_ACCOUNTS,
+};
 pub use store::{CommitResult, CommitTimings, Head, Store, StoreOptions, TxRecord};

@@ -1,49 +1,105 @@
 //! State snapshots at stable checkpoints, served in bounded chunks that each
-//! verify against the certified state root (a Merkle range proof), and the
-//! restore that rebuilds a store from them.
+//! verify against the certified state root, and the restore that rebuilds a
+//! store from them.
+//!
+//! A snapshot is split into `2^depth` buckets by the first `depth` bits of
+//! the account key hash. Its manifest lists each bucket's subtree summary;
+//! the manifest folds to the state root, so it verifies against the
+//! checkpoint certificate on its own. A chunk is a run of one bucket's
+//! accounts in key order; when a bucket is complete, its accounts must give
+//! exactly the manifest's summary. A peer that sends a wrong account is
+//! caught at the end of that bucket at the latest, having cost at most one
+//! bucket of buffered keys.
 
 use std::sync::Arc;
 
 use phalanx_consensus::{Block, CheckpointCert, QuorumCert};
 use phalanx_crypto::{Digest, encode};
-use phalanx_ledger::jmt::proof::SparseMerkleRangeProof;
-use phalanx_ledger::jmt::restore::{JellyfishMerkleRestore, StateSnapshotReceiver};
-use phalanx_ledger::jmt::{JellyfishMerkleIterator, JellyfishMerkleTree, KeyHash, RootHash};
-use phalanx_ledger::{StateTree, TreeHasher, decode_account_value};
+use phalanx_ledger::{
+    Account, KeyHash, Subtree, leaf_hash, root_of_summaries, summarise_accounts,
+};
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
-use crate::keys::{CF_ACCOUNTS, CF_BLOCK_INDEX, CF_BLOCKS, CF_CERTS, CF_CHECKPOINTS, CF_META};
-use crate::keys::{META_STABLE, height_key};
-use crate::store::Head;
-use crate::tree::cf;
+use crate::accounts::{self, cf, encode_record};
+use crate::keys::{
+    CF_ACCOUNTS, CF_BLOCK_INDEX, CF_BLOCKS, CF_CERTS, CF_CHECKPOINTS, CF_META, CF_STATE_ROOTS,
+    META_RESTORING, META_STABLE, account_key, height_key,
+};
+use crate::store::{Head, Live};
 use crate::{StorageError, Store};
 
 /// Most accounts in one snapshot chunk.
 pub const MAX_CHUNK_ACCOUNTS: usize = 4096;
+/// Deepest bucket split: at most 4096 buckets (a 135 KiB manifest).
+pub const MAX_MANIFEST_DEPTH: u8 = 12;
+/// Accounts a bucket is sized for.
+pub const TARGET_BUCKET_ACCOUNTS: usize = 1024;
 
-/// A run of consecutive accounts (by key hash) of the state at `version`,
-/// with a range proof against that version's root.
-#[derive(Clone, Serialize, Deserialize)]
-pub struct StateChunk {
-    /// The tree version (block height) of the snapshot.
-    pub version: u64,
-    /// `(key hash, tree value)` in ascending key order.
-    pub entries: Vec<([u8; 32], Vec<u8>)>,
-    /// Proves the entries, and that no key lies between them.
-    pub proof: SparseMerkleRangeProof<TreeHasher>,
-    /// True if no account follows this chunk.
-    pub last: bool,
+/// The buckets of a snapshot and what each must hash to.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SnapshotManifest {
+    /// The checkpoint height.
+    pub height: u64,
+    /// Bucket depth: `2^depth` buckets.
+    pub depth: u8,
+    /// One summary per bucket, left to right.
+    pub buckets: Vec<Subtree>,
+    /// Accounts in the snapshot (informative; not trusted by a restore).
+    pub accounts: u64,
 }
 
-impl StateChunk {
-    /// The key to ask for the next chunk from (exclusive).
-    pub fn last_key(&self) -> Option<[u8; 32]> {
-        self.entries.last().map(|(k, _)| *k)
+impl SnapshotManifest {
+    /// Checks the manifest against a checkpoint's height and state root.
+    pub fn verify(&self, height: u64, state_root: Digest) -> Result<(), StorageError> {
+        let bad = |why: String| Err(StorageError::Checkpoint(format!("manifest: {why}")));
+        if self.height != height {
+            return bad(format!("for height {}, not {height}", self.height));
+        }
+        if self.depth > MAX_MANIFEST_DEPTH || self.buckets.len() != 1usize << self.depth {
+            return bad(format!(
+                "depth {} with {} buckets",
+                self.depth,
+                self.buckets.len()
+            ));
+        }
+        if root_of_summaries(&self.buckets)? != state_root {
+            return bad("does not fold to the certified state root".into());
+        }
+        Ok(())
     }
 }
 
-fn next_key(k: &[u8; 32]) -> Option<[u8; 32]> {
+/// A run of one bucket's accounts of the snapshot at `height`, in key order.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StateChunk {
+    /// The checkpoint height.
+    pub height: u64,
+    /// The bucket.
+    pub bucket: u32,
+    /// `(address, account)`, ascending by key hash, all in the bucket.
+    pub accounts: Vec<([u8; 32], Account)>,
+    /// True if the bucket has no accounts after these.
+    pub bucket_done: bool,
+}
+
+/// The first key hash of `bucket` at `depth`, and the first of the next
+/// bucket (`None` past the last).
+fn bucket_range(depth: u8, bucket: u32) -> (KeyHash, Option<KeyHash>) {
+    let start = |b: u64| -> KeyHash {
+        let mut k = [0u8; 32];
+        if depth > 0 {
+            let v = b << (64 - depth as u32);
+            k[..8].copy_from_slice(&v.to_be_bytes());
+        }
+        k
+    };
+    let next = bucket as u64 + 1;
+    let end = (next < (1u64 << depth)).then(|| start(next));
+    (start(bucket as u64), end)
+}
+
+fn next_key(k: &KeyHash) -> Option<KeyHash> {
     let mut out = *k;
     for i in (0..32).rev() {
         if out[i] == 0xff {
@@ -56,161 +112,287 @@ fn next_key(k: &[u8; 32]) -> Option<[u8; 32]> {
     None
 }
 
-fn tree_err(e: anyhow::Error) -> StorageError {
-    StorageError::Ledger(phalanx_ledger::LedgerError::State(e.to_string()))
+fn key_of(addr: &[u8; 32]) -> KeyHash {
+    Digest::of(addr).0
+}
+
+fn leaf_of(addr: &[u8; 32], account: &Account) -> (KeyHash, [u8; 32]) {
+    let key = key_of(addr);
+    (key, leaf_hash(&key, &Digest::of(&encode_record(addr, account)).0))
 }
 
 impl Store {
-    /// Up to `max` (at most [`MAX_CHUNK_ACCOUNTS`]) accounts of the state at
-    /// `version` whose key hash is above `after`, with their proof. Returns
-    /// `None` when there are no more.
-    pub fn snapshot_chunk(
-        &self,
-        version: u64,
-        after: Option<[u8; 32]>,
-        max: usize,
-    ) -> Result<Option<StateChunk>, StorageError> {
-        let max = max.clamp(1, MAX_CHUNK_ACCOUNTS);
-        let start = match after {
-            None => [0u8; 32],
-            Some(k) => match next_key(&k) {
-                Some(n) => n,
-                None => return Ok(None),
-            },
-        };
-        let reader = Arc::new(self.tree_store());
-        let iter = JellyfishMerkleIterator::new(reader.clone(), version, KeyHash(start))
-            .map_err(tree_err)?;
-        let mut entries = Vec::new();
-        let mut more = false;
-        for item in iter {
-            let (k, v) = item.map_err(tree_err)?;
-            if entries.len() == max {
-                more = true;
-                break;
-            }
-            entries.push((k.0, v));
-        }
-        let Some((last, _)) = entries.last() else {
+    /// The manifest of the latest stable checkpoint's snapshot (`None`
+    /// before the first). Built by one scan of the accounts on first use
+    /// after each checkpoint (about a second per million accounts), then
+    /// cached.
+    pub fn snapshot_manifest(&self) -> Result<Option<Arc<SnapshotManifest>>, StorageError> {
+        let Some(cp) = self.stable_checkpoint()? else {
             return Ok(None);
         };
-        let tree = JellyfishMerkleTree::<_, TreeHasher>::new(reader.as_ref());
-        let proof = tree
-            .get_range_proof(KeyHash(*last), version)
-            .map_err(tree_err)?;
-        Ok(Some(StateChunk {
-            version,
-            entries,
-            proof,
-            last: !more,
-        }))
+        let height = cp.payload.height.0;
+        let mut cache = self.manifest.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(m) = cache.as_ref()
+            && m.height == height
+        {
+            return Ok(Some(m.clone()));
+        }
+        let mut leaves: Vec<(KeyHash, [u8; 32])> = Vec::new();
+        accounts::scan_at(self.db(), height, &[0u8; 32], None, usize::MAX, |_, addr, a, _| {
+            leaves.push(leaf_of(&addr, &a))
+        })?;
+        let per_bucket = self.options().snapshot_bucket_accounts.max(1);
+        let mut depth = 0u8;
+        while depth < MAX_MANIFEST_DEPTH && leaves.len() > per_bucket << depth {
+            depth += 1;
+        }
+        let mut buckets = Vec::with_capacity(1 << depth);
+        let mut rest = &leaves[..];
+        for b in 0..(1u32 << depth) {
+            let (_, end) = bucket_range(depth, b);
+            let n = match end {
+                Some(end) => rest.partition_point(|(k, _)| *k < end),
+                None => rest.len(),
+            };
+            buckets.push(summarise_accounts(depth as usize, &rest[..n])?);
+            rest = &rest[n..];
+        }
+        let m = Arc::new(SnapshotManifest {
+            height,
+            depth,
+            buckets,
+            accounts: leaves.len() as u64,
+        });
+        if root_of_summaries(&m.buckets)? != cp.payload.state_root {
+            return Err(StorageError::Corrupt(format!(
+                "the accounts at checkpoint {height} do not give its state root"
+            )));
+        }
+        *cache = Some(m.clone());
+        Ok(Some(m))
+    }
+
+    /// Up to `max` (at most [`MAX_CHUNK_ACCOUNTS`]) accounts of `bucket` of
+    /// the snapshot at `height` (the latest stable checkpoint), starting
+    /// after key hash `after` (`None`: from the bucket's start).
+    pub fn snapshot_chunk(
+        &self,
+        height: u64,
+        depth: u8,
+        bucket: u32,
+        after: Option<KeyHash>,
+        max: usize,
+    ) -> Result<StateChunk, StorageError> {
+        let stable = self.stable_checkpoint()?.map(|c| c.payload.height.0);
+        if stable != Some(height) {
+            return Err(StorageError::NotRetained(height));
+        }
+        if depth > MAX_MANIFEST_DEPTH || u64::from(bucket) >= 1u64 << depth {
+            return Err(StorageError::Checkpoint(format!(
+                "no bucket {bucket} at depth {depth}"
+            )));
+        }
+        let max = max.clamp(1, MAX_CHUNK_ACCOUNTS);
+        let (start, end) = bucket_range(depth, bucket);
+        let from = match after {
+            None => start,
+            Some(k) if k < start || end.is_some_and(|e| k >= e) => {
+                return Err(StorageError::Checkpoint(
+                    "cursor outside the bucket".into(),
+                ));
+            }
+            Some(k) => match next_key(&k) {
+                Some(n) => n,
+                None => {
+                    return Ok(StateChunk {
+                        height,
+                        bucket,
+                        accounts: Vec::new(),
+                        bucket_done: true,
+                    });
+                }
+            },
+        };
+        let mut out = Vec::new();
+        let done = accounts::scan_at(self.db(), height, &from, end.as_ref(), max, |_, a, acct, _| {
+            out.push((a, acct))
+        })?;
+        Ok(StateChunk {
+            height,
+            bucket,
+            accounts: out,
+            bucket_done: done,
+        })
     }
 }
 
 /// Rebuilds the state of a stable checkpoint into a fresh store, verifying
-/// every chunk against the checkpoint's state root. The caller verifies the
-/// checkpoint certificate's signatures first. A chunk that fails
-/// verification poisons the restore: wipe the store and start again.
+/// every bucket against the manifest and the manifest against the
+/// checkpoint's state root. The caller verifies the checkpoint certificate's
+/// signatures first. A failed verification poisons the restore: wipe the
+/// store and start again (from another peer).
 pub struct StateRestore {
     store: Store,
     checkpoint: CheckpointCert,
-    restore: JellyfishMerkleRestore<TreeHasher>,
+    manifest: SnapshotManifest,
+    /// The bucket being filled, and the last key received in it.
+    bucket: Option<u32>,
+    cursor: Option<KeyHash>,
+    leaves: Vec<(KeyHash, [u8; 32])>,
+    failed: bool,
     accounts: u64,
 }
 
 impl StateRestore {
     /// Starts restoring `checkpoint` into `store`, which must be new (only
-    /// genesis committed).
-    pub fn new(store: Store, checkpoint: CheckpointCert) -> Result<StateRestore, StorageError> {
+    /// genesis committed), after checking `manifest` against it.
+    pub fn new(
+        store: Store,
+        checkpoint: CheckpointCert,
+        manifest: SnapshotManifest,
+    ) -> Result<StateRestore, StorageError> {
         if store.head().height != 0 {
             return Err(StorageError::Checkpoint(
                 "state restore needs a fresh store".into(),
             ));
         }
-        let version = checkpoint.payload.height.0;
-        let restore = JellyfishMerkleRestore::new(
-            Arc::new(store.tree_store()),
-            version,
-            RootHash(checkpoint.payload.state_root.0),
-        )
-        .map_err(tree_err)?;
-        Ok(StateRestore {
+        manifest.verify(checkpoint.payload.height.0, checkpoint.payload.state_root)?;
+        accounts::clear_for_restore(store.db())?;
+        let mut r = StateRestore {
             store,
             checkpoint,
-            restore,
+            manifest,
+            bucket: None,
+            cursor: None,
+            leaves: Vec::new(),
+            failed: false,
             accounts: 0,
-        })
+        };
+        r.bucket = r.first_nonempty(0);
+        Ok(r)
     }
 
-    /// Verifies and writes one chunk.
+    fn first_nonempty(&self, from: u32) -> Option<u32> {
+        (from..self.manifest.buckets.len() as u32)
+            .find(|b| self.manifest.buckets[*b as usize] != Subtree::Empty)
+    }
+
+    /// What to ask for next: `(height, depth, bucket, after)`, or `None`
+    /// when every bucket is in.
+    pub fn next_request(&self) -> Option<(u64, u8, u32, Option<KeyHash>)> {
+        self.bucket
+            .map(|b| (self.manifest.height, self.manifest.depth, b, self.cursor))
+    }
+
+    /// Accounts restored so far.
+    pub fn accounts(&self) -> u64 {
+        self.accounts
+    }
+
+    /// Verifies and writes one chunk, which must answer
+    /// [`StateRestore::next_request`].
     pub fn add_chunk(&mut self, chunk: StateChunk) -> Result<(), StorageError> {
-        if chunk.version != self.checkpoint.payload.height.0 || chunk.entries.is_empty() {
-            return Err(StorageError::Checkpoint(
-                "chunk for another version, or empty".into(),
-            ));
+        let fail = |this: &mut StateRestore, why: String| {
+            this.failed = true;
+            Err(StorageError::Checkpoint(format!("chunk refused: {why}")))
+        };
+        if self.failed {
+            return fail(self, "an earlier chunk failed; start again".into());
         }
+        let Some(bucket) = self.bucket else {
+            return fail(self, "every bucket is already complete".into());
+        };
+        if chunk.height != self.manifest.height || chunk.bucket != bucket {
+            return fail(
+                self,
+                format!(
+                    "for height {} bucket {}, expected height {} bucket {bucket}",
+                    chunk.height, chunk.bucket, self.manifest.height
+                ),
+            );
+        }
+        if chunk.accounts.len() > MAX_CHUNK_ACCOUNTS {
+            return fail(self, format!("{} accounts", chunk.accounts.len()));
+        }
+        if chunk.accounts.is_empty() && !chunk.bucket_done {
+            return fail(self, "empty but not the bucket's end".into());
+        }
+        let (start, end) = bucket_range(self.manifest.depth, bucket);
         let mut wb = WriteBatch::default();
-        let accounts = cf(self.store.db(), CF_ACCOUNTS)?;
-        for (k, v) in &chunk.entries {
-            let (addr, account) = decode_account_value(v)?;
-            if phalanx_ledger::account_key(&addr).0 != *k {
-                return Err(StorageError::Checkpoint(
-                    "chunk value names an account that does not hash to its key".into(),
-                ));
+        let accounts_cf = cf(self.store.db(), CF_ACCOUNTS)?;
+        let h = self.manifest.height;
+        for (addr, account) in &chunk.accounts {
+            let (key, leaf) = leaf_of(addr, account);
+            let in_order = self.cursor.is_none_or(|c| key > c);
+            let in_bucket = key >= start && end.is_none_or(|e| key < e);
+            if !in_order || !in_bucket {
+                return fail(self, "accounts out of order or outside the bucket".into());
             }
-            wb.put_cf(accounts, addr.to_bytes(), encode(&account));
+            self.cursor = Some(key);
+            self.leaves.push((key, leaf));
+            wb.put_cf(accounts_cf, account_key(&key, h), encode_record(addr, account));
         }
-        let entries = chunk
-            .entries
-            .into_iter()
-            .map(|(k, v)| (KeyHash(k), v))
-            .collect();
-        self.restore
-            .add_chunk(entries, chunk.proof)
-            .map_err(|e| StorageError::Checkpoint(format!("chunk does not verify: {e}")))?;
         self.store.db().write(wb)?;
-        self.accounts += 1;
+        self.accounts += chunk.accounts.len() as u64;
+        if chunk.bucket_done {
+            let got = summarise_accounts(self.manifest.depth as usize, &self.leaves)?;
+            if got != self.manifest.buckets[bucket as usize] {
+                return fail(
+                    self,
+                    format!("bucket {bucket} does not match the manifest"),
+                );
+            }
+            self.leaves.clear();
+            self.cursor = None;
+            self.bucket = self.first_nonempty(bucket + 1);
+        }
         Ok(())
     }
 
-    /// Completes the restore: checks the rebuilt root, then records the
-    /// checkpoint's block (with its certificate) as the head.
+    /// Completes the restore: rebuilds the state, checks its root, then
+    /// records the checkpoint's block (with its certificate) as the head.
     pub fn finish(self, block: &Block, cert: &QuorumCert) -> Result<Store, StorageError> {
         let cp = &self.checkpoint.payload;
+        if self.failed || self.bucket.is_some() {
+            return Err(StorageError::Checkpoint(
+                "restore incomplete or failed".into(),
+            ));
+        }
         if block.id() != cp.block_id || cert.payload.block_id != cp.block_id {
             return Err(StorageError::Checkpoint(
                 "block or certificate is not the checkpoint's".into(),
             ));
         }
-        self.restore
-            .finish()
-            .map_err(|e| StorageError::Checkpoint(format!("restore: {e}")))?;
         let store = self.store;
-        let h = cp.height.0;
-        let root: Digest = StateTree::root(&store.tree_store(), h)?;
+        let tree = accounts::load_tree(store.db())?;
+        let root = tree.root();
         if root != cp.state_root {
             return Err(StorageError::Checkpoint(
                 "restored state root differs from the checkpoint's".into(),
             ));
         }
+        let h = cp.height.0;
         let db = store.db().clone();
         let mut wb = WriteBatch::default();
         wb.put_cf(cf(&db, CF_BLOCKS)?, height_key(h), encode(block));
         wb.put_cf(cf(&db, CF_BLOCK_INDEX)?, block.id().0, height_key(h));
         wb.put_cf(cf(&db, CF_CERTS)?, height_key(h), encode(cert));
+        wb.put_cf(cf(&db, CF_STATE_ROOTS)?, height_key(h), root.0);
         wb.put_cf(
             cf(&db, CF_CHECKPOINTS)?,
             height_key(h),
             encode(&self.checkpoint),
         );
         wb.put_cf(cf(&db, CF_META)?, META_STABLE, encode(&self.checkpoint));
+        wb.delete_cf(cf(&db, CF_META)?, META_RESTORING);
         let head = Head {
             height: h,
             block_id: block.id(),
             state_root: root,
         };
         store.set_head(&mut wb, head)?;
-        store.write_synced(wb, Some(head))?;
+        store.write_synced(wb, None)?;
+        store.set_live(Live { head, tree });
         Ok(store)
     }
 }

@@ -2,14 +2,15 @@
 //! safety state, pending blocks, checkpoints and pruning.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
 use phalanx_consensus::{Block, CheckpointCert, Height, QuorumCert, SafetyState, genesis_qc};
 use phalanx_crypto::{ChainId, Digest, PublicKey, decode, encode};
 use phalanx_ledger::{
-    Account, Genesis, LedgerError, PreparedPayload, Receipt, StateTree, StateView, TxStatus,
-    execute_prepared, prepare_payload,
+    Account, AccountProof, Genesis, LedgerError, PreparedPayload, Receipt, StateTree, StateView,
+    TxStatus, execute_prepared, prepare_payload,
 };
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, DBRecoveryMode,
@@ -18,8 +19,9 @@ use rocksdb::{
 use serde::{Deserialize, Serialize};
 
 use crate::StorageError;
+use crate::accounts::{self, cf};
 use crate::keys::*;
-use crate::tree::{TreeStore, add_update, cf, prune_stale};
+use crate::snapshot::SnapshotManifest;
 
 /// Largest stored record decoded, bytes.
 const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
@@ -35,6 +37,10 @@ pub struct StoreOptions {
     /// Sync the WAL on every block commit. Default true; turning it off
     /// loses the durability promise and exists for benchmarks only.
     pub sync_commits: bool,
+    /// Accounts a snapshot bucket is sized for (see
+    /// [`crate::SnapshotManifest`]). Default
+    /// [`crate::TARGET_BUCKET_ACCOUNTS`].
+    pub snapshot_bucket_accounts: usize,
     /// A deliberately broken commit that writes the new head in its own
     /// batch before the block (with a pause between), so that the crash
     /// test can show it catches a non-atomic commit. Never set otherwise.
@@ -47,6 +53,7 @@ impl Default for StoreOptions {
         StoreOptions {
             retained_blocks: 1000,
             sync_commits: true,
+            snapshot_bucket_accounts: crate::TARGET_BUCKET_ACCOUNTS,
             planted_split_commit: false,
         }
     }
@@ -98,12 +105,30 @@ pub struct CommitTimings {
     pub write: Duration,
 }
 
+/// The latest state: the head and the tree after it, changed together.
+pub(crate) struct Live {
+    pub(crate) head: Head,
+    pub(crate) tree: StateTree,
+}
+
 /// A validator's durable store.
+///
+/// The latest state is held in memory as a [`StateTree`] rebuilt from the
+/// account records when the store opens; the account records, written in
+/// the same batch as their block, are the durable truth.
 pub struct Store {
     db: Arc<DB>,
     path: PathBuf,
     chain: ChainId,
-    head: RwLock<Head>,
+    checkpoint_interval: u64,
+    live: RwLock<Live>,
+    /// Serialises commits, so that execution reads a state no other commit
+    /// is changing while it runs under a shared lock.
+    commit_lock: Mutex<()>,
+    /// Set when a commit's write failed after the in-memory tree moved on:
+    /// memory and disk disagree, so nothing more is committed.
+    poisoned: AtomicBool,
+    pub(crate) manifest: Mutex<Option<Arc<SnapshotManifest>>>,
     opts: StoreOptions,
 }
 
@@ -120,7 +145,7 @@ fn db_options() -> Options {
 
 /// Per-family options: point lookups everywhere (bloom filters, one shared
 /// block cache); LZ4 only where data compresses (blocks, transactions);
-/// none for hashes, tree nodes and accounts, where it would only cost CPU.
+/// none for hashes and accounts, where it would only cost CPU.
 fn cf_options(name: &str, cache: &Cache) -> Options {
     let mut o = Options::default();
     let mut t = BlockBasedOptions::default();
@@ -134,7 +159,7 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
     } else {
         DBCompressionType::None
     });
-    if matches!(name, CF_TREE_NODES | CF_TREE_VALUES | CF_ACCOUNTS | CF_TXS) {
+    if matches!(name, CF_ACCOUNTS | CF_ACCOUNT_STALE | CF_TXS) {
         o.set_write_buffer_size(128 << 20);
     }
     o
@@ -168,6 +193,11 @@ impl Store {
                         expected: want.to_hex(),
                     });
                 }
+                if db.get_cf(meta, META_RESTORING)?.is_some() {
+                    return Err(StorageError::RestoreInterrupted {
+                        path: path.to_path_buf(),
+                    });
+                }
                 match db.get_cf(meta, META_FORMAT)? {
                     Some(v) if v.as_slice() == FORMAT_VERSION.to_be_bytes() => {}
                     other => {
@@ -184,21 +214,25 @@ impl Store {
             }
             None => Self::init(&db, genesis)?,
         };
+        let tree = accounts::load_tree(&db)?;
         let store = Store {
             db,
             path: path.to_path_buf(),
             chain: genesis.chain_id.clone(),
-            head: RwLock::new(head),
+            checkpoint_interval: genesis.params.checkpoint_interval,
+            live: RwLock::new(Live { head, tree }),
+            commit_lock: Mutex::new(()),
+            poisoned: AtomicBool::new(false),
+            manifest: Mutex::new(None),
             opts,
         };
         store.check_head()?;
         Ok(store)
     }
 
-    /// Writes genesis: accounts, tree version 0, the genesis block and head.
+    /// Writes genesis: accounts at version 0, the genesis block and head.
     fn init(db: &Arc<DB>, genesis: &Genesis) -> Result<Head, StorageError> {
         genesis.validate()?;
-        let tree = TreeStore { db: db.clone() };
         let accounts: std::collections::BTreeMap<PublicKey, Account> = genesis
             .accounts
             .iter()
@@ -212,7 +246,8 @@ impl Store {
                 )
             })
             .collect();
-        let (root, update) = StateTree::apply(&tree, 0, &accounts)?;
+        let mut tree = StateTree::new();
+        let root = tree.apply(0, &accounts);
         let block = Block::genesis(&genesis.chain_id, genesis.genesis_time_ms);
         let head = Head {
             height: 0,
@@ -220,10 +255,13 @@ impl Store {
             state_root: root,
         };
         let mut wb = WriteBatch::default();
-        for (k, a) in &accounts {
-            wb.put_cf(cf(db, CF_ACCOUNTS)?, k.to_bytes(), encode(a));
-        }
-        add_update(db, &mut wb, &update)?;
+        accounts::add_changes(
+            db,
+            &mut wb,
+            0,
+            accounts.iter().map(|(k, a)| (k.to_bytes(), a, None)),
+        )?;
+        wb.put_cf(cf(db, CF_STATE_ROOTS)?, height_key(0), root.0);
         wb.put_cf(cf(db, CF_BLOCKS)?, height_key(0), encode(&block));
         wb.put_cf(cf(db, CF_BLOCK_INDEX)?, block.id().0, height_key(0));
         wb.put_cf(
@@ -242,7 +280,8 @@ impl Store {
         Ok(head)
     }
 
-    /// The head block must exist and match the head record.
+    /// The head block must exist and match the head record, and the state
+    /// rebuilt from the account records must have the head's root.
     fn check_head(&self) -> Result<(), StorageError> {
         let head = self.head();
         let block = self
@@ -251,19 +290,28 @@ impl Store {
         if block.id() != head.block_id {
             return Err(StorageError::Corrupt("head block id mismatch".into()));
         }
-        let root = StateTree::root(&self.tree(), head.height)?;
+        let root = self.live().tree.root();
         if root != head.state_root {
-            return Err(StorageError::Corrupt(
-                "state root at head does not match the head record".into(),
-            ));
+            return Err(StorageError::Corrupt(format!(
+                "the accounts give state root {} but the head at height {} records {}",
+                root.short(),
+                head.height,
+                head.state_root.short()
+            )));
         }
         Ok(())
     }
 
-    fn tree(&self) -> TreeStore {
-        TreeStore {
-            db: self.db.clone(),
-        }
+    pub(crate) fn live(&self) -> RwLockReadGuard<'_, Live> {
+        // A poisoned lock means a panic mid-commit; the commit path marks the
+        // store poisoned itself before anything can be half-applied, and the
+        // node stops on the panic anyway.
+        self.live.read().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Replaces the in-memory state (after a state restore).
+    pub(crate) fn set_live(&self, live: Live) {
+        *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
     }
 
     fn cf(&self, name: &str) -> Result<&rocksdb::ColumnFamily, StorageError> {
@@ -282,9 +330,21 @@ impl Store {
 
     /// The last committed block.
     pub fn head(&self) -> Head {
-        // A poisoned lock means a writer panicked mid-update of a plain Copy
-        // value; the value itself is still whole.
-        *self.head.read().unwrap_or_else(|e| e.into_inner())
+        self.live().head
+    }
+
+    /// Number of accounts in the latest state.
+    pub fn account_count(&self) -> usize {
+        self.live().tree.len()
+    }
+
+    pub(crate) fn options(&self) -> &StoreOptions {
+        &self.opts
+    }
+
+    /// The checkpoint interval of this chain (from genesis).
+    pub fn checkpoint_interval(&self) -> u64 {
+        self.checkpoint_interval
     }
 
     // ----- commits ---------------------------------------------------------
@@ -310,6 +370,10 @@ impl Store {
         cert: &QuorumCert,
         prepared: PreparedPayload,
     ) -> Result<CommitResult, StorageError> {
+        let _serial = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.poisoned.load(Ordering::Acquire) {
+            return Err(StorageError::Poisoned);
+        }
         let head = self.head();
         let h = block.height().0;
         if h != head.height + 1 || block.header.parent != head.block_id {
@@ -319,10 +383,22 @@ impl Store {
             });
         }
         let t0 = Instant::now();
-        let out = execute_prepared(self, &self.chain, prepared)?;
+        let (out, previous) = {
+            let live = self.live();
+            let view = ExecView {
+                tree: &live.tree,
+                db: &self.db,
+                txs: self.cf(CF_TXS)?,
+            };
+            let out = execute_prepared(&view, &self.chain, prepared)?;
+            let previous: Vec<Option<u64>> = out
+                .changes
+                .keys()
+                .map(|k| live.tree.get_bytes(&k.to_bytes()).map(|(_, v)| v))
+                .collect();
+            (out, previous)
+        };
         let t1 = Instant::now();
-        let (root, update) = StateTree::apply(&self.tree(), h, &out.changes)?;
-        let t2 = Instant::now();
         let id = block.id();
         let mut wb = WriteBatch::default();
         wb.put_cf(self.cf(CF_BLOCKS)?, height_key(h), encode(block));
@@ -351,40 +427,58 @@ impl Store {
             };
             wb.put_cf(txs, r.tx_hash.0, encode(&rec));
         }
-        let accounts = self.cf(CF_ACCOUNTS)?;
-        for (k, a) in &out.changes {
-            wb.put_cf(accounts, k.to_bytes(), encode(a));
-        }
-        add_update(&self.db, &mut wb, &update)?;
+        accounts::add_changes(
+            &self.db,
+            &mut wb,
+            h,
+            out.changes
+                .iter()
+                .zip(previous)
+                .map(|((k, a), p)| (k.to_bytes(), a, p)),
+        )?;
         // Blocks persisted for consensus up to this height are settled.
         wb.delete_range_cf(
             self.cf(CF_PENDING)?,
             height_key(0).as_slice(),
             height_key(h + 1).as_slice(),
         );
+        // From here the tree runs ahead of the disk until the batch lands:
+        // readers wait on the lock, and a failed write poisons the store.
+        let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
+        let t2 = Instant::now();
+        let root = live.tree.apply(h, &out.changes);
+        let t3 = Instant::now();
         let new_head = Head {
             height: h,
             block_id: id,
             state_root: root,
         };
+        wb.put_cf(self.cf(CF_STATE_ROOTS)?, height_key(h), root.0);
         let mut w = WriteOptions::default();
         w.set_sync(self.opts.sync_commits);
-        if self.opts.planted_split_commit {
+        let written = if self.opts.planted_split_commit {
             self.db
-                .put_cf_opt(self.cf(CF_META)?, META_HEAD, encode(&new_head), &w)?;
-            std::thread::sleep(std::time::Duration::from_millis(20));
+                .put_cf_opt(self.cf(CF_META)?, META_HEAD, encode(&new_head), &w)
+                .map(|()| std::thread::sleep(std::time::Duration::from_millis(20)))
+                .and_then(|()| self.db.write_opt(wb, &w))
         } else {
             wb.put_cf(self.cf(CF_META)?, META_HEAD, encode(&new_head));
+            self.db.write_opt(wb, &w)
+        };
+        if let Err(e) = written {
+            self.poisoned.store(true, Ordering::Release);
+            return Err(e.into());
         }
-        self.db.write_opt(wb, &w)?;
-        *self.head.write().unwrap_or_else(|e| e.into_inner()) = new_head;
+        live.head = new_head;
+        drop(live);
+        let t4 = Instant::now();
         Ok(CommitResult {
             head: new_head,
             receipts: out.receipts,
             timings: CommitTimings {
                 execute: t1 - t0,
-                state_root: t2 - t1,
-                write: t2.elapsed(),
+                state_root: t3 - t2,
+                write: (t2 - t1) + (t4 - t3),
             },
         })
     }
@@ -422,22 +516,37 @@ impl Store {
 
     /// An account's latest state.
     pub fn account(&self, addr: &PublicKey) -> Result<Option<Account>, StorageError> {
-        self.read_record(CF_ACCOUNTS, &addr.to_bytes(), "account")
+        Ok(self.live().tree.get(addr))
     }
 
     /// An account at the head with its proof against the head's state root.
     pub fn account_with_proof(
         &self,
         addr: &PublicKey,
-    ) -> Result<(Head, Option<Account>, phalanx_ledger::AccountProof), StorageError> {
-        let head = self.head();
-        let (a, proof) = StateTree::get_with_proof(&self.tree(), head.height, addr)?;
-        Ok((head, a, proof))
+    ) -> Result<(Head, Option<Account>, AccountProof), StorageError> {
+        let live = self.live();
+        let (a, proof) = live.tree.prove(addr);
+        Ok((live.head, a, proof))
     }
 
-    /// The state root at `height`, if that tree version is still kept.
+    /// The state root after the block at `height`, while that block is
+    /// retained.
     pub fn state_root_at(&self, height: u64) -> Result<Digest, StorageError> {
-        Ok(StateTree::root(&self.tree(), height)?)
+        match self.db.get_pinned_cf(self.cf(CF_STATE_ROOTS)?, height_key(height))? {
+            None => Err(StorageError::NotRetained(height)),
+            Some(b) => {
+                let arr: [u8; 32] = b
+                    .as_ref()
+                    .try_into()
+                    .map_err(|_| StorageError::Corrupt(format!("state root record {height}")))?;
+                Ok(Digest(arr))
+            }
+        }
+    }
+
+    /// Whether a transaction with this hash is in a committed block.
+    pub fn tx_committed(&self, hash: &Digest) -> Result<bool, StorageError> {
+        Ok(self.db.get_pinned_cf(self.cf(CF_TXS)?, hash.0)?.is_some())
     }
 
     fn read_record<T: serde::de::DeserializeOwned>(
@@ -532,9 +641,9 @@ impl Store {
     // ----- checkpoints and pruning -----------------------------------------
 
     /// Records a stable checkpoint after checking it names this store's
-    /// block and state root at its height, then prunes: tree versions below
-    /// it (its own version stays readable for snapshot serving) and blocks
-    /// older than the retention window.
+    /// block and state root at its height, then prunes: account versions
+    /// superseded at or below it (the state at its height stays readable for
+    /// snapshot serving) and blocks older than the retention window.
     pub fn put_stable_checkpoint(&self, cert: &CheckpointCert) -> Result<(), StorageError> {
         let h = cert.payload.height.0;
         let block = self
@@ -557,6 +666,7 @@ impl Store {
         let mut w = WriteOptions::default();
         w.set_sync(true);
         self.db.write_opt(wb, &w)?;
+        *self.manifest.lock().unwrap_or_else(|e| e.into_inner()) = None;
         self.prune(h)?;
         Ok(())
     }
@@ -568,7 +678,7 @@ impl Store {
 
     /// Prunes below the stable checkpoint at `stable`.
     fn prune(&self, stable: u64) -> Result<(), StorageError> {
-        prune_stale(&self.db, stable)?;
+        accounts::prune(&self.db, stable)?;
         let keep_from = stable.saturating_sub(self.opts.retained_blocks);
         if keep_from > 1 {
             // Genesis (height 0) is always kept: every validator has it.
@@ -579,6 +689,7 @@ impl Store {
                 }
                 wb.delete_cf(self.cf(CF_BLOCKS)?, height_key(h));
                 wb.delete_cf(self.cf(CF_CERTS)?, height_key(h));
+                wb.delete_cf(self.cf(CF_STATE_ROOTS)?, height_key(h));
             }
             self.db.write(wb)?;
         }
@@ -608,10 +719,6 @@ impl Store {
         &self.db
     }
 
-    pub(crate) fn tree_store(&self) -> TreeStore {
-        self.tree()
-    }
-
     pub(crate) fn set_head(&self, wb: &mut WriteBatch, head: Head) -> Result<(), StorageError> {
         wb.put_cf(self.cf(CF_META)?, META_HEAD, encode(&head));
         Ok(())
@@ -626,7 +733,7 @@ impl Store {
         w.set_sync(true);
         self.db.write_opt(wb, &w)?;
         if let Some(h) = head {
-            *self.head.write().unwrap_or_else(|e| e.into_inner()) = h;
+            self.live.write().unwrap_or_else(|e| e.into_inner()).head = h;
         }
         Ok(())
     }
@@ -637,17 +744,22 @@ impl Store {
     }
 }
 
-impl StateView for Store {
+/// What execution reads: accounts from the in-memory tree, the
+/// transaction index from RocksDB (bloom filters answer most misses).
+struct ExecView<'a> {
+    tree: &'a StateTree,
+    db: &'a DB,
+    txs: &'a rocksdb::ColumnFamily,
+}
+
+impl StateView for ExecView<'_> {
     fn account(&self, addr: &PublicKey) -> Result<Option<Account>, LedgerError> {
-        Store::account(self, addr).map_err(|e| LedgerError::Read(e.to_string()))
+        Ok(self.tree.get(addr))
     }
 
     fn tx_committed(&self, hash: &Digest) -> Result<bool, LedgerError> {
-        let txs = self
-            .cf(CF_TXS)
-            .map_err(|e| LedgerError::Read(e.to_string()))?;
         self.db
-            .get_pinned_cf(txs, hash.0)
+            .get_pinned_cf(self.txs, hash.0)
             .map(|v| v.is_some())
             .map_err(|e| LedgerError::Read(e.to_string()))
     }

@@ -247,12 +247,49 @@ fn checkpoint(s: &Store, h: u64) -> CheckpointCert {
     }
 }
 
+/// Fetches a whole snapshot from `s` in chunks of `max` accounts, as a
+/// syncing peer would, following the restore's requests.
+fn serve(s: &Store, r: &mut StateRestore, max: usize) -> usize {
+    let mut chunks = 0;
+    while let Some((h, depth, bucket, after)) = r.next_request() {
+        let c = s.snapshot_chunk(h, depth, bucket, after, max).unwrap();
+        r.add_chunk(c).unwrap();
+        chunks += 1;
+    }
+    chunks
+}
+
+fn open_small_buckets(dir: &Path) -> Store {
+    let opts = StoreOptions {
+        snapshot_bucket_accounts: 16,
+        ..StoreOptions::default()
+    };
+    Store::open(dir, &genesis(ACCOUNTS), opts).unwrap()
+}
+
 #[test]
 fn a_checkpoint_snapshot_restores_in_verified_chunks() {
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
+    let s = open_small_buckets(dir.path());
     commit_n(&s, 6);
+    let at4: Vec<_> = (0..ACCOUNTS)
+        .map(|i| (account_key(i).public(), ()))
+        .collect();
     let cp = checkpoint(&s, 4);
+    let accounts_at_4 = {
+        // The state at 4 as the store saw it then is what the chunks must
+        // carry, even after later commits.
+        let tmp = tempfile::tempdir().unwrap();
+        let replay = open(tmp.path());
+        for h in 1..=4 {
+            replay
+                .commit_block(&s.block(h).unwrap().unwrap(), &s.cert(h).unwrap().unwrap())
+                .unwrap();
+        }
+        at4.iter()
+            .map(|(k, _)| replay.account(k).unwrap())
+            .collect::<Vec<_>>()
+    };
     s.put_stable_checkpoint(&cp).unwrap();
     commit_n(&s, 3);
     // Wrong root or block: refused.
@@ -262,45 +299,57 @@ fn a_checkpoint_snapshot_restores_in_verified_chunks() {
         s.put_stable_checkpoint(&wrong),
         Err(StorageError::Checkpoint(_))
     ));
-
-    // Serve the snapshot at height 4 in chunks of 37 accounts.
-    let mut chunks = Vec::new();
-    let mut after = None;
-    while let Some(c) = s.snapshot_chunk(4, after, 37).unwrap() {
-        after = c.last_key();
-        let last = c.last;
-        chunks.push(c);
-        if last {
-            break;
-        }
-    }
-    assert_eq!(chunks.len(), (ACCOUNTS as usize).div_ceil(37));
+    let manifest = s.snapshot_manifest().unwrap().unwrap();
+    assert_eq!(manifest.height, 4);
+    assert_eq!(manifest.depth, 4, "200 accounts in buckets of about 16");
+    manifest.verify(4, cp.payload.state_root).unwrap();
+    // Only the stable checkpoint's snapshot is served.
+    assert!(matches!(
+        s.snapshot_chunk(5, 4, 0, None, 10),
+        Err(StorageError::NotRetained(5))
+    ));
     let block4 = s.block(4).unwrap().unwrap();
     let cert4 = s.cert(4).unwrap().unwrap();
 
-    // A tampered chunk is rejected.
-    let bad_dir = tempfile::tempdir().unwrap();
-    let mut r = StateRestore::new(open(bad_dir.path()), cp.clone()).unwrap();
-    let mut evil = chunks[1].clone();
-    let last = evil.entries[3].1.len() - 1;
-    evil.entries[3].1[last] ^= 1;
-    r.add_chunk(chunks[0].clone()).unwrap();
-    assert!(r.add_chunk(evil).is_err());
+    // A manifest that does not fold to the certified root is refused.
+    let mut bad_manifest = (*manifest).clone();
+    bad_manifest.buckets.swap(0, 1);
+    let d = tempfile::tempdir().unwrap();
+    assert!(StateRestore::new(open(d.path()), cp.clone(), bad_manifest).is_err());
 
-    // A clean restore rebuilds the same state.
+    // A chunk with one altered balance is caught at its bucket's end.
+    let d = tempfile::tempdir().unwrap();
+    let mut r = StateRestore::new(open(d.path()), cp.clone(), (*manifest).clone()).unwrap();
+    let (h, depth, bucket, after) = r.next_request().unwrap();
+    let mut evil = s.snapshot_chunk(h, depth, bucket, after, 4096).unwrap();
+    assert!(evil.bucket_done && evil.accounts.len() > 1);
+    evil.accounts[1].1.balance += 1;
+    let err = r.add_chunk(evil).unwrap_err().to_string();
+    assert!(err.contains("does not match the manifest"), "{err}");
+    assert!(r.next_request().is_some());
+    // An account from another bucket is refused at once.
+    let d = tempfile::tempdir().unwrap();
+    let mut r = StateRestore::new(open(d.path()), cp.clone(), (*manifest).clone()).unwrap();
+    let (h, depth, bucket, _) = r.next_request().unwrap();
+    let mut stray = s.snapshot_chunk(h, depth, bucket, None, 4096).unwrap();
+    let other = s.snapshot_chunk(h, depth, bucket + 1, None, 1).unwrap();
+    stray.accounts.push(other.accounts[0]);
+    assert!(r.add_chunk(stray).is_err());
+
+    // A clean restore, in chunks of 5 accounts, rebuilds the same state.
     let new_dir = tempfile::tempdir().unwrap();
-    let mut r = StateRestore::new(open(new_dir.path()), cp.clone()).unwrap();
-    for c in chunks {
-        r.add_chunk(c).unwrap();
-    }
+    let mut r = StateRestore::new(open(new_dir.path()), cp.clone(), (*manifest).clone()).unwrap();
+    let chunks = serve(&s, &mut r, 5);
+    assert!(chunks >= (ACCOUNTS as usize).div_ceil(5), "{chunks} chunks");
+    assert_eq!(r.accounts(), ACCOUNTS);
     let restored = r.finish(&block4, &cert4).unwrap();
     assert_eq!(restored.head().height, 4);
     assert_eq!(restored.head().state_root, cp.payload.state_root);
-    for i in 0..ACCOUNTS {
-        let k = account_key(i).public();
-        let (_, a, p) = restored.account_with_proof(&k).unwrap();
-        verify_account_proof(cp.payload.state_root, &k, a.as_ref(), &p).unwrap();
+    for (i, (k, _)) in at4.iter().enumerate() {
+        let (_, a, p) = restored.account_with_proof(k).unwrap();
+        verify_account_proof(cp.payload.state_root, k, a.as_ref(), &p).unwrap();
         assert!(a.is_some(), "account {i} missing from the restored state");
+        assert_eq!(a, accounts_at_4[i], "account {i} as of height 4");
     }
     drop(restored);
     // It reopens as a normal store at height 4 and continues.
@@ -312,7 +361,28 @@ fn a_checkpoint_snapshot_restores_in_verified_chunks() {
 }
 
 #[test]
-fn pruning_keeps_the_checkpoint_version_and_retained_blocks() {
+fn an_interrupted_restore_is_refused_at_open_with_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_small_buckets(dir.path());
+    commit_n(&s, 3);
+    let cp = checkpoint(&s, 3);
+    s.put_stable_checkpoint(&cp).unwrap();
+    let manifest = (*s.snapshot_manifest().unwrap().unwrap()).clone();
+    let new_dir = tempfile::tempdir().unwrap();
+    let mut r = StateRestore::new(open(new_dir.path()), cp, manifest).unwrap();
+    let (h, depth, bucket, after) = r.next_request().unwrap();
+    r.add_chunk(s.snapshot_chunk(h, depth, bucket, after, 3).unwrap())
+        .unwrap();
+    drop(r);
+    let err = Store::open(new_dir.path(), &genesis(ACCOUNTS), StoreOptions::default())
+        .err()
+        .expect("a half-restored store must not open");
+    assert!(matches!(err, StorageError::RestoreInterrupted { .. }), "{err}");
+    assert!(err.to_string().contains("state-sync again"));
+}
+
+#[test]
+fn pruning_keeps_the_checkpoint_state_and_retained_blocks() {
     let dir = tempfile::tempdir().unwrap();
     let g = genesis(ACCOUNTS);
     let s = Store::open(
@@ -324,12 +394,34 @@ fn pruning_keeps_the_checkpoint_version_and_retained_blocks() {
         },
     )
     .unwrap();
-    commit_n(&s, 8);
+    commit_n(&s, 6);
+    let at6: Vec<_> = (0..ACCOUNTS)
+        .map(|i| s.account(&account_key(i).public()).unwrap().unwrap())
+        .collect();
+    commit_n(&s, 2);
     let cp = checkpoint(&s, 6);
     s.put_stable_checkpoint(&cp).unwrap();
     assert_eq!(s.first_retained_block().unwrap(), 4);
     assert!(s.block(3).unwrap().is_none() && s.block(0).unwrap().is_some());
+    assert!(matches!(s.state_root_at(3), Err(StorageError::NotRetained(3))));
     assert_eq!(s.state_root_at(6).unwrap(), cp.payload.state_root);
     assert!(s.state_root_at(8).is_ok());
-    assert!(s.snapshot_chunk(6, None, 10).unwrap().is_some());
+    // The state at 6 is still served exactly, after later commits and the
+    // prune.
+    let chunk = s.snapshot_chunk(6, 0, 0, None, 4096).unwrap();
+    assert!(chunk.bucket_done);
+    assert_eq!(chunk.accounts.len(), ACCOUNTS as usize);
+    for (i, k) in (0..ACCOUNTS).map(|i| (i, account_key(i).public())) {
+        let (_, a) = chunk
+            .accounts
+            .iter()
+            .find(|(addr, _)| *addr == k.to_bytes())
+            .unwrap();
+        assert_eq!(*a, at6[i as usize], "account {i} as of height 6");
+    }
+    // Reopening rebuilds the latest state from the pruned records.
+    let head = s.head();
+    drop(s);
+    let s = Store::open(dir.path(), &g, StoreOptions::default()).unwrap();
+    assert_eq!(s.head(), head);
 }
