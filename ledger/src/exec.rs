@@ -4,7 +4,7 @@
 //! leader put there; nothing here panics on input. The only error is a
 //! failing state read (a local disk fault, fatal to the node).
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::{BTreeSet, HashMap};
 
 use phalanx_crypto::{ChainId, Digest, PublicKey};
 use serde::{Deserialize, Serialize};
@@ -17,6 +17,12 @@ pub trait StateView {
     fn account(&self, addr: &PublicKey) -> Result<Option<Account>, LedgerError>;
     /// Whether a transaction with this hash is already in a committed block.
     fn tx_committed(&self, hash: &Digest) -> Result<bool, LedgerError>;
+
+    /// [`StateView::tx_committed`] for many hashes at once (a store can
+    /// batch the lookups); `hashes` is sorted.
+    fn txs_committed(&self, hashes: &[Digest]) -> Result<Vec<bool>, LedgerError> {
+        hashes.iter().map(|h| self.tx_committed(h)).collect()
+    }
 }
 
 /// The outcome of one transaction.
@@ -88,8 +94,8 @@ pub struct Receipt {
 pub struct BlockOutput {
     /// One per payload item, in order.
     pub receipts: Vec<Receipt>,
-    /// New state of every account the block changed.
-    pub changes: BTreeMap<PublicKey, Account>,
+    /// New state of every account the block changed, ascending by address.
+    pub changes: Vec<(PublicKey, Account)>,
     /// The raw bytes of each payload item, in order (for the transaction
     /// index).
     pub tx_bytes: Vec<Vec<u8>>,
@@ -105,13 +111,14 @@ impl BlockOutput {
     }
 }
 
-/// A block payload decoded and signature-checked, ready to execute.
+/// A block payload decoded, hashed and signature-checked, ready to execute.
 /// Preparing is where signatures are verified (in one batch), so it can be
-/// done, and measured, apart from execution.
+/// done, and measured, apart from execution; a validator prepares a
+/// proposal's payload before voting for it.
 #[derive(Clone, Debug, Default)]
 pub struct PreparedPayload {
     items: Vec<Vec<u8>>,
-    checked: Vec<Option<(SignedTransfer, bool)>>,
+    checked: Vec<Option<(SignedTransfer, Digest, bool)>>,
 }
 
 impl PreparedPayload {
@@ -140,7 +147,12 @@ pub fn prepare_payload(payload: &[u8]) -> PreparedPayload {
     let mut sig = verify_signatures(&good).into_iter();
     let checked = decoded
         .into_iter()
-        .map(|d| d.map(|t| (t, sig.next().unwrap_or(false))))
+        .map(|d| {
+            d.map(|t| {
+                let hash = t.hash();
+                (t, hash, sig.next().unwrap_or(false))
+            })
+        })
         .collect();
     PreparedPayload { items, checked }
 }
@@ -162,32 +174,54 @@ pub fn execute_prepared(
 ) -> Result<BlockOutput, LedgerError> {
     let PreparedPayload { items, checked } = prepared;
     debug_assert_eq!(items.len(), checked.len());
-    let mut overlay: BTreeMap<PublicKey, Account> = BTreeMap::new();
-    let mut before: BTreeMap<PublicKey, Account> = BTreeMap::new();
+    // One batched lookup for every hash that could apply.
+    let mut candidates: Vec<Digest> = checked
+        .iter()
+        .flatten()
+        .filter(|(t, _, ok)| *ok && t.transfer.chain_id == *chain)
+        .map(|(_, h, _)| *h)
+        .collect();
+    candidates.sort_unstable();
+    candidates.dedup();
+    let found = view.txs_committed(&candidates)?;
+    if found.len() != candidates.len() {
+        return Err(LedgerError::Read(format!(
+            "{} answers for {} lookups",
+            found.len(),
+            candidates.len()
+        )));
+    }
+    let committed: BTreeSet<Digest> = candidates
+        .into_iter()
+        .zip(found)
+        .filter_map(|(h, f)| f.then_some(h))
+        .collect();
+    // Touched accounts by address bytes: (key, state before the block,
+    // state now). Hashed, not ordered: a block touches thousands.
+    let mut overlay: HashMap<[u8; 32], (PublicKey, Account, Account)> = HashMap::new();
     let mut seen: BTreeSet<Digest> = BTreeSet::new();
     let mut receipts = Vec::with_capacity(items.len());
 
-    let mut load = |addr: &PublicKey,
-                    overlay: &mut BTreeMap<PublicKey, Account>|
+    let load = |addr: &PublicKey,
+                overlay: &mut HashMap<[u8; 32], (PublicKey, Account, Account)>|
      -> Result<Account, LedgerError> {
-        if let Some(a) = overlay.get(addr) {
-            return Ok(*a);
+        let k = addr.to_bytes();
+        if let Some((_, _, now)) = overlay.get(&k) {
+            return Ok(*now);
         }
         let a = view.account(addr)?.unwrap_or_default();
-        before.insert(*addr, a);
-        overlay.insert(*addr, a);
+        overlay.insert(k, (*addr, a, a));
         Ok(a)
     };
 
     for (bytes, item) in items.iter().zip(checked) {
-        let Some((tx, sig_ok)) = item else {
+        let Some((tx, hash, sig_ok)) = item else {
             receipts.push(Receipt {
                 tx_hash: Digest::of(bytes),
                 status: TxStatus::Malformed,
             });
             continue;
         };
-        let hash = tx.hash();
         let status = 'status: {
             if !sig_ok {
                 break 'status TxStatus::BadSignature;
@@ -196,7 +230,7 @@ pub fn execute_prepared(
             if t.chain_id != *chain {
                 break 'status TxStatus::WrongChain;
             }
-            if seen.contains(&hash) || view.tx_committed(&hash)? {
+            if seen.contains(&hash) || committed.contains(&hash) {
                 break 'status TxStatus::Duplicate;
             }
             let sender = load(&t.sender, &mut overlay)?;
@@ -222,25 +256,35 @@ pub fn execute_prepared(
                 };
             }
             // Check every credit before changing anything: all or nothing.
-            let mut staged: BTreeMap<PublicKey, Account> = BTreeMap::new();
-            staged.insert(
-                t.sender,
+            // At most 1 + MAX_LEGS entries: a vector beats a map here.
+            let mut staged: Vec<(&PublicKey, Account)> = Vec::with_capacity(t.legs.len() + 1);
+            staged.push((
+                &t.sender,
                 Account {
                     balance: sender.balance - total,
                     nonce: sender.nonce + 1,
                 },
-            );
+            ));
             for leg in &t.legs {
-                let cur = match staged.get(&leg.to) {
-                    Some(a) => *a,
+                let pos = staged.iter().position(|(k, _)| **k == leg.to);
+                let cur = match pos {
+                    Some(i) => staged[i].1,
                     None => load(&leg.to, &mut overlay)?,
                 };
                 let Some(balance) = cur.balance.checked_add(leg.amount) else {
                     break 'status TxStatus::Overflow;
                 };
-                staged.insert(leg.to, Account { balance, ..cur });
+                let next = Account { balance, ..cur };
+                match pos {
+                    Some(i) => staged[i].1 = next,
+                    None => staged.push((&leg.to, next)),
+                }
             }
-            overlay.extend(staged);
+            for (k, a) in staged {
+                if let Some(e) = overlay.get_mut(&k.to_bytes()) {
+                    e.2 = a;
+                }
+            }
             seen.insert(hash);
             TxStatus::Applied
         };
@@ -253,15 +297,18 @@ pub fn execute_prepared(
     // Conservation of supply: balances only move between accounts. A
     // violation is a bug that would corrupt the ledger; stop here.
     let delta: i128 = overlay
-        .iter()
-        .map(|(k, a)| a.balance as i128 - before.get(k).map_or(0, |b| b.balance) as i128)
+        .values()
+        .map(|(_, before, now)| now.balance as i128 - before.balance as i128)
         .sum();
     assert_eq!(delta, 0, "block execution changed the total supply");
 
-    let changes = overlay
+    let mut changes: Vec<([u8; 32], PublicKey, Account)> = overlay
         .into_iter()
-        .filter(|(k, a)| before.get(k) != Some(a))
+        .filter(|(_, (_, before, now))| before != now)
+        .map(|(b, (k, _, now))| (b, k, now))
         .collect();
+    changes.sort_unstable_by_key(|x| x.0);
+    let changes = changes.into_iter().map(|(_, k, a)| (k, a)).collect();
     Ok(BlockOutput {
         receipts,
         changes,

@@ -33,7 +33,7 @@
 //! Accounts are never deleted (a zero balance keeps its nonce, which is
 //! what makes replays impossible), so the tree only inserts and updates.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
 use phalanx_crypto::{Digest, PublicKey, decode, encode};
 use serde::{Deserialize, Serialize};
@@ -174,7 +174,7 @@ impl StateTree {
                 )
             })
             .collect();
-        items.sort_unstable_by(|a, b| a.0.key.cmp(&b.0.key));
+        items.sort_unstable_by_key(|a| a.0.key);
         items.dedup_by(|a, b| a.0.key == b.0.key);
         tree.leaves.reserve(items.len());
         tree.internals.reserve(items.len());
@@ -240,9 +240,13 @@ impl StateTree {
     /// Applies a block's account changes (inserting new accounts), recording
     /// `version` as the height they changed at, and returns the new root.
     /// Cost: O(changes · log n) hashes; unchanged subtrees are not touched.
-    pub fn apply(&mut self, version: u64, changes: &BTreeMap<PublicKey, Account>) -> Digest {
+    pub fn apply<'a>(
+        &mut self,
+        version: u64,
+        changes: impl IntoIterator<Item = (&'a PublicKey, &'a Account)>,
+    ) -> Digest {
         let mut items: Vec<Item> = changes
-            .iter()
+            .into_iter()
             .map(|(k, a)| {
                 let addr = k.to_bytes();
                 Item {
@@ -252,7 +256,7 @@ impl StateTree {
                 }
             })
             .collect();
-        items.sort_unstable_by(|a, b| a.key.cmp(&b.key));
+        items.sort_unstable_by_key(|a| a.key);
         self.root = self.update(self.root, 0, &items, version);
         self.root()
     }
@@ -290,7 +294,13 @@ impl StateTree {
 
     /// Builds the subtree at `depth` holding `existing` (a leaf already in
     /// the tree, not among `items`) and the new `items` (sorted, distinct).
-    fn build(&mut self, depth: usize, existing: Option<u32>, items: &[Item], version: u64) -> Child {
+    fn build(
+        &mut self,
+        depth: usize,
+        existing: Option<u32>,
+        items: &[Item],
+        version: u64,
+    ) -> Child {
         match (existing, items.len()) {
             (None, 0) => return Child::Empty,
             (Some(l), 0) => return Child::Leaf(l),
@@ -372,7 +382,13 @@ impl StateTree {
         loop {
             match c {
                 Child::Empty => {
-                    return (None, AccountProof { siblings, leaf: None });
+                    return (
+                        None,
+                        AccountProof {
+                            siblings,
+                            leaf: None,
+                        },
+                    );
                 }
                 Child::Leaf(i) => {
                     let l = &self.leaves[i as usize];
@@ -510,12 +526,16 @@ pub fn summarise_accounts(
         return Err(LedgerError::Proof("subtree depth above 256".into()));
     }
     if accounts.windows(2).any(|w| w[0].0 >= w[1].0) {
-        return Err(LedgerError::Proof("accounts not in strict key order".into()));
+        return Err(LedgerError::Proof(
+            "accounts not in strict key order".into(),
+        ));
     }
     if let (Some(first), Some(last)) = (accounts.first(), accounts.last())
         && (0..depth).any(|i| bit(&first.0, i) != bit(&last.0, i))
     {
-        return Err(LedgerError::Proof("accounts span more than one subtree".into()));
+        return Err(LedgerError::Proof(
+            "accounts span more than one subtree".into(),
+        ));
     }
     Ok(summarise_sorted(depth, accounts))
 }
@@ -630,6 +650,7 @@ pub fn verify_account_proof(
 mod tests {
     use super::*;
     use phalanx_crypto::KeyPair;
+    use std::collections::BTreeMap;
 
     fn addr(i: u64) -> PublicKey {
         let mut s = [0u8; 32];
@@ -675,8 +696,7 @@ mod tests {
             all.extend(c.clone());
             let root = t.apply(round, &c);
             assert_eq!(root, reference_root(&all), "round {round}");
-            let rebuilt =
-                StateTree::from_accounts(all.iter().map(|(k, a)| (k.to_bytes(), *a, 0)));
+            let rebuilt = StateTree::from_accounts(all.iter().map(|(k, a)| (k.to_bytes(), *a, 0)));
             assert_eq!(rebuilt.root(), root);
             assert_eq!(t.len(), all.len());
         }
@@ -742,7 +762,8 @@ mod tests {
             let mut buckets: Vec<Vec<(KeyHash, [u8; 32])>> = vec![Vec::new(); 1 << depth];
             for (k, a) in &c {
                 let leaf = account_leaf(k, a);
-                let b = (0..depth as usize).fold(0usize, |p, j| (p << 1) | bit(&leaf.0, j) as usize);
+                let b =
+                    (0..depth as usize).fold(0usize, |p, j| (p << 1) | bit(&leaf.0, j) as usize);
                 buckets[b].push(leaf);
             }
             for (i, mut b) in buckets.into_iter().enumerate() {
@@ -760,8 +781,9 @@ mod tests {
 
     #[test]
     fn summarise_refuses_unsorted_or_straddling_accounts() {
-        let mut leaves: Vec<(KeyHash, [u8; 32])> =
-            (0..40).map(|i| account_leaf(&addr(i), &acct(1, 0))).collect();
+        let mut leaves: Vec<(KeyHash, [u8; 32])> = (0..40)
+            .map(|i| account_leaf(&addr(i), &acct(1, 0)))
+            .collect();
         leaves.sort();
         assert!(summarise_accounts(0, &leaves).is_ok());
         assert!(summarise_accounts(8, &leaves).is_err(), "straddles buckets");
@@ -773,7 +795,10 @@ mod tests {
     fn the_leaf_hashes_the_encoded_account_value() {
         let (k, a) = (addr(3), acct(9, 2));
         let v = account_value(&k, &a);
-        assert_eq!(value_hash(&k.to_bytes(), &a), <[u8; 32]>::from(Sha256::digest(&v)));
+        assert_eq!(
+            value_hash(&k.to_bytes(), &a),
+            <[u8; 32]>::from(Sha256::digest(&v))
+        );
         assert_eq!(decode_account_value(&v).unwrap(), (k, a));
     }
 

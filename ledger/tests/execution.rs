@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use phalanx_crypto::{ChainId, Digest, KeyPair, PublicKey};
 use phalanx_ledger::{
-    Account, LedgerError, Leg, StateTree, StateView, Transfer, TxStatus,
-    encode_payload, execute_block, verify_account_proof,
+    Account, LedgerError, Leg, StateTree, StateView, Transfer, TxStatus, encode_payload,
+    execute_block, verify_account_proof,
 };
 use proptest::prelude::*;
 
@@ -60,7 +60,9 @@ impl Ledger {
     fn apply(&mut self, txs: &[Vec<u8>]) -> Vec<TxStatus> {
         let out = execute_block(self, &self.chain.clone(), &encode_payload(txs)).unwrap();
         self.version += 1;
-        self.root = self.tree.apply(self.version, &out.changes);
+        self.root = self
+            .tree
+            .apply(self.version, out.changes.iter().map(|(k, a)| (k, a)));
         for (k, a) in &out.changes {
             self.accounts.insert(*k, *a);
         }

@@ -1,17 +1,23 @@
 //! Account versions on disk: every state an account had since the last
-//! stable checkpoint, keyed `key_hash ‖ height`, plus an index of superseded
-//! versions for pruning.
+//! stable checkpoint, keyed `key_hash ‖ height`, and the in-memory index of
+//! superseded versions that pruning works from.
 //!
 //! This module owns reading the state as of a height (the newest version at
 //! or below it, per account), rebuilding the in-memory state tree when the
 //! store opens, and pruning. The in-memory tree is derived data: the
 //! accounts here, written in the same batch as their block, are the truth.
+//! The superseded-version index is derived too: it is kept in memory (a
+//! RocksDB write per changed account cost more than the rest of the account
+//! writes) and rebuilt by the same scan that rebuilds the tree.
 
 use phalanx_ledger::{Account, KeyHash, StateTree};
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use crate::StorageError;
-use crate::keys::{CF_ACCOUNT_STALE, CF_ACCOUNTS, account_key, stale_key};
+use crate::keys::{CF_ACCOUNTS, account_key};
+
+/// A superseded account version: `(superseded at, key hash, old height)`.
+pub(crate) type Stale = (u64, KeyHash, u64);
 
 pub(crate) fn cf<'a>(db: &'a DB, name: &str) -> Result<&'a rocksdb::ColumnFamily, StorageError> {
     db.cf_handle(name)
@@ -50,23 +56,31 @@ pub(crate) fn encode_record(addr: &[u8; 32], account: &Account) -> Vec<u8> {
     phalanx_crypto::encode(&(addr, account))
 }
 
-/// Adds a block's account changes at `version` to a batch, recording which
-/// versions they supersede. `previous` gives each changed account's last
+/// Adds a block's account changes at `version` to a batch, and to `stale`
+/// the versions they supersede. `previous` gives each changed account's last
 /// version before this block (from the tree, read before it is updated).
 pub(crate) fn add_changes<'a>(
     db: &DB,
     wb: &mut WriteBatch,
     version: u64,
     changes: impl Iterator<Item = ([u8; 32], &'a Account, Option<u64>)>,
+    stale: &mut Vec<Stale>,
 ) -> Result<(), StorageError> {
     let accounts = cf(db, CF_ACCOUNTS)?;
-    let stale = cf(db, CF_ACCOUNT_STALE)?;
-    for (addr, account, previous) in changes {
-        let kh = sha2_digest(&addr);
-        wb.put_cf(accounts, account_key(&kh, version), encode_record(&addr, account));
+    // In key order, for the memtable's sake (see the commit path).
+    let mut keyed: Vec<(KeyHash, [u8; 32], &Account, Option<u64>)> = changes
+        .map(|(addr, account, previous)| (sha2_digest(&addr), addr, account, previous))
+        .collect();
+    keyed.sort_unstable_by_key(|k| k.0);
+    for (kh, addr, account, previous) in keyed {
+        wb.put_cf(
+            accounts,
+            account_key(&kh, version),
+            encode_record(&addr, account),
+        );
         if let Some(old) = previous {
             debug_assert!(old < version);
-            wb.put_cf(stale, stale_key(version, &kh, old), []);
+            stale.push((version, kh, old));
         }
     }
     Ok(())
@@ -120,38 +134,46 @@ pub(crate) fn scan_at(
     Ok(true)
 }
 
-/// Rebuilds the in-memory tree of the latest state.
-pub(crate) fn load_tree(db: &DB) -> Result<StateTree, StorageError> {
-    let mut latest = Vec::new();
-    scan_at(db, u64::MAX, &[0u8; 32], None, usize::MAX, |_, addr, a, v| {
-        latest.push((addr, a, v))
-    })?;
-    Ok(StateTree::from_accounts(latest))
+/// Rebuilds the in-memory tree of the latest state and the index of
+/// superseded versions (sorted by the height that superseded them).
+pub(crate) fn load_tree(db: &DB) -> Result<(StateTree, Vec<Stale>), StorageError> {
+    let accounts = cf(db, CF_ACCOUNTS)?;
+    let mut ro = ReadOptions::default();
+    ro.set_readahead_size(2 << 20);
+    let mut latest: Vec<([u8; 32], Account, u64)> = Vec::new();
+    let mut last_key: Option<KeyHash> = None;
+    let mut stale = Vec::new();
+    for item in db.iterator_cf_opt(accounts, ro, IteratorMode::Start) {
+        let (k, v) = item?;
+        let (kh, ver, addr, account) = decode_record(&k, &v)?;
+        if last_key == Some(kh) {
+            // Versions of one key come oldest first: the previous one is
+            // superseded by this one.
+            if let Some(prev) = latest.last_mut() {
+                stale.push((ver, kh, prev.2));
+                *prev = (addr, account, ver);
+            }
+        } else {
+            latest.push((addr, account, ver));
+            last_key = Some(kh);
+        }
+    }
+    stale.sort_unstable_by_key(|s| s.0);
+    Ok((StateTree::from_accounts(latest), stale))
 }
 
-/// Deletes account versions superseded at or below `version`: the state at
-/// `version` and above stays readable. Returns how many were deleted.
-pub(crate) fn prune(db: &DB, version: u64) -> Result<usize, StorageError> {
-    let stale = cf(db, CF_ACCOUNT_STALE)?;
+/// Deletes the account versions in `stale` superseded at or below
+/// `version` (and drops them from it): the state at `version` and above
+/// stays readable. Returns how many were deleted.
+pub(crate) fn prune(db: &DB, stale: &mut Vec<Stale>, version: u64) -> Result<usize, StorageError> {
     let accounts = cf(db, CF_ACCOUNTS)?;
+    let n = stale.partition_point(|s| s.0 <= version);
     let mut wb = WriteBatch::default();
-    let mut n = 0;
-    let mut ro = ReadOptions::default();
-    ro.set_iterate_upper_bound((version + 1).to_be_bytes().to_vec());
-    for item in db.iterator_cf_opt(stale, ro, IteratorMode::Start) {
-        let (k, _) = item?;
-        if k.len() != 48 {
-            return Err(StorageError::Corrupt("stale account key length".into()));
-        }
-        let mut kh = [0u8; 32];
-        kh.copy_from_slice(&k[8..40]);
-        let mut old = [0u8; 8];
-        old.copy_from_slice(&k[40..]);
-        wb.delete_cf(accounts, account_key(&kh, u64::from_be_bytes(old)));
-        wb.delete_cf(stale, &k);
-        n += 1;
+    for (_, kh, old) in &stale[..n] {
+        wb.delete_cf(accounts, account_key(kh, *old));
     }
     db.write(wb)?;
+    stale.drain(..n);
     Ok(n)
 }
 
@@ -159,9 +181,12 @@ pub(crate) fn prune(db: &DB, version: u64) -> Result<usize, StorageError> {
 /// marks the store as mid-restore until the restore's last batch.
 pub(crate) fn clear_for_restore(db: &DB) -> Result<(), StorageError> {
     let mut wb = WriteBatch::default();
-    wb.put_cf(cf(db, crate::keys::CF_META)?, crate::keys::META_RESTORING, []);
+    wb.put_cf(
+        cf(db, crate::keys::CF_META)?,
+        crate::keys::META_RESTORING,
+        [],
+    );
     wb.delete_range_cf(cf(db, CF_ACCOUNTS)?, &[0u8; 40][..], &[0xffu8; 41][..]);
-    wb.delete_range_cf(cf(db, CF_ACCOUNT_STALE)?, &[0u8; 48][..], &[0xffu8; 49][..]);
     db.write(wb)?;
     Ok(())
 }

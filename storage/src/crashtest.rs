@@ -240,7 +240,9 @@ impl Replay {
     fn apply(&mut self, g: &phalanx_ledger::Genesis, payload: &[u8]) -> phalanx_crypto::Digest {
         let out = execute_block(&*self, &g.chain_id, payload).unwrap();
         self.version += 1;
-        let root = self.tree.apply(self.version, &out.changes);
+        let root = self
+            .tree
+            .apply(self.version, out.changes.iter().map(|(k, a)| (k, a)));
         self.accounts.extend(out.changes);
         self.committed
             .extend(out.receipts.iter().map(|r| r.tx_hash));

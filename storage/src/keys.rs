@@ -7,20 +7,18 @@ pub const CF_BLOCK_INDEX: &str = "block_index";
 pub const CF_CERTS: &str = "certs";
 pub const CF_TXS: &str = "txs";
 pub const CF_ACCOUNTS: &str = "accounts";
-pub const CF_ACCOUNT_STALE: &str = "account_stale";
 pub const CF_STATE_ROOTS: &str = "state_roots";
 pub const CF_SAFETY: &str = "safety";
 pub const CF_PENDING: &str = "pending_blocks";
 pub const CF_CHECKPOINTS: &str = "checkpoints";
 
-pub const ALL_CFS: [&str; 11] = [
+pub const ALL_CFS: [&str; 10] = [
     CF_META,
     CF_BLOCKS,
     CF_BLOCK_INDEX,
     CF_CERTS,
     CF_TXS,
     CF_ACCOUNTS,
-    CF_ACCOUNT_STALE,
     CF_STATE_ROOTS,
     CF_SAFETY,
     CF_PENDING,
@@ -54,15 +52,5 @@ pub fn account_key(key_hash: &[u8; 32], version: u64) -> [u8; 40] {
     let mut k = [0u8; 40];
     k[..32].copy_from_slice(key_hash);
     k[32..].copy_from_slice(&version.to_be_bytes());
-    k
-}
-
-/// A superseded account version: `superseded_at ‖ key_hash ‖ old_height`,
-/// so that pruning below a checkpoint is one forward scan.
-pub fn stale_key(since: u64, key_hash: &[u8; 32], old: u64) -> [u8; 48] {
-    let mut k = [0u8; 48];
-    k[..8].copy_from_slice(&since.to_be_bytes());
-    k[8..40].copy_from_slice(key_hash);
-    k[40..].copy_from_slice(&old.to_be_bytes());
     k
 }

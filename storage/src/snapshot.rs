@@ -15,9 +15,7 @@ use std::sync::Arc;
 
 use phalanx_consensus::{Block, CheckpointCert, QuorumCert};
 use phalanx_crypto::{Digest, encode};
-use phalanx_ledger::{
-    Account, KeyHash, Subtree, leaf_hash, root_of_summaries, summarise_accounts,
-};
+use phalanx_ledger::{Account, KeyHash, Subtree, leaf_hash, root_of_summaries, summarise_accounts};
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
@@ -118,7 +116,10 @@ fn key_of(addr: &[u8; 32]) -> KeyHash {
 
 fn leaf_of(addr: &[u8; 32], account: &Account) -> (KeyHash, [u8; 32]) {
     let key = key_of(addr);
-    (key, leaf_hash(&key, &Digest::of(&encode_record(addr, account)).0))
+    (
+        key,
+        leaf_hash(&key, &Digest::of(&encode_record(addr, account)).0),
+    )
 }
 
 impl Store {
@@ -138,9 +139,14 @@ impl Store {
             return Ok(Some(m.clone()));
         }
         let mut leaves: Vec<(KeyHash, [u8; 32])> = Vec::new();
-        accounts::scan_at(self.db(), height, &[0u8; 32], None, usize::MAX, |_, addr, a, _| {
-            leaves.push(leaf_of(&addr, &a))
-        })?;
+        accounts::scan_at(
+            self.db(),
+            height,
+            &[0u8; 32],
+            None,
+            usize::MAX,
+            |_, addr, a, _| leaves.push(leaf_of(&addr, &a)),
+        )?;
         let per_bucket = self.options().snapshot_bucket_accounts.max(1);
         let mut depth = 0u8;
         while depth < MAX_MANIFEST_DEPTH && leaves.len() > per_bucket << depth {
@@ -197,9 +203,7 @@ impl Store {
         let from = match after {
             None => start,
             Some(k) if k < start || end.is_some_and(|e| k >= e) => {
-                return Err(StorageError::Checkpoint(
-                    "cursor outside the bucket".into(),
-                ));
+                return Err(StorageError::Checkpoint("cursor outside the bucket".into()));
             }
             Some(k) => match next_key(&k) {
                 Some(n) => n,
@@ -214,9 +218,14 @@ impl Store {
             },
         };
         let mut out = Vec::new();
-        let done = accounts::scan_at(self.db(), height, &from, end.as_ref(), max, |_, a, acct, _| {
-            out.push((a, acct))
-        })?;
+        let done = accounts::scan_at(
+            self.db(),
+            height,
+            &from,
+            end.as_ref(),
+            max,
+            |_, a, acct, _| out.push((a, acct)),
+        )?;
         Ok(StateChunk {
             height,
             bucket,
@@ -330,17 +339,18 @@ impl StateRestore {
             }
             self.cursor = Some(key);
             self.leaves.push((key, leaf));
-            wb.put_cf(accounts_cf, account_key(&key, h), encode_record(addr, account));
+            wb.put_cf(
+                accounts_cf,
+                account_key(&key, h),
+                encode_record(addr, account),
+            );
         }
         self.store.db().write(wb)?;
         self.accounts += chunk.accounts.len() as u64;
         if chunk.bucket_done {
             let got = summarise_accounts(self.manifest.depth as usize, &self.leaves)?;
             if got != self.manifest.buckets[bucket as usize] {
-                return fail(
-                    self,
-                    format!("bucket {bucket} does not match the manifest"),
-                );
+                return fail(self, format!("bucket {bucket} does not match the manifest"));
             }
             self.leaves.clear();
             self.cursor = None;
@@ -364,7 +374,7 @@ impl StateRestore {
             ));
         }
         let store = self.store;
-        let tree = accounts::load_tree(store.db())?;
+        let (tree, stale) = accounts::load_tree(store.db())?;
         let root = tree.root();
         if root != cp.state_root {
             return Err(StorageError::Checkpoint(
@@ -392,7 +402,7 @@ impl StateRestore {
         };
         store.set_head(&mut wb, head)?;
         store.write_synced(wb, None)?;
-        store.set_live(Live { head, tree });
+        store.set_live(Live { head, tree }, stale);
         Ok(store)
     }
 }

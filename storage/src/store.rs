@@ -79,8 +79,6 @@ pub struct TxRecord {
     pub index: u32,
     /// Its receipt.
     pub receipt: Receipt,
-    /// The signed transaction bytes.
-    pub bytes: Vec<u8>,
 }
 
 /// What a commit produced.
@@ -129,6 +127,8 @@ pub struct Store {
     /// memory and disk disagree, so nothing more is committed.
     poisoned: AtomicBool,
     pub(crate) manifest: Mutex<Option<Arc<SnapshotManifest>>>,
+    /// Superseded account versions not yet pruned, oldest first.
+    stale: Mutex<Vec<accounts::Stale>>,
     opts: StoreOptions,
 }
 
@@ -159,8 +159,12 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
     } else {
         DBCompressionType::None
     });
-    if matches!(name, CF_ACCOUNTS | CF_ACCOUNT_STALE | CF_TXS) {
-        o.set_write_buffer_size(128 << 20);
+    if name == CF_TXS {
+        o.set_memtable_whole_key_filtering(true);
+        o.set_memtable_prefix_bloom_ratio(0.05);
+    }
+    if matches!(name, CF_ACCOUNTS | CF_TXS) {
+        o.set_write_buffer_size(32 << 20);
     }
     o
 }
@@ -214,7 +218,7 @@ impl Store {
             }
             None => Self::init(&db, genesis)?,
         };
-        let tree = accounts::load_tree(&db)?;
+        let (tree, stale) = accounts::load_tree(&db)?;
         let store = Store {
             db,
             path: path.to_path_buf(),
@@ -224,6 +228,7 @@ impl Store {
             commit_lock: Mutex::new(()),
             poisoned: AtomicBool::new(false),
             manifest: Mutex::new(None),
+            stale: Mutex::new(stale),
             opts,
         };
         store.check_head()?;
@@ -260,6 +265,7 @@ impl Store {
             &mut wb,
             0,
             accounts.iter().map(|(k, a)| (k.to_bytes(), a, None)),
+            &mut Vec::new(),
         )?;
         wb.put_cf(cf(db, CF_STATE_ROOTS)?, height_key(0), root.0);
         wb.put_cf(cf(db, CF_BLOCKS)?, height_key(0), encode(&block));
@@ -310,7 +316,8 @@ impl Store {
     }
 
     /// Replaces the in-memory state (after a state restore).
-    pub(crate) fn set_live(&self, live: Live) {
+    pub(crate) fn set_live(&self, live: Live, stale: Vec<accounts::Stale>) {
+        *self.stale.lock().unwrap_or_else(|e| e.into_inner()) = stale;
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
     }
 
@@ -393,8 +400,8 @@ impl Store {
             let out = execute_prepared(&view, &self.chain, prepared)?;
             let previous: Vec<Option<u64>> = out
                 .changes
-                .keys()
-                .map(|k| live.tree.get_bytes(&k.to_bytes()).map(|(_, v)| v))
+                .iter()
+                .map(|(k, _)| live.tree.get_bytes(&k.to_bytes()).map(|(_, v)| v))
                 .collect();
             (out, previous)
         };
@@ -405,7 +412,11 @@ impl Store {
         wb.put_cf(self.cf(CF_BLOCK_INDEX)?, id.0, height_key(h));
         wb.put_cf(self.cf(CF_CERTS)?, height_key(h), encode(cert));
         let txs = self.cf(CF_TXS)?;
-        for (i, (r, bytes)) in out.receipts.iter().zip(&out.tx_bytes).enumerate() {
+        // Records go into the batch in key order: RocksDB's memtable insert
+        // reuses its position from the previous key, which makes sorted
+        // inserts several times cheaper than random ones.
+        let mut records: Vec<(&Digest, u32, &Receipt)> = Vec::with_capacity(out.receipts.len());
+        for (i, r) in out.receipts.iter().enumerate() {
             // The first record of a hash wins: a duplicate keeps pointing at
             // the block that applied it. Execution already looked up every
             // hash that got past the signature and chain checks; only the
@@ -419,14 +430,21 @@ impl Store {
             {
                 continue;
             }
+            records.push((&r.tx_hash, i as u32, r));
+        }
+        // Stable sort: of equal hashes (the same malformed bytes twice), the
+        // first in the block keeps its record.
+        records.sort_by_key(|(hash, _, _)| **hash);
+        records.dedup_by_key(|(hash, _, _)| **hash);
+        for (hash, index, receipt) in records {
             let rec = TxRecord {
                 height: h,
-                index: i as u32,
-                receipt: r.clone(),
-                bytes: bytes.clone(),
+                index,
+                receipt: receipt.clone(),
             };
-            wb.put_cf(txs, r.tx_hash.0, encode(&rec));
+            wb.put_cf(txs, hash.0, encode(&rec));
         }
+        let mut superseded = Vec::with_capacity(out.changes.len());
         accounts::add_changes(
             &self.db,
             &mut wb,
@@ -435,6 +453,7 @@ impl Store {
                 .iter()
                 .zip(previous)
                 .map(|((k, a), p)| (k.to_bytes(), a, p)),
+            &mut superseded,
         )?;
         // Blocks persisted for consensus up to this height are settled.
         wb.delete_range_cf(
@@ -446,7 +465,7 @@ impl Store {
         // readers wait on the lock, and a failed write poisons the store.
         let mut live = self.live.write().unwrap_or_else(|e| e.into_inner());
         let t2 = Instant::now();
-        let root = live.tree.apply(h, &out.changes);
+        let root = live.tree.apply(h, out.changes.iter().map(|(k, a)| (k, a)));
         let t3 = Instant::now();
         let new_head = Head {
             height: h,
@@ -471,6 +490,10 @@ impl Store {
         }
         live.head = new_head;
         drop(live);
+        self.stale
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .extend(superseded);
         let t4 = Instant::now();
         Ok(CommitResult {
             head: new_head,
@@ -532,7 +555,10 @@ impl Store {
     /// The state root after the block at `height`, while that block is
     /// retained.
     pub fn state_root_at(&self, height: u64) -> Result<Digest, StorageError> {
-        match self.db.get_pinned_cf(self.cf(CF_STATE_ROOTS)?, height_key(height))? {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_STATE_ROOTS)?, height_key(height))?
+        {
             None => Err(StorageError::NotRetained(height)),
             Some(b) => {
                 let arr: [u8; 32] = b
@@ -678,7 +704,11 @@ impl Store {
 
     /// Prunes below the stable checkpoint at `stable`.
     fn prune(&self, stable: u64) -> Result<(), StorageError> {
-        accounts::prune(&self.db, stable)?;
+        accounts::prune(
+            &self.db,
+            &mut self.stale.lock().unwrap_or_else(|e| e.into_inner()),
+            stable,
+        )?;
         let keep_from = stable.saturating_sub(self.opts.retained_blocks);
         if keep_from > 1 {
             // Genesis (height 0) is always kept: every validator has it.
@@ -762,6 +792,17 @@ impl StateView for ExecView<'_> {
             .get_pinned_cf(self.txs, hash.0)
             .map(|v| v.is_some())
             .map_err(|e| LedgerError::Read(e.to_string()))
+    }
+
+    fn txs_committed(&self, hashes: &[Digest]) -> Result<Vec<bool>, LedgerError> {
+        self.db
+            .batched_multi_get_cf(self.txs, hashes.iter().map(|h| &h.0[..]), true)
+            .into_iter()
+            .map(|r| {
+                r.map(|v| v.is_some())
+                    .map_err(|e| LedgerError::Read(e.to_string()))
+            })
+            .collect()
     }
 }
 

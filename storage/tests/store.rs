@@ -377,7 +377,10 @@ fn an_interrupted_restore_is_refused_at_open_with_a_clear_error() {
     let err = Store::open(new_dir.path(), &genesis(ACCOUNTS), StoreOptions::default())
         .err()
         .expect("a half-restored store must not open");
-    assert!(matches!(err, StorageError::RestoreInterrupted { .. }), "{err}");
+    assert!(
+        matches!(err, StorageError::RestoreInterrupted { .. }),
+        "{err}"
+    );
     assert!(err.to_string().contains("state-sync again"));
 }
 
@@ -403,7 +406,10 @@ fn pruning_keeps_the_checkpoint_state_and_retained_blocks() {
     s.put_stable_checkpoint(&cp).unwrap();
     assert_eq!(s.first_retained_block().unwrap(), 4);
     assert!(s.block(3).unwrap().is_none() && s.block(0).unwrap().is_some());
-    assert!(matches!(s.state_root_at(3), Err(StorageError::NotRetained(3))));
+    assert!(matches!(
+        s.state_root_at(3),
+        Err(StorageError::NotRetained(3))
+    ));
     assert_eq!(s.state_root_at(6).unwrap(), cp.payload.state_root);
     assert!(s.state_root_at(8).is_ok());
     // The state at 6 is still served exactly, after later commits and the
