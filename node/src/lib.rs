@@ -1,0 +1,11 @@
+//! The Phalanx validator node.
+//!
+//! This crate owns the node's edges: the config file, libp2p networking, and
+//! the runtime that drives the pure consensus core with real time, real
+//! sockets and the RocksDB store. Protocol decisions live in
+//! `phalanx-consensus`, transaction rules in `phalanx-ledger`, durability in
+//! `phalanx-storage`; this crate only connects them.
+
+pub mod config;
+pub mod net;
+pub mod runtime;

@@ -1,0 +1,273 @@
+//! The `phalanx` binary: `init` writes a validator's home directory,
+//! `start` runs the node.
+
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use libp2p::Multiaddr;
+use phalanx_crypto::KeyPair;
+use phalanx_ledger::Genesis;
+use phalanx_node::config::{Config, Peer};
+use phalanx_node::net::{self, NetConfig};
+use phalanx_node::runtime::{Runtime, run_instrumented};
+use phalanx_storage::{Store, StoreOptions};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(name = "phalanx", version, about = "Phalanx BFT ledger node")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a validator home directory: a new key and a commented
+    /// config.toml with defaults.
+    Init {
+        /// The home directory (created if missing; must not hold a key).
+        #[arg(long)]
+        home: PathBuf,
+        /// libp2p listen address.
+        #[arg(long)]
+        listen: Option<String>,
+        /// JSON-RPC listen address.
+        #[arg(long)]
+        rpc_listen: Option<std::net::SocketAddr>,
+        /// Path of the shared genesis file.
+        #[arg(long)]
+        genesis: Option<PathBuf>,
+        /// A peer validator as `KEY_HEX@MULTIADDR` (repeatable).
+        #[arg(long = "peer")]
+        peers: Vec<String>,
+        /// Print the result as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the node.
+    Start {
+        /// The home directory written by `phalanx init`.
+        #[arg(long)]
+        home: PathBuf,
+        /// Log format override: "human" or "json".
+        #[arg(long)]
+        log_format: Option<String>,
+    },
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Init {
+            home,
+            listen,
+            rpc_listen,
+            genesis,
+            peers,
+            json,
+        } => init(&home, listen, rpc_listen, genesis, &peers, json),
+        Cmd::Start { home, log_format } => start(&home, log_format),
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn init(
+    home: &Path,
+    listen: Option<String>,
+    rpc_listen: Option<std::net::SocketAddr>,
+    genesis: Option<PathBuf>,
+    peers: &[String],
+    json: bool,
+) -> Result<()> {
+    std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
+    let mut cfg = Config::default();
+    if let Some(l) = listen {
+        cfg.listen = l;
+    }
+    if let Some(r) = rpc_listen {
+        cfg.rpc_listen = r;
+    }
+    if let Some(g) = genesis {
+        cfg.genesis = g;
+    }
+    for p in peers {
+        let (key, addr) = p
+            .split_once('@')
+            .with_context(|| format!("--peer `{p}`: expected KEY_HEX@MULTIADDR"))?;
+        let key = phalanx_crypto::PublicKey::from_hex(key)
+            .with_context(|| format!("--peer `{p}`: bad key"))?;
+        cfg.peers.push(Peer {
+            key,
+            addr: addr.to_string(),
+        });
+    }
+    cfg.validate()?;
+    let config_path = home.join("config.toml");
+    if config_path.exists() {
+        bail!(
+            "{} already exists; refusing to overwrite it",
+            config_path.display()
+        );
+    }
+    let key_path = Config::resolve(home, &cfg.key_file);
+    let key = KeyPair::generate()?;
+    key.save(&key_path)
+        .with_context(|| format!("writing {}", key_path.display()))?;
+    std::fs::write(&config_path, cfg.template())
+        .with_context(|| format!("writing {}", config_path.display()))?;
+    let public = key.public().to_hex();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({
+                "public_key": public,
+                "key_file": key_path,
+                "config": config_path,
+            })
+        );
+    } else {
+        println!("validator key: {public}");
+        println!("key file:      {}", key_path.display());
+        println!("config:        {}", config_path.display());
+    }
+    Ok(())
+}
+
+fn init_logging(cfg: &Config, format: Option<String>) -> Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_new(&cfg.log_level)
+        .with_context(|| format!("log_level `{}`", cfg.log_level))?;
+    let format = format.unwrap_or_else(|| cfg.log_format.clone());
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stdout);
+    match format.as_str() {
+        "json" => builder
+            .json()
+            .flatten_event(true)
+            .with_current_span(false)
+            .init(),
+        "human" => builder.init(),
+        other => bail!("log format `{other}`: expected \"human\" or \"json\""),
+    }
+    Ok(())
+}
+
+fn start(home: &Path, log_format: Option<String>) -> Result<()> {
+    let cfg = Config::load(&home.join("config.toml"))?;
+    init_logging(&cfg, log_format)?;
+
+    // One process per home directory: a second one could sign with the same
+    // key from the same safety state and equivocate.
+    let lock_path = home.join("LOCK");
+    let lock =
+        File::create(&lock_path).with_context(|| format!("creating {}", lock_path.display()))?;
+    if lock.try_lock().is_err() {
+        bail!(
+            "another phalanx process is running on {} (lock {} is held)",
+            home.display(),
+            lock_path.display()
+        );
+    }
+
+    let genesis_path = Config::resolve(home, &cfg.genesis);
+    let genesis = Genesis::load(&genesis_path)
+        .with_context(|| format!("genesis {}", genesis_path.display()))?;
+    let key_path = Config::resolve(home, &cfg.key_file);
+    let key = KeyPair::load(&key_path).with_context(|| format!("key {}", key_path.display()))?;
+    if !genesis.validators.contains(&key.public()) {
+        bail!(
+            "key {} is not a validator of chain {}",
+            key.public().to_hex(),
+            genesis.chain_id
+        );
+    }
+    let data = Config::resolve(home, &cfg.data_dir);
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    let store = Arc::new(Store::open(&data, &genesis, StoreOptions::default())?);
+    info!(
+        chain = %genesis.chain_id,
+        validator = %key.public().to_hex(),
+        height = store.head().height,
+        "store open"
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let res = rt.block_on(run_node(cfg, genesis, key, store.clone()));
+    // Stop background tasks before the store closes.
+    rt.shutdown_timeout(Duration::from_secs(5));
+    drop(store);
+    drop(lock);
+    match &res {
+        Ok(()) => info!("stopped"),
+        Err(e) => error!("stopped on error: {e:#}"),
+    }
+    res
+}
+
+async fn run_node(cfg: Config, genesis: Genesis, key: KeyPair, store: Arc<Store>) -> Result<()> {
+    let listen: Multiaddr = cfg.listen.parse().context("listen")?;
+    let mut peers = Vec::new();
+    for p in &cfg.peers {
+        peers.push((p.key, p.addr.parse().context("peers")?));
+    }
+    let (network, inbound) = net::start(NetConfig {
+        key: key.clone(),
+        listen,
+        validators: genesis.validators.clone(),
+        peers,
+        peer_queue: cfg.peer_queue,
+        reconnect_base: Duration::from_millis(cfg.reconnect_base_ms),
+        reconnect_max: Duration::from_millis(cfg.reconnect_max_ms),
+    })?;
+    if cfg.empty_block_delay_ms * 2 > genesis.params.base_timeout_ms {
+        anyhow::bail!(
+            "invalid config `empty_block_delay_ms`: {} ms is more than half the chain's base view timeout ({} ms)",
+            cfg.empty_block_delay_ms,
+            genesis.params.base_timeout_ms
+        );
+    }
+    let delay = Duration::from_millis(cfg.empty_block_delay_ms);
+    let (runtime, _status) = Runtime::new(&genesis, key, store, network, delay)?;
+    let (stop_tx, stop_rx) = watch::channel(false);
+    tokio::spawn(async move {
+        wait_for_signal().await;
+        info!("signal received; shutting down");
+        let _ = stop_tx.send(true);
+    });
+    run_instrumented(runtime, inbound, stop_rx).await?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+    ) {
+        (Ok(mut term), Ok(mut int)) => {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {}
+            }
+        }
+        _ => {
+            // Without signal handlers the process still stops on SIGKILL,
+            // which loses nothing committed.
+            futures::future::pending::<()>().await;
+        }
+    }
+}

@@ -1,0 +1,375 @@
+//! Validator networking over libp2p: TCP + noise + yamux, with the
+//! validator's ed25519 key as its libp2p identity, so a connection proves
+//! which validator is on the other end.
+//!
+//! This module owns the swarm, dialling the configured peers with backoff,
+//! and one long-lived stream per peer and direction for consensus messages
+//! (length-prefixed frames, several coalesced into one write). It drops
+//! streams from keys outside the validator set and frames over the size
+//! bound before anything else looks at them. It never decodes or verifies a
+//! message: that is the runtime's job.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::swarm::SwarmEvent;
+use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::{Multiaddr, PeerId, StreamProtocol, identity, noise, tcp, yamux};
+use phalanx_consensus::MAX_MESSAGE_BYTES;
+use phalanx_crypto::{KeyPair, PublicKey, ValidatorIndex};
+use tokio::sync::mpsc;
+use tracing::{debug, info, warn};
+
+/// The consensus stream protocol.
+pub const CONSENSUS_PROTOCOL: StreamProtocol = StreamProtocol::new("/phalanx/consensus/1");
+/// Frames waiting for the runtime before readers are slowed down.
+pub const INBOUND_QUEUE: usize = 4096;
+/// Most bytes coalesced into one write.
+const MAX_COALESCED_BYTES: usize = 1 << 20;
+
+/// A frame from a validator, not yet decoded.
+#[derive(Debug)]
+pub struct Inbound {
+    /// The authenticated sender.
+    pub from: ValidatorIndex,
+    /// The frame's bytes (at most [`MAX_MESSAGE_BYTES`]).
+    pub bytes: Vec<u8>,
+}
+
+/// Counters the metrics layer reads.
+#[derive(Debug, Default)]
+pub struct NetStats {
+    /// Streams refused because the key is not a validator.
+    pub refused_non_validator: AtomicU64,
+    /// Frames over the size bound (the stream is dropped).
+    pub oversized_frames: AtomicU64,
+    /// Outbound frames dropped because a peer's queue was full.
+    pub queue_full_drops: AtomicU64,
+    /// Connected validators.
+    pub connected: AtomicU64,
+}
+
+/// Settings the network needs.
+pub struct NetConfig {
+    /// This validator's key (also its libp2p identity).
+    pub key: KeyPair,
+    /// Listen address.
+    pub listen: Multiaddr,
+    /// Every validator, by index (this one included).
+    pub validators: Vec<PublicKey>,
+    /// Addresses of the other validators.
+    pub peers: Vec<(PublicKey, Multiaddr)>,
+    /// Per-peer outbound queue length.
+    pub peer_queue: usize,
+    /// Reconnect backoff.
+    pub reconnect_base: Duration,
+    /// Longest reconnect delay.
+    pub reconnect_max: Duration,
+}
+
+/// Errors starting the network.
+#[derive(Debug, thiserror::Error)]
+pub enum NetError {
+    /// A key that libp2p refuses.
+    #[error("identity: {0}")]
+    Identity(String),
+    /// The transport or listener could not start.
+    #[error("transport: {0}")]
+    Transport(String),
+}
+
+/// The libp2p peer id of a validator key.
+pub fn peer_id_of(key: &PublicKey) -> Result<PeerId, NetError> {
+    let pk = identity::ed25519::PublicKey::try_from_bytes(&key.to_bytes())
+        .map_err(|e| NetError::Identity(e.to_string()))?;
+    Ok(identity::PublicKey::from(pk).to_peer_id())
+}
+
+/// The handle the runtime sends with.
+#[derive(Clone)]
+pub struct Network {
+    outbound: Arc<HashMap<ValidatorIndex, mpsc::Sender<Arc<Vec<u8>>>>>,
+    stats: Arc<NetStats>,
+}
+
+impl Network {
+    /// Queues a frame for one validator; dropped (and counted) if its queue
+    /// is full. Consensus tolerates loss; blocking here would stall it.
+    pub fn send(&self, to: ValidatorIndex, frame: Arc<Vec<u8>>) {
+        if let Some(q) = self.outbound.get(&to)
+            && q.try_send(frame).is_err()
+        {
+            self.stats.queue_full_drops.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Queues a frame for every other validator.
+    pub fn broadcast(&self, frame: Arc<Vec<u8>>) {
+        for to in self.outbound.keys() {
+            self.send(*to, frame.clone());
+        }
+    }
+
+    /// The counters.
+    pub fn stats(&self) -> &Arc<NetStats> {
+        &self.stats
+    }
+}
+
+/// Starts the swarm and the stream tasks on the current tokio runtime.
+/// Returns the send handle and the receiver of inbound frames, and the
+/// address actually listened on arrives in the log.
+pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>), NetError> {
+    let mut seed = cfg.key.seed();
+    let id = identity::Keypair::ed25519_from_bytes(&mut seed)
+        .map_err(|e| NetError::Identity(e.to_string()))?;
+    let me = id.public().to_peer_id();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(id)
+        .with_tokio()
+        .with_tcp(
+            tcp::Config::default().nodelay(true),
+            noise::Config::new,
+            yamux::Config::default,
+        )
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .map_err(|e| NetError::Transport(e.to_string()))?
+        // Validator links are long-lived; idle ones are kept.
+        .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
+        .build();
+    swarm
+        .listen_on(cfg.listen.clone())
+        .map_err(|e| NetError::Transport(format!("listen on {}: {e}", cfg.listen)))?;
+
+    let mut index_of: HashMap<PeerId, ValidatorIndex> = HashMap::new();
+    for (i, v) in cfg.validators.iter().enumerate() {
+        index_of.insert(peer_id_of(v)?, ValidatorIndex(i as u16));
+    }
+    let mut addrs: HashMap<PeerId, Multiaddr> = HashMap::new();
+    for (k, a) in &cfg.peers {
+        addrs.insert(peer_id_of(k)?, a.clone());
+    }
+
+    let stats = Arc::new(NetStats::default());
+    let mut control = swarm.behaviour().new_control();
+    let incoming = control
+        .accept(CONSENSUS_PROTOCOL)
+        .map_err(|e| NetError::Transport(e.to_string()))?;
+    let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
+    tokio::spawn(accept_loop(
+        incoming,
+        index_of.clone(),
+        in_tx,
+        stats.clone(),
+    ));
+
+    let mut outbound = HashMap::new();
+    for (peer, idx) in &index_of {
+        if *peer == me {
+            continue;
+        }
+        let (tx, rx) = mpsc::channel(cfg.peer_queue);
+        outbound.insert(*idx, tx);
+        tokio::spawn(writer(
+            control.clone(),
+            *peer,
+            rx,
+            cfg.reconnect_base,
+            cfg.reconnect_max,
+        ));
+    }
+    tokio::spawn(swarm_loop(
+        swarm,
+        addrs,
+        index_of,
+        cfg.reconnect_base,
+        cfg.reconnect_max,
+        stats.clone(),
+    ));
+    Ok((
+        Network {
+            outbound: Arc::new(outbound),
+            stats,
+        },
+        in_rx,
+    ))
+}
+
+fn next_backoff(cur: Duration, max: Duration) -> Duration {
+    (cur * 2).min(max)
+}
+
+/// Drives the swarm: dials every configured peer, and redials with backoff
+/// when a dial fails or the last connection closes.
+async fn swarm_loop(
+    mut swarm: libp2p::Swarm<libp2p_stream::Behaviour>,
+    addrs: HashMap<PeerId, Multiaddr>,
+    index_of: HashMap<PeerId, ValidatorIndex>,
+    base: Duration,
+    max: Duration,
+    stats: Arc<NetStats>,
+) {
+    let (redial_tx, mut redial_rx) = mpsc::unbounded_channel::<PeerId>();
+    let mut backoff: HashMap<PeerId, Duration> = HashMap::new();
+    let dial = |swarm: &mut libp2p::Swarm<libp2p_stream::Behaviour>, peer: PeerId| {
+        if swarm.is_connected(&peer) {
+            return;
+        }
+        if let Some(a) = addrs.get(&peer) {
+            let opts = DialOpts::peer_id(peer).addresses(vec![a.clone()]).build();
+            if let Err(e) = swarm.dial(opts) {
+                debug!(%peer, "dial: {e}");
+            }
+        }
+    };
+    for peer in addrs.keys() {
+        dial(&mut swarm, *peer);
+    }
+    let schedule = |backoff: &mut HashMap<PeerId, Duration>, peer: PeerId| {
+        let d = *backoff.get(&peer).unwrap_or(&base);
+        backoff.insert(peer, next_backoff(d, max));
+        let tx = redial_tx.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(d).await;
+            let _ = tx.send(peer);
+        });
+    };
+    loop {
+        tokio::select! {
+            ev = swarm.select_next_some() => match ev {
+                SwarmEvent::NewListenAddr { address, .. } => {
+                    info!(%address, "listening");
+                }
+                SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+                    backoff.remove(&peer_id);
+                    if num_established.get() == 1 {
+                        if let Some(i) = index_of.get(&peer_id) {
+                            stats.connected.fetch_add(1, Ordering::Relaxed);
+                            info!(peer = i.0, "validator connected");
+                        } else {
+                            debug!(%peer_id, "non-validator connected");
+                        }
+                    }
+                }
+                SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
+                    if num_established == 0 {
+                        if let Some(i) = index_of.get(&peer_id) {
+                            stats.connected.fetch_sub(1, Ordering::Relaxed);
+                            info!(peer = i.0, "validator disconnected");
+                        }
+                        if addrs.contains_key(&peer_id) {
+                            schedule(&mut backoff, peer_id);
+                        }
+                    }
+                }
+                SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
+                    debug!(%peer, "connection failed: {error}");
+                    if addrs.contains_key(&peer) && !swarm.is_connected(&peer) {
+                        schedule(&mut backoff, peer);
+                    }
+                }
+                _ => {}
+            },
+            Some(peer) = redial_rx.recv() => dial(&mut swarm, peer),
+        }
+    }
+}
+
+/// Accepts inbound consensus streams: validators only, one reader each.
+async fn accept_loop(
+    mut incoming: libp2p_stream::IncomingStreams,
+    index_of: HashMap<PeerId, ValidatorIndex>,
+    tx: mpsc::Sender<Inbound>,
+    stats: Arc<NetStats>,
+) {
+    while let Some((peer, stream)) = incoming.next().await {
+        let Some(idx) = index_of.get(&peer).copied() else {
+            stats.refused_non_validator.fetch_add(1, Ordering::Relaxed);
+            warn!(%peer, "consensus stream from a key outside the validator set refused");
+            continue;
+        };
+        tokio::spawn(reader(idx, stream, tx.clone(), stats.clone()));
+    }
+}
+
+async fn reader(
+    from: ValidatorIndex,
+    mut stream: libp2p::Stream,
+    tx: mpsc::Sender<Inbound>,
+    stats: Arc<NetStats>,
+) {
+    loop {
+        let mut len = [0u8; 4];
+        if stream.read_exact(&mut len).await.is_err() {
+            return;
+        }
+        let len = u32::from_be_bytes(len) as usize;
+        if len > MAX_MESSAGE_BYTES {
+            stats.oversized_frames.fetch_add(1, Ordering::Relaxed);
+            warn!(peer = from.0, len, "oversized frame; stream dropped");
+            return;
+        }
+        let mut bytes = vec![0u8; len];
+        if stream.read_exact(&mut bytes).await.is_err() {
+            return;
+        }
+        if tx.send(Inbound { from, bytes }).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// Keeps one outbound stream to `peer` open and writes queued frames to it,
+/// coalescing whatever is queued into one write.
+async fn writer(
+    mut control: libp2p_stream::Control,
+    peer: PeerId,
+    mut rx: mpsc::Receiver<Arc<Vec<u8>>>,
+    base: Duration,
+    max: Duration,
+) {
+    let mut delay = base;
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let mut stream = match control.open_stream(peer, CONSENSUS_PROTOCOL).await {
+            Ok(s) => {
+                delay = base;
+                s
+            }
+            Err(e) => {
+                debug!(%peer, "open stream: {e}");
+                tokio::time::sleep(delay).await;
+                delay = next_backoff(delay, max);
+                continue;
+            }
+        };
+        loop {
+            let Some(first) = rx.recv().await else {
+                return;
+            };
+            buf.clear();
+            push_frame(&mut buf, &first);
+            while buf.len() < MAX_COALESCED_BYTES {
+                match rx.try_recv() {
+                    Ok(f) => push_frame(&mut buf, &f),
+                    Err(_) => break,
+                }
+            }
+            let ok = stream.write_all(&buf).await.is_ok() && stream.flush().await.is_ok();
+            if !ok {
+                // The frames in `buf` are lost with the stream; consensus
+                // recovers lost messages by its timeouts.
+                break;
+            }
+        }
+    }
+}
+
+fn push_frame(buf: &mut Vec<u8>, frame: &[u8]) {
+    debug_assert!(frame.len() <= MAX_MESSAGE_BYTES);
+    buf.extend_from_slice(&(frame.len() as u32).to_be_bytes());
+    buf.extend_from_slice(frame);
+}

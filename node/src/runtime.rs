@@ -1,0 +1,347 @@
+//! The runtime: drives the pure consensus core with real time, the network
+//! and the store.
+//!
+//! This module owns the event loop: inbound frames are decoded and verified
+//! (the core only ever sees verified messages), timers fire, and the core's
+//! actions are carried out strictly in order, so that a safety-state write
+//! is durable before any message it guards is queued for the network, and a
+//! block is persisted before the vote for it. Committed blocks are executed
+//! into the store and their results fed back. It never makes a protocol
+//! decision itself.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use phalanx_consensus::{
+    Action, Block, Config as CoreConfig, Core, Event, Height, PayloadValidator, Restore,
+    SafetyState, Time, Verifier, View, genesis_qc,
+};
+use phalanx_crypto::{KeyPair, encode};
+use phalanx_ledger::{Genesis, decode_payload, encode_payload};
+use phalanx_storage::Store;
+use tokio::sync::{mpsc, watch};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::net::{Inbound, Network};
+
+/// Runtime failures: all fatal (the node stops rather than run on).
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// The store failed.
+    #[error(transparent)]
+    Storage(#[from] phalanx_storage::StorageError),
+    /// The consensus configuration is unusable.
+    #[error(transparent)]
+    Consensus(#[from] phalanx_consensus::ConfigError),
+    /// Genesis is unusable.
+    #[error(transparent)]
+    Ledger(#[from] phalanx_ledger::LedgerError),
+    /// The store is missing a record it must have.
+    #[error("store: {0}")]
+    Missing(String),
+}
+
+/// What the rest of the node can see of consensus.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Status {
+    /// Last committed height.
+    pub height: u64,
+    /// Current view.
+    pub view: u64,
+    /// Leader of the current view.
+    pub leader: u16,
+}
+
+/// A payload is votable if it decodes as a list of at most
+/// `MAX_TXS_PER_BLOCK` transactions. Transactions that then fail (bad
+/// signature, bad nonce…) get failure receipts: execution is total, so a
+/// block of them is harmless, and checking signatures here would verify
+/// each twice.
+struct LedgerPayloads;
+
+impl PayloadValidator for LedgerPayloads {
+    fn is_valid(&self, payload: &[u8]) -> bool {
+        decode_payload(payload).is_ok()
+    }
+}
+
+fn now() -> Time {
+    let ms = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0);
+    Time(ms)
+}
+
+/// The consensus configuration of a chain, from its genesis.
+pub fn core_config(genesis: &Genesis) -> Result<CoreConfig, RuntimeError> {
+    let mut cfg = CoreConfig::new(
+        genesis.chain_id.clone(),
+        genesis.validator_set()?,
+        genesis.genesis_time_ms,
+    );
+    cfg.checkpoint_interval = genesis.params.checkpoint_interval;
+    cfg.base_timeout_ms = genesis.params.base_timeout_ms;
+    cfg.max_timeout_ms = genesis.params.max_timeout_ms;
+    cfg.max_payload_bytes = genesis.params.max_block_bytes as usize;
+    Ok(cfg)
+}
+
+/// The consensus driver.
+pub struct Runtime {
+    core: Core,
+    verifier: Verifier,
+    store: Arc<Store>,
+    net: Network,
+    timer: Option<(View, Time)>,
+    /// A payload this validator owes the core as leader, and when to hand
+    /// it over if no transactions arrive before then.
+    payload_due: Option<(View, Time)>,
+    empty_block_delay: Duration,
+    status: watch::Sender<Status>,
+    queue: VecDeque<Action>,
+}
+
+impl Runtime {
+    /// Builds the core from the store (resuming where the store left off)
+    /// and returns the runtime with the core's first actions queued.
+    pub fn new(
+        genesis: &Genesis,
+        key: KeyPair,
+        store: Arc<Store>,
+        net: Network,
+        empty_block_delay: Duration,
+    ) -> Result<(Runtime, watch::Receiver<Status>), RuntimeError> {
+        let cfg = core_config(genesis)?;
+        let genesis_block = Block::genesis(&genesis.chain_id, genesis.genesis_time_ms);
+        let verifier = Verifier::new(
+            cfg.validators.clone(),
+            cfg.chain_id.clone(),
+            &genesis_block,
+            cfg.max_payload_bytes,
+        );
+        let head = store.head();
+        let block = store
+            .block(head.height)?
+            .ok_or_else(|| RuntimeError::Missing(format!("head block {}", head.height)))?;
+        let cert = store
+            .cert(head.height)?
+            .ok_or_else(|| RuntimeError::Missing(format!("head certificate {}", head.height)))?;
+        let safety = match store.load_safety()? {
+            Some(s) => s,
+            None => SafetyState::initial(genesis_qc(&genesis_block)),
+        };
+        let restore = Restore {
+            safety,
+            committed: (block, cert),
+            stable: store.stable_checkpoint()?,
+            blocks: store.pending_blocks()?,
+        };
+        let (core, actions) = Core::restore(cfg, key, Box::new(LedgerPayloads), restore, now())?;
+        info!(
+            height = head.height,
+            view = core.view().0,
+            "consensus resumed"
+        );
+        let (status, rx) = watch::channel(Status::default());
+        let rt = Runtime {
+            core,
+            verifier,
+            store,
+            net,
+            timer: None,
+            payload_due: None,
+            empty_block_delay,
+            status,
+            queue: actions.into(),
+        };
+        rt.publish();
+        Ok((rt, rx))
+    }
+
+    fn publish(&self) {
+        let view = self.core.view();
+        let s = Status {
+            height: self.core.committed().0.0,
+            view: view.0,
+            leader: self.core.config().leader(view).0,
+        };
+        self.status.send_if_modified(|old| {
+            let changed = *old != s;
+            *old = s;
+            changed
+        });
+    }
+
+    /// Runs until `shutdown` fires or a fatal error.
+    pub async fn run(
+        mut self,
+        mut inbound: mpsc::Receiver<Inbound>,
+        mut shutdown: watch::Receiver<bool>,
+    ) -> Result<(), RuntimeError> {
+        self.drain()?;
+        loop {
+            let sleep = match self.timer {
+                Some((_, at)) => {
+                    let wait = at.0.saturating_sub(now().0);
+                    tokio::time::sleep(Duration::from_millis(wait))
+                }
+                None => tokio::time::sleep(Duration::from_secs(3600)),
+            };
+            let propose = match self.payload_due {
+                Some((_, at)) => {
+                    tokio::time::sleep(Duration::from_millis(at.0.saturating_sub(now().0)))
+                }
+                None => tokio::time::sleep(Duration::from_secs(3600)),
+            };
+            tokio::select! {
+                _ = shutdown.changed() => {
+                    info!("consensus stopping");
+                    return Ok(());
+                }
+                frame = inbound.recv() => {
+                    let Some(f) = frame else { return Ok(()) };
+                    self.on_frame(f)?;
+                }
+                _ = propose => {
+                    if let Some((view, at)) = self.payload_due
+                        && now() >= at
+                    {
+                        self.payload_due = None;
+                        let acts = self.propose(view);
+                        self.queue.extend(acts);
+                    }
+                }
+                _ = sleep => {
+                    if let Some((view, at)) = self.timer
+                        && now() >= at
+                    {
+                        self.timer = None;
+                        let span = info_span!("timeout", view = view.0);
+                        let _g = span.enter();
+                        let acts = self.core.handle(now(), Event::TimerFired { view });
+                        self.queue.extend(acts);
+                    }
+                }
+            }
+            self.drain()?;
+        }
+    }
+
+    fn on_frame(&mut self, f: Inbound) -> Result<(), RuntimeError> {
+        match self.verifier.verify_bytes(&f.bytes) {
+            Ok(msg) => {
+                let acts = self
+                    .core
+                    .handle(now(), Event::Message { from: f.from, msg });
+                self.queue.extend(acts);
+            }
+            Err(e) => {
+                debug!(peer = f.from.0, "message refused: {e}");
+            }
+        }
+        Ok(())
+    }
+
+    /// Performs queued actions in order. Actions caused by one (the core's
+    /// answer to an execution result or a payload) go after everything
+    /// already queued: each list keeps its own order, which is all the core
+    /// asks for (a `Persist` precedes the messages of its own list).
+    fn drain(&mut self) -> Result<(), RuntimeError> {
+        while let Some(a) = self.queue.pop_front() {
+            let more = self.perform(a)?;
+            self.queue.extend(more);
+        }
+        self.publish();
+        Ok(())
+    }
+
+    fn perform(&mut self, a: Action) -> Result<Vec<Action>, RuntimeError> {
+        match a {
+            Action::Persist(s) => {
+                self.store.put_safety(&s)?;
+            }
+            Action::PersistBlock(b) => {
+                self.store.put_pending_block(&b)?;
+            }
+            Action::Send { to, msg } => {
+                self.net.send(to, Arc::new(encode(&msg)));
+            }
+            Action::Broadcast(msg) => {
+                self.net.broadcast(Arc::new(encode(&msg)));
+            }
+            Action::SetTimer { view, at } => {
+                self.timer = Some((view, at));
+            }
+            Action::RequestPayload { view, height, .. } => {
+                // Nothing to order yet: wait a little before proposing an
+                // empty block, so an idle chain does not spin.
+                debug!(view = view.0, height = height.0, "payload requested");
+                self.payload_due = Some((
+                    view,
+                    Time(now().0 + self.empty_block_delay.as_millis() as u64),
+                ));
+            }
+            Action::Commit { block, cert } => {
+                let h = block.height();
+                let span = info_span!("commit", height = h.0);
+                let res = span.in_scope(|| self.store.commit_block(&block, &cert))?;
+                let applied = res
+                    .receipts
+                    .iter()
+                    .filter(|r| r.status == phalanx_ledger::TxStatus::Applied)
+                    .count();
+                info!(
+                    height = h.0,
+                    block = %block.id().to_hex(),
+                    view = block.header.view.0,
+                    txs = res.receipts.len(),
+                    applied,
+                    state_root = %res.head.state_root.to_hex(),
+                    "committed"
+                );
+                return Ok(self.core.handle(
+                    now(),
+                    Event::Executed {
+                        height: Height(h.0),
+                        block_id: block.id(),
+                        state_root: res.head.state_root,
+                    },
+                ));
+            }
+            Action::StableCheckpoint(cp) => {
+                info!(height = cp.payload.height.0, "stable checkpoint");
+                self.store.put_stable_checkpoint(&cp)?;
+            }
+            Action::Evidence(e) => {
+                warn!(
+                    signer = e.signer.0,
+                    round = e.round,
+                    "equivocation evidence"
+                );
+            }
+        }
+        Ok(Vec::new())
+    }
+}
+
+impl Runtime {
+    fn propose(&mut self, view: View) -> Vec<Action> {
+        let payload = encode_payload(&[]);
+        self.core
+            .handle(now(), Event::PayloadReady { view, payload })
+    }
+}
+
+/// Runs the runtime inside a span naming this validator.
+pub async fn run_instrumented(
+    rt: Runtime,
+    inbound: mpsc::Receiver<Inbound>,
+    shutdown: watch::Receiver<bool>,
+) -> Result<(), RuntimeError> {
+    let me = rt.core.index().0;
+    rt.run(inbound, shutdown)
+        .instrument(info_span!("consensus", validator = me))
+        .await
+}
