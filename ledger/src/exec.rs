@@ -136,21 +136,39 @@ impl PreparedPayload {
 /// Decodes a payload and batch-verifies its signatures. An undecodable
 /// payload prepares to nothing, and so executes to no receipts.
 pub fn prepare_payload(payload: &[u8]) -> PreparedPayload {
+    prepare_payload_trusting(payload, |_| false)
+}
+
+/// [`prepare_payload`], skipping the signature check of items for which
+/// `verified` says these exact bytes were verified before (a node's mempool
+/// verified them on entry). Whatever `verified` answers, the receipts are
+/// the same as [`prepare_payload`]'s if it only vouches for bytes that do
+/// verify.
+pub fn prepare_payload_trusting(
+    payload: &[u8],
+    verified: impl Fn(&[u8]) -> bool,
+) -> PreparedPayload {
     let Ok(items) = decode_payload(payload) else {
         return PreparedPayload::default();
     };
-    let decoded: Vec<Option<SignedTransfer>> = items
+    let decoded: Vec<Option<(SignedTransfer, bool)>> = items
         .iter()
-        .map(|b| SignedTransfer::decode(b).ok())
+        .map(|b| SignedTransfer::decode(b).ok().map(|t| (t, verified(b))))
         .collect();
-    let good: Vec<SignedTransfer> = decoded.iter().flatten().cloned().collect();
-    let mut sig = verify_signatures(&good).into_iter();
+    let to_check: Vec<SignedTransfer> = decoded
+        .iter()
+        .flatten()
+        .filter(|(_, known)| !known)
+        .map(|(t, _)| t.clone())
+        .collect();
+    let mut sig = verify_signatures(&to_check).into_iter();
     let checked = decoded
         .into_iter()
         .map(|d| {
-            d.map(|t| {
+            d.map(|(t, known)| {
                 let hash = t.hash();
-                (t, hash, sig.next().unwrap_or(false))
+                let ok = known || sig.next().unwrap_or(false);
+                (t, hash, ok)
             })
         })
         .collect();

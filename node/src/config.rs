@@ -85,6 +85,12 @@ pub struct Config {
     /// How long a leader with nothing to order waits before proposing an
     /// empty block, ms. Must stay well under the chain's base view timeout.
     pub empty_block_delay_ms: u64,
+    /// Most transactions in the mempool.
+    pub mempool_max_txs: usize,
+    /// Most bytes of transactions in the mempool.
+    pub mempool_max_bytes: usize,
+    /// How far past a sender's next nonce a pending transaction may be.
+    pub mempool_max_nonce_gap: u64,
 }
 
 impl Default for Config {
@@ -102,6 +108,9 @@ impl Default for Config {
             reconnect_base_ms: 200,
             reconnect_max_ms: 10_000,
             empty_block_delay_ms: 200,
+            mempool_max_txs: 100_000,
+            mempool_max_bytes: 64 << 20,
+            mempool_max_nonce_gap: 64,
         }
     }
 }
@@ -166,6 +175,18 @@ impl Config {
                 "must be at least 1 and at most reconnect_max_ms".into(),
             );
         }
+        if self.mempool_max_txs == 0 || self.mempool_max_txs > 10_000_000 {
+            return bad("mempool_max_txs", "must be between 1 and 10000000".into());
+        }
+        if self.mempool_max_bytes < 4096 || self.mempool_max_bytes > 16 << 30 {
+            return bad(
+                "mempool_max_bytes",
+                "must be between 4096 and 16 GiB".into(),
+            );
+        }
+        if self.mempool_max_nonce_gap > 1 << 20 {
+            return bad("mempool_max_nonce_gap", "at most 1048576".into());
+        }
         if self.empty_block_delay_ms > 60_000 {
             return bad("empty_block_delay_ms", "at most 60000".into());
         }
@@ -218,6 +239,12 @@ reconnect_max_ms = {rm}
 # block, ms (keep it well under the chain's base view timeout).
 empty_block_delay_ms = {eb}
 
+# Mempool bounds: count, bytes, and how far past a sender's next nonce a
+# pending transaction may be.
+mempool_max_txs = {mt}
+mempool_max_bytes = {mb}
+mempool_max_nonce_gap = {mg}
+
 # The other validators: one [[peers]] table each, with the validator's
 # public key and its libp2p address.
 {peers}"#,
@@ -232,6 +259,9 @@ empty_block_delay_ms = {eb}
             rb = self.reconnect_base_ms,
             rm = self.reconnect_max_ms,
             eb = self.empty_block_delay_ms,
+            mt = self.mempool_max_txs,
+            mb = self.mempool_max_bytes,
+            mg = self.mempool_max_nonce_gap,
             peers = peers,
         )
     }

@@ -7,5 +7,9 @@
 //! `phalanx-storage`; this crate only connects them.
 
 pub mod config;
+pub mod ingress;
+pub mod mempool;
 pub mod net;
+pub mod rpc;
 pub mod runtime;
+pub mod shared;

@@ -12,11 +12,15 @@ use libp2p::Multiaddr;
 use phalanx_crypto::KeyPair;
 use phalanx_ledger::Genesis;
 use phalanx_node::config::{Config, Peer};
+use phalanx_node::ingress::{self, Origin, Submission};
+use phalanx_node::mempool::{Mempool, MempoolLimits};
 use phalanx_node::net::{self, NetConfig};
+use phalanx_node::rpc;
 use phalanx_node::runtime::{Runtime, run_instrumented};
+use phalanx_node::shared::{COMMIT_CHANNEL, Shared};
 use phalanx_storage::{Store, StoreOptions};
-use tokio::sync::watch;
-use tracing::{error, info};
+use tokio::sync::{broadcast, mpsc, watch};
+use tracing::{error, info, warn};
 
 #[derive(Parser)]
 #[command(name = "phalanx", version, about = "Phalanx BFT ledger node")]
@@ -224,7 +228,7 @@ async fn run_node(cfg: Config, genesis: Genesis, key: KeyPair, store: Arc<Store>
     for p in &cfg.peers {
         peers.push((p.key, p.addr.parse().context("peers")?));
     }
-    let (network, inbound) = net::start(NetConfig {
+    let (network, inbound, mut gossip) = net::start(NetConfig {
         key: key.clone(),
         listen,
         validators: genesis.validators.clone(),
@@ -241,14 +245,64 @@ async fn run_node(cfg: Config, genesis: Genesis, key: KeyPair, store: Arc<Store>
         );
     }
     let delay = Duration::from_millis(cfg.empty_block_delay_ms);
-    let (runtime, _status) = Runtime::new(&genesis, key, store, network, delay)?;
+    let validator = key.public();
+    let net_stats = network.stats().clone();
+    let (mut runtime, status) = Runtime::new(&genesis, key, store.clone(), network, delay)?;
+    let (commits, _) = broadcast::channel(COMMIT_CHANNEL);
+    let shared = Arc::new(Shared {
+        store: store.clone(),
+        chain: genesis.chain_id.clone(),
+        validator,
+        validators: genesis.validators.len(),
+        mempool: std::sync::Mutex::new(Mempool::new(MempoolLimits {
+            max_txs: cfg.mempool_max_txs,
+            max_bytes: cfg.mempool_max_bytes,
+            max_nonce_gap: cfg.mempool_max_nonce_gap,
+        })),
+        new_txs: tokio::sync::Notify::new(),
+        status,
+        commits,
+        net: net_stats,
+        best_seen_height: std::sync::atomic::AtomicU64::new(store.head().height),
+        last_commit_ms: std::sync::atomic::AtomicU64::new(0),
+    });
+    runtime.attach(shared.clone());
+
+    // Admission: RPC submissions and gossip batches, one pipeline.
+    let (ingress_tx, ingress_rx) = mpsc::channel(ingress::INGRESS_QUEUE);
+    tokio::spawn(ingress::run(
+        shared.clone(),
+        ingress_rx,
+        gossip.outbound.clone(),
+    ));
+    let from_gossip = ingress_tx.clone();
+    tokio::spawn(async move {
+        while let Some(batch) = gossip.inbound.recv().await {
+            for bytes in batch {
+                let s = Submission {
+                    bytes,
+                    origin: Origin::Gossip,
+                };
+                if from_gossip.try_send(s).is_err() {
+                    warn!("ingress queue full; dropping gossiped transactions");
+                    break;
+                }
+            }
+        }
+    });
+    let (rpc_handle, rpc_addr) = rpc::start(cfg.rpc_listen, shared.clone(), ingress_tx)
+        .await
+        .with_context(|| format!("starting JSON-RPC on {}", cfg.rpc_listen))?;
+    info!(addr = %rpc_addr, "JSON-RPC listening");
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {
         wait_for_signal().await;
         info!("signal received; shutting down");
         let _ = stop_tx.send(true);
     });
-    run_instrumented(runtime, inbound, stop_rx).await?;
+    let res = run_instrumented(runtime, inbound, stop_rx).await;
+    let _ = rpc_handle.stop();
+    res?;
     Ok(())
 }
 

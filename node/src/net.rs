@@ -3,11 +3,14 @@
 //! which validator is on the other end.
 //!
 //! This module owns the swarm, dialling the configured peers with backoff,
-//! and one long-lived stream per peer and direction for consensus messages
-//! (length-prefixed frames, several coalesced into one write). It drops
-//! streams from keys outside the validator set and frames over the size
-//! bound before anything else looks at them. It never decodes or verifies a
-//! message: that is the runtime's job.
+//! one long-lived stream per peer and direction for consensus messages
+//! (length-prefixed frames, several coalesced into one write), and the
+//! gossipsub topic that spreads transactions in batches. It drops streams
+//! from keys outside the validator set and frames over the size bound
+//! before anything else looks at them, and rejects (scoring the sender
+//! down) gossip that does not decode as a bounded batch. It never decodes a
+//! consensus message or verifies a signature: the runtime and the ingress
+//! do.
 
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -15,11 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
-use libp2p::swarm::SwarmEvent;
+use libp2p::gossipsub::{self, IdentTopic, MessageAcceptance};
 use libp2p::swarm::dial_opts::DialOpts;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identity, noise, tcp, yamux};
 use phalanx_consensus::MAX_MESSAGE_BYTES;
-use phalanx_crypto::{KeyPair, PublicKey, ValidatorIndex};
+use phalanx_crypto::{KeyPair, PublicKey, ValidatorIndex, decode, encode};
+use phalanx_ledger::MAX_TX_BYTES;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
 
@@ -29,6 +34,21 @@ pub const CONSENSUS_PROTOCOL: StreamProtocol = StreamProtocol::new("/phalanx/con
 pub const INBOUND_QUEUE: usize = 4096;
 /// Most bytes coalesced into one write.
 const MAX_COALESCED_BYTES: usize = 1 << 20;
+/// The transaction gossip topic.
+pub const TX_TOPIC: &str = "/phalanx/txs/1";
+/// Most transactions in one gossip batch.
+pub const MAX_GOSSIP_BATCH_TXS: usize = 1024;
+/// Largest gossip message, bytes.
+pub const MAX_GOSSIP_BYTES: usize = MAX_GOSSIP_BATCH_TXS * (MAX_TX_BYTES + 8);
+/// How long newly admitted transactions wait to fill a gossip batch.
+const GOSSIP_BATCH_WINDOW: Duration = Duration::from_millis(10);
+
+#[derive(NetworkBehaviour)]
+#[behaviour(prelude = "libp2p::swarm::derive_prelude")]
+struct Behaviour {
+    stream: libp2p_stream::Behaviour,
+    gossip: gossipsub::Behaviour,
+}
 
 /// A frame from a validator, not yet decoded.
 #[derive(Debug)]
@@ -50,6 +70,8 @@ pub struct NetStats {
     pub queue_full_drops: AtomicU64,
     /// Connected validators.
     pub connected: AtomicU64,
+    /// Gossip messages rejected (undecodable or oversized batches).
+    pub gossip_rejected: AtomicU64,
 }
 
 /// Settings the network needs.
@@ -119,14 +141,46 @@ impl Network {
     }
 }
 
+/// The gossip side of the network handle: batches out, batches in.
+pub struct Gossip {
+    /// Transactions to spread (bytes of each), batched here.
+    pub outbound: mpsc::Sender<Vec<u8>>,
+    /// Batches received from peers, decoded into transactions.
+    pub inbound: mpsc::Receiver<Vec<Vec<u8>>>,
+}
+
 /// Starts the swarm and the stream tasks on the current tokio runtime.
-/// Returns the send handle and the receiver of inbound frames, and the
-/// address actually listened on arrives in the log.
-pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>), NetError> {
+/// Returns the send handle, the receiver of inbound consensus frames and
+/// the gossip channels; the address actually listened on arrives in the
+/// log.
+pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip), NetError> {
     let mut seed = cfg.key.seed();
     let id = identity::Keypair::ed25519_from_bytes(&mut seed)
         .map_err(|e| NetError::Identity(e.to_string()))?;
     let me = id.public().to_peer_id();
+    let gossip_cfg = gossipsub::ConfigBuilder::default()
+        .validation_mode(gossipsub::ValidationMode::Strict)
+        // Messages wait for the application's verdict before spreading.
+        .validate_messages()
+        .max_transmit_size(MAX_GOSSIP_BYTES + 4096)
+        .heartbeat_interval(Duration::from_millis(500))
+        .build()
+        .map_err(|e| NetError::Transport(format!("gossipsub config: {e}")))?;
+    let mut gossip = gossipsub::Behaviour::new(
+        gossipsub::MessageAuthenticity::Signed(id.clone()),
+        gossip_cfg,
+    )
+    .map_err(|e| NetError::Transport(format!("gossipsub: {e}")))?;
+    gossip
+        .with_peer_score(
+            gossipsub::PeerScoreParams::default(),
+            gossipsub::PeerScoreThresholds::default(),
+        )
+        .map_err(|e| NetError::Transport(format!("gossipsub scoring: {e}")))?;
+    let topic = IdentTopic::new(TX_TOPIC);
+    gossip
+        .subscribe(&topic)
+        .map_err(|e| NetError::Transport(format!("gossipsub subscribe: {e}")))?;
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(id)
         .with_tokio()
         .with_tcp(
@@ -135,7 +189,10 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>), NetEr
             yamux::Config::default,
         )
         .map_err(|e| NetError::Transport(e.to_string()))?
-        .with_behaviour(|_| libp2p_stream::Behaviour::new())
+        .with_behaviour(|_| Behaviour {
+            stream: libp2p_stream::Behaviour::new(),
+            gossip,
+        })
         .map_err(|e| NetError::Transport(e.to_string()))?
         // Validator links are long-lived; idle ones are kept.
         .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(24 * 3600)))
@@ -154,7 +211,7 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>), NetEr
     }
 
     let stats = Arc::new(NetStats::default());
-    let mut control = swarm.behaviour().new_control();
+    let mut control = swarm.behaviour().stream.new_control();
     let incoming = control
         .accept(CONSENSUS_PROTOCOL)
         .map_err(|e| NetError::Transport(e.to_string()))?;
@@ -181,13 +238,20 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>), NetEr
             cfg.reconnect_max,
         ));
     }
+    let (gossip_out_tx, gossip_out_rx) = mpsc::channel(crate::ingress::INGRESS_QUEUE);
+    let (gossip_in_tx, gossip_in_rx) = mpsc::channel(256);
     tokio::spawn(swarm_loop(
         swarm,
-        addrs,
-        index_of,
-        cfg.reconnect_base,
-        cfg.reconnect_max,
-        stats.clone(),
+        SwarmCtx {
+            addrs,
+            index_of,
+            base: cfg.reconnect_base,
+            max: cfg.reconnect_max,
+            stats: stats.clone(),
+            topic,
+            gossip_out: gossip_out_rx,
+            gossip_in: gossip_in_tx,
+        },
     ));
     Ok((
         Network {
@@ -195,7 +259,34 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>), NetEr
             stats,
         },
         in_rx,
+        Gossip {
+            outbound: gossip_out_tx,
+            inbound: gossip_in_rx,
+        },
     ))
+}
+
+struct SwarmCtx {
+    addrs: HashMap<PeerId, Multiaddr>,
+    index_of: HashMap<PeerId, ValidatorIndex>,
+    base: Duration,
+    max: Duration,
+    stats: Arc<NetStats>,
+    topic: IdentTopic,
+    gossip_out: mpsc::Receiver<Vec<u8>>,
+    gossip_in: mpsc::Sender<Vec<Vec<u8>>>,
+}
+
+/// Decodes a gossip batch, enforcing its bounds.
+pub fn decode_batch(data: &[u8]) -> Option<Vec<Vec<u8>>> {
+    if data.len() > MAX_GOSSIP_BYTES {
+        return None;
+    }
+    let txs: Vec<Vec<u8>> = decode(data, MAX_GOSSIP_BYTES).ok()?;
+    let ok = !txs.is_empty()
+        && txs.len() <= MAX_GOSSIP_BATCH_TXS
+        && txs.iter().all(|t| t.len() <= MAX_TX_BYTES);
+    ok.then_some(txs)
 }
 
 fn next_backoff(cur: Duration, max: Duration) -> Duration {
@@ -204,17 +295,23 @@ fn next_backoff(cur: Duration, max: Duration) -> Duration {
 
 /// Drives the swarm: dials every configured peer, and redials with backoff
 /// when a dial fails or the last connection closes.
-async fn swarm_loop(
-    mut swarm: libp2p::Swarm<libp2p_stream::Behaviour>,
-    addrs: HashMap<PeerId, Multiaddr>,
-    index_of: HashMap<PeerId, ValidatorIndex>,
-    base: Duration,
-    max: Duration,
-    stats: Arc<NetStats>,
-) {
+async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
+    let SwarmCtx {
+        addrs,
+        index_of,
+        base,
+        max,
+        stats,
+        topic,
+        mut gossip_out,
+        gossip_in,
+    } = ctx;
     let (redial_tx, mut redial_rx) = mpsc::unbounded_channel::<PeerId>();
     let mut backoff: HashMap<PeerId, Duration> = HashMap::new();
-    let dial = |swarm: &mut libp2p::Swarm<libp2p_stream::Behaviour>, peer: PeerId| {
+    let mut pending: Vec<Vec<u8>> = Vec::new();
+    let mut pending_bytes = 0usize;
+    let mut flush_at: Option<tokio::time::Instant> = None;
+    let dial = |swarm: &mut libp2p::Swarm<Behaviour>, peer: PeerId| {
         if swarm.is_connected(&peer) {
             return;
         }
@@ -238,8 +335,56 @@ async fn swarm_loop(
         });
     };
     loop {
+        let flush = async {
+            match flush_at {
+                Some(at) => tokio::time::sleep_until(at).await,
+                None => futures::future::pending().await,
+            }
+        };
         tokio::select! {
+            Some(tx) = gossip_out.recv() => {
+                pending_bytes += tx.len() + 8;
+                pending.push(tx);
+                if flush_at.is_none() {
+                    flush_at = Some(tokio::time::Instant::now() + GOSSIP_BATCH_WINDOW);
+                }
+                if pending.len() >= MAX_GOSSIP_BATCH_TXS || pending_bytes + MAX_TX_BYTES >= MAX_GOSSIP_BYTES {
+                    publish(&mut swarm, &topic, &mut pending);
+                    pending_bytes = 0;
+                    flush_at = None;
+                }
+            }
+            _ = flush => {
+                publish(&mut swarm, &topic, &mut pending);
+                pending_bytes = 0;
+                flush_at = None;
+            }
             ev = swarm.select_next_some() => match ev {
+                SwarmEvent::Behaviour(BehaviourEvent::Gossip(gossipsub::Event::Message {
+                    propagation_source,
+                    message_id,
+                    message,
+                })) => {
+                    let verdict = match decode_batch(&message.data) {
+                        Some(txs) => {
+                            // Signatures are checked by the ingress; a full
+                            // queue drops the batch (blocks carry the
+                            // transactions anyway).
+                            let _ = gossip_in.try_send(txs);
+                            MessageAcceptance::Accept
+                        }
+                        None => {
+                            stats.gossip_rejected.fetch_add(1, Ordering::Relaxed);
+                            warn!(peer = %propagation_source, "undecodable gossip batch rejected");
+                            MessageAcceptance::Reject
+                        }
+                    };
+                    swarm.behaviour_mut().gossip.report_message_validation_result(
+                        &message_id,
+                        &propagation_source,
+                        verdict,
+                    );
+                }
                 SwarmEvent::NewListenAddr { address, .. } => {
                     info!(%address, "listening");
                 }
@@ -254,15 +399,13 @@ async fn swarm_loop(
                         }
                     }
                 }
-                SwarmEvent::ConnectionClosed { peer_id, num_established, .. } => {
-                    if num_established == 0 {
-                        if let Some(i) = index_of.get(&peer_id) {
-                            stats.connected.fetch_sub(1, Ordering::Relaxed);
-                            info!(peer = i.0, "validator disconnected");
-                        }
-                        if addrs.contains_key(&peer_id) {
-                            schedule(&mut backoff, peer_id);
-                        }
+                SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                    if let Some(i) = index_of.get(&peer_id) {
+                        stats.connected.fetch_sub(1, Ordering::Relaxed);
+                        info!(peer = i.0, "validator disconnected");
+                    }
+                    if addrs.contains_key(&peer_id) {
+                        schedule(&mut backoff, peer_id);
                     }
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
@@ -365,6 +508,20 @@ async fn writer(
                 break;
             }
         }
+    }
+}
+
+fn publish(swarm: &mut libp2p::Swarm<Behaviour>, topic: &IdentTopic, pending: &mut Vec<Vec<u8>>) {
+    if pending.is_empty() {
+        return;
+    }
+    let batch = encode(&*pending);
+    let n = pending.len();
+    pending.clear();
+    if let Err(e) = swarm.behaviour_mut().gossip.publish(topic.clone(), batch) {
+        // No peer subscribed yet (or a duplicate): the transactions still
+        // reach every validator inside the blocks that carry them.
+        debug!(txs = n, "gossip publish: {e}");
     }
 }
 

@@ -13,17 +13,19 @@ use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use phalanx_consensus::VerifiedMessage;
 use phalanx_consensus::{
     Action, Block, Config as CoreConfig, Core, Event, Height, PayloadValidator, Restore,
     SafetyState, Time, Verifier, View, genesis_qc,
 };
-use phalanx_crypto::{KeyPair, encode};
-use phalanx_ledger::{Genesis, decode_payload, encode_payload};
+use phalanx_crypto::{Digest, KeyPair, encode};
+use phalanx_ledger::{Genesis, decode_payload, encode_payload, prepare_payload_trusting};
 use phalanx_storage::Store;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::net::{Inbound, Network};
+use crate::shared::{CommitNotice, Shared};
 
 /// Runtime failures: all fatal (the node stops rather than run on).
 #[derive(Debug, thiserror::Error)]
@@ -94,10 +96,14 @@ pub struct Runtime {
     verifier: Verifier,
     store: Arc<Store>,
     net: Network,
+    shared: Option<Arc<Shared>>,
+    max_block_txs: usize,
     timer: Option<(View, Time)>,
     /// A payload this validator owes the core as leader, and when to hand
     /// it over if no transactions arrive before then.
     payload_due: Option<(View, Time)>,
+    payload_height: u64,
+    payload_max_bytes: usize,
     empty_block_delay: Duration,
     status: watch::Sender<Status>,
     queue: VecDeque<Action>,
@@ -150,14 +156,23 @@ impl Runtime {
             verifier,
             store,
             net,
+            shared: None,
+            max_block_txs: genesis.params.max_block_txs as usize,
             timer: None,
             payload_due: None,
+            payload_height: 0,
+            payload_max_bytes: 0,
             empty_block_delay,
             status,
             queue: actions.into(),
         };
         rt.publish();
         Ok((rt, rx))
+    }
+
+    /// Connects the runtime to the mempool and the commit stream.
+    pub fn attach(&mut self, shared: Arc<Shared>) {
+        self.shared = Some(shared);
     }
 
     fn publish(&self) {
@@ -195,7 +210,21 @@ impl Runtime {
                 }
                 None => tokio::time::sleep(Duration::from_secs(3600)),
             };
+            let shared = self.shared.clone();
+            let due = self.payload_due.is_some();
+            let new_txs = async {
+                match &shared {
+                    Some(s) if due => s.new_txs.notified().await,
+                    _ => futures::future::pending().await,
+                }
+            };
             tokio::select! {
+                _ = new_txs => {
+                    if let Some((view, _)) = self.payload_due.take() {
+                        let acts = self.propose(view);
+                        self.queue.extend(acts);
+                    }
+                }
                 _ = shutdown.changed() => {
                     info!("consensus stopping");
                     return Ok(());
@@ -232,6 +261,13 @@ impl Runtime {
     fn on_frame(&mut self, f: Inbound) -> Result<(), RuntimeError> {
         match self.verifier.verify_bytes(&f.bytes) {
             Ok(msg) => {
+                if let (VerifiedMessage::Proposal(p), Some(s)) = (&msg, &self.shared) {
+                    // The chain's tip as peers see it (a proposal runs two
+                    // blocks ahead of commits), for readiness.
+                    let h = p.payload.block.height().0.saturating_sub(2);
+                    s.best_seen_height
+                        .fetch_max(h, std::sync::atomic::Ordering::Relaxed);
+                }
                 let acts = self
                     .core
                     .handle(now(), Event::Message { from: f.from, msg });
@@ -264,6 +300,13 @@ impl Runtime {
             }
             Action::PersistBlock(b) => {
                 self.store.put_pending_block(&b)?;
+                if let Some(s) = &self.shared
+                    && let Ok(items) = decode_payload(&b.payload)
+                    && !items.is_empty()
+                {
+                    let raw: Vec<Digest> = items.iter().map(|i| Digest::of(i)).collect();
+                    s.pool().mark_in_flight(&raw, b.height().0);
+                }
             }
             Action::Send { to, msg } => {
                 self.net.send(to, Arc::new(encode(&msg)));
@@ -274,10 +317,24 @@ impl Runtime {
             Action::SetTimer { view, at } => {
                 self.timer = Some((view, at));
             }
-            Action::RequestPayload { view, height, .. } => {
-                // Nothing to order yet: wait a little before proposing an
-                // empty block, so an idle chain does not spin.
+            Action::RequestPayload {
+                view,
+                height,
+                max_bytes,
+            } => {
                 debug!(view = view.0, height = height.0, "payload requested");
+                self.payload_height = height.0;
+                self.payload_max_bytes = max_bytes;
+                let ready = self
+                    .shared
+                    .as_ref()
+                    .is_some_and(|s| s.pool().proposable() > 0);
+                if ready {
+                    return Ok(self.propose(view));
+                }
+                // Nothing to order yet: wait a little (or until transactions
+                // arrive) before proposing an empty block, so an idle chain
+                // does not spin.
                 self.payload_due = Some((
                     view,
                     Time(now().0 + self.empty_block_delay.as_millis() as u64),
@@ -286,7 +343,36 @@ impl Runtime {
             Action::Commit { block, cert } => {
                 let h = block.height();
                 let span = info_span!("commit", height = h.0);
-                let res = span.in_scope(|| self.store.commit_block(&block, &cert))?;
+                let prepared = match &self.shared {
+                    // Signatures the mempool verified on entry are not
+                    // verified again.
+                    Some(s) => {
+                        let pool = s.pool();
+                        prepare_payload_trusting(&block.payload, |raw| {
+                            pool.holds_bytes(&Digest::of(raw))
+                        })
+                    }
+                    None => phalanx_ledger::prepare_payload(&block.payload),
+                };
+                let res = span.in_scope(|| self.store.commit_prepared(&block, &cert, prepared))?;
+                if let Some(s) = &self.shared {
+                    let hashes: Vec<Digest> = res.receipts.iter().map(|r| r.tx_hash).collect();
+                    let store = &self.store;
+                    s.pool().committed(h.0, &hashes, |sender| {
+                        phalanx_crypto::PublicKey::from_bytes(sender)
+                            .ok()
+                            .and_then(|k| store.account(&k).ok().flatten())
+                            .map_or(0, |a| a.nonce)
+                    });
+                    s.note_commit(h.0);
+                    // No subscriber is not an error.
+                    let _ = s.commits.send(CommitNotice {
+                        height: h.0,
+                        block_id: block.id(),
+                        state_root: res.head.state_root,
+                        receipts: Arc::new(res.receipts.clone()),
+                    });
+                }
                 let applied = res
                     .receipts
                     .iter()
@@ -328,7 +414,26 @@ impl Runtime {
 
 impl Runtime {
     fn propose(&mut self, view: View) -> Vec<Action> {
-        let payload = encode_payload(&[]);
+        let txs = match &self.shared {
+            Some(s) => {
+                let store = &self.store;
+                // Room for the payload's own length prefixes.
+                let budget = self.payload_max_bytes.saturating_sub(64);
+                s.pool()
+                    .select(self.payload_height, self.max_block_txs, budget, |t| {
+                        store
+                            .account(&t.transfer.sender)
+                            .ok()
+                            .flatten()
+                            .map_or(0, |a| a.nonce)
+                    })
+            }
+            None => Vec::new(),
+        };
+        if !txs.is_empty() {
+            debug!(view = view.0, txs = txs.len(), "proposing");
+        }
+        let payload = encode_payload(&txs);
         self.core
             .handle(now(), Event::PayloadReady { view, payload })
     }

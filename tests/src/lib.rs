@@ -84,6 +84,8 @@ pub struct ClusterOptions {
     pub accounts: u64,
     /// Genesis parameters.
     pub params: Params,
+    /// Lines appended to every node's config.toml.
+    pub extra_config: String,
 }
 
 impl Default for ClusterOptions {
@@ -95,6 +97,7 @@ impl Default for ClusterOptions {
                 checkpoint_interval: 10,
                 ..Params::default()
             },
+            extra_config: String::new(),
         }
     }
 }
@@ -161,6 +164,21 @@ impl Cluster {
             }
             let cfg = nodes[i].home.join("config.toml");
             let mut text = std::fs::read_to_string(&cfg).expect("config");
+            // Each `key = value` override replaces the template's line.
+            for line in opts.extra_config.lines().filter(|l| l.contains('=')) {
+                let key = line.split('=').next().unwrap_or("").trim();
+                let lines: Vec<String> = text
+                    .lines()
+                    .map(|l| {
+                        if l.split('=').next().is_some_and(|k| k.trim() == key) {
+                            line.to_string()
+                        } else {
+                            l.to_string()
+                        }
+                    })
+                    .collect();
+                text = lines.join("\n") + "\n";
+            }
             text.push_str(&extra);
             std::fs::write(&cfg, text).expect("config");
         }
@@ -287,6 +305,19 @@ impl Cluster {
             if cond(self) {
                 return;
             }
+            // A node that died on its own fails the test now, with its log.
+            for i in 0..self.nodes.len() {
+                let died = match self.nodes[i].child.as_mut() {
+                    Some(c) => matches!(c.try_wait(), Ok(Some(_))),
+                    None => false,
+                };
+                if died {
+                    panic!(
+                        "node {i} exited while waiting for: {what}\n{}",
+                        self.log_text(i)
+                    );
+                }
+            }
             std::thread::sleep(Duration::from_millis(100));
         }
         let mut tails = String::new();
@@ -313,4 +344,136 @@ impl Drop for Cluster {
             self.kill(i);
         }
     }
+}
+
+/// A JSON-RPC error as the test sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RpcError {
+    /// The code (`-1` for a transport failure).
+    pub code: i32,
+    /// The message.
+    pub message: String,
+}
+
+impl Cluster {
+    /// The JSON-RPC URL of node `i`.
+    pub fn rpc_url(&self, i: usize) -> String {
+        format!("http://127.0.0.1:{}", self.nodes[i].rpc_port)
+    }
+
+    /// Calls `method` on node `i` over HTTP.
+    pub fn rpc(
+        &self,
+        i: usize,
+        method: &str,
+        params: Vec<serde_json::Value>,
+    ) -> Result<serde_json::Value, RpcError> {
+        use jsonrpsee_core::client::ClientT;
+        use jsonrpsee_core::params::ArrayParams;
+        use jsonrpsee_http_client::HttpClient;
+        let url = self.rpc_url(i);
+        let rt = runtime();
+        rt.block_on(async move {
+            let client = HttpClient::builder()
+                .request_timeout(Duration::from_secs(60))
+                .build(&url)
+                .map_err(|e| RpcError {
+                    code: -1,
+                    message: e.to_string(),
+                })?;
+            let mut p = ArrayParams::new();
+            for v in params {
+                p.insert(v).map_err(|e| RpcError {
+                    code: -1,
+                    message: e.to_string(),
+                })?;
+            }
+            client
+                .request::<serde_json::Value, _>(method, p)
+                .await
+                .map_err(|e| match e {
+                    jsonrpsee_core::ClientError::Call(obj) => RpcError {
+                        code: obj.code(),
+                        message: obj.message().to_string(),
+                    },
+                    other => RpcError {
+                        code: -1,
+                        message: other.to_string(),
+                    },
+                })
+        })
+    }
+
+    /// An HTTP POST of a raw body to node `i`'s RPC port: (status, body).
+    pub fn http_post(&self, i: usize, body: &[u8]) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.nodes[i].rpc_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(
+            s,
+            "POST / HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .ok()?;
+        // A server may answer (and close) before reading a large body.
+        let _ = s.write_all(body);
+        let mut out = String::new();
+        let _ = s.read_to_string(&mut out);
+        let status = out.split_whitespace().nth(1)?.parse().ok()?;
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        Some((status, body))
+    }
+
+    /// An HTTP GET of `path` on node `i`'s RPC port: (status, body).
+    pub fn http_get(&self, i: usize, path: &str) -> Option<(u16, String)> {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(("127.0.0.1", self.nodes[i].rpc_port)).ok()?;
+        s.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
+        write!(
+            s,
+            "GET {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n"
+        )
+        .ok()?;
+        let mut out = String::new();
+        s.read_to_string(&mut out).ok()?;
+        let status = out.split_whitespace().nth(1)?.parse().ok()?;
+        let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
+        Some((status, body))
+    }
+
+    /// Height node `i` reports over RPC (0 when unreachable).
+    pub fn rpc_height(&self, i: usize) -> u64 {
+        self.rpc(i, "ledger_status", vec![])
+            .ok()
+            .and_then(|v| v["height"].as_u64())
+            .unwrap_or(0)
+    }
+}
+
+fn runtime() -> &'static tokio::runtime::Runtime {
+    static RT: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
+    RT.get_or_init(|| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .expect("a tokio runtime for the RPC client")
+    })
+}
+
+/// A signed transfer of `amount` from demo account `from` to `to`, hex.
+pub fn transfer_hex(chain: &ChainId, from: u64, nonce: u64, to: &PublicKey, amount: u64) -> String {
+    let t = phalanx_ledger::Transfer {
+        chain_id: chain.clone(),
+        sender: account(from).public(),
+        nonce,
+        legs: vec![phalanx_ledger::Leg { to: *to, amount }],
+    }
+    .sign(&account(from));
+    hex_encode(&t.encode())
+}
+
+/// Lower-case hex.
+pub fn hex_encode(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
 }

@@ -1,0 +1,227 @@
+//! Transaction admission: from JSON-RPC and from gossip into the mempool.
+//!
+//! This module owns the order of checks, cheapest first: size, decoding,
+//! chain, already committed or pending (by hash), then signatures, verified
+//! in batches on a blocking thread, then the mempool's own rules. Each
+//! signature is verified once, here. New transactions submitted over RPC are
+//! handed to gossip in batches. It never decides block contents.
+
+use std::sync::Arc;
+
+use phalanx_crypto::Digest;
+use phalanx_ledger::{MAX_TX_BYTES, SignedTransfer, verify_signatures};
+use phalanx_storage::TxRecord;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, warn};
+
+use crate::mempool::{Admitted, Rejection};
+use crate::shared::Shared;
+
+/// Most transactions verified in one batch.
+pub const MAX_INGRESS_BATCH: usize = 1024;
+/// Submissions queued before RPC callers wait and gossip is dropped.
+pub const INGRESS_QUEUE: usize = 16_384;
+
+/// Where a transaction came from.
+pub enum Origin {
+    /// A client; the answer goes back on the channel.
+    Rpc(oneshot::Sender<Result<Submitted, SubmitError>>),
+    /// A peer's gossip batch; no answer.
+    Gossip,
+}
+
+/// One transaction to admit.
+pub struct Submission {
+    /// Its bytes as received.
+    pub bytes: Vec<u8>,
+    /// Its origin.
+    pub origin: Origin,
+}
+
+/// An accepted submission.
+#[derive(Clone, Debug)]
+pub enum Submitted {
+    /// New in the mempool.
+    Added(Digest),
+    /// Already pending.
+    Pending(Digest),
+    /// Already committed: its record.
+    Committed(Digest, TxRecord),
+}
+
+impl Submitted {
+    /// The transaction hash.
+    pub fn hash(&self) -> Digest {
+        match self {
+            Submitted::Added(h) | Submitted::Pending(h) | Submitted::Committed(h, _) => *h,
+        }
+    }
+}
+
+/// Why a submission was refused.
+#[derive(Clone, Debug, thiserror::Error)]
+pub enum SubmitError {
+    /// Over the size limit.
+    #[error("transaction of {0} bytes exceeds the {MAX_TX_BYTES}-byte limit")]
+    TooLarge(usize),
+    /// Not a canonical signed transfer.
+    #[error("malformed transaction: {0}")]
+    Malformed(String),
+    /// Signed for another chain.
+    #[error("transaction is for chain `{got}`, this is `{expected}`")]
+    WrongChain {
+        /// This chain.
+        expected: String,
+        /// The transaction's.
+        got: String,
+    },
+    /// The signature does not verify.
+    #[error("bad signature")]
+    BadSignature,
+    /// The mempool refused it.
+    #[error(transparent)]
+    Rejected(#[from] Rejection),
+    /// A local failure (storage).
+    #[error("internal error: {0}")]
+    Internal(String),
+}
+
+struct Checked {
+    tx: SignedTransfer,
+    hash: Digest,
+    bytes: Vec<u8>,
+    origin: Origin,
+}
+
+fn answer(origin: Origin, res: Result<Submitted, SubmitError>) {
+    if let Origin::Rpc(tx) = origin {
+        // The caller may have gone away; nothing to do then.
+        let _ = tx.send(res);
+    }
+}
+
+/// Runs admission until the channel closes. `gossip_out` receives the
+/// bytes of transactions newly admitted from RPC.
+pub async fn run(
+    shared: Arc<Shared>,
+    mut rx: mpsc::Receiver<Submission>,
+    gossip_out: mpsc::Sender<Vec<u8>>,
+) {
+    let mut batch: Vec<Submission> = Vec::with_capacity(MAX_INGRESS_BATCH);
+    loop {
+        let Some(first) = rx.recv().await else { return };
+        batch.push(first);
+        while batch.len() < MAX_INGRESS_BATCH {
+            match rx.try_recv() {
+                Ok(s) => batch.push(s),
+                Err(_) => break,
+            }
+        }
+        let checked = cheap_checks(&shared, std::mem::take(&mut batch));
+        if checked.is_empty() {
+            continue;
+        }
+        let txs: Vec<SignedTransfer> = checked.iter().map(|c| c.tx.clone()).collect();
+        let sigs = match tokio::task::spawn_blocking(move || verify_signatures(&txs)).await {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("signature verification task failed: {e}");
+                for c in checked {
+                    answer(
+                        c.origin,
+                        Err(SubmitError::Internal("verification failed".into())),
+                    );
+                }
+                continue;
+            }
+        };
+        let mut added = 0usize;
+        for (c, ok) in checked.into_iter().zip(sigs) {
+            if !ok {
+                answer(c.origin, Err(SubmitError::BadSignature));
+                continue;
+            }
+            let sender = match shared.store.account(&c.tx.transfer.sender) {
+                Ok(a) => a.unwrap_or_default(),
+                Err(e) => {
+                    answer(c.origin, Err(SubmitError::Internal(e.to_string())));
+                    continue;
+                }
+            };
+            let from_rpc = matches!(c.origin, Origin::Rpc(_));
+            let bytes = c.bytes.clone();
+            let res = shared.pool().insert(c.tx, c.bytes, c.hash, sender);
+            match res {
+                Ok(Admitted::New) => {
+                    added += 1;
+                    if from_rpc && gossip_out.try_send(bytes).is_err() {
+                        debug!("gossip queue full; peers get this transaction from the block");
+                    }
+                    answer(c.origin, Ok(Submitted::Added(c.hash)));
+                }
+                Ok(Admitted::Known) => answer(c.origin, Ok(Submitted::Pending(c.hash))),
+                Err(r) => answer(c.origin, Err(r.into())),
+            }
+        }
+        if added > 0 {
+            shared.new_txs.notify_one();
+        }
+    }
+}
+
+/// Size, decoding, chain, and the by-hash lookups; answers what fails or is
+/// already known, returns the rest for signature checks.
+fn cheap_checks(shared: &Shared, batch: Vec<Submission>) -> Vec<Checked> {
+    let mut out = Vec::with_capacity(batch.len());
+    for s in batch {
+        if s.bytes.len() > MAX_TX_BYTES {
+            let n = s.bytes.len();
+            answer(s.origin, Err(SubmitError::TooLarge(n)));
+            continue;
+        }
+        let tx = match SignedTransfer::decode(&s.bytes) {
+            Ok(t) => t,
+            Err(e) => {
+                answer(s.origin, Err(SubmitError::Malformed(e.to_string())));
+                continue;
+            }
+        };
+        if let Err(e) = tx.check_shape() {
+            answer(s.origin, Err(SubmitError::Malformed(e.to_string())));
+            continue;
+        }
+        if tx.transfer.chain_id != shared.chain {
+            answer(
+                s.origin,
+                Err(SubmitError::WrongChain {
+                    expected: shared.chain.to_string(),
+                    got: tx.transfer.chain_id.to_string(),
+                }),
+            );
+            continue;
+        }
+        let hash = tx.hash();
+        match shared.store.transaction(&hash) {
+            Ok(Some(rec)) => {
+                answer(s.origin, Ok(Submitted::Committed(hash, rec)));
+                continue;
+            }
+            Ok(None) => {}
+            Err(e) => {
+                answer(s.origin, Err(SubmitError::Internal(e.to_string())));
+                continue;
+            }
+        }
+        if shared.pool().contains(&hash) {
+            answer(s.origin, Ok(Submitted::Pending(hash)));
+            continue;
+        }
+        out.push(Checked {
+            tx,
+            hash,
+            bytes: s.bytes,
+            origin: s.origin,
+        });
+    }
+    out
+}

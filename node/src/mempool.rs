@@ -1,0 +1,487 @@
+//! The mempool: transactions waiting to be ordered.
+//!
+//! This module owns admission (chain, nonce window, funds, bounds by count
+//! and by bytes, deduplication by hash), the choice of what a leader
+//! proposes (arrival order, each sender's transactions in nonce order), and
+//! eviction (committed, stale). Signatures are checked before a transaction
+//! gets here, once; entries are indexed by the hash of their exact bytes too,
+//! so that execution can skip re-verifying a block's transactions the pool
+//! already verified. It never touches the network or the disk.
+
+use std::collections::{BTreeMap, HashMap};
+
+use phalanx_crypto::Digest;
+use phalanx_ledger::{Account, SignedTransfer};
+
+/// Pool limits.
+#[derive(Clone, Copy, Debug)]
+pub struct MempoolLimits {
+    /// Most transactions held.
+    pub max_txs: usize,
+    /// Most bytes of transactions held.
+    pub max_bytes: usize,
+    /// How far beyond a sender's next nonce a transaction may be.
+    pub max_nonce_gap: u64,
+}
+
+impl Default for MempoolLimits {
+    fn default() -> Self {
+        MempoolLimits {
+            max_txs: 100_000,
+            max_bytes: 64 << 20,
+            max_nonce_gap: 64,
+        }
+    }
+}
+
+/// Why a transaction was not admitted.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum Rejection {
+    /// The pool is at its count or byte limit.
+    #[error("mempool full ({txs} transactions, {bytes} bytes); retry later")]
+    Full {
+        /// Transactions held.
+        txs: usize,
+        /// Bytes held.
+        bytes: usize,
+    },
+    /// The nonce was already used.
+    #[error("nonce too low: the sender's next nonce is {expected}, got {got}")]
+    NonceTooLow {
+        /// The sender's next nonce.
+        expected: u64,
+        /// The transaction's.
+        got: u64,
+    },
+    /// The nonce is too far ahead.
+    #[error(
+        "nonce too high: the sender's next nonce is {expected}, got {got} (at most {max_gap} ahead)"
+    )]
+    NonceTooHigh {
+        /// The sender's next nonce.
+        expected: u64,
+        /// The transaction's.
+        got: u64,
+        /// The window.
+        max_gap: u64,
+    },
+    /// Another transaction with this sender and nonce is pending.
+    #[error("another transaction with nonce {nonce} from this sender is pending")]
+    NonceTaken {
+        /// The nonce.
+        nonce: u64,
+    },
+    /// The sender cannot pay.
+    #[error("insufficient funds: balance {balance}, needed {needed}")]
+    InsufficientFunds {
+        /// Committed balance.
+        balance: u64,
+        /// The legs' sum (or `u64::MAX` on overflow).
+        needed: u64,
+    },
+}
+
+struct Entry {
+    tx: SignedTransfer,
+    bytes: Vec<u8>,
+    raw: Digest,
+    seq: u64,
+    /// Height of the uncommitted block carrying it, if any.
+    in_flight: Option<u64>,
+}
+
+/// The pool.
+pub struct Mempool {
+    limits: MempoolLimits,
+    entries: HashMap<Digest, Entry>,
+    by_raw: HashMap<Digest, Digest>,
+    by_sender: HashMap<[u8; 32], BTreeMap<u64, Digest>>,
+    arrival: BTreeMap<u64, Digest>,
+    next_seq: u64,
+    bytes: usize,
+}
+
+/// Whether a transaction was new.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Admitted {
+    /// Added to the pool.
+    New,
+    /// Already pending: nothing changed.
+    Known,
+}
+
+impl Mempool {
+    /// An empty pool.
+    pub fn new(limits: MempoolLimits) -> Mempool {
+        Mempool {
+            limits,
+            entries: HashMap::new(),
+            by_raw: HashMap::new(),
+            by_sender: HashMap::new(),
+            arrival: BTreeMap::new(),
+            next_seq: 0,
+            bytes: 0,
+        }
+    }
+
+    /// Transactions held.
+    pub fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    /// True if empty.
+    pub fn is_empty(&self) -> bool {
+        self.entries.is_empty()
+    }
+
+    /// Bytes held.
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// True if a transaction with this hash is pending.
+    pub fn contains(&self, hash: &Digest) -> bool {
+        self.entries.contains_key(hash)
+    }
+
+    /// True if these exact bytes are pending (and so already verified).
+    pub fn holds_bytes(&self, raw: &Digest) -> bool {
+        self.by_raw.contains_key(raw)
+    }
+
+    /// Transactions not in any block yet.
+    pub fn proposable(&self) -> usize {
+        self.entries
+            .values()
+            .filter(|e| e.in_flight.is_none())
+            .count()
+    }
+
+    /// Admits a transaction whose signature and chain were checked, given
+    /// its sender's committed account.
+    pub fn insert(
+        &mut self,
+        tx: SignedTransfer,
+        bytes: Vec<u8>,
+        hash: Digest,
+        sender: Account,
+    ) -> Result<Admitted, Rejection> {
+        if self.entries.contains_key(&hash) {
+            return Ok(Admitted::Known);
+        }
+        let t = &tx.transfer;
+        if t.nonce < sender.nonce {
+            return Err(Rejection::NonceTooLow {
+                expected: sender.nonce,
+                got: t.nonce,
+            });
+        }
+        if t.nonce > sender.nonce.saturating_add(self.limits.max_nonce_gap) {
+            return Err(Rejection::NonceTooHigh {
+                expected: sender.nonce,
+                got: t.nonce,
+                max_gap: self.limits.max_nonce_gap,
+            });
+        }
+        let needed = t.total().unwrap_or(u64::MAX);
+        if needed > sender.balance {
+            return Err(Rejection::InsufficientFunds {
+                balance: sender.balance,
+                needed,
+            });
+        }
+        let key = t.sender.to_bytes();
+        if self
+            .by_sender
+            .get(&key)
+            .is_some_and(|m| m.contains_key(&t.nonce))
+        {
+            return Err(Rejection::NonceTaken { nonce: t.nonce });
+        }
+        if self.entries.len() >= self.limits.max_txs
+            || self.bytes + bytes.len() > self.limits.max_bytes
+        {
+            return Err(Rejection::Full {
+                txs: self.entries.len(),
+                bytes: self.bytes,
+            });
+        }
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let raw = Digest::of(&bytes);
+        self.by_sender.entry(key).or_default().insert(t.nonce, hash);
+        self.arrival.insert(seq, hash);
+        self.by_raw.insert(raw, hash);
+        self.bytes += bytes.len();
+        self.entries.insert(
+            hash,
+            Entry {
+                tx,
+                bytes,
+                raw,
+                seq,
+                in_flight: None,
+            },
+        );
+        Ok(Admitted::New)
+    }
+
+    /// Chooses up to `max_txs` transactions and `max_bytes` bytes for a
+    /// block at `height`, oldest first, each sender's in nonce order
+    /// starting at its committed nonce (`nonce_of`) and past those already
+    /// in uncommitted blocks. The chosen are marked in flight.
+    pub fn select(
+        &mut self,
+        height: u64,
+        max_txs: usize,
+        max_bytes: usize,
+        nonce_of: impl Fn(&SignedTransfer) -> u64,
+    ) -> Vec<Vec<u8>> {
+        let mut next: HashMap<[u8; 32], u64> = HashMap::new();
+        let mut chosen: Vec<Digest> = Vec::new();
+        let mut bytes = 0usize;
+        let order: Vec<Digest> = self.arrival.values().copied().collect();
+        'outer: for h in order {
+            let Some(e) = self.entries.get(&h) else {
+                continue;
+            };
+            if e.in_flight.is_some() {
+                continue;
+            }
+            let key = e.tx.transfer.sender.to_bytes();
+            let Some(by_nonce) = self.by_sender.get(&key) else {
+                continue;
+            };
+            let mut n = match next.get(&key) {
+                Some(n) => *n,
+                None => nonce_of(&e.tx),
+            };
+            // Take this sender's run of consecutive nonces from `n`.
+            while let Some(hash) = by_nonce.get(&n) {
+                let Some(cand) = self.entries.get(hash) else {
+                    break;
+                };
+                if cand.in_flight.is_none() {
+                    if chosen.len() == max_txs || bytes + cand.bytes.len() > max_bytes {
+                        next.insert(key, n);
+                        break 'outer;
+                    }
+                    bytes += cand.bytes.len();
+                    chosen.push(*hash);
+                }
+                n += 1;
+            }
+            next.insert(key, n);
+        }
+        let mut out = Vec::with_capacity(chosen.len());
+        for h in chosen {
+            if let Some(e) = self.entries.get_mut(&h) {
+                e.in_flight = Some(height);
+                out.push(e.bytes.clone());
+            }
+        }
+        out
+    }
+
+    /// Marks the pool's copies of a block's transactions (by exact bytes
+    /// hash) as in flight at `height`, so the next leader does not propose
+    /// them again.
+    pub fn mark_in_flight(&mut self, raw_hashes: &[Digest], height: u64) {
+        for r in raw_hashes {
+            if let Some(h) = self.by_raw.get(r)
+                && let Some(e) = self.entries.get_mut(h)
+            {
+                e.in_flight = Some(height);
+            }
+        }
+    }
+
+    /// A block at `height` committed with these transaction hashes: they
+    /// leave the pool; transactions of touched senders whose nonce is now
+    /// used leave too (`nonce_of` gives committed nonces); and transactions
+    /// in flight in blocks at or below `height` that did not commit are
+    /// proposable again.
+    pub fn committed(
+        &mut self,
+        height: u64,
+        hashes: &[Digest],
+        nonce_of: impl Fn(&[u8; 32]) -> u64,
+    ) {
+        let mut senders: Vec<[u8; 32]> = Vec::new();
+        for h in hashes {
+            if let Some(e) = self.entries.get(h) {
+                senders.push(e.tx.transfer.sender.to_bytes());
+            }
+            self.remove(h);
+        }
+        senders.sort_unstable();
+        senders.dedup();
+        for s in senders {
+            let floor = nonce_of(&s);
+            let stale: Vec<Digest> = self
+                .by_sender
+                .get(&s)
+                .map(|m| m.range(..floor).map(|(_, h)| *h).collect())
+                .unwrap_or_default();
+            for h in stale {
+                self.remove(&h);
+            }
+        }
+        for e in self.entries.values_mut() {
+            if e.in_flight.is_some_and(|at| at <= height) {
+                e.in_flight = None;
+            }
+        }
+    }
+
+    fn remove(&mut self, hash: &Digest) {
+        let Some(e) = self.entries.remove(hash) else {
+            return;
+        };
+        self.bytes -= e.bytes.len();
+        self.arrival.remove(&e.seq);
+        self.by_raw.remove(&e.raw);
+        let key = e.tx.transfer.sender.to_bytes();
+        if let Some(m) = self.by_sender.get_mut(&key) {
+            m.remove(&e.tx.transfer.nonce);
+            if m.is_empty() {
+                self.by_sender.remove(&key);
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use phalanx_crypto::{ChainId, KeyPair, encode};
+    use phalanx_ledger::{Leg, Transfer};
+
+    fn key(i: u8) -> KeyPair {
+        KeyPair::from_seed([i; 32])
+    }
+
+    fn tx(from: u8, nonce: u64, amount: u64) -> (SignedTransfer, Vec<u8>, Digest) {
+        let t = Transfer {
+            chain_id: ChainId::new("c").unwrap(),
+            sender: key(from).public(),
+            nonce,
+            legs: vec![Leg {
+                to: key(99).public(),
+                amount,
+            }],
+        }
+        .sign(&key(from));
+        let bytes = encode(&t);
+        let h = t.hash();
+        (t, bytes, h)
+    }
+
+    fn acct(balance: u64, nonce: u64) -> Account {
+        Account { balance, nonce }
+    }
+
+    fn add(p: &mut Mempool, from: u8, nonce: u64) -> Result<Admitted, Rejection> {
+        let (t, b, h) = tx(from, nonce, 1);
+        p.insert(t, b, h, acct(100, 0))
+    }
+
+    #[test]
+    fn admission_rules_each_give_their_reason() {
+        let limits = MempoolLimits {
+            max_txs: 3,
+            max_bytes: 1 << 20,
+            max_nonce_gap: 4,
+        };
+        let mut p = Mempool::new(limits);
+        let (t, b, h) = tx(1, 0, 10);
+        assert_eq!(
+            p.insert(t.clone(), b.clone(), h, acct(100, 0)),
+            Ok(Admitted::New)
+        );
+        assert_eq!(p.insert(t, b, h, acct(100, 0)), Ok(Admitted::Known));
+        let (t, b, h) = tx(1, 0, 11);
+        assert_eq!(
+            p.insert(t, b, h, acct(100, 0)),
+            Err(Rejection::NonceTaken { nonce: 0 })
+        );
+        let (t, b, h) = tx(2, 0, 1);
+        assert!(matches!(
+            p.insert(t, b, h, acct(100, 1)),
+            Err(Rejection::NonceTooLow {
+                expected: 1,
+                got: 0
+            })
+        ));
+        let (t, b, h) = tx(2, 9, 1);
+        assert!(matches!(
+            p.insert(t, b, h, acct(100, 0)),
+            Err(Rejection::NonceTooHigh { .. })
+        ));
+        let (t, b, h) = tx(2, 0, 500);
+        assert!(matches!(
+            p.insert(t, b, h, acct(100, 0)),
+            Err(Rejection::InsufficientFunds {
+                balance: 100,
+                needed: 500
+            })
+        ));
+        add(&mut p, 3, 0).unwrap();
+        add(&mut p, 4, 0).unwrap();
+        assert!(matches!(
+            add(&mut p, 5, 0),
+            Err(Rejection::Full { txs: 3, .. })
+        ));
+        assert_eq!(p.len(), 3);
+    }
+
+    #[test]
+    fn selection_follows_nonces_and_skips_what_is_in_flight() {
+        let mut p = Mempool::new(MempoolLimits::default());
+        // Sender 1's nonce 1 arrives before nonce 0.
+        add(&mut p, 1, 1).unwrap();
+        add(&mut p, 2, 0).unwrap();
+        add(&mut p, 1, 0).unwrap();
+        add(&mut p, 1, 3).unwrap(); // gap: not proposable yet
+        let block = p.select(1, 100, 1 << 20, |_| 0);
+        assert_eq!(block.len(), 3, "1/0, 1/1 and 2/0; 1/3 waits for 1/2");
+        // In flight: nothing more to propose at the next height.
+        assert!(p.select(2, 100, 1 << 20, |_| 0).is_empty());
+        // The block at 1 never commits: at the commit of height 1 by another
+        // block, they are proposable again.
+        p.committed(1, &[], |_| 0);
+        assert_eq!(p.select(2, 2, 1 << 20, |_| 0).len(), 2, "bounded by count");
+    }
+
+    #[test]
+    fn commits_evict_included_and_stale_transactions() {
+        let mut p = Mempool::new(MempoolLimits::default());
+        let (t0, b0, h0) = tx(1, 0, 1);
+        p.insert(t0, b0, h0, acct(100, 0)).unwrap();
+        add(&mut p, 1, 1).unwrap();
+        add(&mut p, 1, 2).unwrap();
+        assert_eq!(p.len(), 3);
+        // Block committed h0, and the sender's nonce is now 2 (another
+        // node's copy of nonce 1 made it in under another hash).
+        p.committed(5, &[h0], |_| 2);
+        assert_eq!(p.len(), 1, "only nonce 2 remains");
+        assert_eq!(p.select(6, 10, 1 << 20, |_| 2).len(), 1);
+    }
+
+    #[test]
+    fn byte_bound_and_exact_bytes_index() {
+        let (t, b, h) = tx(1, 0, 1);
+        let mut p = Mempool::new(MempoolLimits {
+            max_bytes: b.len() * 2,
+            ..MempoolLimits::default()
+        });
+        p.insert(t, b.clone(), h, acct(100, 0)).unwrap();
+        assert!(p.holds_bytes(&Digest::of(&b)));
+        add(&mut p, 2, 0).unwrap();
+        assert!(matches!(add(&mut p, 3, 0), Err(Rejection::Full { .. })));
+        assert_eq!(p.bytes(), b.len() * 2);
+        p.mark_in_flight(&[Digest::of(&b)], 4);
+        assert_eq!(p.proposable(), 1);
+    }
+}

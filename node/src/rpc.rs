@@ -1,0 +1,444 @@
+//! The JSON-RPC API (jsonrpsee; HTTP and WebSocket on one port) and the
+//! `/livez` and `/readyz` probes.
+//!
+//! This module owns the method names, the shape of results (JSON objects,
+//! hashes and keys in hex) and the stable error codes. Every parameter is
+//! checked before use and every failure is a JSON-RPC error with a message
+//! that says what is wrong; nothing a client sends can panic the node. It
+//! never changes state except by handing transactions to the ingress.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use jsonrpsee::server::middleware::http::ProxyGetRequestLayer;
+use jsonrpsee::server::{
+    BatchRequestConfig, PendingSubscriptionSink, RpcModule, Server, ServerConfig, ServerHandle,
+    SubscriptionMessage,
+};
+use jsonrpsee::types::{ErrorObject, ErrorObjectOwned, Params};
+use phalanx_crypto::{Digest, PublicKey, encode};
+use phalanx_ledger::{Receipt, SignedTransfer, TxStatus, decode_payload};
+use serde_json::{Value, json};
+use tokio::sync::{broadcast, mpsc, oneshot};
+
+use crate::ingress::{Origin, Submission, SubmitError, Submitted};
+use crate::mempool::Rejection;
+use crate::shared::{CommitNotice, Shared};
+
+/// Largest request body, bytes.
+pub const MAX_REQUEST_BYTES: u32 = 256 * 1024;
+/// Largest response body, bytes.
+pub const MAX_RESPONSE_BYTES: u32 = 16 * 1024 * 1024;
+/// Most simultaneous connections.
+pub const MAX_CONNECTIONS: u32 = 512;
+/// Most calls in one batch request.
+pub const MAX_BATCH: u32 = 64;
+/// How long `wait = "commit"` waits.
+pub const COMMIT_WAIT: Duration = Duration::from_secs(30);
+/// Readiness: at most this many blocks behind the best seen.
+pub const READY_MAX_LAG: u64 = 5;
+/// Readiness: a commit within this long, ms.
+pub const READY_MAX_SILENCE_MS: u64 = 10_000;
+
+/// Stable error codes (besides JSON-RPC's own -32700 parse error, -32600
+/// invalid request, -32601 unknown method, -32602 invalid params).
+pub mod codes {
+    /// A hex string that does not decode.
+    pub const BAD_HEX: i32 = 1001;
+    /// Bytes that are not a canonical signed transfer.
+    pub const MALFORMED: i32 = 1002;
+    /// A transaction over the size limit.
+    pub const TX_TOO_LARGE: i32 = 1003;
+    /// A signature that does not verify.
+    pub const BAD_SIGNATURE: i32 = 1004;
+    /// A transaction for another chain.
+    pub const WRONG_CHAIN: i32 = 1005;
+    /// Nonce already used.
+    pub const NONCE_TOO_LOW: i32 = 1006;
+    /// Nonce too far ahead.
+    pub const NONCE_TOO_HIGH: i32 = 1007;
+    /// The sender cannot pay.
+    pub const INSUFFICIENT_FUNDS: i32 = 1008;
+    /// The mempool is full.
+    pub const MEMPOOL_FULL: i32 = 1009;
+    /// Another transaction with this nonce is pending.
+    pub const NONCE_TAKEN: i32 = 1010;
+    /// `wait = "commit"` timed out (the transaction stays pending).
+    pub const COMMIT_TIMEOUT: i32 = 1011;
+    /// No such block.
+    pub const NOT_FOUND: i32 = 1012;
+    /// A parameter of the right type but a bad value.
+    pub const BAD_PARAM: i32 = 1013;
+    /// Not ready (readiness probe).
+    pub const NOT_READY: i32 = 1014;
+    /// A local failure.
+    pub const INTERNAL: i32 = 1015;
+}
+
+fn err(code: i32, msg: impl Into<String>) -> ErrorObjectOwned {
+    ErrorObject::owned(code, msg.into(), None::<()>)
+}
+
+fn submit_error(e: SubmitError) -> ErrorObjectOwned {
+    let code = match &e {
+        SubmitError::TooLarge(_) => codes::TX_TOO_LARGE,
+        SubmitError::Malformed(_) => codes::MALFORMED,
+        SubmitError::WrongChain { .. } => codes::WRONG_CHAIN,
+        SubmitError::BadSignature => codes::BAD_SIGNATURE,
+        SubmitError::Internal(_) => codes::INTERNAL,
+        SubmitError::Rejected(r) => match r {
+            Rejection::Full { .. } => codes::MEMPOOL_FULL,
+            Rejection::NonceTooLow { .. } => codes::NONCE_TOO_LOW,
+            Rejection::NonceTooHigh { .. } => codes::NONCE_TOO_HIGH,
+            Rejection::NonceTaken { .. } => codes::NONCE_TAKEN,
+            Rejection::InsufficientFunds { .. } => codes::INSUFFICIENT_FUNDS,
+        },
+    };
+    err(code, e.to_string())
+}
+
+fn internal(e: impl std::fmt::Display) -> ErrorObjectOwned {
+    err(codes::INTERNAL, e.to_string())
+}
+
+fn hex_bytes(s: &str, what: &str) -> Result<Vec<u8>, ErrorObjectOwned> {
+    let s = s.strip_prefix("0x").unwrap_or(s);
+    hex::decode(s).map_err(|e| err(codes::BAD_HEX, format!("{what}: not hex: {e}")))
+}
+
+fn digest_param(s: &str) -> Result<Digest, ErrorObjectOwned> {
+    let b = hex_bytes(s, "hash")?;
+    let arr: [u8; 32] = b
+        .try_into()
+        .map_err(|_| err(codes::BAD_PARAM, "hash: expected 32 bytes"))?;
+    Ok(Digest(arr))
+}
+
+fn address_param(s: &str) -> Result<PublicKey, ErrorObjectOwned> {
+    let b = hex_bytes(s, "address")?;
+    let arr: [u8; 32] = b
+        .try_into()
+        .map_err(|_| err(codes::BAD_PARAM, "address: expected 32 bytes"))?;
+    PublicKey::from_bytes(&arr).map_err(|e| err(codes::BAD_PARAM, format!("address: {e}")))
+}
+
+/// A receipt as JSON.
+pub fn receipt_json(r: &Receipt) -> Value {
+    let mut v = json!({ "status": r.status.name() });
+    match &r.status {
+        TxStatus::NonceTooLow { expected, got } | TxStatus::NonceTooHigh { expected, got } => {
+            v["expected_nonce"] = json!(expected);
+            v["nonce"] = json!(got);
+        }
+        TxStatus::InsufficientFunds { balance, needed } => {
+            v["balance"] = json!(balance);
+            v["needed"] = json!(needed);
+        }
+        _ => {}
+    }
+    v
+}
+
+fn tx_hash_of_item(item: &[u8]) -> Digest {
+    match SignedTransfer::decode(item) {
+        Ok(t) => t.hash(),
+        Err(_) => Digest::of(item),
+    }
+}
+
+fn notice_json(n: &CommitNotice) -> Value {
+    json!({
+        "height": n.height,
+        "block_id": n.block_id.to_hex(),
+        "state_root": n.state_root.to_hex(),
+        "transactions": n.receipts.len(),
+        "applied": n.receipts.iter().filter(|r| r.status == TxStatus::Applied).count(),
+    })
+}
+
+fn json_message(v: &Value) -> Result<SubscriptionMessage, serde_json::Error> {
+    Ok(serde_json::value::to_raw_value(v)?.into())
+}
+
+/// Starts the server on `addr`.
+pub async fn start(
+    addr: SocketAddr,
+    shared: Arc<Shared>,
+    ingress: mpsc::Sender<Submission>,
+) -> anyhow::Result<(ServerHandle, SocketAddr)> {
+    let probes =
+        ProxyGetRequestLayer::new([("/livez", "health_live"), ("/readyz", "health_ready")])?;
+    let config = ServerConfig::builder()
+        .max_request_body_size(MAX_REQUEST_BYTES)
+        .max_response_body_size(MAX_RESPONSE_BYTES)
+        .max_connections(MAX_CONNECTIONS)
+        .set_batch_request_config(BatchRequestConfig::Limit(MAX_BATCH))
+        .build();
+    let server = Server::builder()
+        .set_config(config)
+        .set_http_middleware(tower::ServiceBuilder::new().layer(probes))
+        .build(addr)
+        .await?;
+    let local = server.local_addr()?;
+    let module = module(shared, ingress)?;
+    Ok((server.start(module), local))
+}
+
+struct Ctx {
+    shared: Arc<Shared>,
+    ingress: mpsc::Sender<Submission>,
+}
+
+fn module(
+    shared: Arc<Shared>,
+    ingress: mpsc::Sender<Submission>,
+) -> anyhow::Result<RpcModule<Ctx>> {
+    let mut m = RpcModule::new(Ctx { shared, ingress });
+
+    m.register_method("health_live", |_, _, _| {
+        Ok::<_, ErrorObjectOwned>(json!({"live": true}))
+    })?;
+    m.register_method("health_ready", |_, ctx, _| {
+        ctx.shared
+            .ready(READY_MAX_LAG, READY_MAX_SILENCE_MS)
+            .map(|()| json!({"ready": true}))
+            .map_err(|why| err(codes::NOT_READY, why))
+    })?;
+
+    m.register_async_method("ledger_submitTransaction", |params, ctx, _| async move {
+        submit(params, ctx).await
+    })?;
+
+    m.register_method("ledger_getTransaction", |params, ctx, _| {
+        let (hash,): (String,) = params.parse()?;
+        let hash = digest_param(&hash)?;
+        if let Some(rec) = ctx.shared.store.transaction(&hash).map_err(internal)? {
+            return Ok::<_, ErrorObjectOwned>(json!({
+                "hash": hash.to_hex(),
+                "status": "committed",
+                "height": rec.height,
+                "index": rec.index,
+                "receipt": receipt_json(&rec.receipt),
+            }));
+        }
+        let status = if ctx.shared.pool().contains(&hash) {
+            "pending"
+        } else {
+            "unknown"
+        };
+        Ok(json!({ "hash": hash.to_hex(), "status": status }))
+    })?;
+
+    m.register_method("ledger_getBlock", |params, ctx, _| {
+        let (which,): (Value,) = params.parse()?;
+        let store = &ctx.shared.store;
+        let height = match &which {
+            Value::String(s) if s == "latest" => store.head().height,
+            Value::Number(n) => n
+                .as_u64()
+                .ok_or_else(|| err(codes::BAD_PARAM, "height: expected a non-negative integer"))?,
+            _ => {
+                return Err(err(codes::BAD_PARAM, "expected a height or \"latest\""));
+            }
+        };
+        let block = store
+            .block(height)
+            .map_err(internal)?
+            .ok_or_else(|| err(codes::NOT_FOUND, format!("no block at height {height}")))?;
+        let cert = store.cert(height).map_err(internal)?;
+        let txs: Vec<String> = decode_payload(&block.payload)
+            .map(|items| items.iter().map(|i| tx_hash_of_item(i).to_hex()).collect())
+            .unwrap_or_default();
+        let h = &block.header;
+        Ok::<_, ErrorObjectOwned>(json!({
+            "height": height,
+            "block_id": block.id().to_hex(),
+            "parent": h.parent.to_hex(),
+            "view": h.view.0,
+            "proposer": h.proposer.0,
+            "timestamp_ms": h.timestamp_ms,
+            "payload_digest": h.payload_digest.to_hex(),
+            "transactions": txs,
+            "certificate": cert.map(|c| json!({
+                "view": c.payload.view.0,
+                "block_id": c.payload.block_id.to_hex(),
+                "signers": c.signers.iter().map(|i| i.0).collect::<Vec<_>>(),
+                "bytes": hex::encode(encode(&c)),
+            })),
+        }))
+    })?;
+
+    m.register_method("ledger_getAccount", |params, ctx, _| {
+        let (addr,): (String,) = params.parse()?;
+        let addr = address_param(&addr)?;
+        let (head, account, proof) = ctx
+            .shared
+            .store
+            .account_with_proof(&addr)
+            .map_err(internal)?;
+        let a = account.unwrap_or_default();
+        Ok::<_, ErrorObjectOwned>(json!({
+            "address": addr.to_hex(),
+            "exists": account.is_some(),
+            "balance": a.balance,
+            "nonce": a.nonce,
+            "height": head.height,
+            "state_root": head.state_root.to_hex(),
+            "proof": hex::encode(proof.to_bytes()),
+        }))
+    })?;
+
+    m.register_method("ledger_status", |_, ctx, _| {
+        let s = ctx.shared.status.borrow().clone();
+        let store = &ctx.shared.store;
+        let head = store.head();
+        let stable = store.stable_checkpoint().map_err(internal)?;
+        let pool = ctx.shared.pool();
+        Ok::<_, ErrorObjectOwned>(json!({
+            "chain_id": ctx.shared.chain.to_string(),
+            "validator": ctx.shared.validator.to_hex(),
+            "height": head.height,
+            "block_id": head.block_id.to_hex(),
+            "state_root": head.state_root.to_hex(),
+            "view": s.view,
+            "leader": s.leader,
+            "peers": ctx.shared.net.connected.load(std::sync::atomic::Ordering::Relaxed),
+            "syncing": ctx.shared.ready(READY_MAX_LAG, u64::MAX).is_err(),
+            "stable_checkpoint": stable.map(|c| json!({
+                "height": c.payload.height.0,
+                "block_id": c.payload.block_id.to_hex(),
+                "state_root": c.payload.state_root.to_hex(),
+            })),
+            "mempool": { "transactions": pool.len(), "bytes": pool.bytes() },
+        }))
+    })?;
+
+    m.register_subscription(
+        "ledger_subscribeBlocks",
+        "ledger_block",
+        "ledger_unsubscribeBlocks",
+        |_, pending: PendingSubscriptionSink, ctx, _| async move {
+            let mut rx = ctx.shared.commits.subscribe();
+            let sink = pending.accept().await?;
+            loop {
+                tokio::select! {
+                    _ = sink.closed() => return Ok(()),
+                    n = rx.recv() => match n {
+                        Ok(n) => {
+                            let msg = json_message(&notice_json(&n))?;
+                            sink.send(msg).await?;
+                        }
+                        Err(broadcast::error::RecvError::Lagged(k)) => {
+                            // Told, not silently dropped: a last notification
+                            // says how much was missed, then the
+                            // subscription ends.
+                            let msg = json_message(&json!({
+                                "error": "lagged",
+                                "missed_blocks": k,
+                                "message": format!("subscriber fell behind by {k} blocks; resubscribe and fetch the gap with ledger_getBlock"),
+                            }))?;
+                            let _ = sink.send(msg).await;
+                            return Err(format!("subscriber fell behind by {k} blocks").into());
+                        }
+                        Err(broadcast::error::RecvError::Closed) => return Ok(()),
+                    }
+                }
+            }
+        },
+    )?;
+    Ok(m)
+}
+
+async fn submit(params: Params<'static>, ctx: Arc<Ctx>) -> Result<Value, ErrorObjectOwned> {
+    let (tx_hex, wait): (String, Option<String>) = params.parse()?;
+    let wait_commit = match wait.as_deref() {
+        None | Some("none") => false,
+        Some("commit") => true,
+        Some(other) => {
+            return Err(err(
+                codes::BAD_PARAM,
+                format!("wait `{other}`: expected \"none\" or \"commit\""),
+            ));
+        }
+    };
+    let bytes = hex_bytes(&tx_hex, "transaction")?;
+    // Subscribe before submitting, so the commit cannot slip by unseen.
+    let mut commits = ctx.shared.commits.subscribe();
+    let (tx, rx) = oneshot::channel();
+    ctx.ingress
+        .send(Submission {
+            bytes,
+            origin: Origin::Rpc(tx),
+        })
+        .await
+        .map_err(|_| err(codes::INTERNAL, "node is shutting down"))?;
+    let outcome = rx
+        .await
+        .map_err(|_| err(codes::INTERNAL, "node is shutting down"))?
+        .map_err(submit_error)?;
+    let hash = outcome.hash();
+    if let Submitted::Committed(_, rec) = &outcome {
+        return Ok(json!({
+            "hash": hash.to_hex(),
+            "status": "committed",
+            "height": rec.height,
+            "index": rec.index,
+            "receipt": receipt_json(&rec.receipt),
+        }));
+    }
+    if !wait_commit {
+        return Ok(json!({ "hash": hash.to_hex(), "status": "pending" }));
+    }
+    let wait = async {
+        loop {
+            match commits.recv().await {
+                Ok(n) => {
+                    if let Some((i, r)) = n
+                        .receipts
+                        .iter()
+                        .enumerate()
+                        .find(|(_, r)| r.tx_hash == hash)
+                    {
+                        return Ok((n.height, i, r.clone()));
+                    }
+                }
+                // Missed notices: the index has the answer.
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if let Ok(Some(rec)) = ctx.shared.store.transaction(&hash) {
+                        return Ok((rec.height, rec.index as usize, rec.receipt));
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => {
+                    return Err(err(codes::INTERNAL, "node is shutting down"));
+                }
+            }
+        }
+    };
+    match tokio::time::timeout(COMMIT_WAIT, wait).await {
+        Ok(Ok((height, index, receipt))) => {
+            // The receipt in the block may be `duplicate` when another copy
+            // applied first; the index holds the first receipt of a hash.
+            let first = ctx.shared.store.transaction(&hash).map_err(internal)?;
+            let (height, index, receipt) = match first {
+                Some(rec) => (rec.height, rec.index as usize, rec.receipt),
+                None => (height, index, receipt),
+            };
+            Ok(json!({
+                "hash": hash.to_hex(),
+                "status": "committed",
+                "height": height,
+                "index": index,
+                "receipt": receipt_json(&receipt),
+            }))
+        }
+        Ok(Err(e)) => Err(e),
+        Err(_) => Err(err(
+            codes::COMMIT_TIMEOUT,
+            format!(
+                "not committed within {} s; it stays pending (ask ledger_getTransaction)",
+                COMMIT_WAIT.as_secs()
+            ),
+        )),
+    }
+}

@@ -1,0 +1,100 @@
+//! What the node's tasks share: the store, the mempool, consensus status and
+//! the stream of commits.
+//!
+//! This module owns nothing but the handles; every rule lives with the task
+//! that applies it (admission in `ingress`, ordering in `runtime`, answers
+//! in `rpc`).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use phalanx_crypto::{ChainId, Digest, PublicKey};
+use phalanx_ledger::Receipt;
+use phalanx_storage::Store;
+use tokio::sync::{Notify, broadcast, watch};
+
+use crate::mempool::Mempool;
+use crate::net::NetStats;
+use crate::runtime::Status;
+
+/// Commit notices buffered per subscriber before it counts as lagging.
+pub const COMMIT_CHANNEL: usize = 1024;
+
+/// One committed block, as subscribers see it.
+#[derive(Clone, Debug)]
+pub struct CommitNotice {
+    /// Height.
+    pub height: u64,
+    /// Block id.
+    pub block_id: Digest,
+    /// State root after it.
+    pub state_root: Digest,
+    /// One receipt per payload item, in order.
+    pub receipts: Arc<Vec<Receipt>>,
+}
+
+/// Handles shared by the node's tasks.
+pub struct Shared {
+    /// The store.
+    pub store: Arc<Store>,
+    /// The chain.
+    pub chain: ChainId,
+    /// This validator's key.
+    pub validator: PublicKey,
+    /// Validators in the set.
+    pub validators: usize,
+    /// The mempool.
+    pub mempool: Mutex<Mempool>,
+    /// Signalled when transactions enter the mempool.
+    pub new_txs: Notify,
+    /// Consensus status.
+    pub status: watch::Receiver<Status>,
+    /// Committed blocks, in order.
+    pub commits: broadcast::Sender<CommitNotice>,
+    /// Network counters.
+    pub net: Arc<NetStats>,
+    /// Highest block height seen in a verified proposal.
+    pub best_seen_height: AtomicU64,
+    /// Wall-clock ms of the last commit.
+    pub last_commit_ms: AtomicU64,
+}
+
+impl Shared {
+    /// The mempool, locked. A panic while holding the lock leaves a pool
+    /// whose maps may disagree; the node stops on panics, so the poison is
+    /// not inherited by anything that matters.
+    pub fn pool(&self) -> MutexGuard<'_, Mempool> {
+        self.mempool.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Records a commit for readiness.
+    pub fn note_commit(&self, height: u64) {
+        self.last_commit_ms.store(now_ms(), Ordering::Relaxed);
+        self.best_seen_height.fetch_max(height, Ordering::Relaxed);
+    }
+
+    /// Ready: committed within `max_lag` blocks of the best height seen and
+    /// within `max_silence_ms` of now.
+    pub fn ready(&self, max_lag: u64, max_silence_ms: u64) -> Result<(), String> {
+        let h = self.store.head().height;
+        let best = self.best_seen_height.load(Ordering::Relaxed);
+        if best > h + max_lag {
+            return Err(format!("syncing: at height {h}, peers at {best}"));
+        }
+        let last = self.last_commit_ms.load(Ordering::Relaxed);
+        let age = now_ms().saturating_sub(last);
+        if last == 0 || age > max_silence_ms {
+            return Err(format!("no commit for {age} ms"));
+        }
+        Ok(())
+    }
+}
+
+/// Wall-clock milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}

@@ -1,0 +1,243 @@
+//! The JSON-RPC API of real nodes: transfers end to end, and a stable error
+//! for each class of bad input.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use phalanx_tests::{Cluster, ClusterOptions, account, hex_encode, transfer_hex};
+use serde_json::{Value, json};
+
+fn wait_rpc_up(c: &mut Cluster) {
+    c.wait_until("every node serves RPC", |c| {
+        (0..c.nodes.len()).all(|i| c.rpc(i, "ledger_status", vec![]).is_ok())
+    });
+}
+
+#[test]
+fn transfers_commit_on_every_node_exactly_once_and_conserve_supply() {
+    let mut c = Cluster::new(ClusterOptions::default());
+    c.start_all();
+    wait_rpc_up(&mut c);
+    let chain = c.genesis.chain_id.clone();
+    let accounts = c.genesis.accounts.len() as u64;
+    let supply: u128 = c.genesis.accounts.iter().map(|a| a.balance as u128).sum();
+
+    // 8 senders × 5 nonces, spread over the four nodes (gossip carries
+    // each to the others).
+    let mut hashes = Vec::new();
+    for nonce in 0..5u64 {
+        for from in 0..8u64 {
+            let to = account((from + 1) % accounts).public();
+            let tx = transfer_hex(&chain, from, nonce, &to, 10 + nonce);
+            let r = c
+                .rpc(
+                    (from % 4) as usize,
+                    "ledger_submitTransaction",
+                    vec![json!(tx), json!("none")],
+                )
+                .unwrap();
+            assert_eq!(r["status"], "pending", "{r}");
+            hashes.push((r["hash"].as_str().unwrap().to_string(), tx));
+        }
+    }
+    // Waiting for a commit answers with the receipt.
+    let last = transfer_hex(&chain, 9, 0, &account(10).public(), 1);
+    let r = c
+        .rpc(
+            3,
+            "ledger_submitTransaction",
+            vec![json!(last), json!("commit")],
+        )
+        .unwrap();
+    assert_eq!(r["status"], "committed", "{r}");
+    assert_eq!(r["receipt"]["status"], "applied", "{r}");
+
+    c.wait_until("every transfer is committed", |c| {
+        hashes.iter().all(|(h, _)| {
+            c.rpc(0, "ledger_getTransaction", vec![json!(h)])
+                .is_ok_and(|v| v["status"] == "committed")
+        })
+    });
+    for (h, _) in &hashes {
+        let v = c.rpc(1, "ledger_getTransaction", vec![json!(h)]).unwrap();
+        assert_eq!(v["receipt"]["status"], "applied", "{h}: {v}");
+    }
+    // Submitting one again returns the same hash and its first receipt;
+    // nothing is applied twice.
+    let (h0, tx0) = &hashes[0];
+    let again = c
+        .rpc(
+            2,
+            "ledger_submitTransaction",
+            vec![json!(tx0), json!("commit")],
+        )
+        .unwrap();
+    assert_eq!(again["hash"], json!(h0));
+    assert_eq!(again["status"], "committed");
+
+    // Every node: the same accounts, supply conserved, nonces exact.
+    let target = (0..4).map(|i| c.rpc_height(i)).max().unwrap();
+    c.wait_until("all nodes reach the same height", |c| {
+        (0..4).all(|i| c.rpc_height(i) >= target)
+    });
+    let mut views: Vec<Vec<Value>> = Vec::new();
+    for i in 0..4 {
+        let mut total: u128 = 0;
+        let mut accts = Vec::new();
+        for a in 0..accounts {
+            let v = c
+                .rpc(
+                    i,
+                    "ledger_getAccount",
+                    vec![json!(account(a).public().to_hex())],
+                )
+                .unwrap();
+            total += v["balance"].as_u64().unwrap() as u128;
+            if a < 8 {
+                assert_eq!(v["nonce"], 5, "node {i} account {a}");
+            }
+            accts.push(json!([v["balance"], v["nonce"]]));
+        }
+        assert_eq!(total, supply, "supply on node {i}");
+        views.push(accts);
+    }
+    assert!(views.windows(2).all(|w| w[0] == w[1]), "nodes disagree");
+    // The same block at every height on every node.
+    for h in 1..=target {
+        let ids: Vec<Value> = (0..4)
+            .map(|i| c.rpc(i, "ledger_getBlock", vec![json!(h)]).unwrap()["block_id"].clone())
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] == w[1]), "height {h}: {ids:?}");
+    }
+    let latest = c.rpc(0, "ledger_getBlock", vec![json!("latest")]).unwrap();
+    assert!(latest["certificate"]["signers"].as_array().unwrap().len() >= 3);
+}
+
+fn code(c: &Cluster, method: &str, params: Vec<Value>) -> i32 {
+    match c.rpc(0, method, params) {
+        Ok(v) => panic!("{method} succeeded: {v}"),
+        Err(e) => e.code,
+    }
+}
+
+#[test]
+fn each_bad_input_gets_its_error_code_over_http() {
+    let mut c = Cluster::new(ClusterOptions {
+        extra_config: "mempool_max_txs = 3".into(),
+        ..ClusterOptions::default()
+    });
+    c.start_all();
+    wait_rpc_up(&mut c);
+    c.wait_until("node 0 is ready", |c| {
+        c.http_get(0, "/readyz").is_some_and(|(s, _)| s == 200)
+    });
+    assert_eq!(c.http_get(0, "/livez").unwrap().0, 200);
+    let chain = c.genesis.chain_id.clone();
+    let to = account(1).public();
+    let submit = |tx: String| vec![json!(tx), json!("none")];
+
+    // Transport-level: parse error, unknown method, oversized body.
+    let (status, body) = c.http_post(0, b"{not json").unwrap();
+    assert!(body.contains("-32700"), "{status} {body}");
+    assert_eq!(code(&c, "ledger_noSuchMethod", vec![]), -32601);
+    let huge = vec![b' '; 300 * 1024];
+    let (status, _) = c.http_post(0, &huge).unwrap();
+    assert_eq!(status, 413, "a body over the limit is refused");
+
+    // Parameters.
+    assert_eq!(
+        code(&c, "ledger_submitTransaction", submit("zz".into())),
+        1001
+    );
+    assert_eq!(
+        code(&c, "ledger_submitTransaction", submit("00ff".into())),
+        1002
+    );
+    assert_eq!(
+        code(&c, "ledger_submitTransaction", submit("ab".repeat(2000))),
+        1003
+    );
+    let mut bad_sig = hex::decode(transfer_hex(&chain, 0, 0, &to, 5)).unwrap();
+    let n = bad_sig.len();
+    bad_sig[n - 1] ^= 1;
+    assert_eq!(
+        code(&c, "ledger_submitTransaction", submit(hex_encode(&bad_sig))),
+        1004
+    );
+    let other = phalanx_crypto::ChainId::new("other-chain").unwrap();
+    assert_eq!(
+        code(
+            &c,
+            "ledger_submitTransaction",
+            submit(transfer_hex(&other, 0, 0, &to, 5))
+        ),
+        1005
+    );
+    assert_eq!(
+        code(
+            &c,
+            "ledger_submitTransaction",
+            submit(transfer_hex(&chain, 0, 1000, &to, 5))
+        ),
+        1007
+    );
+    assert_eq!(
+        code(
+            &c,
+            "ledger_submitTransaction",
+            submit(transfer_hex(&chain, 0, 0, &to, u64::MAX))
+        ),
+        1008
+    );
+    assert_eq!(
+        code(
+            &c,
+            "ledger_submitTransaction",
+            vec![json!("00"), json!("later")]
+        ),
+        1013
+    );
+    // Nonce too low: once nonce 0 is committed, another transfer with it.
+    let r = c
+        .rpc(
+            0,
+            "ledger_submitTransaction",
+            vec![json!(transfer_hex(&chain, 2, 0, &to, 5)), json!("commit")],
+        )
+        .unwrap();
+    assert_eq!(r["status"], "committed");
+    assert_eq!(
+        code(
+            &c,
+            "ledger_submitTransaction",
+            submit(transfer_hex(&chain, 2, 0, &to, 6))
+        ),
+        1006
+    );
+    // Mempool full: three transactions that cannot be proposed (nonce gap)
+    // fill a pool of three.
+    for nonce in 2..5 {
+        let tx = transfer_hex(&chain, 3, nonce, &to, 1);
+        c.rpc(0, "ledger_submitTransaction", submit(tx)).unwrap();
+    }
+    assert_eq!(
+        code(
+            &c,
+            "ledger_submitTransaction",
+            submit(transfer_hex(&chain, 4, 0, &to, 1))
+        ),
+        1009
+    );
+    // Queries.
+    assert_eq!(code(&c, "ledger_getBlock", vec![json!(1_000_000)]), 1012);
+    assert_eq!(code(&c, "ledger_getBlock", vec![json!("tip")]), 1013);
+    assert_eq!(code(&c, "ledger_getAccount", vec![json!("1234")]), 1013);
+    assert_eq!(code(&c, "ledger_getTransaction", vec![json!("xyz")]), 1001);
+    assert_eq!(code(&c, "ledger_getTransaction", vec![]), -32602);
+    let unknown = c
+        .rpc(0, "ledger_getTransaction", vec![json!("00".repeat(32))])
+        .unwrap();
+    assert_eq!(unknown["status"], "unknown");
+    // The node is still up and committing after all of it.
+    let h = c.rpc_height(0);
+    c.wait_until("node 0 still commits", |c| c.rpc_height(0) > h);
+}
