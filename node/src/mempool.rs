@@ -8,7 +8,7 @@
 //! so that execution can skip re-verifying a block's transactions the pool
 //! already verified. It never touches the network or the disk.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 
 use phalanx_crypto::Digest;
 use phalanx_ledger::{Account, SignedTransfer};
@@ -86,8 +86,16 @@ struct Entry {
     bytes: Vec<u8>,
     raw: Digest,
     seq: u64,
-    /// Height of the uncommitted block carrying it, if any.
-    in_flight: Option<u64>,
+    /// The uncommitted block carrying it, if any.
+    in_flight: Option<InFlight>,
+}
+
+/// Where a pending transaction sits in an uncommitted block.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct InFlight {
+    height: u64,
+    /// `None`: this node's own proposal, whose id is not known yet.
+    block: Option<Digest>,
 }
 
 /// The pool.
@@ -97,6 +105,9 @@ pub struct Mempool {
     by_raw: HashMap<Digest, Digest>,
     by_sender: HashMap<[u8; 32], BTreeMap<u64, Digest>>,
     arrival: BTreeMap<u64, Digest>,
+    /// Exact-bytes hashes seen in uncommitted blocks, so a transaction that
+    /// arrives after the block carrying it is marked at once.
+    in_blocks: HashMap<Digest, InFlight>,
     next_seq: u64,
     bytes: usize,
 }
@@ -119,6 +130,7 @@ impl Mempool {
             by_raw: HashMap::new(),
             by_sender: HashMap::new(),
             arrival: BTreeMap::new(),
+            in_blocks: HashMap::new(),
             next_seq: 0,
             bytes: 0,
         }
@@ -220,7 +232,7 @@ impl Mempool {
                 bytes,
                 raw,
                 seq,
-                in_flight: None,
+                in_flight: self.in_blocks.get(&raw).copied(),
             },
         );
         Ok(Admitted::New)
@@ -229,14 +241,25 @@ impl Mempool {
     /// Chooses up to `max_txs` transactions and `max_bytes` bytes for a
     /// block at `height`, oldest first, each sender's in nonce order
     /// starting at its committed nonce (`nonce_of`) and past those already
-    /// in uncommitted blocks. The chosen are marked in flight.
+    /// in the new block's uncommitted ancestors (`ancestors`; a transaction
+    /// in a block off that chain, which can never commit, is proposed
+    /// again). The chosen are marked in flight.
     pub fn select(
         &mut self,
         height: u64,
         max_txs: usize,
         max_bytes: usize,
+        ancestors: &HashSet<Digest>,
         nonce_of: impl Fn(&SignedTransfer) -> u64,
     ) -> Vec<Vec<u8>> {
+        // In flight on the chain being extended: never proposed twice.
+        let blocked = |f: &Option<InFlight>| match f {
+            None => false,
+            Some(InFlight { block: None, .. }) => true,
+            Some(InFlight {
+                block: Some(id), ..
+            }) => ancestors.contains(id),
+        };
         let mut next: HashMap<[u8; 32], u64> = HashMap::new();
         let mut chosen: Vec<Digest> = Vec::new();
         let mut bytes = 0usize;
@@ -245,7 +268,7 @@ impl Mempool {
             let Some(e) = self.entries.get(&h) else {
                 continue;
             };
-            if e.in_flight.is_some() {
+            if blocked(&e.in_flight) {
                 continue;
             }
             let key = e.tx.transfer.sender.to_bytes();
@@ -261,7 +284,7 @@ impl Mempool {
                 let Some(cand) = self.entries.get(hash) else {
                     break;
                 };
-                if cand.in_flight.is_none() {
+                if !blocked(&cand.in_flight) {
                     if chosen.len() == max_txs || bytes + cand.bytes.len() > max_bytes {
                         next.insert(key, n);
                         break 'outer;
@@ -276,22 +299,31 @@ impl Mempool {
         let mut out = Vec::with_capacity(chosen.len());
         for h in chosen {
             if let Some(e) = self.entries.get_mut(&h) {
-                e.in_flight = Some(height);
+                e.in_flight = Some(InFlight {
+                    height,
+                    block: None,
+                });
                 out.push(e.bytes.clone());
             }
         }
         out
     }
 
-    /// Marks the pool's copies of a block's transactions (by exact bytes
-    /// hash) as in flight at `height`, so the next leader does not propose
-    /// them again.
-    pub fn mark_in_flight(&mut self, raw_hashes: &[Digest], height: u64) {
+    /// Marks a block's transactions (by exact bytes hash) as in flight in
+    /// block `block` at `height`, so that a leader extending that block
+    /// does not propose them again. Remembered for transactions that arrive
+    /// later, until a block at that height commits.
+    pub fn mark_in_flight(&mut self, raw_hashes: &[Digest], height: u64, block: Digest) {
+        let f = InFlight {
+            height,
+            block: Some(block),
+        };
         for r in raw_hashes {
+            self.in_blocks.insert(*r, f);
             if let Some(h) = self.by_raw.get(r)
                 && let Some(e) = self.entries.get_mut(h)
             {
-                e.in_flight = Some(height);
+                e.in_flight = Some(f);
             }
         }
     }
@@ -328,10 +360,11 @@ impl Mempool {
             }
         }
         for e in self.entries.values_mut() {
-            if e.in_flight.is_some_and(|at| at <= height) {
+            if e.in_flight.is_some_and(|f| f.height <= height) {
                 e.in_flight = None;
             }
         }
+        self.in_blocks.retain(|_, f| f.height > height);
     }
 
     fn remove(&mut self, hash: &Digest) {
@@ -376,6 +409,10 @@ mod tests {
         let bytes = encode(&t);
         let h = t.hash();
         (t, bytes, h)
+    }
+
+    fn none() -> HashSet<Digest> {
+        HashSet::new()
     }
 
     fn acct(balance: u64, nonce: u64) -> Account {
@@ -444,14 +481,18 @@ mod tests {
         add(&mut p, 2, 0).unwrap();
         add(&mut p, 1, 0).unwrap();
         add(&mut p, 1, 3).unwrap(); // gap: not proposable yet
-        let block = p.select(1, 100, 1 << 20, |_| 0);
+        let block = p.select(1, 100, 1 << 20, &none(), |_| 0);
         assert_eq!(block.len(), 3, "1/0, 1/1 and 2/0; 1/3 waits for 1/2");
         // In flight: nothing more to propose at the next height.
-        assert!(p.select(2, 100, 1 << 20, |_| 0).is_empty());
+        assert!(p.select(2, 100, 1 << 20, &none(), |_| 0).is_empty());
         // The block at 1 never commits: at the commit of height 1 by another
         // block, they are proposable again.
         p.committed(1, &[], |_| 0);
-        assert_eq!(p.select(2, 2, 1 << 20, |_| 0).len(), 2, "bounded by count");
+        assert_eq!(
+            p.select(2, 2, 1 << 20, &none(), |_| 0).len(),
+            2,
+            "bounded by count"
+        );
     }
 
     #[test]
@@ -466,7 +507,7 @@ mod tests {
         // node's copy of nonce 1 made it in under another hash).
         p.committed(5, &[h0], |_| 2);
         assert_eq!(p.len(), 1, "only nonce 2 remains");
-        assert_eq!(p.select(6, 10, 1 << 20, |_| 2).len(), 1);
+        assert_eq!(p.select(6, 10, 1 << 20, &none(), |_| 2).len(), 1);
     }
 
     #[test]
@@ -481,7 +522,26 @@ mod tests {
         add(&mut p, 2, 0).unwrap();
         assert!(matches!(add(&mut p, 3, 0), Err(Rejection::Full { .. })));
         assert_eq!(p.bytes(), b.len() * 2);
-        p.mark_in_flight(&[Digest::of(&b)], 4);
+        let block = Digest::of(b"block");
+        p.mark_in_flight(&[Digest::of(&b)], 4, block);
         assert_eq!(p.proposable(), 1);
+        // In flight on the chain being extended: skipped; in a block off
+        // that chain: proposed again.
+        let on_chain: HashSet<Digest> = [block].into();
+        assert_eq!(p.select(5, 10, 1 << 20, &on_chain, |_| 0).len(), 1);
+        p.committed(4, &[], |_| 0);
+        let (t2, b2, h2) = tx(7, 0, 1);
+        let mut q = Mempool::new(MempoolLimits::default());
+        q.mark_in_flight(&[Digest::of(&b2)], 9, block);
+        q.insert(t2, b2, h2, acct(100, 0)).unwrap();
+        assert!(
+            q.select(10, 10, 1 << 20, &on_chain, |_| 0).is_empty(),
+            "marked on arrival"
+        );
+        assert_eq!(
+            q.select(10, 10, 1 << 20, &none(), |_| 0).len(),
+            1,
+            "dead block: proposed again"
+        );
     }
 }

@@ -102,6 +102,8 @@ pub struct Runtime {
     /// A payload this validator owes the core as leader, and when to hand
     /// it over if no transactions arrive before then.
     payload_due: Option<(View, Time)>,
+    /// Uncommitted blocks seen: id → (parent, height).
+    parents: std::collections::HashMap<Digest, (Digest, u64)>,
     payload_height: u64,
     payload_max_bytes: usize,
     empty_block_delay: Duration,
@@ -160,6 +162,7 @@ impl Runtime {
             max_block_txs: genesis.params.max_block_txs as usize,
             timer: None,
             payload_due: None,
+            parents: std::collections::HashMap::new(),
             payload_height: 0,
             payload_max_bytes: 0,
             empty_block_delay,
@@ -247,8 +250,7 @@ impl Runtime {
                         && now() >= at
                     {
                         self.timer = None;
-                        let span = info_span!("timeout", view = view.0);
-                        let _g = span.enter();
+                        info!(view = view.0, "view timed out");
                         let acts = self.core.handle(now(), Event::TimerFired { view });
                         self.queue.extend(acts);
                     }
@@ -305,8 +307,9 @@ impl Runtime {
                     && !items.is_empty()
                 {
                     let raw: Vec<Digest> = items.iter().map(|i| Digest::of(i)).collect();
-                    s.pool().mark_in_flight(&raw, b.height().0);
+                    s.pool().mark_in_flight(&raw, b.height().0, b.id());
                 }
+                self.track_block(&b);
             }
             Action::Send { to, msg } => {
                 self.net.send(to, Arc::new(encode(&msg)));
@@ -413,20 +416,48 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// Remembers an uncommitted block's parent, to know later which blocks
+    /// a proposal extends.
+    fn track_block(&mut self, b: &Block) {
+        let committed = self.core.committed().0.0;
+        self.parents.insert(b.id(), (b.header.parent, b.height().0));
+        self.parents.retain(|_, (_, h)| *h > committed);
+    }
+
+    /// The uncommitted blocks the next proposal extends: from the highest
+    /// certified block down to the last commit.
+    fn ancestors(&self) -> std::collections::HashSet<Digest> {
+        let mut out = std::collections::HashSet::new();
+        let mut id = self.core.safety().high_qc.payload.block_id;
+        while let Some((parent, _)) = self.parents.get(&id) {
+            if !out.insert(id) {
+                break;
+            }
+            id = *parent;
+        }
+        out
+    }
+
     fn propose(&mut self, view: View) -> Vec<Action> {
+        let ancestors = self.ancestors();
         let txs = match &self.shared {
             Some(s) => {
                 let store = &self.store;
                 // Room for the payload's own length prefixes.
                 let budget = self.payload_max_bytes.saturating_sub(64);
-                s.pool()
-                    .select(self.payload_height, self.max_block_txs, budget, |t| {
+                s.pool().select(
+                    self.payload_height,
+                    self.max_block_txs,
+                    budget,
+                    &ancestors,
+                    |t| {
                         store
                             .account(&t.transfer.sender)
                             .ok()
                             .flatten()
                             .map_or(0, |a| a.nonce)
-                    })
+                    },
+                )
             }
             None => Vec::new(),
         };

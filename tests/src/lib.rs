@@ -112,14 +112,24 @@ pub struct Cluster {
     pub genesis: Genesis,
 }
 
+/// Runs `phalanx init` for a home whose genesis is `genesis` (relative to
+/// the home) and returns the new validator key.
+pub fn init_home(home: &Path, p2p: u16, rpc: u16, genesis: &str) -> PublicKey {
+    run_init_with(home, p2p, rpc, genesis)
+}
+
 fn run_init(home: &Path, p2p: u16, rpc: u16) -> PublicKey {
+    run_init_with(home, p2p, rpc, "../genesis.json")
+}
+
+fn run_init_with(home: &Path, p2p: u16, rpc: u16, genesis: &str) -> PublicKey {
     let out = Command::new(phalanx_bin())
         .arg("init")
         .arg("--home")
         .arg(home)
         .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{p2p}")])
         .args(["--rpc-listen", &format!("127.0.0.1:{rpc}")])
-        .args(["--genesis", "../genesis.json", "--json"])
+        .args(["--genesis", genesis, "--json"])
         .output()
         .expect("running phalanx init");
     assert!(
@@ -204,6 +214,44 @@ impl Cluster {
             nodes,
             genesis,
         }
+    }
+
+    /// Adds a process holding a key outside the validator set. It runs
+    /// with its own genesis, which differs from the chain's only by listing
+    /// its key as a fifth validator, so it signs proposals and votes and
+    /// sends them to every real validator. Returns its index (not started).
+    pub fn add_impostor(&mut self) -> usize {
+        let home = self.dir.path().join("impostor");
+        let (p2p_port, rpc_port) = (free_port(), free_port());
+        let key = init_home(&home, p2p_port, rpc_port, "../genesis-impostor.json");
+        let mut extra = String::new();
+        for n in &self.nodes {
+            extra.push_str(&format!(
+                "\n[[peers]]\nkey = \"{}\"\naddr = \"/ip4/127.0.0.1/tcp/{}\"\n",
+                n.key.to_hex(),
+                n.p2p_port
+            ));
+        }
+        let cfg = home.join("config.toml");
+        let mut text = std::fs::read_to_string(&cfg).expect("config");
+        text.push_str(&extra);
+        std::fs::write(&cfg, text).expect("config");
+        let mut g = self.genesis.clone();
+        g.validators.push(key);
+        std::fs::write(
+            self.dir.path().join("genesis-impostor.json"),
+            serde_json::to_string_pretty(&g).expect("genesis JSON"),
+        )
+        .expect("writing genesis");
+        self.nodes.push(Node {
+            log: home.join("node.log"),
+            home,
+            key,
+            p2p_port,
+            rpc_port,
+            child: None,
+        });
+        self.nodes.len() - 1
     }
 
     /// Starts every node.

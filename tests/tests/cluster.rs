@@ -42,3 +42,127 @@ fn four_validators_commit_the_same_blocks_and_survive_a_crash() {
     // SIGTERM stops a node cleanly.
     assert_eq!(c.stop(0), Some(0), "clean exit on SIGTERM");
 }
+
+#[test]
+fn a_key_outside_the_validator_set_gets_nothing_accepted() {
+    let mut c = Cluster::new(ClusterOptions::default());
+    let imp = c.add_impostor();
+    c.start_all();
+    c.wait_until("the impostor is refused by every validator", |c| {
+        (0..4).all(|i| {
+            c.log_records(i).iter().any(|r| {
+                r["message"] == "consensus stream from a key outside the validator set refused"
+            })
+        })
+    });
+    let h = (0..4).map(|i| c.height(i)).max().unwrap();
+    c.wait_until("the validators keep committing", |c| {
+        (0..4).all(|i| c.height(i) >= h + 5)
+    });
+    assert_agreement(&c);
+    // Nothing the impostor signed made it into the chain: it never became
+    // a proposer of a committed block (as validator 4 of its own genesis)
+    // and the real validators never committed a block it committed.
+    let real = c.committed(0);
+    for (height, id) in c.committed(imp) {
+        if let Some(r) = real.get(&height) {
+            assert_ne!(r, &id, "the impostor's chain shares block {height}");
+        }
+    }
+}
+
+#[test]
+fn killing_the_leader_under_load_changes_view_and_loses_nothing_committed() {
+    use phalanx_tests::{account, transfer_hex};
+    use serde_json::json;
+    let mut c = Cluster::new(ClusterOptions::default());
+    c.start_all();
+    c.wait_until("every node serves RPC and commits", |c| {
+        (0..4).all(|i| c.rpc_height(i) >= 2)
+    });
+    let chain = c.genesis.chain_id.clone();
+    let status = c.rpc(0, "ledger_status", vec![]).unwrap();
+    let leader = status["leader"].as_u64().unwrap() as usize;
+    let others: Vec<usize> = (0..4).filter(|i| *i != leader).collect();
+    // Load: transfers acknowledged as committed before the kill, and
+    // pending ones submitted to the survivors around it.
+    let mut committed = Vec::new();
+    for from in 0..3u64 {
+        let tx = transfer_hex(&chain, from, 0, &account(15).public(), 7);
+        let r = c
+            .rpc(
+                others[0],
+                "ledger_submitTransaction",
+                vec![json!(tx), json!("commit")],
+            )
+            .unwrap();
+        assert_eq!(r["status"], "committed");
+        committed.push(r["hash"].as_str().unwrap().to_string());
+    }
+    let view_before = c.rpc(others[0], "ledger_status", vec![]).unwrap()["view"]
+        .as_u64()
+        .unwrap();
+    let mut pending = Vec::new();
+    for from in 3..9u64 {
+        let tx = transfer_hex(&chain, from, 0, &account(15).public(), 3);
+        let node = others[(from as usize) % others.len()];
+        let r = c
+            .rpc(
+                node,
+                "ledger_submitTransaction",
+                vec![json!(tx), json!("none")],
+            )
+            .unwrap();
+        pending.push(r["hash"].as_str().unwrap().to_string());
+        if from == 5 {
+            c.kill(leader);
+        }
+    }
+    // Commits resume through a view change, and every transaction the
+    // survivors accepted commits.
+    let mut polls = 0u32;
+    c.wait_until("every accepted transaction commits on the survivors", |c| {
+        polls += 1;
+        if polls.is_multiple_of(50) {
+            for i in &others {
+                let st: Vec<String> = pending
+                    .iter()
+                    .map(|h| {
+                        c.rpc(*i, "ledger_getTransaction", vec![json!(h)])
+                            .map(|v| v["status"].as_str().unwrap_or("?").to_string())
+                            .unwrap_or_else(|e| e.message)
+                    })
+                    .collect();
+                let s = c.rpc(*i, "ledger_status", vec![]).unwrap();
+                eprintln!(
+                    "node {i}: {st:?} mempool {} height {} view {}",
+                    s["mempool"], s["height"], s["view"]
+                );
+            }
+        }
+        pending.iter().chain(&committed).all(|h| {
+            others.iter().all(|i| {
+                c.rpc(*i, "ledger_getTransaction", vec![json!(h)])
+                    .is_ok_and(|v| v["status"] == "committed")
+            })
+        })
+    });
+    let view_after = c.rpc(others[0], "ledger_status", vec![]).unwrap()["view"]
+        .as_u64()
+        .unwrap();
+    assert!(
+        view_after > view_before + 1,
+        "views moved on: {view_before} → {view_after}"
+    );
+    let timeouts: usize = others
+        .iter()
+        .map(|i| {
+            c.log_records(*i)
+                .iter()
+                .filter(|r| r["message"] == "view timed out")
+                .count()
+        })
+        .sum();
+    assert!(timeouts > 0, "a view change happened");
+    assert_agreement(&c);
+}
