@@ -669,6 +669,17 @@ impl Core {
         }
     }
 
+    /// Follows the certificates of a message from beyond the view window.
+    /// Certificates are bounded in size and verified at the edge; unlike
+    /// the message itself they need no buffering, and moving to the view
+    /// after a certificate is always safe.
+    fn catch_up(&mut self, qc: QuorumCert, tc: Option<TimeoutCert>, from: ValidatorIndex) {
+        self.observe_qc(qc, from);
+        if let Some(tc) = tc {
+            self.observe_tc(tc, from);
+        }
+    }
+
     /// True if `view` is inside the window this validator accepts.
     fn in_window(&mut self, view: View) -> bool {
         if view.0 > self.view.0.saturating_add(self.cfg.future_view_window) {
@@ -725,6 +736,10 @@ impl Core {
         let block = &p.payload.block;
         let view = block.view();
         if !self.in_window(view) {
+            // Too far ahead to hold, but its certificates are verified
+            // proof of progress: follow them (and fetch what they certify),
+            // so a validator that fell far behind catches up.
+            self.catch_up(block.header.justify.clone(), p.payload.tc.clone(), from);
             return;
         }
         if p.signer != self.cfg.leader(view) {
@@ -901,6 +916,11 @@ impl Core {
     fn on_timeout_msg(&mut self, t: Verified<Timeout>) {
         let view = t.payload.view;
         if !self.in_window(view) {
+            self.catch_up(
+                t.payload.high_qc.clone(),
+                t.payload.high_tc.clone(),
+                t.signer,
+            );
             return;
         }
         let mut compact = t.signed().clone();

@@ -102,6 +102,8 @@ pub struct Runtime {
     /// A payload this validator owes the core as leader, and when to hand
     /// it over if no transactions arrive before then.
     payload_due: Option<(View, Time)>,
+    /// A stable checkpoint above the head, recorded once the head reaches it.
+    deferred_checkpoint: Option<phalanx_consensus::CheckpointCert>,
     /// Uncommitted blocks seen: id → (parent, height).
     parents: std::collections::HashMap<Digest, (Digest, u64)>,
     payload_height: u64,
@@ -162,6 +164,7 @@ impl Runtime {
             max_block_txs: genesis.params.max_block_txs as usize,
             timer: None,
             payload_due: None,
+            deferred_checkpoint: None,
             parents: std::collections::HashMap::new(),
             payload_height: 0,
             payload_max_bytes: 0,
@@ -263,6 +266,11 @@ impl Runtime {
     fn on_frame(&mut self, f: Inbound) -> Result<(), RuntimeError> {
         match self.verifier.verify_bytes(&f.bytes) {
             Ok(msg) => {
+                if let VerifiedMessage::BlockRequest(r) = &msg
+                    && self.serve_from_store(f.from, r)?
+                {
+                    return Ok(());
+                }
                 if let (VerifiedMessage::Proposal(p), Some(s)) = (&msg, &self.shared) {
                     // The chain's tip as peers see it (a proposal runs two
                     // blocks ahead of commits), for readiness.
@@ -381,6 +389,13 @@ impl Runtime {
                     .iter()
                     .filter(|r| r.status == phalanx_ledger::TxStatus::Applied)
                     .count();
+                if let Some(cp) = self
+                    .deferred_checkpoint
+                    .take_if(|cp| cp.payload.height.0 <= h.0)
+                {
+                    info!(height = cp.payload.height.0, "stable checkpoint");
+                    self.store.put_stable_checkpoint(&cp)?;
+                }
                 info!(
                     height = h.0,
                     block = %block.id().to_hex(),
@@ -400,8 +415,18 @@ impl Runtime {
                 ));
             }
             Action::StableCheckpoint(cp) => {
-                info!(height = cp.payload.height.0, "stable checkpoint");
-                self.store.put_stable_checkpoint(&cp)?;
+                // A validator catching up can see a checkpoint certified
+                // before it has executed that height: keep it until then.
+                if cp.payload.height.0 <= self.store.head().height {
+                    info!(height = cp.payload.height.0, "stable checkpoint");
+                    self.store.put_stable_checkpoint(&cp)?;
+                } else if self
+                    .deferred_checkpoint
+                    .as_ref()
+                    .is_none_or(|d| d.payload.height < cp.payload.height)
+                {
+                    self.deferred_checkpoint = Some(cp);
+                }
             }
             Action::Evidence(e) => {
                 warn!(
@@ -416,6 +441,46 @@ impl Runtime {
 }
 
 impl Runtime {
+    /// Answers a block request for a committed block from the store, which
+    /// keeps far more history than the core's memory. Returns false if the
+    /// block is not committed here (the core answers for uncommitted ones).
+    fn serve_from_store(
+        &mut self,
+        to: phalanx_crypto::ValidatorIndex,
+        r: &phalanx_consensus::BlockRequest,
+    ) -> Result<bool, RuntimeError> {
+        let Some(top) = self.store.height_of(&r.id)? else {
+            return Ok(false);
+        };
+        let count = (r.count as usize).min(phalanx_consensus::MAX_SYNC_BLOCKS);
+        let mut blocks = Vec::new();
+        let mut bytes = 0usize;
+        let mut h = top;
+        // Genesis is never sent: every validator has it.
+        while h > 0 && blocks.len() < count {
+            let Some(b) = self.store.block(h)? else { break };
+            bytes += b.payload.len() + 512;
+            if bytes > phalanx_consensus::MAX_MESSAGE_BYTES / 2 && !blocks.is_empty() {
+                break;
+            }
+            blocks.push(b);
+            h -= 1;
+        }
+        if blocks.is_empty() {
+            return Ok(false);
+        }
+        debug!(
+            peer = to.0,
+            from = top,
+            blocks = blocks.len(),
+            "serving committed blocks"
+        );
+        let msg =
+            phalanx_consensus::Message::BlockResponse(phalanx_consensus::BlockResponse { blocks });
+        self.net.send(to, Arc::new(encode(&msg)));
+        Ok(true)
+    }
+
     /// Remembers an uncommitted block's parent, to know later which blocks
     /// a proposal extends.
     fn track_block(&mut self, b: &Block) {

@@ -166,3 +166,36 @@ fn killing_the_leader_under_load_changes_view_and_loses_nothing_committed() {
     assert!(timeouts > 0, "a view change happened");
     assert_agreement(&c);
 }
+
+#[test]
+fn a_validator_down_for_hundreds_of_blocks_catches_up_by_block_sync() {
+    // A fast chain, so the gap passes both the view window (64) and the
+    // blocks the core keeps in memory (256): the restarted validator must
+    // follow certificates from beyond its window and fetch committed blocks
+    // that peers serve from their stores.
+    let mut c = Cluster::new(ClusterOptions {
+        extra_config: "empty_block_delay_ms = 10".into(),
+        params: phalanx_ledger::Params {
+            checkpoint_interval: 50,
+            base_timeout_ms: 250,
+            max_timeout_ms: 2000,
+            ..phalanx_ledger::Params::default()
+        },
+        ..ClusterOptions::default()
+    });
+    c.start_all();
+    c.wait_until("every node commits height 5", |c| {
+        (0..4).all(|i| c.height(i) >= 5)
+    });
+    c.kill(3);
+    let down_at = c.height(3);
+    c.wait_until("the others get 280 blocks ahead", |c| {
+        (0..3).all(|i| c.height(i) >= down_at + 280)
+    });
+    c.start(3);
+    let target = (0..3).map(|i| c.height(i)).max().unwrap();
+    c.wait_until("the restarted validator reaches the others' height", |c| {
+        c.height(3) >= target
+    });
+    assert_agreement(&c);
+}
