@@ -275,6 +275,54 @@ fn far_future_messages_are_dropped_not_buffered() {
 }
 
 #[test]
+fn a_certificate_from_beyond_the_window_is_followed_and_its_block_fetched() {
+    let mut n = net();
+    let mut c = n.core(0);
+    // A quorum certificate for a block in view 50, far past the window of
+    // 10 views, carried by a timeout for view 51.
+    let vote = Vote {
+        view: View(50),
+        height: Height(40),
+        block_id: Digest::of(b"a block this validator never saw"),
+    };
+    let votes: Vec<Verified<Vote>> = (1..4u16)
+        .map(|i| {
+            Verified::sign(
+                &n.keys[i as usize],
+                ValidatorIndex(i),
+                &n.cfg.chain_id,
+                vote.clone(),
+            )
+        })
+        .collect();
+    let qc = phalanx_crypto::Certificate::aggregate(&votes, n.verifier_set()).unwrap();
+    let t = Message::Timeout(
+        Verified::sign(
+            &n.keys[3],
+            ValidatorIndex(3),
+            &n.cfg.chain_id,
+            Timeout {
+                view: View(51),
+                high_qc: qc,
+                high_tc: None,
+            },
+        )
+        .into_signed(),
+    );
+    let actions = n.deliver(&mut c, 3, t, 2_100);
+    assert_eq!(
+        c.stats().future_dropped,
+        1,
+        "the timeout itself is not kept"
+    );
+    assert_eq!(c.view(), View(51), "the view after the certificate");
+    let asked = actions.iter().any(|a| {
+        matches!(a, Action::Send { msg: Message::BlockRequest(r), .. } if r.id == vote.block_id)
+    });
+    assert!(asked, "the certified block is fetched: {actions:?}");
+}
+
+#[test]
 fn timer_fires_a_persisted_timeout_and_no_vote_follows_in_that_view() {
     let mut n = net();
     let mut c = n.core(0);
