@@ -291,7 +291,7 @@ fn a_certificate_from_beyond_the_window_is_followed_and_its_block_fetched() {
                 &n.keys[i as usize],
                 ValidatorIndex(i),
                 &n.cfg.chain_id,
-                vote.clone(),
+                vote,
             )
         })
         .collect();
