@@ -13,3 +13,4 @@ pub mod net;
 pub mod rpc;
 pub mod runtime;
 pub mod shared;
+pub mod statesync;

@@ -198,7 +198,7 @@ fn start(home: &Path, log_format: Option<String>) -> Result<()> {
     }
     let data = Config::resolve(home, &cfg.data_dir);
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-    let store = Arc::new(Store::open(&data, &genesis, StoreOptions::default())?);
+    let store = Store::open(&data, &genesis, StoreOptions::default())?;
     info!(
         chain = %genesis.chain_id,
         validator = %key.public().to_hex(),
@@ -210,10 +210,9 @@ fn start(home: &Path, log_format: Option<String>) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let res = rt.block_on(run_node(cfg, genesis, key, store.clone()));
-    // Stop background tasks before the store closes.
+    let res = rt.block_on(run_node(cfg, genesis, key, store));
+    // Stop background tasks (which hold the store) before the lock goes.
     rt.shutdown_timeout(Duration::from_secs(5));
-    drop(store);
     drop(lock);
     match &res {
         Ok(()) => info!("stopped"),
@@ -222,7 +221,7 @@ fn start(home: &Path, log_format: Option<String>) -> Result<()> {
     res
 }
 
-async fn run_node(cfg: Config, genesis: Genesis, key: KeyPair, store: Arc<Store>) -> Result<()> {
+async fn run_node(cfg: Config, genesis: Genesis, key: KeyPair, store: Store) -> Result<()> {
     let listen: Multiaddr = cfg.listen.parse().context("listen")?;
     let mut peers = Vec::new();
     for p in &cfg.peers {
@@ -237,6 +236,21 @@ async fn run_node(cfg: Config, genesis: Genesis, key: KeyPair, store: Arc<Store>
         reconnect_base: Duration::from_millis(cfg.reconnect_base_ms),
         reconnect_max: Duration::from_millis(cfg.reconnect_max_ms),
     })?;
+    // A fresh (or wiped) validator restores the latest stable checkpoint
+    // from its peers before consensus starts.
+    let store = phalanx_node::statesync::sync_if_fresh(
+        network.control(),
+        network.other_validators(),
+        &genesis,
+        store,
+    )
+    .await?;
+    let store = Arc::new(store);
+    tokio::spawn(phalanx_node::statesync::serve(
+        network.control(),
+        Arc::new(network.validator_peer_ids()),
+        store.clone(),
+    ));
     if cfg.empty_block_delay_ms * 2 > genesis.params.base_timeout_ms {
         anyhow::bail!(
             "invalid config `empty_block_delay_ms`: {} ms is more than half the chain's base view timeout ({} ms)",

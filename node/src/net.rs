@@ -115,6 +115,9 @@ pub fn peer_id_of(key: &PublicKey) -> Result<PeerId, NetError> {
 pub struct Network {
     outbound: Arc<HashMap<ValidatorIndex, mpsc::Sender<Arc<Vec<u8>>>>>,
     stats: Arc<NetStats>,
+    control: libp2p_stream::Control,
+    peer_ids: Arc<HashMap<ValidatorIndex, PeerId>>,
+    me: PeerId,
 }
 
 impl Network {
@@ -138,6 +141,28 @@ impl Network {
     /// The counters.
     pub fn stats(&self) -> &Arc<NetStats> {
         &self.stats
+    }
+
+    /// A handle for other stream protocols (state sync).
+    pub fn control(&self) -> libp2p_stream::Control {
+        self.control.clone()
+    }
+
+    /// Peer ids of every validator but this one.
+    pub fn other_validators(&self) -> Vec<PeerId> {
+        let mut v: Vec<(ValidatorIndex, PeerId)> = self
+            .peer_ids
+            .iter()
+            .filter(|(_, p)| **p != self.me)
+            .map(|(i, p)| (*i, *p))
+            .collect();
+        v.sort_by_key(|(i, _)| i.0);
+        v.into_iter().map(|(_, p)| p).collect()
+    }
+
+    /// Peer ids of every validator.
+    pub fn validator_peer_ids(&self) -> std::collections::HashSet<PeerId> {
+        self.peer_ids.values().copied().collect()
     }
 }
 
@@ -238,6 +263,8 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
             cfg.reconnect_max,
         ));
     }
+    let peer_ids: HashMap<ValidatorIndex, PeerId> =
+        index_of.iter().map(|(p, i)| (*i, *p)).collect();
     let (gossip_out_tx, gossip_out_rx) = mpsc::channel(crate::ingress::INGRESS_QUEUE);
     let (gossip_in_tx, gossip_in_rx) = mpsc::channel(256);
     tokio::spawn(swarm_loop(
@@ -257,6 +284,9 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
         Network {
             outbound: Arc::new(outbound),
             stats,
+            control,
+            peer_ids: Arc::new(peer_ids),
+            me,
         },
         in_rx,
         Gossip {

@@ -140,6 +140,10 @@ impl Runtime {
             .ok_or_else(|| RuntimeError::Missing(format!("head certificate {}", head.height)))?;
         let safety = match store.load_safety()? {
             Some(s) => s,
+            // Never signed from this store: a new validator, or one whose
+            // data was wiped and state-synced (its highest certificate is
+            // then the commit certificate of the restored checkpoint).
+            None if head.height > 0 => SafetyState::initial(cert.clone()),
             None => SafetyState::initial(genesis_qc(&genesis_block)),
         };
         let restore = Restore {

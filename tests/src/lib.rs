@@ -326,6 +326,32 @@ impl Cluster {
             .collect()
     }
 
+    /// The log records of node `i` since it last started.
+    pub fn records_since_start(&self, i: usize) -> Vec<serde_json::Value> {
+        let all = self.log_records(i);
+        let from = all
+            .iter()
+            .rposition(|r| r["message"] == "store open")
+            .unwrap_or(0);
+        all[from..].to_vec()
+    }
+
+    /// Deletes node `i`'s data directory (it must be stopped).
+    pub fn wipe_data(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "stop node {i} first");
+        let data = self.nodes[i].home.join("data");
+        std::fs::remove_dir_all(&data).expect("removing the data directory");
+    }
+
+    /// Height → state root node `i` logged at each commit.
+    pub fn roots(&self, i: usize) -> BTreeMap<u64, String> {
+        self.log_records(i)
+            .into_iter()
+            .filter(|r| r["message"] == "committed")
+            .filter_map(|r| Some((r["height"].as_u64()?, r["state_root"].as_str()?.to_string())))
+            .collect()
+    }
+
     /// Height → block id of every block node `i` logged as committed.
     pub fn committed(&self, i: usize) -> BTreeMap<u64, String> {
         self.log_records(i)

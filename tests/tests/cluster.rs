@@ -199,3 +199,75 @@ fn a_validator_down_for_hundreds_of_blocks_catches_up_by_block_sync() {
     });
     assert_agreement(&c);
 }
+
+#[test]
+fn a_wiped_validator_state_syncs_from_a_checkpoint_and_rejoins() {
+    use phalanx_tests::{account, transfer_hex};
+    use serde_json::json;
+    let mut c = Cluster::new(ClusterOptions {
+        extra_config: "empty_block_delay_ms = 50".into(),
+        ..ClusterOptions::default()
+    });
+    c.start_all();
+    c.wait_until("every node serves RPC", |c| {
+        (0..4).all(|i| c.rpc(i, "ledger_status", vec![]).is_ok())
+    });
+    // Some state beyond genesis.
+    let chain = c.genesis.chain_id.clone();
+    for from in 0..4u64 {
+        let tx = transfer_hex(&chain, from, 0, &account(20 + from).public(), 1000);
+        let r = c
+            .rpc(
+                0,
+                "ledger_submitTransaction",
+                vec![json!(tx), json!("commit")],
+            )
+            .unwrap();
+        assert_eq!(r["receipt"]["status"], "applied");
+    }
+    // At least three checkpoints (every 10 blocks).
+    c.wait_until("three checkpoints", |c| (0..4).all(|i| c.height(i) >= 35));
+    c.kill(3);
+    c.wipe_data(3);
+    c.start(3);
+    c.wait_until("the wiped validator state-syncs", |c| {
+        c.records_since_start(3)
+            .iter()
+            .any(|r| r["message"] == "state sync complete")
+    });
+    let synced_at = c
+        .records_since_start(3)
+        .iter()
+        .find(|r| r["message"] == "state sync complete")
+        .and_then(|r| r["height"].as_u64())
+        .unwrap();
+    assert!(synced_at >= 30, "restored checkpoint {synced_at}");
+    let target = (0..3).map(|i| c.height(i)).max().unwrap() + 3;
+    c.wait_until("it rejoins and commits new blocks", |c| {
+        c.height(3) >= target
+    });
+    // It never re-executed from genesis: its first commit since the restart
+    // is above the restored checkpoint.
+    let first = c
+        .records_since_start(3)
+        .iter()
+        .filter(|r| r["message"] == "committed")
+        .filter_map(|r| r["height"].as_u64())
+        .min()
+        .unwrap();
+    assert!(
+        first > synced_at,
+        "first commit {first} after sync at {synced_at}"
+    );
+    // Same state roots as the others at every height both committed.
+    let (r0, r3) = (c.roots(0), c.roots(3));
+    let mut compared = 0;
+    for (h, root) in r3.range(synced_at + 1..) {
+        if let Some(other) = r0.get(h) {
+            assert_eq!(root, other, "state root at {h}");
+            compared += 1;
+        }
+    }
+    assert!(compared > 0);
+    assert_agreement(&c);
+}
