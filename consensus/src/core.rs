@@ -1110,7 +1110,10 @@ impl Core {
                 || (b.height() >= keep_from && committed_ids.get(&b.height()) == Some(id))
         });
         let blocks = &self.blocks;
-        self.qcs.retain(|id, _| blocks.contains_key(id));
+        // A certificate for a block above the commit that is still being
+        // fetched stays: the block's commit needs it when it arrives.
+        self.qcs
+            .retain(|id, qc| blocks.contains_key(id) || qc.payload.height > h);
         self.committed_ids = self.committed_ids.split_off(&keep_from);
         self.wanted.retain(|id, _| !blocks.contains_key(id));
     }

@@ -64,6 +64,9 @@ pub enum VerifyError {
     /// A sync request or response over its bound.
     #[error("sync message over bound: {0}")]
     SyncBound(&'static str),
+    /// Refused by the caller's cheap checks before any signature work.
+    #[error("not admitted: {0}")]
+    NotAdmitted(&'static str),
 }
 
 /// A block whose payload digest and justifying certificate have been checked.
@@ -166,11 +169,23 @@ impl Verifier {
 
     /// Decodes and verifies wire bytes.
     pub fn verify_bytes(&mut self, bytes: &[u8]) -> Result<VerifiedMessage, VerifyError> {
+        self.verify_bytes_if(bytes, |_| Ok(()))
+    }
+
+    /// Decodes wire bytes, lets `admit` refuse the message on cheap grounds
+    /// (its view, its sender's rate) before any signature is checked, then
+    /// verifies it. Messages verified before pass without `admit`.
+    pub fn verify_bytes_if(
+        &mut self,
+        bytes: &[u8],
+        admit: impl FnOnce(&Message) -> Result<(), &'static str>,
+    ) -> Result<VerifiedMessage, VerifyError> {
         let msg: Message = decode(bytes, MAX_MESSAGE_BYTES).map_err(VerifyError::Decode)?;
         let key = Digest::of(bytes);
         if self.messages.contains(&key) {
             return Ok(trusted(msg));
         }
+        admit(&msg).map_err(VerifyError::NotAdmitted)?;
         let verified = self.verify(msg)?;
         self.messages.insert(key);
         Ok(verified)

@@ -90,6 +90,10 @@ pub fn core_config(genesis: &Genesis) -> Result<CoreConfig, RuntimeError> {
     Ok(cfg)
 }
 
+/// How often one peer may have a message from beyond the view window
+/// verified, ms.
+const FAR_VIEW_INTERVAL_MS: u64 = 250;
+
 /// The consensus driver.
 pub struct Runtime {
     core: Core,
@@ -102,6 +106,8 @@ pub struct Runtime {
     /// A payload this validator owes the core as leader, and when to hand
     /// it over if no transactions arrive before then.
     payload_due: Option<(View, Time)>,
+    /// When each peer last had a message from beyond the window verified.
+    far_view_at: std::collections::HashMap<u16, u64>,
     /// A stable checkpoint above the head, recorded once the head reaches it.
     deferred_checkpoint: Option<phalanx_consensus::CheckpointCert>,
     /// Uncommitted blocks seen: id → (parent, height).
@@ -169,6 +175,7 @@ impl Runtime {
             timer: None,
             payload_due: None,
             deferred_checkpoint: None,
+            far_view_at: std::collections::HashMap::new(),
             parents: std::collections::HashMap::new(),
             payload_height: 0,
             payload_max_bytes: 0,
@@ -268,7 +275,32 @@ impl Runtime {
     }
 
     fn on_frame(&mut self, f: Inbound) -> Result<(), RuntimeError> {
-        match self.verifier.verify_bytes(&f.bytes) {
+        // Cheap checks before signatures: a message from beyond the view
+        // window is verified (for the certificates it carries, which is how
+        // a lagging validator catches up) at most once per peer per
+        // `FAR_VIEW_INTERVAL`; the rest are dropped unverified.
+        let view = self.core.view().0;
+        let window = self.core.config().future_view_window;
+        let now_ms = now().0;
+        let last = self.far_view_at.get(&f.from.0).copied();
+        let mut admitted_far = false;
+        let admit = |m: &phalanx_consensus::Message| -> Result<(), &'static str> {
+            match m.view() {
+                Some(v) if v.0 > view.saturating_add(window) => {
+                    if last.is_some_and(|t| now_ms < t + FAR_VIEW_INTERVAL_MS) {
+                        return Err("beyond the view window");
+                    }
+                    admitted_far = true;
+                    Ok(())
+                }
+                _ => Ok(()),
+            }
+        };
+        let verified = self.verifier.verify_bytes_if(&f.bytes, admit);
+        if admitted_far {
+            self.far_view_at.insert(f.from.0, now_ms);
+        }
+        match verified {
             Ok(msg) => {
                 if let VerifiedMessage::BlockRequest(r) = &msg
                     && self.serve_from_store(f.from, r)?

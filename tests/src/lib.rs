@@ -284,6 +284,66 @@ impl Cluster {
         n.child = Some(child);
     }
 
+    /// Runs a second `phalanx start` on node `i`'s home and returns its exit
+    /// code and output once it exits (killed after 30 s if it does not).
+    pub fn start_again(&self, i: usize) -> (Option<i32>, String) {
+        let mut child = Command::new(phalanx_bin())
+            .arg("start")
+            .arg("--home")
+            .arg(&self.nodes[i].home)
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawning phalanx start");
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let code = loop {
+            if let Ok(Some(st)) = child.try_wait() {
+                break st.code();
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                break None;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        let out = child.wait_with_output().map(|o| {
+            String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
+        });
+        (code, out.unwrap_or_default())
+    }
+
+    /// Receives `n` notifications of `ledger_subscribeBlocks` from node `i`
+    /// over WebSocket.
+    pub fn subscribe_blocks(&self, i: usize, n: usize) -> Vec<serde_json::Value> {
+        use jsonrpsee_core::client::SubscriptionClientT;
+        use jsonrpsee_core::params::ArrayParams;
+        let url = format!("ws://127.0.0.1:{}", self.nodes[i].rpc_port);
+        runtime().block_on(async move {
+            let client = jsonrpsee_ws_client::WsClientBuilder::default()
+                .build(&url)
+                .await
+                .expect("WebSocket connection");
+            let mut sub = client
+                .subscribe::<serde_json::Value, _>(
+                    "ledger_subscribeBlocks",
+                    ArrayParams::new(),
+                    "ledger_unsubscribeBlocks",
+                )
+                .await
+                .expect("subscription");
+            let mut out = Vec::new();
+            while out.len() < n {
+                match tokio::time::timeout(PATIENCE, sub.next()).await {
+                    Ok(Some(Ok(v))) => out.push(v),
+                    other => panic!("subscription ended: {other:?}"),
+                }
+            }
+            out
+        })
+    }
+
     /// SIGKILLs node `i`.
     pub fn kill(&mut self, i: usize) {
         if let Some(mut c) = self.nodes[i].child.take() {

@@ -27,6 +27,19 @@ fn four_validators_commit_the_same_blocks_and_survive_a_crash() {
     });
     assert_agreement(&c);
 
+    // A second process on the same home is refused: one key, one signer.
+    let (code, out) = c.start_again(1);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(out.contains("another phalanx process"), "{out}");
+
+    // Blocks stream to a WebSocket subscriber, one notification each.
+    let notes = c.subscribe_blocks(2, 3);
+    let heights: Vec<u64> = notes
+        .iter()
+        .map(|n| n["height"].as_u64().unwrap())
+        .collect();
+    assert!(heights.windows(2).all(|w| w[1] == w[0] + 1), "{heights:?}");
+
     // One validator killed: the other three keep committing.
     c.kill(3);
     let h = (0..3).map(|i| c.height(i)).max().unwrap();
