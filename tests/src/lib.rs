@@ -296,18 +296,7 @@ impl Cluster {
             .stderr(Stdio::piped())
             .spawn()
             .expect("spawning phalanx start");
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let code = loop {
-            if let Ok(Some(st)) = child.try_wait() {
-                break st.code();
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                let _ = child.wait();
-                break None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
+        let code = wait_exit(&mut child, Duration::from_secs(30));
         let out = child.wait_with_output().map(|o| {
             String::from_utf8_lossy(&o.stdout).to_string() + &String::from_utf8_lossy(&o.stderr)
         });
@@ -356,18 +345,7 @@ impl Cluster {
     pub fn stop(&mut self, i: usize) -> Option<i32> {
         let mut c = self.nodes[i].child.take()?;
         sigterm(c.id());
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(st)) = c.try_wait() {
-                return st.code();
-            }
-            if Instant::now() > deadline {
-                let _ = c.kill();
-                let _ = c.wait();
-                return None;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
+        wait_exit(&mut c, Duration::from_secs(30))
     }
 
     /// Whether node `i`'s process has exited (reaping it if so).
@@ -462,6 +440,23 @@ impl Cluster {
             tails.push_str(&format!("--- node {i} ---\n{}\n", lines[from..].join("\n")));
         }
         panic!("timed out waiting for: {what}\n{tails}");
+    }
+}
+
+/// Waits up to `patience` for `child` to exit and returns its exit code;
+/// kills it (and returns `None`) if it does not.
+fn wait_exit(child: &mut Child, patience: Duration) -> Option<i32> {
+    let deadline = Instant::now() + patience;
+    loop {
+        if let Ok(Some(st)) = child.try_wait() {
+            return st.code();
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
 }
 
