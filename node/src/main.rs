@@ -1,5 +1,8 @@
 //! The `phalanx` binary: `init` writes a validator's home directory,
-//! `start` runs the node.
+//! `start` runs the node; `keys`, `tx`, `account` and `status` are the
+//! wallet.
+
+mod wallet;
 
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -53,6 +56,32 @@ enum Cmd {
         #[arg(long)]
         json: bool,
     },
+    /// Manage key files.
+    #[command(subcommand)]
+    Keys(wallet::KeysCmd),
+    /// Sign (offline) or send transfers.
+    #[command(subcommand)]
+    Tx(wallet::TxCmd),
+    /// Show an account's balance and nonce.
+    Account {
+        /// The address (hex).
+        address: String,
+        /// A node's JSON-RPC URL.
+        #[arg(long)]
+        rpc: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a node's status.
+    Status {
+        /// A node's JSON-RPC URL.
+        #[arg(long)]
+        rpc: String,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
     /// Run the node.
     Start {
         /// The home directory written by `phalanx init`.
@@ -76,6 +105,10 @@ fn main() -> std::process::ExitCode {
             json,
         } => init(&home, listen, rpc_listen, genesis, &peers, json),
         Cmd::Start { home, log_format } => start(&home, log_format),
+        Cmd::Keys(k) => wallet::keys(k),
+        Cmd::Tx(t) => wallet::tx(t),
+        Cmd::Account { address, rpc, json } => wallet::account(&address, &rpc, json),
+        Cmd::Status { rpc, json } => wallet::status(&rpc, json),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

@@ -44,6 +44,21 @@ pub fn phalanx_bin() -> PathBuf {
     .clone()
 }
 
+/// Runs the `phalanx` binary with `args` to completion: (exit code,
+/// stdout, stderr).
+pub fn phalanx(args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(phalanx_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("running phalanx");
+    (
+        out.status.code(),
+        String::from_utf8_lossy(&out.stdout).to_string(),
+        String::from_utf8_lossy(&out.stderr).to_string(),
+    )
+}
+
 /// A port free at the time of asking.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")

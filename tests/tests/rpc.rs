@@ -241,3 +241,102 @@ fn each_bad_input_gets_its_error_code_over_http() {
     let h = c.rpc_height(0);
     c.wait_until("node 0 still commits", |c| c.rpc_height(0) > h);
 }
+
+#[test]
+fn the_wallet_signs_offline_sends_and_reads_accounts() {
+    use phalanx_tests::phalanx;
+    let mut c = Cluster::new(ClusterOptions::default());
+    c.start_all();
+    wait_rpc_up(&mut c);
+    let rpc = c.rpc_url(1);
+    let dir = c.dir.path().to_path_buf();
+    // A funded demo account's key as a key file.
+    let funded = dir.join("funded.key");
+    account(3).save(&funded).unwrap();
+    let fresh = dir.join("fresh.key");
+    let (code, out, err) = phalanx(&["keys", "new", "--out", fresh.to_str().unwrap(), "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let to = serde_json::from_str::<Value>(&out).unwrap()["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let (_, shown, _) = phalanx(&["keys", "show", "--key", fresh.to_str().unwrap()]);
+    assert!(shown.contains(&to), "{shown}");
+
+    // Offline signing needs no node, and the result is accepted as is.
+    let chain = c.genesis.chain_id.to_string();
+    let (code, signed, err) = phalanx(&[
+        "tx",
+        "sign",
+        "--key",
+        funded.to_str().unwrap(),
+        "--to",
+        &to,
+        "--amount",
+        "5",
+        "--nonce",
+        "0",
+        "--chain-id",
+        &chain,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let r = c
+        .rpc(
+            0,
+            "ledger_submitTransaction",
+            vec![json!(signed.trim()), json!("commit")],
+        )
+        .unwrap();
+    assert_eq!(r["receipt"]["status"], "applied", "{r}");
+
+    // Send fetches the nonce (now 1) and waits for the commit.
+    let (code, out, err) = phalanx(&[
+        "tx",
+        "send",
+        "--rpc",
+        &rpc,
+        "--key",
+        funded.to_str().unwrap(),
+        "--to",
+        &to,
+        "--amount",
+        "7",
+        "--json",
+    ]);
+    assert_eq!(code, Some(0), "{err}");
+    let sent: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(sent["status"], "committed", "{sent}");
+    assert_eq!(sent["receipt"]["status"], "applied", "{sent}");
+
+    let (code, out, err) = phalanx(&["account", &to, "--rpc", &rpc, "--json"]);
+    assert_eq!(code, Some(0), "{err}");
+    let a: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(a["balance"], 12);
+    let (code, out, _) = phalanx(&["status", "--rpc", &rpc]);
+    assert_eq!(code, Some(0));
+    assert!(out.contains("phalanx-local"), "{out}");
+
+    // Errors are clear and exit non-zero.
+    let (code, _, err) = phalanx(&[
+        "tx",
+        "send",
+        "--rpc",
+        &rpc,
+        "--key",
+        funded.to_str().unwrap(),
+        "--to",
+        &to,
+        "--amount",
+        "1",
+        "--nonce",
+        "0",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("1006") && err.contains("nonce too low"),
+        "{err}"
+    );
+    let (code, _, err) = phalanx(&["account", "nothex", "--rpc", &rpc]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("address"), "{err}");
+}
