@@ -39,52 +39,49 @@ pub enum KeysCmd {
     },
 }
 
+/// What a transfer needs, for `tx sign` and `tx send`.
+#[derive(clap::Args)]
+pub struct TransferArgs {
+    /// The sender's key file.
+    #[arg(long)]
+    key: PathBuf,
+    /// Recipient address (hex).
+    #[arg(long)]
+    to: String,
+    /// Amount.
+    #[arg(long)]
+    amount: u64,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Subcommand)]
 pub enum TxCmd {
     /// Sign a transfer offline and print it as hex.
     Sign {
-        /// The sender's key file.
-        #[arg(long)]
-        key: PathBuf,
-        /// Recipient address (hex).
-        #[arg(long)]
-        to: String,
-        /// Amount.
-        #[arg(long)]
-        amount: u64,
+        #[command(flatten)]
+        transfer: TransferArgs,
         /// The sender's next nonce.
         #[arg(long)]
         nonce: u64,
         /// The chain id.
         #[arg(long)]
         chain_id: String,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
     /// Sign and submit a transfer, waiting for its commit.
     Send {
         /// A node's JSON-RPC URL.
         #[arg(long)]
         rpc: String,
-        /// The sender's key file.
-        #[arg(long)]
-        key: PathBuf,
-        /// Recipient address (hex).
-        #[arg(long)]
-        to: String,
-        /// Amount.
-        #[arg(long)]
-        amount: u64,
+        #[command(flatten)]
+        transfer: TransferArgs,
         /// Nonce (default: the account's next nonce, asked from the node).
         #[arg(long)]
         nonce: Option<u64>,
         /// Return once accepted into the mempool.
         #[arg(long)]
         no_wait: bool,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
     },
 }
 
@@ -168,12 +165,15 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
 pub fn tx(cmd: TxCmd) -> Result<()> {
     match cmd {
         TxCmd::Sign {
-            key,
-            to,
-            amount,
+            transfer:
+                TransferArgs {
+                    key,
+                    to,
+                    amount,
+                    json: j,
+                },
             nonce,
             chain_id,
-            json: j,
         } => {
             let key = load_key(&key)?;
             let chain =
@@ -188,12 +188,15 @@ pub fn tx(cmd: TxCmd) -> Result<()> {
         }
         TxCmd::Send {
             rpc,
-            key,
-            to,
-            amount,
+            transfer:
+                TransferArgs {
+                    key,
+                    to,
+                    amount,
+                    json: j,
+                },
             nonce,
             no_wait,
-            json: j,
         } => {
             let key = load_key(&key)?;
             let to = parse_address(&to)?;
