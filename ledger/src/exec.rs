@@ -139,21 +139,22 @@ pub fn prepare_payload(payload: &[u8]) -> PreparedPayload {
     prepare_payload_trusting(payload, |_| false)
 }
 
-/// [`prepare_payload`], skipping the signature check of items for which
-/// `verified` says these exact bytes were verified before (a node's mempool
-/// verified them on entry). Whatever `verified` answers, the receipts are
-/// the same as [`prepare_payload`]'s if it only vouches for bytes that do
-/// verify.
+/// [`prepare_payload`], skipping the signature check of the items (by
+/// position in the payload) for which `verified` says their exact bytes were
+/// verified before (a node's mempool verified them on entry). The receipts
+/// are the same as [`prepare_payload`]'s as long as `verified` only vouches
+/// for items that do verify.
 pub fn prepare_payload_trusting(
     payload: &[u8],
-    verified: impl Fn(&[u8]) -> bool,
+    verified: impl Fn(usize) -> bool,
 ) -> PreparedPayload {
     let Ok(items) = decode_payload(payload) else {
         return PreparedPayload::default();
     };
     let decoded: Vec<Option<(SignedTransfer, bool)>> = items
         .iter()
-        .map(|b| SignedTransfer::decode(b).ok().map(|t| (t, verified(b))))
+        .enumerate()
+        .map(|(i, b)| SignedTransfer::decode(b).ok().map(|t| (t, verified(i))))
         .collect();
     let to_check: Vec<SignedTransfer> = decoded
         .iter()

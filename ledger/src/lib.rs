@@ -24,8 +24,8 @@ pub use exec::{
 pub use genesis::{Genesis, GenesisAccount, Params};
 pub use state::{
     AccountProof, EMPTY_HASH, KeyHash, MAX_PROOF_DEPTH, ProofLeaf, StateTree, Subtree, account_key,
-    account_leaf, account_value, decode_account_value, leaf_hash, root_of_summaries,
-    summarise_accounts, verify_account_proof,
+    account_leaf, account_value, decode_account_value, key_of_bytes, leaf_hash, leaf_of_bytes,
+    root_of_summaries, summarise_accounts, verify_account_proof,
 };
 pub use tx::{
     Leg, MAX_LEGS, MAX_TX_BYTES, MAX_TXS_PER_BLOCK, SignedTransfer, Transfer, decode_payload,

@@ -55,7 +55,8 @@ pub fn account_key(addr: &PublicKey) -> KeyHash {
     key_of_bytes(&addr.to_bytes())
 }
 
-fn key_of_bytes(addr: &[u8; 32]) -> KeyHash {
+/// The tree key of an account given as its 32 address bytes.
+pub fn key_of_bytes(addr: &[u8; 32]) -> KeyHash {
     Sha256::digest(addr).into()
 }
 
@@ -556,9 +557,13 @@ fn summarise_sorted(depth: usize, accounts: &[(KeyHash, [u8; 32])]) -> Subtree {
 
 /// The key and leaf hash of an account, for [`summarise_accounts`].
 pub fn account_leaf(addr: &PublicKey, account: &Account) -> (KeyHash, [u8; 32]) {
-    let a = addr.to_bytes();
-    let key = key_of_bytes(&a);
-    (key, leaf_hash(&key, &value_hash(&a, account)))
+    leaf_of_bytes(&addr.to_bytes(), account)
+}
+
+/// [`account_leaf`] for an address given as bytes.
+pub fn leaf_of_bytes(addr: &[u8; 32], account: &Account) -> (KeyHash, [u8; 32]) {
+    let key = key_of_bytes(addr);
+    (key, leaf_hash(&key, &value_hash(addr, account)))
 }
 
 /// The leaf a proof ends at.

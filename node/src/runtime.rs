@@ -90,6 +90,20 @@ pub fn core_config(genesis: &Genesis) -> Result<CoreConfig, RuntimeError> {
     Ok(cfg)
 }
 
+/// A block persisted for consensus, as the runtime remembers it.
+struct SeenBlock {
+    parent: Digest,
+    height: u64,
+    /// Hashes of the payload items' exact bytes.
+    raw: Vec<Digest>,
+}
+
+fn raw_hashes(b: &Block) -> Vec<Digest> {
+    decode_payload(&b.payload)
+        .map(|items| items.iter().map(|i| Digest::of(i)).collect())
+        .unwrap_or_default()
+}
+
 /// How often one peer may have a message from beyond the view window
 /// verified, ms.
 const FAR_VIEW_INTERVAL_MS: u64 = 250;
@@ -110,8 +124,8 @@ pub struct Runtime {
     far_view_at: std::collections::HashMap<u16, u64>,
     /// A stable checkpoint above the head, recorded once the head reaches it.
     deferred_checkpoint: Option<phalanx_consensus::CheckpointCert>,
-    /// Uncommitted blocks seen: id → (parent, height).
-    parents: std::collections::HashMap<Digest, (Digest, u64)>,
+    /// Blocks persisted and not yet executed, by id.
+    seen: std::collections::HashMap<Digest, SeenBlock>,
     payload_height: u64,
     payload_max_bytes: usize,
     empty_block_delay: Duration,
@@ -176,7 +190,7 @@ impl Runtime {
             payload_due: None,
             deferred_checkpoint: None,
             far_view_at: std::collections::HashMap::new(),
-            parents: std::collections::HashMap::new(),
+            seen: std::collections::HashMap::new(),
             payload_height: 0,
             payload_max_bytes: 0,
             empty_block_delay,
@@ -346,14 +360,12 @@ impl Runtime {
             }
             Action::PersistBlock(b) => {
                 self.store.put_pending_block(&b)?;
+                let raw = self.track_block(&b);
                 if let Some(s) = &self.shared
-                    && let Ok(items) = decode_payload(&b.payload)
-                    && !items.is_empty()
+                    && !raw.is_empty()
                 {
-                    let raw: Vec<Digest> = items.iter().map(|i| Digest::of(i)).collect();
                     s.pool().mark_in_flight(&raw, b.height().0, b.id());
                 }
-                self.track_block(&b);
             }
             Action::Send { to, msg } => {
                 self.net.send(to, Arc::new(encode(&msg)));
@@ -392,11 +404,20 @@ impl Runtime {
                 let span = info_span!("commit", height = h.0);
                 let prepared = match &self.shared {
                     // Signatures the mempool verified on entry are not
-                    // verified again.
+                    // verified again. The pool is locked only to look up
+                    // the items' hashes (kept from when the block was
+                    // persisted), not while the payload is decoded.
                     Some(s) => {
-                        let pool = s.pool();
-                        prepare_payload_trusting(&block.payload, |raw| {
-                            pool.holds_bytes(&Digest::of(raw))
+                        let raw = match self.seen.get(&block.id()) {
+                            Some(seen) => seen.raw.clone(),
+                            None => raw_hashes(&block),
+                        };
+                        let known: Vec<bool> = {
+                            let pool = s.pool();
+                            raw.iter().map(|d| pool.holds_bytes(d)).collect()
+                        };
+                        prepare_payload_trusting(&block.payload, |i| {
+                            known.get(i).copied().unwrap_or(false)
                         })
                     }
                     None => phalanx_ledger::prepare_payload(&block.payload),
@@ -406,10 +427,7 @@ impl Runtime {
                     let hashes: Vec<Digest> = res.receipts.iter().map(|r| r.tx_hash).collect();
                     let store = &self.store;
                     s.pool().committed(h.0, &hashes, |sender| {
-                        phalanx_crypto::PublicKey::from_bytes(sender)
-                            .ok()
-                            .and_then(|k| store.account(&k).ok().flatten())
-                            .map_or(0, |a| a.nonce)
+                        store.account_by_address(sender).map_or(0, |a| a.nonce)
                     });
                     s.note_commit(h.0);
                     // No subscriber is not an error.
@@ -517,12 +535,22 @@ impl Runtime {
         Ok(true)
     }
 
-    /// Remembers an uncommitted block's parent, to know later which blocks
-    /// a proposal extends.
-    fn track_block(&mut self, b: &Block) {
-        let committed = self.core.committed().0.0;
-        self.parents.insert(b.id(), (b.header.parent, b.height().0));
-        self.parents.retain(|_, (_, h)| *h > committed);
+    /// Remembers an uncommitted block's parent and the hashes of its items'
+    /// exact bytes (for the mempool, now and at commit); returns the hashes.
+    fn track_block(&mut self, b: &Block) -> Vec<Digest> {
+        let raw = raw_hashes(b);
+        // Kept until the block is executed, not merely committed.
+        let executed = self.store.head().height;
+        self.seen.insert(
+            b.id(),
+            SeenBlock {
+                parent: b.header.parent,
+                height: b.height().0,
+                raw: raw.clone(),
+            },
+        );
+        self.seen.retain(|_, s| s.height > executed);
+        raw
     }
 
     /// The uncommitted blocks the next proposal extends: from the highest
@@ -530,11 +558,11 @@ impl Runtime {
     fn ancestors(&self) -> std::collections::HashSet<Digest> {
         let mut out = std::collections::HashSet::new();
         let mut id = self.core.safety().high_qc.payload.block_id;
-        while let Some((parent, _)) = self.parents.get(&id) {
+        while let Some(seen) = self.seen.get(&id) {
             if !out.insert(id) {
                 break;
             }
-            id = *parent;
+            id = seen.parent;
         }
         out
     }

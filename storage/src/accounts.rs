@@ -10,7 +10,7 @@
 //! RocksDB write per changed account cost more than the rest of the account
 //! writes) and rebuilt by the same scan that rebuilds the tree.
 
-use phalanx_ledger::{Account, KeyHash, StateTree};
+use phalanx_ledger::{Account, KeyHash, StateTree, key_of_bytes};
 use rocksdb::{DB, Direction, IteratorMode, ReadOptions, WriteBatch};
 
 use crate::StorageError;
@@ -42,14 +42,10 @@ pub(crate) fn decode_record(
     v.copy_from_slice(&key[32..]);
     let (addr, account): ([u8; 32], Account) =
         phalanx_crypto::decode(value, 128).map_err(|e| bad(&e.to_string()))?;
-    if phalanx_ledger::KeyHash::from(sha2_digest(&addr)) != kh {
+    if key_of_bytes(&addr) != kh {
         return Err(bad("address does not hash to its key"));
     }
     Ok((kh, u64::from_be_bytes(v), addr, account))
-}
-
-fn sha2_digest(b: &[u8]) -> [u8; 32] {
-    phalanx_crypto::Digest::of(b).0
 }
 
 pub(crate) fn encode_record(addr: &[u8; 32], account: &Account) -> Vec<u8> {
@@ -69,7 +65,7 @@ pub(crate) fn add_changes<'a>(
     let accounts = cf(db, CF_ACCOUNTS)?;
     // In key order, for the memtable's sake (see the commit path).
     let mut keyed: Vec<(KeyHash, [u8; 32], &Account, Option<u64>)> = changes
-        .map(|(addr, account, previous)| (sha2_digest(&addr), addr, account, previous))
+        .map(|(addr, account, previous)| (key_of_bytes(&addr), addr, account, previous))
         .collect();
     keyed.sort_unstable_by_key(|k| k.0);
     for (kh, addr, account, previous) in keyed {

@@ -15,7 +15,9 @@ use std::sync::Arc;
 
 use phalanx_consensus::{Block, CheckpointCert, QuorumCert};
 use phalanx_crypto::{Digest, encode};
-use phalanx_ledger::{Account, KeyHash, Subtree, leaf_hash, root_of_summaries, summarise_accounts};
+use phalanx_ledger::{
+    Account, KeyHash, Subtree, leaf_of_bytes, root_of_summaries, summarise_accounts,
+};
 use rocksdb::WriteBatch;
 use serde::{Deserialize, Serialize};
 
@@ -110,18 +112,6 @@ fn next_key(k: &KeyHash) -> Option<KeyHash> {
     None
 }
 
-fn key_of(addr: &[u8; 32]) -> KeyHash {
-    Digest::of(addr).0
-}
-
-fn leaf_of(addr: &[u8; 32], account: &Account) -> (KeyHash, [u8; 32]) {
-    let key = key_of(addr);
-    (
-        key,
-        leaf_hash(&key, &Digest::of(&encode_record(addr, account)).0),
-    )
-}
-
 impl Store {
     /// The manifest of the latest stable checkpoint's snapshot (`None`
     /// before the first). Built by one scan of the accounts on first use
@@ -145,7 +135,7 @@ impl Store {
             &[0u8; 32],
             None,
             usize::MAX,
-            |_, addr, a, _| leaves.push(leaf_of(&addr, &a)),
+            |_, addr, a, _| leaves.push(leaf_of_bytes(&addr, &a)),
         )?;
         let per_bucket = self.options().snapshot_bucket_accounts.max(1);
         let mut depth = 0u8;
@@ -331,7 +321,7 @@ impl StateRestore {
         let accounts_cf = cf(self.store.db(), CF_ACCOUNTS)?;
         let h = self.manifest.height;
         for (addr, account) in &chunk.accounts {
-            let (key, leaf) = leaf_of(addr, account);
+            let (key, leaf) = leaf_of_bytes(addr, account);
             let in_order = self.cursor.is_none_or(|c| key > c);
             let in_bucket = key >= start && end.is_none_or(|e| key < e);
             if !in_order || !in_bucket {

@@ -542,6 +542,12 @@ impl Store {
         Ok(self.live().tree.get(addr))
     }
 
+    /// An account's latest state, by its 32 address bytes (no curve point
+    /// decoding).
+    pub fn account_by_address(&self, addr: &[u8; 32]) -> Option<Account> {
+        self.live().tree.get_bytes(addr).map(|(a, _)| a)
+    }
+
     /// An account at the head with its proof against the head's state root.
     pub fn account_with_proof(
         &self,

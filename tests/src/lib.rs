@@ -99,7 +99,8 @@ pub struct ClusterOptions {
     pub accounts: u64,
     /// Genesis parameters.
     pub params: Params,
-    /// Lines appended to every node's config.toml.
+    /// `key = value` lines that replace the template's lines in every
+    /// node's config.toml.
     pub extra_config: String,
 }
 
@@ -127,17 +128,56 @@ pub struct Cluster {
     pub genesis: Genesis,
 }
 
-/// Runs `phalanx init` for a home whose genesis is `genesis` (relative to
-/// the home) and returns the new validator key.
-pub fn init_home(home: &Path, p2p: u16, rpc: u16, genesis: &str) -> PublicKey {
-    run_init_with(home, p2p, rpc, genesis)
+impl Node {
+    /// Runs `phalanx init` for `home` (genesis at `genesis`, relative to the
+    /// home) on two free ports.
+    fn init(home: PathBuf, genesis: &str) -> Node {
+        let (p2p_port, rpc_port) = (free_port(), free_port());
+        let key = run_init(&home, p2p_port, rpc_port, genesis);
+        Node {
+            log: home.join("node.log"),
+            home,
+            key,
+            p2p_port,
+            rpc_port,
+            child: None,
+        }
+    }
+
+    /// This node as a `[[peers]]` entry of another's config.
+    fn peer_entry(&self) -> String {
+        format!(
+            "\n[[peers]]\nkey = \"{}\"\naddr = \"/ip4/127.0.0.1/tcp/{}\"\n",
+            self.key.to_hex(),
+            self.p2p_port
+        )
+    }
+
+    /// Rewrites the config: `overrides` (`key = value` lines) replace the
+    /// template's lines, `peers` is appended.
+    fn configure(&self, overrides: &str, peers: &str) {
+        let cfg = self.home.join("config.toml");
+        let mut text = std::fs::read_to_string(&cfg).expect("config");
+        for line in overrides.lines().filter(|l| l.contains('=')) {
+            let key = line.split('=').next().unwrap_or("").trim();
+            let lines: Vec<String> = text
+                .lines()
+                .map(|l| {
+                    if l.split('=').next().is_some_and(|k| k.trim() == key) {
+                        line.to_string()
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect();
+            text = lines.join("\n") + "\n";
+        }
+        text.push_str(peers);
+        std::fs::write(&cfg, text).expect("config");
+    }
 }
 
-fn run_init(home: &Path, p2p: u16, rpc: u16) -> PublicKey {
-    run_init_with(home, p2p, rpc, "../genesis.json")
-}
-
-fn run_init_with(home: &Path, p2p: u16, rpc: u16, genesis: &str) -> PublicKey {
+fn run_init(home: &Path, p2p: u16, rpc: u16, genesis: &str) -> PublicKey {
     let out = Command::new(phalanx_bin())
         .arg("init")
         .arg("--home")
@@ -163,49 +203,20 @@ impl Cluster {
         let dir = tempfile::tempdir().expect("scratch directory");
         let mut nodes = Vec::new();
         for i in 0..opts.validators {
-            let home = dir.path().join(format!("node{i}"));
-            let (p2p_port, rpc_port) = (free_port(), free_port());
-            let key = run_init(&home, p2p_port, rpc_port);
-            nodes.push(Node {
-                log: home.join("node.log"),
-                home,
-                key,
-                p2p_port,
-                rpc_port,
-                child: None,
-            });
+            nodes.push(Node::init(
+                dir.path().join(format!("node{i}")),
+                "../genesis.json",
+            ));
         }
         // Peers: every other validator.
-        for i in 0..nodes.len() {
-            let mut extra = String::new();
-            for (j, n) in nodes.iter().enumerate() {
-                if i != j {
-                    extra.push_str(&format!(
-                        "\n[[peers]]\nkey = \"{}\"\naddr = \"/ip4/127.0.0.1/tcp/{}\"\n",
-                        n.key.to_hex(),
-                        n.p2p_port
-                    ));
-                }
-            }
-            let cfg = nodes[i].home.join("config.toml");
-            let mut text = std::fs::read_to_string(&cfg).expect("config");
-            // Each `key = value` override replaces the template's line.
-            for line in opts.extra_config.lines().filter(|l| l.contains('=')) {
-                let key = line.split('=').next().unwrap_or("").trim();
-                let lines: Vec<String> = text
-                    .lines()
-                    .map(|l| {
-                        if l.split('=').next().is_some_and(|k| k.trim() == key) {
-                            line.to_string()
-                        } else {
-                            l.to_string()
-                        }
-                    })
-                    .collect();
-                text = lines.join("\n") + "\n";
-            }
-            text.push_str(&extra);
-            std::fs::write(&cfg, text).expect("config");
+        for (i, n) in nodes.iter().enumerate() {
+            let peers: String = nodes
+                .iter()
+                .enumerate()
+                .filter(|(j, _)| *j != i)
+                .map(|(_, p)| p.peer_entry())
+                .collect();
+            n.configure(&opts.extra_config, &peers);
         }
         let genesis = Genesis {
             chain_id: ChainId::new("phalanx-local").expect("chain id"),
@@ -236,21 +247,10 @@ impl Cluster {
     /// its key as a fifth validator, so it signs proposals and votes and
     /// sends them to every real validator. Returns its index (not started).
     pub fn add_impostor(&mut self) -> usize {
-        let home = self.dir.path().join("impostor");
-        let (p2p_port, rpc_port) = (free_port(), free_port());
-        let key = init_home(&home, p2p_port, rpc_port, "../genesis-impostor.json");
-        let mut extra = String::new();
-        for n in &self.nodes {
-            extra.push_str(&format!(
-                "\n[[peers]]\nkey = \"{}\"\naddr = \"/ip4/127.0.0.1/tcp/{}\"\n",
-                n.key.to_hex(),
-                n.p2p_port
-            ));
-        }
-        let cfg = home.join("config.toml");
-        let mut text = std::fs::read_to_string(&cfg).expect("config");
-        text.push_str(&extra);
-        std::fs::write(&cfg, text).expect("config");
+        let node = Node::init(self.dir.path().join("impostor"), "../genesis-impostor.json");
+        let peers: String = self.nodes.iter().map(Node::peer_entry).collect();
+        node.configure("", &peers);
+        let key = node.key;
         let mut g = self.genesis.clone();
         g.validators.push(key);
         std::fs::write(
@@ -258,14 +258,7 @@ impl Cluster {
             serde_json::to_string_pretty(&g).expect("genesis JSON"),
         )
         .expect("writing genesis");
-        self.nodes.push(Node {
-            log: home.join("node.log"),
-            home,
-            key,
-            p2p_port,
-            rpc_port,
-            child: None,
-        });
+        self.nodes.push(node);
         self.nodes.len() - 1
     }
 
