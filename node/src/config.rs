@@ -70,6 +70,8 @@ pub struct Config {
     pub peers: Vec<Peer>,
     /// JSON-RPC listen address.
     pub rpc_listen: SocketAddr,
+    /// Prometheus metrics listen address (`GET /metrics`).
+    pub metrics_listen: SocketAddr,
     /// Log format: "human" or "json".
     pub log_format: String,
     /// Log filter, in `RUST_LOG` syntax.
@@ -102,6 +104,7 @@ impl Default for Config {
             listen: "/ip4/0.0.0.0/tcp/26656".into(),
             peers: Vec::new(),
             rpc_listen: SocketAddr::from(([127, 0, 0, 1], 8545)),
+            metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9615)),
             log_format: "human".into(),
             log_level: "info".into(),
             peer_queue: 1024,
@@ -226,6 +229,8 @@ data_dir = "{data}"
 listen = "{listen}"
 # JSON-RPC (HTTP and WebSocket on one port).
 rpc_listen = "{rpc}"
+# Prometheus metrics, served at http://ADDR/metrics.
+metrics_listen = "{metrics}"
 # "human" or "json".
 log_format = "{fmt}"
 # Log filter, RUST_LOG syntax (e.g. "info,phalanx_node=debug").
@@ -253,6 +258,7 @@ mempool_max_nonce_gap = {mg}
             data = self.data_dir.display(),
             listen = self.listen,
             rpc = self.rpc_listen,
+            metrics = self.metrics_listen,
             fmt = self.log_format,
             level = self.log_level,
             queue = self.peer_queue,
@@ -296,6 +302,7 @@ mod tests {
             ("reconnect_base_ms = 0", "reconnect_base_ms"),
             ("no_such_key = 1", "no_such_key"),
             ("rpc_listen = \"localhost\"", "rpc_listen"),
+            ("metrics_listen = \"nope\"", "metrics_listen"),
             (
                 "[[peers]]\nkey = \"zz\"\naddr = \"/ip4/1.2.3.4/tcp/1\"",
                 "key",

@@ -93,7 +93,28 @@ struct Checked {
     origin: Origin,
 }
 
-fn answer(origin: Origin, res: Result<Submitted, SubmitError>) {
+/// The metrics label of a refusal.
+pub fn reject_reason(e: &SubmitError) -> &'static str {
+    match e {
+        SubmitError::TooLarge(_) => "too_large",
+        SubmitError::Malformed(_) => "malformed",
+        SubmitError::WrongChain { .. } => "wrong_chain",
+        SubmitError::BadSignature => "bad_signature",
+        SubmitError::Internal(_) => "internal",
+        SubmitError::Rejected(r) => match r {
+            Rejection::Full { .. } => "mempool_full",
+            Rejection::NonceTooLow { .. } => "nonce_too_low",
+            Rejection::NonceTooHigh { .. } => "nonce_too_high",
+            Rejection::NonceTaken { .. } => "nonce_taken",
+            Rejection::InsufficientFunds { .. } => "insufficient_funds",
+        },
+    }
+}
+
+fn answer(shared: &Shared, origin: Origin, res: Result<Submitted, SubmitError>) {
+    if let Err(e) = &res {
+        shared.metrics.rejected(reject_reason(e));
+    }
     if let Origin::Rpc(tx) = origin {
         // The caller may have gone away; nothing to do then.
         let _ = tx.send(res);
@@ -122,12 +143,19 @@ pub async fn run(
             continue;
         }
         let txs: Vec<SignedTransfer> = checked.iter().map(|c| c.tx.clone()).collect();
+        let started = std::time::Instant::now();
         let sigs = match tokio::task::spawn_blocking(move || verify_signatures(&txs)).await {
-            Ok(s) => s,
+            Ok(s) => {
+                shared
+                    .metrics
+                    .verified("transaction_batch", started.elapsed());
+                s
+            }
             Err(e) => {
                 warn!("signature verification task failed: {e}");
                 for c in checked {
                     answer(
+                        &shared,
                         c.origin,
                         Err(SubmitError::Internal("verification failed".into())),
                     );
@@ -138,13 +166,13 @@ pub async fn run(
         let mut added = 0usize;
         for (c, ok) in checked.into_iter().zip(sigs) {
             if !ok {
-                answer(c.origin, Err(SubmitError::BadSignature));
+                answer(&shared, c.origin, Err(SubmitError::BadSignature));
                 continue;
             }
             let sender = match shared.store.account(&c.tx.transfer.sender) {
                 Ok(a) => a.unwrap_or_default(),
                 Err(e) => {
-                    answer(c.origin, Err(SubmitError::Internal(e.to_string())));
+                    answer(&shared, c.origin, Err(SubmitError::Internal(e.to_string())));
                     continue;
                 }
             };
@@ -157,15 +185,16 @@ pub async fn run(
                     if from_rpc && gossip_out.try_send(bytes).is_err() {
                         debug!("gossip queue full; peers get this transaction from the block");
                     }
-                    answer(c.origin, Ok(Submitted::Added(c.hash)));
+                    answer(&shared, c.origin, Ok(Submitted::Added(c.hash)));
                 }
-                Ok(Admitted::Known) => answer(c.origin, Ok(Submitted::Pending(c.hash))),
-                Err(r) => answer(c.origin, Err(r.into())),
+                Ok(Admitted::Known) => answer(&shared, c.origin, Ok(Submitted::Pending(c.hash))),
+                Err(r) => answer(&shared, c.origin, Err(r.into())),
             }
         }
         if added > 0 {
             shared.new_txs.notify_one();
         }
+        shared.publish_mempool();
     }
 }
 
@@ -176,22 +205,23 @@ fn cheap_checks(shared: &Shared, batch: Vec<Submission>) -> Vec<Checked> {
     for s in batch {
         if s.bytes.len() > MAX_TX_BYTES {
             let n = s.bytes.len();
-            answer(s.origin, Err(SubmitError::TooLarge(n)));
+            answer(shared, s.origin, Err(SubmitError::TooLarge(n)));
             continue;
         }
         let tx = match SignedTransfer::decode(&s.bytes) {
             Ok(t) => t,
             Err(e) => {
-                answer(s.origin, Err(SubmitError::Malformed(e.to_string())));
+                answer(shared, s.origin, Err(SubmitError::Malformed(e.to_string())));
                 continue;
             }
         };
         if let Err(e) = tx.check_shape() {
-            answer(s.origin, Err(SubmitError::Malformed(e.to_string())));
+            answer(shared, s.origin, Err(SubmitError::Malformed(e.to_string())));
             continue;
         }
         if tx.transfer.chain_id != shared.chain {
             answer(
+                shared,
                 s.origin,
                 Err(SubmitError::WrongChain {
                     expected: shared.chain.to_string(),
@@ -203,17 +233,17 @@ fn cheap_checks(shared: &Shared, batch: Vec<Submission>) -> Vec<Checked> {
         let hash = tx.hash();
         match shared.store.transaction(&hash) {
             Ok(Some(rec)) => {
-                answer(s.origin, Ok(Submitted::Committed(hash, rec)));
+                answer(shared, s.origin, Ok(Submitted::Committed(hash, rec)));
                 continue;
             }
             Ok(None) => {}
             Err(e) => {
-                answer(s.origin, Err(SubmitError::Internal(e.to_string())));
+                answer(shared, s.origin, Err(SubmitError::Internal(e.to_string())));
                 continue;
             }
         }
         if shared.pool().contains(&hash) {
-            answer(s.origin, Ok(Submitted::Pending(hash)));
+            answer(shared, s.origin, Ok(Submitted::Pending(hash)));
             continue;
         }
         out.push(Checked {

@@ -9,6 +9,7 @@
 pub mod config;
 pub mod ingress;
 pub mod mempool;
+pub mod metrics;
 pub mod net;
 pub mod rpc;
 pub mod runtime;

@@ -17,6 +17,7 @@ use phalanx_ledger::Genesis;
 use phalanx_node::config::{Config, Peer};
 use phalanx_node::ingress::{self, Origin, Submission};
 use phalanx_node::mempool::{Mempool, MempoolLimits};
+use phalanx_node::metrics::{self, Metrics};
 use phalanx_node::net::{self, NetConfig};
 use phalanx_node::rpc;
 use phalanx_node::runtime::{Runtime, run_instrumented};
@@ -46,6 +47,9 @@ enum Cmd {
         /// JSON-RPC listen address.
         #[arg(long)]
         rpc_listen: Option<std::net::SocketAddr>,
+        /// Prometheus metrics listen address.
+        #[arg(long)]
+        metrics_listen: Option<std::net::SocketAddr>,
         /// Path of the shared genesis file.
         #[arg(long)]
         genesis: Option<PathBuf>,
@@ -100,10 +104,21 @@ fn main() -> std::process::ExitCode {
             home,
             listen,
             rpc_listen,
+            metrics_listen,
             genesis,
             peers,
             json,
-        } => init(&home, listen, rpc_listen, genesis, &peers, json),
+        } => init(
+            &home,
+            Addrs {
+                listen,
+                rpc_listen,
+                metrics_listen,
+            },
+            genesis,
+            &peers,
+            json,
+        ),
         Cmd::Start { home, log_format } => start(&home, log_format),
         Cmd::Keys(k) => wallet::keys(k),
         Cmd::Tx(t) => wallet::tx(t),
@@ -119,21 +134,30 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init(
-    home: &Path,
+/// Listen addresses given to `init`.
+struct Addrs {
     listen: Option<String>,
     rpc_listen: Option<std::net::SocketAddr>,
+    metrics_listen: Option<std::net::SocketAddr>,
+}
+
+fn init(
+    home: &Path,
+    addrs: Addrs,
     genesis: Option<PathBuf>,
     peers: &[String],
     json: bool,
 ) -> Result<()> {
     std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
     let mut cfg = Config::default();
-    if let Some(l) = listen {
+    if let Some(l) = addrs.listen {
         cfg.listen = l;
     }
-    if let Some(r) = rpc_listen {
+    if let Some(r) = addrs.rpc_listen {
         cfg.rpc_listen = r;
+    }
+    if let Some(m) = addrs.metrics_listen {
+        cfg.metrics_listen = m;
     }
     if let Some(g) = genesis {
         cfg.genesis = g;
@@ -260,6 +284,7 @@ async fn run_node(cfg: Config, genesis: Genesis, key: KeyPair, store: Store) -> 
     for p in &cfg.peers {
         peers.push((p.key, p.addr.parse().context("peers")?));
     }
+    let metrics = Arc::new(Metrics::new(genesis.validators.len(), &rpc::METHODS));
     let (network, inbound, mut gossip) = net::start(NetConfig {
         key: key.clone(),
         listen,
@@ -268,7 +293,19 @@ async fn run_node(cfg: Config, genesis: Genesis, key: KeyPair, store: Store) -> 
         peer_queue: cfg.peer_queue,
         reconnect_base: Duration::from_millis(cfg.reconnect_base_ms),
         reconnect_max: Duration::from_millis(cfg.reconnect_max_ms),
+        metrics: metrics.clone(),
     })?;
+    // Metrics first: a state sync is worth watching.
+    let metrics_addr = metrics::serve(cfg.metrics_listen, metrics.clone())
+        .await
+        .with_context(|| format!("starting metrics on {}", cfg.metrics_listen))?;
+    info!(addr = %metrics_addr, "metrics listening");
+    let (serve_store, store_ready) = watch::channel(None);
+    tokio::spawn(phalanx_node::statesync::serve(
+        network.control(),
+        Arc::new(network.validator_peer_ids()),
+        store_ready,
+    ));
     // A fresh (or wiped) validator restores the latest stable checkpoint
     // from its peers before consensus starts.
     let store = phalanx_node::statesync::sync_if_fresh(
@@ -276,14 +313,11 @@ async fn run_node(cfg: Config, genesis: Genesis, key: KeyPair, store: Store) -> 
         network.other_validators(),
         &genesis,
         store,
+        &metrics,
     )
     .await?;
     let store = Arc::new(store);
-    tokio::spawn(phalanx_node::statesync::serve(
-        network.control(),
-        Arc::new(network.validator_peer_ids()),
-        store.clone(),
-    ));
+    serve_store.send_replace(Some(store.clone()));
     if cfg.empty_block_delay_ms * 2 > genesis.params.base_timeout_ms {
         anyhow::bail!(
             "invalid config `empty_block_delay_ms`: {} ms is more than half the chain's base view timeout ({} ms)",
@@ -293,7 +327,6 @@ async fn run_node(cfg: Config, genesis: Genesis, key: KeyPair, store: Store) -> 
     }
     let delay = Duration::from_millis(cfg.empty_block_delay_ms);
     let validator = key.public();
-    let net_stats = network.stats().clone();
     let (mut runtime, status) = Runtime::new(&genesis, key, store.clone(), network, delay)?;
     let (commits, _) = broadcast::channel(COMMIT_CHANNEL);
     let shared = Arc::new(Shared {
@@ -309,11 +342,12 @@ async fn run_node(cfg: Config, genesis: Genesis, key: KeyPair, store: Store) -> 
         new_txs: tokio::sync::Notify::new(),
         status,
         commits,
-        net: net_stats,
+        metrics: metrics.clone(),
         best_seen_height: std::sync::atomic::AtomicU64::new(store.head().height),
         last_commit_ms: std::sync::atomic::AtomicU64::new(0),
     });
     runtime.attach(shared.clone());
+    shared.publish_mempool();
 
     // Admission: RPC submissions and gossip batches, one pipeline.
     let (ingress_tx, ingress_rx) = mpsc::channel(ingress::INGRESS_QUEUE);

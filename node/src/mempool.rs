@@ -151,6 +151,11 @@ impl Mempool {
         self.bytes
     }
 
+    /// The bounds.
+    pub fn limits(&self) -> &MempoolLimits {
+        &self.limits
+    }
+
     /// True if a transaction with this hash is pending.
     pub fn contains(&self, hash: &Digest) -> bool {
         self.entries.contains_key(hash)

@@ -14,7 +14,6 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
@@ -27,6 +26,8 @@ use phalanx_crypto::{KeyPair, PublicKey, ValidatorIndex, decode, encode};
 use phalanx_ledger::MAX_TX_BYTES;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
+
+use crate::metrics::Metrics;
 
 /// The consensus stream protocol.
 pub const CONSENSUS_PROTOCOL: StreamProtocol = StreamProtocol::new("/phalanx/consensus/1");
@@ -59,21 +60,6 @@ pub struct Inbound {
     pub bytes: Vec<u8>,
 }
 
-/// Counters the metrics layer reads.
-#[derive(Debug, Default)]
-pub struct NetStats {
-    /// Streams refused because the key is not a validator.
-    pub refused_non_validator: AtomicU64,
-    /// Frames over the size bound (the stream is dropped).
-    pub oversized_frames: AtomicU64,
-    /// Outbound frames dropped because a peer's queue was full.
-    pub queue_full_drops: AtomicU64,
-    /// Connected validators.
-    pub connected: AtomicU64,
-    /// Gossip messages rejected (undecodable or oversized batches).
-    pub gossip_rejected: AtomicU64,
-}
-
 /// Settings the network needs.
 pub struct NetConfig {
     /// This validator's key (also its libp2p identity).
@@ -90,6 +76,8 @@ pub struct NetConfig {
     pub reconnect_base: Duration,
     /// Longest reconnect delay.
     pub reconnect_max: Duration,
+    /// Where counts go.
+    pub metrics: Arc<Metrics>,
 }
 
 /// Errors starting the network.
@@ -114,7 +102,7 @@ pub fn peer_id_of(key: &PublicKey) -> Result<PeerId, NetError> {
 #[derive(Clone)]
 pub struct Network {
     outbound: Arc<HashMap<ValidatorIndex, mpsc::Sender<Arc<Vec<u8>>>>>,
-    stats: Arc<NetStats>,
+    metrics: Arc<Metrics>,
     control: libp2p_stream::Control,
     peer_ids: Arc<HashMap<ValidatorIndex, PeerId>>,
     me: PeerId,
@@ -127,8 +115,13 @@ impl Network {
         if let Some(q) = self.outbound.get(&to)
             && q.try_send(frame).is_err()
         {
-            self.stats.queue_full_drops.fetch_add(1, Ordering::Relaxed);
+            self.metrics.send_queue_drop();
         }
+    }
+
+    /// Other validators this node sends to.
+    pub fn peer_count(&self) -> usize {
+        self.outbound.len()
     }
 
     /// Queues a frame for every other validator.
@@ -138,9 +131,9 @@ impl Network {
         }
     }
 
-    /// The counters.
-    pub fn stats(&self) -> &Arc<NetStats> {
-        &self.stats
+    /// The metrics.
+    pub fn metrics(&self) -> &Arc<Metrics> {
+        &self.metrics
     }
 
     /// A handle for other stream protocols (state sync).
@@ -235,7 +228,7 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
         addrs.insert(peer_id_of(k)?, a.clone());
     }
 
-    let stats = Arc::new(NetStats::default());
+    let metrics = cfg.metrics.clone();
     let mut control = swarm.behaviour().stream.new_control();
     let incoming = control
         .accept(CONSENSUS_PROTOCOL)
@@ -245,7 +238,7 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
         incoming,
         index_of.clone(),
         in_tx,
-        stats.clone(),
+        metrics.clone(),
     ));
 
     let mut outbound = HashMap::new();
@@ -274,7 +267,7 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
             index_of,
             base: cfg.reconnect_base,
             max: cfg.reconnect_max,
-            stats: stats.clone(),
+            metrics: metrics.clone(),
             topic,
             gossip_out: gossip_out_rx,
             gossip_in: gossip_in_tx,
@@ -283,7 +276,7 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
     Ok((
         Network {
             outbound: Arc::new(outbound),
-            stats,
+            metrics,
             control,
             peer_ids: Arc::new(peer_ids),
             me,
@@ -301,7 +294,7 @@ struct SwarmCtx {
     index_of: HashMap<PeerId, ValidatorIndex>,
     base: Duration,
     max: Duration,
-    stats: Arc<NetStats>,
+    metrics: Arc<Metrics>,
     topic: IdentTopic,
     gossip_out: mpsc::Receiver<Vec<u8>>,
     gossip_in: mpsc::Sender<Vec<Vec<u8>>>,
@@ -331,7 +324,7 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
         index_of,
         base,
         max,
-        stats,
+        metrics,
         topic,
         mut gossip_out,
         gossip_in,
@@ -404,7 +397,7 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
                             MessageAcceptance::Accept
                         }
                         None => {
-                            stats.gossip_rejected.fetch_add(1, Ordering::Relaxed);
+                            metrics.invalid(index_of.get(&propagation_source).map(|i| i.0), "bad_gossip_batch");
                             warn!(peer = %propagation_source, "undecodable gossip batch rejected");
                             MessageAcceptance::Reject
                         }
@@ -422,7 +415,7 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
                     backoff.remove(&peer_id);
                     if num_established.get() == 1 {
                         if let Some(i) = index_of.get(&peer_id) {
-                            stats.connected.fetch_add(1, Ordering::Relaxed);
+                            metrics.peer_delta(1);
                             info!(peer = i.0, "validator connected");
                         } else {
                             debug!(%peer_id, "non-validator connected");
@@ -431,7 +424,7 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                     if let Some(i) = index_of.get(&peer_id) {
-                        stats.connected.fetch_sub(1, Ordering::Relaxed);
+                        metrics.peer_delta(-1);
                         info!(peer = i.0, "validator disconnected");
                     }
                     if addrs.contains_key(&peer_id) {
@@ -456,15 +449,15 @@ async fn accept_loop(
     mut incoming: libp2p_stream::IncomingStreams,
     index_of: HashMap<PeerId, ValidatorIndex>,
     tx: mpsc::Sender<Inbound>,
-    stats: Arc<NetStats>,
+    metrics: Arc<Metrics>,
 ) {
     while let Some((peer, stream)) = incoming.next().await {
         let Some(idx) = index_of.get(&peer).copied() else {
-            stats.refused_non_validator.fetch_add(1, Ordering::Relaxed);
+            metrics.invalid(None, "non_validator_stream");
             warn!(%peer, "consensus stream from a key outside the validator set refused");
             continue;
         };
-        tokio::spawn(reader(idx, stream, tx.clone(), stats.clone()));
+        tokio::spawn(reader(idx, stream, tx.clone(), metrics.clone()));
     }
 }
 
@@ -472,7 +465,7 @@ async fn reader(
     from: ValidatorIndex,
     mut stream: libp2p::Stream,
     tx: mpsc::Sender<Inbound>,
-    stats: Arc<NetStats>,
+    metrics: Arc<Metrics>,
 ) {
     loop {
         let mut len = [0u8; 4];
@@ -481,7 +474,7 @@ async fn reader(
         }
         let len = u32::from_be_bytes(len) as usize;
         if len > MAX_MESSAGE_BYTES {
-            stats.oversized_frames.fetch_add(1, Ordering::Relaxed);
+            metrics.invalid(Some(from.0), "oversized_frame");
             warn!(peer = from.0, len, "oversized frame; stream dropped");
             return;
         }

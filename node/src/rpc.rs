@@ -9,7 +9,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use jsonrpsee::server::middleware::http::ProxyGetRequestLayer;
 use jsonrpsee::server::{
@@ -147,14 +147,22 @@ fn tx_hash_of_item(item: &[u8]) -> Digest {
     }
 }
 
-fn notice_json(n: &CommitNotice) -> Value {
-    json!({
+fn notice_json(n: &CommitNotice, with_txs: bool) -> Value {
+    let mut v = json!({
         "height": n.height,
         "block_id": n.block_id.to_hex(),
         "state_root": n.state_root.to_hex(),
         "transactions": n.receipts.len(),
         "applied": n.receipts.iter().filter(|r| r.status == TxStatus::Applied).count(),
-    })
+    });
+    if with_txs {
+        v["receipts"] = n
+            .receipts
+            .iter()
+            .map(|r| json!({ "hash": r.tx_hash.to_hex(), "status": r.status.name() }))
+            .collect();
+    }
+    v
 }
 
 fn json_message(v: &Value) -> Result<SubscriptionMessage, serde_json::Error> {
@@ -190,16 +198,43 @@ struct Ctx {
     ingress: mpsc::Sender<Submission>,
 }
 
+/// The methods answered with a single result (counted and timed in
+/// metrics), besides the block subscription.
+pub const METHODS: [&str; 7] = [
+    "health_live",
+    "health_ready",
+    "ledger_submitTransaction",
+    "ledger_getTransaction",
+    "ledger_getBlock",
+    "ledger_getAccount",
+    "ledger_status",
+];
+
+type RpcResult = Result<Value, ErrorObjectOwned>;
+
+/// Registers a synchronous method, counted and timed.
+fn method<F>(m: &mut RpcModule<Ctx>, name: &'static str, f: F) -> anyhow::Result<()>
+where
+    F: Fn(Params<'_>, &Ctx) -> RpcResult + Send + Sync + Clone + 'static,
+{
+    debug_assert!(METHODS.contains(&name));
+    m.register_method(name, move |params, ctx, _| {
+        let started = Instant::now();
+        let res = f(params, ctx);
+        ctx.shared.metrics.rpc(name, res.is_ok(), started.elapsed());
+        res
+    })?;
+    Ok(())
+}
+
 fn module(
     shared: Arc<Shared>,
     ingress: mpsc::Sender<Submission>,
 ) -> anyhow::Result<RpcModule<Ctx>> {
     let mut m = RpcModule::new(Ctx { shared, ingress });
 
-    m.register_method("health_live", |_, _, _| {
-        Ok::<_, ErrorObjectOwned>(json!({"live": true}))
-    })?;
-    m.register_method("health_ready", |_, ctx, _| {
+    method(&mut m, "health_live", |_, _| Ok(json!({"live": true})))?;
+    method(&mut m, "health_ready", |_, ctx| {
         ctx.shared
             .ready(READY_MAX_LAG, READY_MAX_SILENCE_MS)
             .map(|()| json!({"ready": true}))
@@ -207,14 +242,19 @@ fn module(
     })?;
 
     m.register_async_method("ledger_submitTransaction", |params, ctx, _| async move {
-        submit(params, ctx).await
+        let started = Instant::now();
+        let res = submit(params, ctx.clone()).await;
+        ctx.shared
+            .metrics
+            .rpc("ledger_submitTransaction", res.is_ok(), started.elapsed());
+        res
     })?;
 
-    m.register_method("ledger_getTransaction", |params, ctx, _| {
+    method(&mut m, "ledger_getTransaction", |params, ctx| {
         let (hash,): (String,) = params.parse()?;
         let hash = digest_param(&hash)?;
         if let Some(rec) = ctx.shared.store.transaction(&hash).map_err(internal)? {
-            return Ok::<_, ErrorObjectOwned>(json!({
+            return Ok(json!({
                 "hash": hash.to_hex(),
                 "status": "committed",
                 "height": rec.height,
@@ -230,7 +270,7 @@ fn module(
         Ok(json!({ "hash": hash.to_hex(), "status": status }))
     })?;
 
-    m.register_method("ledger_getBlock", |params, ctx, _| {
+    method(&mut m, "ledger_getBlock", |params, ctx| {
         let (which,): (Value,) = params.parse()?;
         let store = &ctx.shared.store;
         let height = match &which {
@@ -251,7 +291,7 @@ fn module(
             .map(|items| items.iter().map(|i| tx_hash_of_item(i).to_hex()).collect())
             .unwrap_or_default();
         let h = &block.header;
-        Ok::<_, ErrorObjectOwned>(json!({
+        Ok(json!({
             "height": height,
             "block_id": block.id().to_hex(),
             "parent": h.parent.to_hex(),
@@ -269,7 +309,7 @@ fn module(
         }))
     })?;
 
-    m.register_method("ledger_getAccount", |params, ctx, _| {
+    method(&mut m, "ledger_getAccount", |params, ctx| {
         let (addr,): (String,) = params.parse()?;
         let addr = address_param(&addr)?;
         let (head, account, proof) = ctx
@@ -278,7 +318,7 @@ fn module(
             .account_with_proof(&addr)
             .map_err(internal)?;
         let a = account.unwrap_or_default();
-        Ok::<_, ErrorObjectOwned>(json!({
+        Ok(json!({
             "address": addr.to_hex(),
             "exists": account.is_some(),
             "balance": a.balance,
@@ -289,13 +329,13 @@ fn module(
         }))
     })?;
 
-    m.register_method("ledger_status", |_, ctx, _| {
+    method(&mut m, "ledger_status", |_, ctx| {
         let s = ctx.shared.status.borrow().clone();
         let store = &ctx.shared.store;
         let head = store.head();
         let stable = store.stable_checkpoint().map_err(internal)?;
         let pool = ctx.shared.pool();
-        Ok::<_, ErrorObjectOwned>(json!({
+        Ok(json!({
             "chain_id": ctx.shared.chain.to_string(),
             "validator": ctx.shared.validator.to_hex(),
             "height": head.height,
@@ -303,7 +343,7 @@ fn module(
             "state_root": head.state_root.to_hex(),
             "view": s.view,
             "leader": s.leader,
-            "peers": ctx.shared.net.connected.load(std::sync::atomic::Ordering::Relaxed),
+            "peers": ctx.shared.metrics.peers(),
             "syncing": ctx.shared.ready(READY_MAX_LAG, u64::MAX).is_err(),
             "stable_checkpoint": stable.map(|c| json!({
                 "height": c.payload.height.0,
@@ -318,7 +358,15 @@ fn module(
         "ledger_subscribeBlocks",
         "ledger_block",
         "ledger_unsubscribeBlocks",
-        |_, pending: PendingSubscriptionSink, ctx, _| async move {
+        |params, pending: PendingSubscriptionSink, ctx, _| async move {
+            // Optional: `true` adds each transaction's hash and status.
+            let with_txs = match params.sequence().optional_next::<bool>() {
+                Ok(b) => b.unwrap_or(false),
+                Err(e) => {
+                    pending.reject(e).await;
+                    return Ok(());
+                }
+            };
             let mut rx = ctx.shared.commits.subscribe();
             let sink = pending.accept().await?;
             loop {
@@ -326,7 +374,7 @@ fn module(
                     _ = sink.closed() => return Ok(()),
                     n = rx.recv() => match n {
                         Ok(n) => {
-                            let msg = json_message(&notice_json(&n))?;
+                            let msg = json_message(&notice_json(&n, with_txs))?;
                             sink.send(msg).await?;
                         }
                         Err(broadcast::error::RecvError::Lagged(k)) => {

@@ -11,7 +11,7 @@
 
 use std::collections::VecDeque;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use phalanx_consensus::VerifiedMessage;
 use phalanx_consensus::{
@@ -24,6 +24,7 @@ use phalanx_storage::Store;
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::metrics::{self, Metrics};
 use crate::net::{Inbound, Network};
 use crate::shared::{CommitNotice, Shared};
 
@@ -96,6 +97,8 @@ struct SeenBlock {
     height: u64,
     /// Hashes of the payload items' exact bytes.
     raw: Vec<Digest>,
+    /// When this validator first persisted it.
+    at: Instant,
 }
 
 fn raw_hashes(b: &Block) -> Vec<Digest> {
@@ -131,6 +134,8 @@ pub struct Runtime {
     empty_block_delay: Duration,
     status: watch::Sender<Status>,
     queue: VecDeque<Action>,
+    metrics: Arc<Metrics>,
+    last_commit_at: Option<Instant>,
 }
 
 impl Runtime {
@@ -179,6 +184,10 @@ impl Runtime {
             "consensus resumed"
         );
         let (status, rx) = watch::channel(Status::default());
+        let metrics = net.metrics().clone();
+        if let Some(cp) = store.stable_checkpoint()? {
+            metrics.checkpoint(cp.payload.height.0);
+        }
         let rt = Runtime {
             core,
             verifier,
@@ -196,6 +205,8 @@ impl Runtime {
             empty_block_delay,
             status,
             queue: actions.into(),
+            metrics,
+            last_commit_at: None,
         };
         rt.publish();
         Ok((rt, rx))
@@ -213,6 +224,7 @@ impl Runtime {
             view: view.0,
             leader: self.core.config().leader(view).0,
         };
+        self.metrics.set_consensus(s.height, s.view);
         self.status.send_if_modified(|old| {
             let changed = *old != s;
             *old = s;
@@ -279,6 +291,7 @@ impl Runtime {
                     {
                         self.timer = None;
                         info!(view = view.0, "view timed out");
+                        self.metrics.view_timeout();
                         let acts = self.core.handle(now(), Event::TimerFired { view });
                         self.queue.extend(acts);
                     }
@@ -310,12 +323,17 @@ impl Runtime {
                 _ => Ok(()),
             }
         };
+        let started = Instant::now();
         let verified = self.verifier.verify_bytes_if(&f.bytes, admit);
+        self.metrics
+            .verified("consensus_message", started.elapsed());
         if admitted_far {
             self.far_view_at.insert(f.from.0, now_ms);
         }
         match verified {
             Ok(msg) => {
+                self.metrics
+                    .received(metrics::kind_of_verified(&msg), f.bytes.len());
                 if let VerifiedMessage::BlockRequest(r) = &msg
                     && self.serve_from_store(f.from, r)?
                 {
@@ -324,9 +342,7 @@ impl Runtime {
                 if let (VerifiedMessage::Proposal(p), Some(s)) = (&msg, &self.shared) {
                     // The chain's tip as peers see it (a proposal runs two
                     // blocks ahead of commits), for readiness.
-                    let h = p.payload.block.height().0.saturating_sub(2);
-                    s.best_seen_height
-                        .fetch_max(h, std::sync::atomic::Ordering::Relaxed);
+                    s.note_seen(p.payload.block.height().0.saturating_sub(2));
                 }
                 let acts = self
                     .core
@@ -334,6 +350,8 @@ impl Runtime {
                 self.queue.extend(acts);
             }
             Err(e) => {
+                self.metrics
+                    .invalid(Some(f.from.0), metrics::invalid_reason(&e));
                 debug!(peer = f.from.0, "message refused: {e}");
             }
         }
@@ -356,10 +374,14 @@ impl Runtime {
     fn perform(&mut self, a: Action) -> Result<Vec<Action>, RuntimeError> {
         match a {
             Action::Persist(s) => {
+                let t = Instant::now();
                 self.store.put_safety(&s)?;
+                self.metrics.storage("safety_write", t.elapsed());
             }
             Action::PersistBlock(b) => {
+                let t = Instant::now();
                 self.store.put_pending_block(&b)?;
+                self.metrics.storage("block_write", t.elapsed());
                 let raw = self.track_block(&b);
                 if let Some(s) = &self.shared
                     && !raw.is_empty()
@@ -368,10 +390,15 @@ impl Runtime {
                 }
             }
             Action::Send { to, msg } => {
-                self.net.send(to, Arc::new(encode(&msg)));
+                let bytes = Arc::new(encode(&msg));
+                self.metrics.sent(metrics::kind_of(&msg), bytes.len(), 1);
+                self.net.send(to, bytes);
             }
             Action::Broadcast(msg) => {
-                self.net.broadcast(Arc::new(encode(&msg)));
+                let bytes = Arc::new(encode(&msg));
+                self.metrics
+                    .sent(metrics::kind_of(&msg), bytes.len(), self.net.peer_count());
+                self.net.broadcast(bytes);
             }
             Action::SetTimer { view, at } => {
                 self.timer = Some((view, at));
@@ -402,6 +429,7 @@ impl Runtime {
             Action::Commit { block, cert } => {
                 let h = block.height();
                 let span = info_span!("commit", height = h.0);
+                let first_seen = self.seen.get(&block.id()).map(|s| s.at);
                 let prepared = match &self.shared {
                     // Signatures the mempool verified on entry are not
                     // verified again. The pool is locked only to look up
@@ -423,6 +451,18 @@ impl Runtime {
                     None => phalanx_ledger::prepare_payload(&block.payload),
                 };
                 let res = span.in_scope(|| self.store.commit_prepared(&block, &cert, prepared))?;
+                let m = &self.metrics;
+                m.storage("execute", res.timings.execute);
+                m.storage("state_root", res.timings.state_root);
+                m.storage("commit_write", res.timings.write);
+                let now_at = Instant::now();
+                m.committed_block(
+                    first_seen.map(|t| now_at - t),
+                    self.last_commit_at.map(|t| now_at - t),
+                    block.payload.len(),
+                    res.receipts.iter().map(|r| r.status.name()),
+                );
+                self.last_commit_at = Some(now_at);
                 if let Some(s) = &self.shared {
                     let hashes: Vec<Digest> = res.receipts.iter().map(|r| r.tx_hash).collect();
                     let store = &self.store;
@@ -430,6 +470,7 @@ impl Runtime {
                         store.account_by_address(sender).map_or(0, |a| a.nonce)
                     });
                     s.note_commit(h.0);
+                    s.publish_mempool();
                     // No subscriber is not an error.
                     let _ = s.commits.send(CommitNotice {
                         height: h.0,
@@ -449,6 +490,7 @@ impl Runtime {
                 {
                     info!(height = cp.payload.height.0, "stable checkpoint");
                     self.store.put_stable_checkpoint(&cp)?;
+                    self.metrics.checkpoint(cp.payload.height.0);
                 }
                 info!(
                     height = h.0,
@@ -474,6 +516,7 @@ impl Runtime {
                 if cp.payload.height.0 <= self.store.head().height {
                     info!(height = cp.payload.height.0, "stable checkpoint");
                     self.store.put_stable_checkpoint(&cp)?;
+                    self.metrics.checkpoint(cp.payload.height.0);
                 } else if self
                     .deferred_checkpoint
                     .as_ref()
@@ -483,6 +526,7 @@ impl Runtime {
                 }
             }
             Action::Evidence(e) => {
+                self.metrics.equivocation();
                 warn!(
                     signer = e.signer.0,
                     round = e.round,
@@ -541,12 +585,16 @@ impl Runtime {
         let raw = raw_hashes(b);
         // Kept until the block is executed, not merely committed.
         let executed = self.store.head().height;
+        // A block persisted again (re-proposed, or fetched after a vote)
+        // keeps its first time, which commit latency is measured from.
+        let at = self.seen.get(&b.id()).map_or_else(Instant::now, |s| s.at);
         self.seen.insert(
             b.id(),
             SeenBlock {
                 parent: b.header.parent,
                 height: b.height().0,
                 raw: raw.clone(),
+                at,
             },
         );
         self.seen.retain(|_, s| s.height > executed);

@@ -15,7 +15,7 @@ use phalanx_storage::Store;
 use tokio::sync::{Notify, broadcast, watch};
 
 use crate::mempool::Mempool;
-use crate::net::NetStats;
+use crate::metrics::Metrics;
 use crate::runtime::Status;
 
 /// Commit notices buffered per subscriber before it counts as lagging.
@@ -52,8 +52,8 @@ pub struct Shared {
     pub status: watch::Receiver<Status>,
     /// Committed blocks, in order.
     pub commits: broadcast::Sender<CommitNotice>,
-    /// Network counters.
-    pub net: Arc<NetStats>,
+    /// Metrics.
+    pub metrics: Arc<Metrics>,
     /// Highest block height seen in a verified proposal.
     pub best_seen_height: AtomicU64,
     /// Wall-clock ms of the last commit.
@@ -72,6 +72,20 @@ impl Shared {
     pub fn note_commit(&self, height: u64) {
         self.last_commit_ms.store(now_ms(), Ordering::Relaxed);
         self.best_seen_height.fetch_max(height, Ordering::Relaxed);
+    }
+
+    /// Publishes the mempool's occupancy to the metrics.
+    pub fn publish_mempool(&self) {
+        let pool = self.pool();
+        let l = pool.limits();
+        self.metrics
+            .set_mempool(pool.len(), pool.bytes(), l.max_txs, l.max_bytes);
+    }
+
+    /// Records the chain's tip as a peer showed it.
+    pub fn note_seen(&self, height: u64) {
+        self.best_seen_height.fetch_max(height, Ordering::Relaxed);
+        self.metrics.sync_target(height);
     }
 
     /// Ready: committed within `max_lag` blocks of the best height seen and

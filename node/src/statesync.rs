@@ -135,10 +135,13 @@ fn answer(store: &Store, req: StateRequest) -> StateResponse {
 }
 
 /// Serves state sync requests from validators until the node stops.
+/// Until `store` holds the store (while this node is syncing itself, or
+/// opening), there is nothing to offer: checkpoint requests are answered
+/// "none" at once, so peers starting together do not wait for each other.
 pub async fn serve(
     mut control: libp2p_stream::Control,
     validators: Arc<std::collections::HashSet<PeerId>>,
-    store: Arc<Store>,
+    store: tokio::sync::watch::Receiver<Option<Arc<Store>>>,
 ) {
     let mut incoming = match control.accept(STATE_PROTOCOL) {
         Ok(i) => i,
@@ -152,7 +155,7 @@ pub async fn serve(
             debug!(%peer, "state request from a non-validator refused");
             continue;
         }
-        let store = store.clone();
+        let store = store.borrow().clone();
         tokio::spawn(async move {
             let Some(req) = read_frame(&mut stream, MAX_REQUEST_BYTES).await else {
                 return;
@@ -160,9 +163,15 @@ pub async fn serve(
             let Ok(req) = decode::<StateRequest>(&req, MAX_REQUEST_BYTES) else {
                 return;
             };
-            let resp = tokio::task::spawn_blocking(move || answer(&store, req))
-                .await
-                .unwrap_or_else(|e| StateResponse::Error(e.to_string()));
+            let resp = match (store, req) {
+                (Some(store), req) => tokio::task::spawn_blocking(move || answer(&store, req))
+                    .await
+                    .unwrap_or_else(|e| StateResponse::Error(e.to_string())),
+                (None, StateRequest::Checkpoint) => StateResponse::Checkpoint(None),
+                (None, StateRequest::Chunk { .. }) => {
+                    StateResponse::Error("this validator is starting; ask another".into())
+                }
+            };
             let _ = write_frame(&mut stream, &encode(&resp)).await;
             let _ = stream.close().await;
         });
@@ -229,6 +238,7 @@ pub async fn sync_if_fresh(
     peers: Vec<PeerId>,
     genesis: &Genesis,
     store: Store,
+    metrics: &crate::metrics::Metrics,
 ) -> Result<Store, StateSyncError> {
     if store.head().height != 0 || peers.is_empty() {
         return Ok(store);
@@ -292,6 +302,13 @@ pub async fn sync_if_fresh(
     order.extend(peers.iter().copied().filter(|p| *p != first));
     let mut which = 0usize;
     let mut failures = 0usize;
+    let mut remaining = offer
+        .manifest
+        .buckets
+        .iter()
+        .filter(|b| **b != phalanx_ledger::Subtree::Empty)
+        .count();
+    metrics.state_sync(remaining, 0);
     while let Some((height, depth, bucket, after)) = restore.next_request() {
         let peer = order[which % order.len()];
         let req = StateRequest::Chunk {
@@ -305,7 +322,13 @@ pub async fn sync_if_fresh(
                 // A chunk that fails verification poisons the restore: the
                 // node stops and asks for a clean data directory rather
                 // than trust anything half-written.
+                let n = chunk.accounts.len();
+                let bucket_done = chunk.bucket_done;
                 restore.add_chunk(chunk)?;
+                if bucket_done {
+                    remaining = remaining.saturating_sub(1);
+                }
+                metrics.state_sync(remaining, n);
             }
             other => {
                 failures += 1;

@@ -1,0 +1,505 @@
+//! `bench`: an open-loop load of signed transfers over JSON-RPC.
+//!
+//! Every transfer is signed before the clock starts, so signing costs the
+//! cluster nothing during the run. Transfer `k` is due at `k / rate`
+//! seconds and goes out in a JSON-RPC batch at the first tick after that,
+//! however the cluster is doing (open loop); its latency is measured from
+//! when it was due, not when it was sent, so a stalled sender cannot hide
+//! a stalled cluster. Each demo account's transfers go to one node, in
+//! nonce order. Commits are watched on every node through
+//! `ledger_subscribeBlocks` with receipts; at the end every acknowledged
+//! transfer must be committed on every node.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use hdrhistogram::Histogram;
+use jsonrpsee_core::client::{ClientT, SubscriptionClientT};
+use jsonrpsee_core::params::{ArrayParams, BatchRequestBuilder};
+use phalanx_crypto::{ChainId, Digest, KeyPair};
+use phalanx_ledger::{Leg, Transfer};
+use serde_json::{Value, json};
+
+use crate::client::{MAX_RESPONSE_BYTES, rpc_client};
+use crate::layout::{Testnet, load_accounts};
+
+/// Calls per JSON-RPC batch (the node's bound).
+pub const BATCH: usize = 64;
+/// Batches in flight before the sender waits (it then falls behind
+/// schedule, which the latencies show).
+pub const MAX_IN_FLIGHT_BATCHES: usize = 512;
+/// How often the sender wakes up.
+const TICK: Duration = Duration::from_millis(5);
+/// Most transfers one run signs.
+pub const MAX_TRANSFERS: u64 = 5_000_000;
+/// Block notices buffered per subscription.
+const SUBSCRIPTION_BUFFER: usize = 65_536;
+
+/// What to run.
+pub struct BenchOptions {
+    /// How long to offer load.
+    pub duration: Duration,
+    /// Transfers per second offered.
+    pub rate: u64,
+    /// How long to wait after the load for every acknowledged transfer to
+    /// commit everywhere.
+    pub drain: Duration,
+    /// Show a progress bar.
+    pub progress: bool,
+}
+
+/// Per-transfer state shared by the tasks. Times are microseconds since
+/// the run's start, plus one (zero means "not yet").
+struct Track {
+    hashes: HashMap<Digest, u32>,
+    acked: Vec<AtomicU64>,
+    /// Commit time per node per transfer.
+    seen: Vec<Vec<AtomicU64>>,
+    /// Receipt status was `applied` (on the node it was submitted to).
+    applied: Vec<AtomicU64>,
+    node_of: Vec<u8>,
+    committed_on_submit: AtomicUsize,
+    rejected: Mutex<BTreeMap<String, u64>>,
+    lagged: Vec<AtomicU64>,
+}
+
+fn micros_since(start: Instant) -> u64 {
+    start.elapsed().as_micros() as u64 + 1
+}
+
+fn cpu_seconds() -> f64 {
+    use nix::sys::resource::{UsageWho, getrusage};
+    getrusage(UsageWho::RUSAGE_SELF)
+        .map(|u| {
+            let t = |tv: nix::sys::time::TimeVal| tv.tv_sec() as f64 + tv.tv_usec() as f64 / 1e6;
+            t(u.user_time()) + t(u.system_time())
+        })
+        .unwrap_or(0.0)
+}
+
+/// Signs `count` transfers round-robin over `keys`, starting at each
+/// account's next nonce; returns (hex, hash, account) per transfer.
+fn sign_all(
+    chain: &ChainId,
+    keys: &[KeyPair],
+    nonces: &[u64],
+    count: u64,
+) -> Vec<(String, Digest, usize)> {
+    let threads = std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1);
+    let per = (count as usize).div_ceil(threads).max(1);
+    let a = keys.len();
+    let mut out: Vec<(String, Digest, usize)> = Vec::with_capacity(count as usize);
+    std::thread::scope(|s| {
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let lo = (t * per).min(count as usize);
+                let hi = ((t + 1) * per).min(count as usize);
+                s.spawn(move || {
+                    (lo..hi)
+                        .map(|k| {
+                            let acct = k % a;
+                            let tx = Transfer {
+                                chain_id: chain.clone(),
+                                sender: keys[acct].public(),
+                                nonce: nonces[acct] + (k / a) as u64,
+                                legs: vec![Leg {
+                                    to: keys[(acct + 1) % a].public(),
+                                    amount: 1,
+                                }],
+                            }
+                            .sign(&keys[acct]);
+                            (hex::encode(tx.encode()), tx.hash(), acct)
+                        })
+                        .collect::<Vec<_>>()
+                })
+            })
+            .collect();
+        for h in handles {
+            // A signing thread cannot fail short of a bug; re-raise it.
+            match h.join() {
+                Ok(v) => out.extend(v),
+                Err(p) => std::panic::resume_unwind(p),
+            }
+        }
+    });
+    out
+}
+
+async fn fetch_nonces(url: &str, keys: &[KeyPair]) -> Result<Vec<u64>> {
+    let client = rpc_client(url, Duration::from_secs(60))?;
+    let mut nonces = Vec::with_capacity(keys.len());
+    for chunk in keys.chunks(BATCH) {
+        let mut b = BatchRequestBuilder::new();
+        for k in chunk {
+            let mut p = ArrayParams::new();
+            p.insert(k.public().to_hex())?;
+            b.insert("ledger_getAccount", p)?;
+        }
+        let resp = client
+            .batch_request::<Value>(b)
+            .await
+            .context("ledger_getAccount")?;
+        for r in resp {
+            let v = r.map_err(|e| anyhow::anyhow!("ledger_getAccount: {e}"))?;
+            nonces.push(v["nonce"].as_u64().context("account without nonce")?);
+        }
+    }
+    Ok(nonces)
+}
+
+/// Runs the benchmark against the testnet in `dir`; returns the report.
+pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
+    let net = Testnet::load(dir)?;
+    if opts.rate == 0 || opts.duration.is_zero() {
+        bail!("--rate and --duration must be positive");
+    }
+    let count = (opts.rate as f64 * opts.duration.as_secs_f64()).ceil() as u64;
+    if count > MAX_TRANSFERS {
+        bail!("{count} transfers requested; at most {MAX_TRANSFERS} per run");
+    }
+    let keys = load_accounts(dir)?;
+    let nodes = net.nodes.len();
+    let chain = ChainId::new(&net.chain_id).map_err(|e| anyhow::anyhow!("chain id: {e}"))?;
+    let nonces = fetch_nonces(&net.nodes[0].rpc_url, &keys).await?;
+
+    let sign_started = Instant::now();
+    let cpu0 = cpu_seconds();
+    let txs = sign_all(&chain, &keys, &nonces, count);
+    let sign_secs = sign_started.elapsed().as_secs_f64();
+    let sign_cpu = cpu_seconds() - cpu0;
+
+    let track = Arc::new(Track {
+        hashes: txs
+            .iter()
+            .enumerate()
+            .map(|(i, t)| (t.1, i as u32))
+            .collect(),
+        acked: (0..count).map(|_| AtomicU64::new(0)).collect(),
+        seen: (0..nodes)
+            .map(|_| (0..count).map(|_| AtomicU64::new(0)).collect())
+            .collect(),
+        applied: (0..count).map(|_| AtomicU64::new(0)).collect(),
+        node_of: txs.iter().map(|t| (t.2 % nodes) as u8).collect(),
+        committed_on_submit: AtomicUsize::new(0),
+        rejected: Mutex::new(BTreeMap::new()),
+        lagged: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+    });
+
+    // Watch every node's commits before the first transfer goes out.
+    let start = Instant::now();
+    let mut watchers = Vec::new();
+    for (ni, n) in net.nodes.iter().enumerate() {
+        let ws = jsonrpsee_ws_client::WsClientBuilder::default()
+            .max_response_size(MAX_RESPONSE_BYTES)
+            .max_buffer_capacity_per_subscription(SUBSCRIPTION_BUFFER)
+            .build(&n.ws_url)
+            .await
+            .with_context(|| format!("WebSocket to node {ni}"))?;
+        let mut p = ArrayParams::new();
+        p.insert(true)?;
+        let mut sub = ws
+            .subscribe::<Value, _>("ledger_subscribeBlocks", p, "ledger_unsubscribeBlocks")
+            .await
+            .with_context(|| format!("subscribing to node {ni}'s blocks"))?;
+        let track = track.clone();
+        watchers.push(tokio::spawn(async move {
+            let _ws = ws;
+            while let Some(Ok(notice)) = sub.next().await {
+                if notice.get("error").is_some() {
+                    track.lagged[ni].store(1, Ordering::Relaxed);
+                    return;
+                }
+                let now = micros_since(start);
+                let Some(receipts) = notice["receipts"].as_array() else {
+                    continue;
+                };
+                for r in receipts {
+                    let Some(h) = r["hash"].as_str().and_then(|h| Digest::from_hex(h).ok()) else {
+                        continue;
+                    };
+                    let Some(&i) = track.hashes.get(&h) else {
+                        continue;
+                    };
+                    let i = i as usize;
+                    let first = track.seen[ni][i]
+                        .compare_exchange(0, now, Ordering::Relaxed, Ordering::Relaxed)
+                        .is_ok();
+                    if first && track.node_of[i] as usize == ni {
+                        if r["status"] == "applied" {
+                            track.applied[i].store(1, Ordering::Relaxed);
+                        }
+                        track.committed_on_submit.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            }
+            // The stream ended without a lag notice: the node went away.
+            track.lagged[ni].store(1, Ordering::Relaxed);
+        }));
+    }
+
+    let clients = net
+        .nodes
+        .iter()
+        .map(|n| rpc_client(&n.rpc_url, Duration::from_secs(30)))
+        .collect::<Result<Vec<_>>>()?;
+    let bar = if opts.progress {
+        let b = indicatif::ProgressBar::new(count);
+        b.set_style(
+            indicatif::ProgressStyle::with_template(
+                "{elapsed_precise} [{bar:40}] {pos}/{len} committed  {msg}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar())
+            .progress_chars("=> "),
+        );
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    let in_flight = Arc::new(tokio::sync::Semaphore::new(MAX_IN_FLIGHT_BATCHES));
+    let txs = Arc::new(txs);
+    let submitted = Arc::new(AtomicU64::new(0));
+    let mut next = 0u64;
+    let mut ticker = tokio::time::interval(TICK);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let cpu_run0 = cpu_seconds();
+    let mut tasks = Vec::new();
+    while next < count {
+        ticker.tick().await;
+        let due = ((start.elapsed().as_secs_f64() * opts.rate as f64) as u64).min(count);
+        let mut per_node: Vec<Vec<u32>> = vec![Vec::new(); nodes];
+        for k in next..due {
+            per_node[track.node_of[k as usize] as usize].push(k as u32);
+        }
+        next = due;
+        for (ni, ks) in per_node.into_iter().enumerate() {
+            for chunk in ks.chunks(BATCH) {
+                let permit = in_flight.clone().acquire_owned().await?;
+                let client = clients[ni].clone();
+                let chunk = chunk.to_vec();
+                let txs = txs.clone();
+                let track = track.clone();
+                let submitted = submitted.clone();
+                tasks.push(tokio::spawn(async move {
+                    let _permit = permit;
+                    submit_batch(&client, &txs, &chunk, &track, start).await;
+                    submitted.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                }));
+            }
+        }
+        tasks.retain(|t| !t.is_finished());
+        bar.set_position(track.committed_on_submit.load(Ordering::Relaxed) as u64);
+        bar.set_message(format!("{} submitted", submitted.load(Ordering::Relaxed)));
+    }
+    for t in tasks {
+        let _ = t.await;
+    }
+    let send_secs = start.elapsed().as_secs_f64();
+    let bench_cpu = cpu_seconds() - cpu_run0;
+
+    // Drain: wait for every acknowledged transfer on every node.
+    let acked_count = track
+        .acked
+        .iter()
+        .filter(|a| a.load(Ordering::Relaxed) != 0)
+        .count();
+    let deadline = Instant::now() + opts.drain;
+    let missing = |track: &Track| -> Vec<usize> {
+        (0..nodes)
+            .map(|ni| {
+                (0..count as usize)
+                    .filter(|&i| {
+                        track.acked[i].load(Ordering::Relaxed) != 0
+                            && track.seen[ni][i].load(Ordering::Relaxed) == 0
+                    })
+                    .count()
+            })
+            .collect()
+    };
+    loop {
+        bar.set_position(track.committed_on_submit.load(Ordering::Relaxed) as u64);
+        let m = missing(&track);
+        let all_lagged_done =
+            (0..nodes).all(|ni| m[ni] == 0 || track.lagged[ni].load(Ordering::Relaxed) != 0);
+        if all_lagged_done || Instant::now() > deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    bar.finish_and_clear();
+    // Nodes whose notices were cut off: ask for the rest one by one.
+    for (ni, client) in clients.iter().enumerate() {
+        if track.lagged[ni].load(Ordering::Relaxed) != 0 {
+            backfill(client, ni, &txs, &track, count).await;
+        }
+    }
+    for w in watchers {
+        w.abort();
+    }
+    let missing = missing(&track);
+
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 3_600_000_000, 3)?;
+    let mut last_commit = 0u64;
+    let mut committed = 0u64;
+    for i in 0..count as usize {
+        if track.applied[i].load(Ordering::Relaxed) == 0 {
+            continue;
+        }
+        let ni = track.node_of[i] as usize;
+        let at = track.seen[ni][i].load(Ordering::Relaxed);
+        if at == 0 {
+            continue;
+        }
+        committed += 1;
+        if at == u64::MAX {
+            // Found by backfill: committed, but when is unknown.
+            continue;
+        }
+        last_commit = last_commit.max(at);
+        let due = (i as f64 / opts.rate as f64 * 1e6) as u64;
+        hist.record(at.saturating_sub(due).max(1))?;
+    }
+    let span = (last_commit as f64 / 1e6).max(f64::EPSILON);
+    let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
+    let rejected = track.rejected.lock().map(|r| r.clone()).unwrap_or_default();
+    Ok(json!({
+        "validators": nodes,
+        "accounts": keys.len(),
+        "rate": opts.rate,
+        "duration_s": opts.duration.as_secs_f64(),
+        "submitted": submitted.load(Ordering::Relaxed),
+        "acknowledged": acked_count,
+        "rejected": rejected,
+        "committed": committed,
+        "committed_per_s": committed as f64 / span,
+        "latency_ms": {
+            "p50": ms(0.5),
+            "p90": ms(0.9),
+            "p99": ms(0.99),
+            "max": hist.max() as f64 / 1000.0,
+        },
+        "all_committed_on_every_node": missing.iter().all(|m| *m == 0),
+        "missing_per_node": missing,
+        "send_s": send_secs,
+        "sign_s": sign_secs,
+        "sign_cpu_s": sign_cpu,
+        "bench_cpu_cores": bench_cpu / send_secs.max(f64::EPSILON),
+    }))
+}
+
+async fn submit_batch(
+    client: &jsonrpsee_http_client::HttpClient,
+    txs: &[(String, Digest, usize)],
+    ks: &[u32],
+    track: &Track,
+    start: Instant,
+) {
+    let mut b = BatchRequestBuilder::new();
+    for &k in ks {
+        let mut p = ArrayParams::new();
+        if p.insert(&txs[k as usize].0).is_err() || p.insert("none").is_err() {
+            return;
+        }
+        if b.insert("ledger_submitTransaction", p).is_err() {
+            return;
+        }
+    }
+    let now = micros_since(start);
+    let reject = |why: String| {
+        if let Ok(mut r) = track.rejected.lock() {
+            *r.entry(why).or_default() += 1;
+        }
+    };
+    match client.batch_request::<Value>(b).await {
+        Ok(resp) => {
+            for (r, &k) in resp.into_iter().zip(ks) {
+                match r {
+                    Ok(_) => track.acked[k as usize].store(now, Ordering::Relaxed),
+                    Err(e) => reject(format!("code {}", e.code())),
+                }
+            }
+        }
+        Err(e) => {
+            for _ in ks {
+                reject(format!("transport: {e}"));
+            }
+        }
+    }
+}
+
+/// Looks up, on node `ni`, each acknowledged transfer its notices did not
+/// show (after a lagged or closed subscription).
+async fn backfill(
+    client: &jsonrpsee_http_client::HttpClient,
+    ni: usize,
+    txs: &[(String, Digest, usize)],
+    track: &Track,
+    count: u64,
+) {
+    let todo: Vec<usize> = (0..count as usize)
+        .filter(|&i| {
+            track.acked[i].load(Ordering::Relaxed) != 0
+                && track.seen[ni][i].load(Ordering::Relaxed) == 0
+        })
+        .collect();
+    for chunk in todo.chunks(BATCH) {
+        let mut b = BatchRequestBuilder::new();
+        for &i in chunk {
+            let mut p = ArrayParams::new();
+            if p.insert(txs[i].1.to_hex()).is_err() || b.insert("ledger_getTransaction", p).is_err()
+            {
+                return;
+            }
+        }
+        let Ok(resp) = client.batch_request::<Value>(b).await else {
+            return;
+        };
+        for (r, &i) in resp.into_iter().zip(chunk) {
+            if let Ok(v) = r
+                && v["status"] == "committed"
+            {
+                // Committed, at an unknown time: counted as present, not
+                // timed.
+                track.seen[ni][i].store(u64::MAX, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+/// The report as text.
+pub fn human(r: &Value) -> String {
+    format!(
+        "offered {rate}/s for {dur} s to {v} validators from {a} accounts\n\
+         submitted {sub}, acknowledged {ack}, rejected {rej}\n\
+         committed {com} ({tps:.0}/s)\n\
+         commit latency ms: p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  max {max:.1}\n\
+         every acknowledged transfer committed on every node: {all} (missing per node: {miss})\n\
+         signing ahead: {sign:.1} s; bench process while sending: {cpu:.2} cores",
+        rate = r["rate"],
+        dur = r["duration_s"],
+        v = r["validators"],
+        a = r["accounts"],
+        sub = r["submitted"],
+        ack = r["acknowledged"],
+        rej = r["rejected"],
+        com = r["committed"],
+        tps = r["committed_per_s"].as_f64().unwrap_or(0.0),
+        p50 = r["latency_ms"]["p50"].as_f64().unwrap_or(0.0),
+        p90 = r["latency_ms"]["p90"].as_f64().unwrap_or(0.0),
+        p99 = r["latency_ms"]["p99"].as_f64().unwrap_or(0.0),
+        max = r["latency_ms"]["max"].as_f64().unwrap_or(0.0),
+        all = if r["all_committed_on_every_node"] == true {
+            "yes"
+        } else {
+            "NO"
+        },
+        miss = r["missing_per_node"],
+        sign = r["sign_s"].as_f64().unwrap_or(0.0),
+        cpu = r["bench_cpu_cores"].as_f64().unwrap_or(0.0),
+    )
+}

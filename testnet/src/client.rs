@@ -1,0 +1,63 @@
+//! Talking to the nodes: JSON-RPC over HTTP (jsonrpsee) and plain HTTP
+//! GETs (ureq) for probes, metrics and the Prometheus API.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result, anyhow};
+use jsonrpsee_core::client::ClientT;
+use jsonrpsee_core::params::ArrayParams;
+use jsonrpsee_http_client::{HttpClient, HttpClientBuilder};
+use serde_json::Value;
+
+/// Largest response the tool accepts, bytes (a block notice with receipts
+/// of a full block is well under this).
+pub const MAX_RESPONSE_BYTES: u32 = 64 << 20;
+
+/// A JSON-RPC client for `url`.
+pub fn rpc_client(url: &str, timeout: Duration) -> Result<HttpClient> {
+    HttpClientBuilder::default()
+        .request_timeout(timeout)
+        .max_response_size(MAX_RESPONSE_BYTES)
+        .build(url)
+        .with_context(|| format!("JSON-RPC client for {url}"))
+}
+
+/// One JSON-RPC call.
+pub async fn call(client: &HttpClient, method: &str, params: Vec<Value>) -> Result<Value> {
+    let mut p = ArrayParams::new();
+    for v in params {
+        p.insert(v).map_err(|e| anyhow!("params: {e}"))?;
+    }
+    client
+        .request::<Value, _>(method, p)
+        .await
+        .map_err(|e| anyhow!("{method}: {e}"))
+}
+
+/// One JSON-RPC call to `url` with a fresh client.
+pub async fn call_url(url: &str, method: &str, params: Vec<Value>) -> Result<Value> {
+    let c = rpc_client(url, Duration::from_secs(10))?;
+    call(&c, method, params).await
+}
+
+/// A plain HTTP GET: (status, body). Non-2xx statuses are answers, not
+/// errors; an unreachable server is an error.
+pub fn http_get(url: &str, timeout: Duration) -> Result<(u16, String)> {
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(timeout))
+        .http_status_as_error(false)
+        .build()
+        .into();
+    let mut resp = agent
+        .get(url)
+        .call()
+        .with_context(|| format!("GET {url}"))?;
+    let status = resp.status().as_u16();
+    let body = resp
+        .body_mut()
+        .with_config()
+        .limit(u64::from(MAX_RESPONSE_BYTES))
+        .read_to_string()
+        .with_context(|| format!("GET {url}: reading the body"))?;
+    Ok((status, body))
+}

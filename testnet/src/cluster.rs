@@ -1,0 +1,445 @@
+//! `up`, `status`, `down` and the perturbations: creating a testnet's
+//! files, starting and signalling its processes, and reading their state.
+
+use std::net::TcpListener;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, Result, bail};
+use nix::sys::signal::Signal;
+use phalanx_crypto::{ChainId, KeyPair};
+use phalanx_ledger::{Genesis, GenesisAccount, Params};
+use serde_json::{Value, json};
+
+use crate::client::{call_url, http_get};
+use crate::layout::{
+    ACCOUNTS_FILE, AccountsFile, NodeInfo, TESTNET_FILE, Testnet, account_key, is_ours, log_tail,
+    spawn_detached, stop,
+};
+
+/// How long `up` and `restart` wait for nodes to serve and commit.
+pub const START_PATIENCE: Duration = Duration::from_secs(180);
+/// How long a node has to exit after SIGTERM before SIGKILL.
+pub const STOP_GRACE: Duration = Duration::from_secs(20);
+/// Balance of each demo account.
+pub const DEMO_BALANCE: u64 = 1_000_000_000_000;
+/// Most validators `up` creates.
+pub const MAX_VALIDATORS: usize = 64;
+/// Most demo accounts `up` creates.
+pub const MAX_ACCOUNTS: usize = 1_000_000;
+/// Demo accounts also written as key files for the wallet.
+const KEY_FILES: usize = 4;
+
+/// What `up` is asked for.
+pub struct UpOptions {
+    /// Validators.
+    pub validators: usize,
+    /// Funded demo accounts.
+    pub accounts: usize,
+    /// Blocks between checkpoints.
+    pub checkpoint_interval: u64,
+    /// The `phalanx` binary.
+    pub phalanx: PathBuf,
+}
+
+/// A port free at the time of asking.
+pub fn free_port() -> Result<u16> {
+    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+}
+
+fn now_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// The `phalanx` binary: `--phalanx`, else the one next to this tool, else
+/// `phalanx` on the PATH.
+pub fn find_phalanx(given: Option<PathBuf>) -> Result<PathBuf> {
+    if let Some(p) = given {
+        if !p.is_file() {
+            bail!("--phalanx {}: no such file", p.display());
+        }
+        return Ok(std::fs::canonicalize(p)?);
+    }
+    if let Some(dir) = std::env::current_exe()?.parent() {
+        let beside = dir.join("phalanx");
+        if beside.is_file() {
+            return Ok(beside);
+        }
+    }
+    Ok(PathBuf::from("phalanx"))
+}
+
+fn init_node(phalanx: &Path, home: &Path, ports: (u16, u16, u16)) -> Result<String> {
+    let (p2p, rpc, metrics) = ports;
+    let out = Command::new(phalanx)
+        .arg("init")
+        .arg("--home")
+        .arg(home)
+        .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{p2p}")])
+        .args(["--rpc-listen", &format!("127.0.0.1:{rpc}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+        .args(["--genesis", "../genesis.json", "--json"])
+        .output()
+        .with_context(|| format!("running {} init", phalanx.display()))?;
+    if !out.status.success() {
+        bail!(
+            "phalanx init failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let v: Value = serde_json::from_slice(&out.stdout).context("phalanx init output")?;
+    v["public_key"]
+        .as_str()
+        .map(str::to_string)
+        .context("phalanx init printed no public_key")
+}
+
+/// Creates the testnet's files and starts its nodes; returns once every
+/// node serves RPC and has committed.
+pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
+    if !(1..=MAX_VALIDATORS).contains(&opts.validators) {
+        bail!("--validators must be between 1 and {MAX_VALIDATORS}");
+    }
+    if !(1..=MAX_ACCOUNTS).contains(&opts.accounts) {
+        bail!("--accounts must be between 1 and {MAX_ACCOUNTS}");
+    }
+    if dir.join(TESTNET_FILE).exists() {
+        bail!(
+            "{} already holds a testnet; stop it with `phalanx-testnet down --dir {}` and remove the directory, or pick another --dir",
+            dir.display(),
+            dir.display()
+        );
+    }
+    std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    let dir = std::fs::canonicalize(dir)?;
+
+    let mut nodes = Vec::new();
+    for i in 0..opts.validators {
+        let home = dir.join(format!("node-{i}"));
+        let (p2p, rpc, metrics) = (free_port()?, free_port()?, free_port()?);
+        let key = init_node(&opts.phalanx, &home, (p2p, rpc, metrics))?;
+        nodes.push(NodeInfo {
+            index: i,
+            key,
+            log: home.join("node.log"),
+            home,
+            rpc_url: format!("http://127.0.0.1:{rpc}"),
+            ws_url: format!("ws://127.0.0.1:{rpc}"),
+            metrics_url: format!("http://127.0.0.1:{metrics}/metrics"),
+            p2p_addr: format!("/ip4/127.0.0.1/tcp/{p2p}"),
+            pid: None,
+        });
+    }
+    for n in &nodes {
+        let mut peers = String::new();
+        for p in nodes.iter().filter(|p| p.index != n.index) {
+            peers.push_str(&format!(
+                "\n[[peers]]\nkey = \"{}\"\naddr = \"{}\"\n",
+                p.key, p.p2p_addr
+            ));
+        }
+        let cfg = n.home.join("config.toml");
+        let mut text = std::fs::read_to_string(&cfg)?;
+        text.push_str(&peers);
+        std::fs::write(&cfg, text)?;
+    }
+
+    // Demo accounts: one random seed, every key derived from it.
+    let mut master = [0u8; 32];
+    getrandom::fill(&mut master).map_err(|e| anyhow::anyhow!("random seed: {e}"))?;
+    std::fs::create_dir_all(dir.join("accounts"))?;
+    std::fs::write(
+        dir.join(ACCOUNTS_FILE),
+        serde_json::to_string_pretty(&AccountsFile {
+            seed: hex::encode(master),
+            count: opts.accounts,
+        })?,
+    )?;
+    let keys: Vec<KeyPair> = (0..opts.accounts)
+        .map(|i| account_key(&master, i))
+        .collect();
+    for (i, k) in keys.iter().take(KEY_FILES).enumerate() {
+        k.save(&dir.join(format!("accounts/account-{i}.key")))
+            .map_err(|e| anyhow::anyhow!("writing account key: {e}"))?;
+    }
+    let chain_id = "phalanx-testnet";
+    let genesis = Genesis {
+        chain_id: ChainId::new(chain_id).map_err(|e| anyhow::anyhow!("{e}"))?,
+        genesis_time_ms: now_ms(),
+        validators: nodes
+            .iter()
+            .map(|n| phalanx_crypto::PublicKey::from_hex(&n.key))
+            .collect::<Result<_, _>>()
+            .map_err(|e| anyhow::anyhow!("validator key: {e}"))?,
+        accounts: keys
+            .iter()
+            .map(|k| GenesisAccount {
+                address: k.public(),
+                balance: DEMO_BALANCE,
+            })
+            .collect(),
+        params: Params {
+            checkpoint_interval: opts.checkpoint_interval,
+            ..Params::default()
+        },
+    };
+    genesis.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+    let genesis_path = dir.join("genesis.json");
+    std::fs::write(&genesis_path, serde_json::to_string_pretty(&genesis)?)?;
+
+    let mut net = Testnet {
+        chain_id: chain_id.into(),
+        phalanx: opts.phalanx.clone(),
+        genesis: genesis_path,
+        nodes,
+        accounts: opts.accounts,
+        prometheus: None,
+    };
+    for i in 0..net.nodes.len() {
+        start_node(&mut net, i)?;
+        net.save(&dir)?;
+    }
+    wait_committing(&net, &(0..net.nodes.len()).collect::<Vec<_>>(), 2).await?;
+    Ok(net)
+}
+
+fn start_node(net: &mut Testnet, i: usize) -> Result<()> {
+    let n = &net.nodes[i];
+    let home = n.home.to_string_lossy().to_string();
+    let pid = spawn_detached(&net.phalanx, &["start", "--home", &home], &n.log)?;
+    net.nodes[i].pid = Some(pid);
+    Ok(())
+}
+
+/// Waits until each of `which` serves RPC and has committed `min_new`
+/// blocks past where it was first seen; fails early if one exits.
+pub async fn wait_committing(net: &Testnet, which: &[usize], min_new: u64) -> Result<()> {
+    let deadline = Instant::now() + START_PATIENCE;
+    let mut first: Vec<Option<u64>> = vec![None; net.nodes.len()];
+    loop {
+        let mut done = true;
+        for &i in which {
+            let n = &net.nodes[i];
+            if let Some(pid) = n.pid
+                && !is_ours(pid, &n.home)
+            {
+                bail!(
+                    "node {i} exited; the end of {}:\n{}",
+                    n.log.display(),
+                    log_tail(&n.log, 20)
+                );
+            }
+            let h = call_url(&n.rpc_url, "ledger_status", vec![])
+                .await
+                .ok()
+                .and_then(|v| v["height"].as_u64());
+            match (h, first[i]) {
+                (Some(h), None) => {
+                    first[i] = Some(h);
+                    done = false;
+                }
+                (Some(h), Some(f)) if h >= f + min_new => {}
+                _ => done = false,
+            }
+        }
+        if done {
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "nodes {which:?} did not serve RPC and commit within {} s; see their node.log files",
+                START_PATIENCE.as_secs()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// One node's state as `status` shows it.
+pub async fn node_status(n: &NodeInfo) -> Value {
+    let running = n.pid.is_some_and(|p| is_ours(p, &n.home));
+    let paused = running
+        && n.pid.is_some_and(|p| {
+            std::fs::read_to_string(format!("/proc/{p}/stat"))
+                .ok()
+                .and_then(|s| {
+                    s.rsplit_once(')')
+                        .map(|(_, r)| r.trim_start().starts_with('T'))
+                })
+                .unwrap_or(false)
+        });
+    let mut v = json!({
+        "index": n.index,
+        "pid": n.pid,
+        "process": if paused { "paused" } else if running { "running" } else { "stopped" },
+        "rpc_url": n.rpc_url,
+        "metrics_url": n.metrics_url,
+        "p2p_addr": n.p2p_addr,
+        "key": n.key,
+    });
+    if !running || paused {
+        v["health"] = json!("down");
+        return v;
+    }
+    match call_url(&n.rpc_url, "ledger_status", vec![]).await {
+        Ok(s) => {
+            for k in ["height", "view", "leader", "peers", "syncing"] {
+                v[k] = s[k].clone();
+            }
+            v["mempool_transactions"] = s["mempool"]["transactions"].clone();
+            let ready = call_url(&n.rpc_url, "health_ready", vec![]).await;
+            v["health"] = match ready {
+                Ok(_) => json!("ready"),
+                Err(e) => json!(format!("not ready: {e}")),
+            };
+        }
+        Err(e) => v["health"] = json!(format!("unreachable: {e}")),
+    }
+    v
+}
+
+/// Every node's status.
+pub async fn status(net: &Testnet) -> Vec<Value> {
+    let mut out = Vec::new();
+    for n in &net.nodes {
+        out.push(node_status(n).await);
+    }
+    out
+}
+
+/// Stops every process the testnet started (and nothing else).
+pub fn down(dir: &Path, net: &mut Testnet) -> Result<Vec<String>> {
+    let mut report = Vec::new();
+    for n in &mut net.nodes {
+        if let Some(pid) = n.pid.take() {
+            if stop(pid, &n.home, STOP_GRACE)? {
+                report.push(format!("node {} (pid {pid}) stopped", n.index));
+            } else {
+                report.push(format!("node {} was not running", n.index));
+            }
+        }
+    }
+    if let Some(p) = &mut net.prometheus
+        && let Some(pid) = p.pid.take()
+        && stop(pid, &p.dir, STOP_GRACE)?
+    {
+        report.push(format!("prometheus (pid {pid}) stopped"));
+    }
+    net.save(dir)?;
+    Ok(report)
+}
+
+/// A perturbation of one node.
+#[derive(Clone, Copy, Debug)]
+pub enum Perturb {
+    /// SIGKILL.
+    Kill,
+    /// Stop (SIGTERM) if running, then start again and wait for commits.
+    Restart,
+    /// SIGSTOP.
+    Pause,
+    /// SIGCONT.
+    Resume,
+}
+
+/// Applies `p` to node `i`.
+pub async fn perturb(dir: &Path, net: &mut Testnet, i: usize, p: Perturb) -> Result<String> {
+    let n = net.node(i)?.clone();
+    let pid = n.pid.filter(|pid| is_ours(*pid, &n.home));
+    let sig = |s: Signal| -> Result<()> {
+        let Some(pid) = pid else {
+            bail!("node {i} is not running");
+        };
+        crate::layout::signal(pid, &n.home, s)?;
+        Ok(())
+    };
+    let msg = match p {
+        Perturb::Kill => {
+            sig(Signal::SIGKILL)?;
+            if let Some(pid) = pid {
+                crate::layout::wait_gone(pid, &n.home, STOP_GRACE);
+            }
+            net.nodes[i].pid = None;
+            format!("node {i} killed")
+        }
+        Perturb::Pause => {
+            sig(Signal::SIGSTOP)?;
+            format!("node {i} paused")
+        }
+        Perturb::Resume => {
+            sig(Signal::SIGCONT)?;
+            format!("node {i} resumed")
+        }
+        Perturb::Restart => {
+            if let Some(pid) = pid {
+                stop(pid, &n.home, STOP_GRACE)?;
+            }
+            start_node(net, i)?;
+            net.save(dir)?;
+            wait_committing(net, &[i], 1).await?;
+            format!(
+                "node {i} restarted (pid {})",
+                net.nodes[i].pid.unwrap_or_default()
+            )
+        }
+    };
+    net.save(dir)?;
+    Ok(msg)
+}
+
+/// Human table of `status` rows.
+pub fn status_table(rows: &[Value]) -> String {
+    let mut out = format!(
+        "{:<5} {:<8} {:<8} {:>8} {:>7} {:>6} {:>5} {:>8}  {}\n",
+        "node", "pid", "process", "height", "view", "leader", "peers", "mempool", "health"
+    );
+    let s = |v: &Value| match v {
+        Value::Null => "-".to_string(),
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    for r in rows {
+        out.push_str(&format!(
+            "{:<5} {:<8} {:<8} {:>8} {:>7} {:>6} {:>5} {:>8}  {}\n",
+            s(&r["index"]),
+            s(&r["pid"]),
+            s(&r["process"]),
+            s(&r["height"]),
+            s(&r["view"]),
+            s(&r["leader"]),
+            s(&r["peers"]),
+            s(&r["mempool_transactions"]),
+            s(&r["health"]),
+        ));
+    }
+    out
+}
+
+/// Human table of where each node listens.
+pub fn endpoints_table(net: &Testnet) -> String {
+    let mut out = format!(
+        "{:<5} {:<8} {:<24} {:<38} {:<26} {}\n",
+        "node", "pid", "rpc", "metrics", "p2p", "key"
+    );
+    for n in &net.nodes {
+        out.push_str(&format!(
+            "{:<5} {:<8} {:<24} {:<38} {:<26} {}\n",
+            n.index,
+            n.pid.map(|p| p.to_string()).unwrap_or_else(|| "-".into()),
+            n.rpc_url,
+            n.metrics_url,
+            n.p2p_addr,
+            n.key
+        ));
+    }
+    out
+}
+
+/// Whether `url` answers `GET` with 200 within `timeout`.
+pub fn http_ok(url: &str, timeout: Duration) -> bool {
+    matches!(http_get(url, timeout), Ok((200, _)))
+}

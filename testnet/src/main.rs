@@ -1,0 +1,264 @@
+//! `phalanx-testnet`: a local cluster of `phalanx` validators on
+//! 127.0.0.1, for trying Phalanx, for tests, and for benchmarks.
+//!
+//! `up` writes keys, genesis (with funded demo accounts) and configs under
+//! one directory and starts the nodes; `status`, `down`, `kill`,
+//! `restart`, `pause` and `resume` work on what `up` recorded in
+//! `DIR/testnet.json`; `bench` offers signed transfers at a fixed rate and
+//! reports throughput and commit latency. The tool never touches a process
+//! it did not start.
+
+mod bench;
+mod client;
+mod cluster;
+mod layout;
+mod prom;
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+
+use crate::cluster::{Perturb, UpOptions};
+use crate::layout::Testnet;
+
+#[derive(Parser)]
+#[command(name = "phalanx-testnet", version, about = "A local Phalanx testnet")]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Create a testnet under DIR and start it; returns once every node
+    /// serves RPC and the chain commits.
+    Up {
+        /// Where everything goes (must not hold a testnet already).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Validators (n = 3f + 1 tolerates f faults).
+        #[arg(long, default_value_t = 4)]
+        validators: usize,
+        /// Funded demo accounts (keys under DIR/accounts).
+        #[arg(long, default_value_t = 2000)]
+        accounts: usize,
+        /// Blocks between checkpoints.
+        #[arg(long, default_value_t = 100)]
+        checkpoint_interval: u64,
+        /// Also start a Prometheus server scraping the nodes (installs
+        /// Debian's prometheus package when missing).
+        #[arg(long)]
+        prometheus: bool,
+        /// The phalanx binary (default: next to this tool, else on PATH).
+        #[arg(long)]
+        phalanx: Option<PathBuf>,
+        /// Print testnet.json instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Height, view, leader, peers and health of each node.
+    Status {
+        /// The testnet directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Stop every process the testnet started (and nothing else).
+    Down {
+        /// The testnet directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// SIGKILL one node.
+    Kill(NodeArg),
+    /// Stop one node (if running) and start it again.
+    Restart(NodeArg),
+    /// Freeze one node (SIGSTOP).
+    Pause(NodeArg),
+    /// Unfreeze one node (SIGCONT).
+    Resume(NodeArg),
+    /// Offer an open-loop load of signed transfers and report throughput
+    /// and commit latency.
+    Bench {
+        /// The testnet directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Seconds of load.
+        #[arg(long, default_value_t = 30)]
+        duration: u64,
+        /// Transfers offered per second.
+        #[arg(long, default_value_t = 1000)]
+        rate: u64,
+        /// Seconds to wait after the load for every acknowledged transfer
+        /// to commit on every node.
+        #[arg(long, default_value_t = 60)]
+        drain: u64,
+        /// Print one JSON object.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(clap::Args)]
+struct NodeArg {
+    /// The testnet directory.
+    #[arg(long)]
+    dir: PathBuf,
+    /// The node's index.
+    #[arg(long)]
+    node: usize,
+}
+
+fn main() -> std::process::ExitCode {
+    let cli = Cli::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: starting the async runtime: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(cli.cmd)) {
+        Ok(true) => std::process::ExitCode::SUCCESS,
+        Ok(false) => std::process::ExitCode::from(2),
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+/// Runs one command; `Ok(false)` is a completed run whose result is a
+/// failure (a bench that lost transfers).
+async fn run(cmd: Cmd) -> Result<bool> {
+    match cmd {
+        Cmd::Up {
+            dir,
+            validators,
+            accounts,
+            checkpoint_interval,
+            prometheus,
+            phalanx,
+            json,
+        } => {
+            let opts = UpOptions {
+                validators,
+                accounts,
+                checkpoint_interval,
+                phalanx: cluster::find_phalanx(phalanx)?,
+            };
+            let mut net = match cluster::up(&dir, &opts).await {
+                Ok(n) => n,
+                Err(e) => {
+                    // Leave nothing running behind a failed start.
+                    if let Ok(mut n) = Testnet::load(&dir) {
+                        let _ = cluster::down(&dir, &mut n);
+                    }
+                    return Err(e);
+                }
+            };
+            let dir = std::fs::canonicalize(&dir)?;
+            if prometheus {
+                match prom::start(&dir, &net) {
+                    Ok(p) => net.prometheus = Some(p),
+                    Err(e) => {
+                        let _ = cluster::down(&dir, &mut net);
+                        return Err(e);
+                    }
+                }
+            } else {
+                prom::write_files(&dir.join("prometheus"), &net)?;
+            }
+            net.save(&dir)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&net)?);
+            } else {
+                print!("{}", cluster::endpoints_table(&net));
+                println!();
+                println!("testnet:     {}", dir.join("testnet.json").display());
+                println!("genesis:     {}", net.genesis.display());
+                println!(
+                    "accounts:    {} funded (keys: {}/accounts/)",
+                    net.accounts,
+                    dir.display()
+                );
+                match &net.prometheus {
+                    Some(p) => println!("prometheus:  {}  (alerts: {}/alerts)", p.url, p.url),
+                    None => println!(
+                        "prometheus:  not started (config: {}/prometheus/prometheus.yml)",
+                        dir.display()
+                    ),
+                }
+                println!(
+                    "dashboard:   {}/prometheus/phalanx-dashboard.json (import into Grafana)",
+                    dir.display()
+                );
+                println!("stop with:   phalanx-testnet down --dir {}", dir.display());
+            }
+            Ok(true)
+        }
+        Cmd::Status { dir, json } => {
+            let net = Testnet::load(&dir)?;
+            let rows = cluster::status(&net).await;
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "chain_id": net.chain_id,
+                        "nodes": rows,
+                        "prometheus": net.prometheus.as_ref().map(|p| &p.url),
+                    }))?
+                );
+            } else {
+                print!("{}", cluster::status_table(&rows));
+            }
+            Ok(true)
+        }
+        Cmd::Down { dir } => {
+            let mut net = Testnet::load(&dir)?;
+            for line in cluster::down(&dir, &mut net)? {
+                println!("{line}");
+            }
+            Ok(true)
+        }
+        Cmd::Kill(a) => perturb(a, Perturb::Kill).await,
+        Cmd::Restart(a) => perturb(a, Perturb::Restart).await,
+        Cmd::Pause(a) => perturb(a, Perturb::Pause).await,
+        Cmd::Resume(a) => perturb(a, Perturb::Resume).await,
+        Cmd::Bench {
+            dir,
+            duration,
+            rate,
+            drain,
+            json,
+        } => {
+            let opts = bench::BenchOptions {
+                duration: Duration::from_secs(duration),
+                rate,
+                drain: Duration::from_secs(drain),
+                progress: !json,
+            };
+            let report = bench::run(&dir, &opts).await?;
+            if json {
+                println!("{report}");
+            } else {
+                println!("{}", bench::human(&report));
+            }
+            Ok(report["all_committed_on_every_node"] == true)
+        }
+    }
+}
+
+async fn perturb(a: NodeArg, p: Perturb) -> Result<bool> {
+    let mut net = Testnet::load(&a.dir)?;
+    let msg = cluster::perturb(&a.dir, &mut net, a.node, p).await?;
+    println!("{msg}");
+    Ok(true)
+}
