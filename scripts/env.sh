@@ -32,3 +32,13 @@ ensure_build_deps() {
         _apt install -y -qq "${missing[@]}" >/dev/null
     fi
 }
+
+# Prometheus and promtool (Debian's prometheus package), for the
+# observability test and `phalanx-testnet up --prometheus`.
+ensure_prometheus() {
+    if ! command -v prometheus >/dev/null || ! command -v promtool >/dev/null; then
+        echo "==> installing prometheus"
+        _apt update -qq
+        _apt install -y -qq --no-install-recommends prometheus >/dev/null
+    fi
+}

@@ -6,6 +6,7 @@ cd "$(dirname "$0")/.."
 source scripts/env.sh
 
 ensure_build_deps
+ensure_prometheus
 
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check

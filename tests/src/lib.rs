@@ -21,27 +21,48 @@ use phalanx_ledger::{Genesis, GenesisAccount, Params};
 /// Deadline for conditions that need the cluster to make progress.
 pub const PATIENCE: Duration = Duration::from_secs(120);
 
-/// The `phalanx` binary, built once per test process with the same profile
-/// and target directory as the tests.
-pub fn phalanx_bin() -> PathBuf {
-    static BIN: OnceLock<PathBuf> = OnceLock::new();
-    BIN.get_or_init(|| {
+/// The directory holding the `phalanx` and `phalanx-testnet` binaries,
+/// built once per test process with the same profile and target directory
+/// as the tests.
+fn bin_dir() -> PathBuf {
+    static DIR: OnceLock<PathBuf> = OnceLock::new();
+    DIR.get_or_init(|| {
         let status = Command::new(env!("CARGO"))
-            .args(["build", "-p", "phalanx-node", "--bin", "phalanx"])
+            .args([
+                "build",
+                "-p",
+                "phalanx-node",
+                "-p",
+                "phalanx-testnet",
+                "--bins",
+            ])
             .status()
-            .expect("running cargo build for the phalanx binary");
-        assert!(status.success(), "building the phalanx binary failed");
-        // target/<profile>/deps/<test> → target/<profile>/phalanx
+            .expect("running cargo build for the binaries");
+        assert!(status.success(), "building the binaries failed");
+        // target/<profile>/deps/<test> → target/<profile>/
         let exe = std::env::current_exe().expect("test executable path");
-        let dir = exe
-            .parent()
+        exe.parent()
             .and_then(Path::parent)
-            .expect("target profile directory");
-        let bin = dir.join("phalanx");
-        assert!(bin.exists(), "{} missing after the build", bin.display());
-        bin
+            .expect("target profile directory")
+            .to_path_buf()
     })
     .clone()
+}
+
+fn built(name: &str) -> PathBuf {
+    let bin = bin_dir().join(name);
+    assert!(bin.exists(), "{} missing after the build", bin.display());
+    bin
+}
+
+/// The `phalanx` binary.
+pub fn phalanx_bin() -> PathBuf {
+    built("phalanx")
+}
+
+/// The `phalanx-testnet` binary.
+pub fn testnet_bin() -> PathBuf {
+    built("phalanx-testnet")
 }
 
 /// Runs the `phalanx` binary with `args` to completion: (exit code,
