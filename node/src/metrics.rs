@@ -140,11 +140,6 @@ struct RpcCall {
     outcome: &'static str,
 }
 
-#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
-struct RpcMethod {
-    method: &'static str,
-}
-
 type HistogramFamily<L> = Family<L, Histogram, fn() -> Histogram>;
 
 fn seconds_histogram() -> Histogram {
@@ -189,7 +184,7 @@ pub struct Metrics {
     state_sync_buckets_remaining: Gauge,
     state_sync_accounts: Counter,
     rpc_requests: Family<RpcCall, Counter>,
-    rpc_seconds: HistogramFamily<RpcMethod>,
+    rpc_seconds: HistogramFamily<RpcCall>,
     equivocations: Counter,
 }
 
@@ -377,7 +372,7 @@ impl Metrics {
         );
         r.register_with_unit(
             "rpc_request_duration",
-            "JSON-RPC call latency, by method",
+            "JSON-RPC call latency, by method and outcome",
             Unit::Seconds,
             m.rpc_seconds.clone(),
         );
@@ -419,10 +414,10 @@ impl Metrics {
         }
         for method in rpc_methods.iter().take(MAX_RPC_METHODS) {
             for outcome in ["ok", "error"] {
-                m.rpc_requests
-                    .get_or_create_owned(&RpcCall { method, outcome });
+                let l = RpcCall { method, outcome };
+                m.rpc_requests.get_or_create_owned(&l);
+                m.rpc_seconds.get_or_create_owned(&l);
             }
-            m.rpc_seconds.get_or_create_owned(&RpcMethod { method });
         }
         Metrics { registry: r, ..m }
     }
@@ -586,12 +581,9 @@ impl Metrics {
     /// One JSON-RPC call of `method` finished.
     pub fn rpc(&self, method: &'static str, ok: bool, d: Duration) {
         let outcome = if ok { "ok" } else { "error" };
-        self.rpc_requests
-            .get_or_create(&RpcCall { method, outcome })
-            .inc();
-        self.rpc_seconds
-            .get_or_create(&RpcMethod { method })
-            .observe(d.as_secs_f64());
+        let l = RpcCall { method, outcome };
+        self.rpc_requests.get_or_create(&l).inc();
+        self.rpc_seconds.get_or_create(&l).observe(d.as_secs_f64());
     }
 
     /// Equivocation evidence seen.
