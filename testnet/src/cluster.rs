@@ -210,7 +210,7 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
 fn start_node(net: &mut Testnet, i: usize) -> Result<()> {
     let n = &net.nodes[i];
     let home = n.home.to_string_lossy().to_string();
-    let pid = spawn_detached(&net.phalanx, &["start", "--home", &home], &n.log)?;
+    let pid = spawn_detached(&net.phalanx, &["start", "--home", &home], &n.log, &n.home)?;
     net.nodes[i].pid = Some(pid);
     Ok(())
 }

@@ -200,8 +200,10 @@ pub fn wait_gone(pid: u32, marker: &Path, timeout: Duration) -> bool {
 
 /// Starts `program args` detached from this process (its own process
 /// group, so a Ctrl-C in the terminal does not reach it), appending its
-/// output to `log`. Returns the pid.
-pub fn spawn_detached(program: &Path, args: &[&str], log: &Path) -> Result<u32> {
+/// output to `log`. `marker` must appear in `args`. Returns the pid once
+/// the process is visibly ours: the kernel publishes a new program's
+/// command line a moment after `spawn` returns.
+pub fn spawn_detached(program: &Path, args: &[&str], log: &Path, marker: &Path) -> Result<u32> {
     use std::os::unix::process::CommandExt;
     let out = std::fs::OpenOptions::new()
         .create(true)
@@ -217,7 +219,26 @@ pub fn spawn_detached(program: &Path, args: &[&str], log: &Path) -> Result<u32> 
         .process_group(0)
         .spawn()
         .with_context(|| format!("starting {}", program.display()))?;
-    Ok(child.id())
+    let mut child = child;
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !is_ours(pid, marker) {
+        if let Ok(Some(status)) = child.try_wait() {
+            bail!(
+                "{} exited at once ({status}):\n{}",
+                program.display(),
+                log_tail(log, 20)
+            );
+        }
+        if Instant::now() > deadline {
+            bail!(
+                "{} (pid {pid}) never showed its arguments",
+                program.display()
+            );
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(pid)
 }
 
 /// The last `n` lines of a log, for error messages.
@@ -242,6 +263,7 @@ mod tests {
             Path::new("/bin/sh"),
             &["-c", "sleep 30", &marker.to_string_lossy()],
             &log,
+            &marker,
         )
         .unwrap();
         assert!(is_ours(pid, &marker));

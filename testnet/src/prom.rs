@@ -112,6 +112,7 @@ pub fn start(dir: &Path, net: &Testnet) -> Result<PrometheusInfo> {
             "--storage.tsdb.retention.time=1d",
         ],
         &log,
+        &pdir,
     )?;
     let deadline = Instant::now() + READY_PATIENCE;
     while !http_ok(&format!("{url}/-/ready"), Duration::from_secs(2)) {
