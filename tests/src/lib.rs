@@ -106,6 +106,8 @@ pub struct Node {
     pub p2p_port: u16,
     /// JSON-RPC port.
     pub rpc_port: u16,
+    /// Metrics port.
+    pub metrics_port: u16,
     /// The JSON log.
     pub log: PathBuf,
     child: Option<Child>,
@@ -153,14 +155,15 @@ impl Node {
     /// Runs `phalanx init` for `home` (genesis at `genesis`, relative to the
     /// home) on two free ports.
     fn init(home: PathBuf, genesis: &str) -> Node {
-        let (p2p_port, rpc_port) = (free_port(), free_port());
-        let key = run_init(&home, p2p_port, rpc_port, genesis);
+        let (p2p_port, rpc_port, metrics_port) = (free_port(), free_port(), free_port());
+        let key = run_init(&home, [p2p_port, rpc_port, metrics_port], genesis);
         Node {
             log: home.join("node.log"),
             home,
             key,
             p2p_port,
             rpc_port,
+            metrics_port,
             child: None,
         }
     }
@@ -198,13 +201,14 @@ impl Node {
     }
 }
 
-fn run_init(home: &Path, p2p: u16, rpc: u16, genesis: &str) -> PublicKey {
+fn run_init(home: &Path, [p2p, rpc, metrics]: [u16; 3], genesis: &str) -> PublicKey {
     let out = Command::new(phalanx_bin())
         .arg("init")
         .arg("--home")
         .arg(home)
         .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{p2p}")])
         .args(["--rpc-listen", &format!("127.0.0.1:{rpc}")])
+        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
         .args(["--genesis", genesis, "--json"])
         .output()
         .expect("running phalanx init");
@@ -597,6 +601,21 @@ impl Cluster {
         let status = out.split_whitespace().nth(1)?.parse().ok()?;
         let body = out.split("\r\n\r\n").nth(1).unwrap_or("").to_string();
         Some((status, body))
+    }
+
+    /// The value of one series (`name{labels}` exactly as exposed) in node
+    /// `i`'s `/metrics`; None when unreachable or absent.
+    pub fn metric(&self, i: usize, series: &str) -> Option<f64> {
+        let url = format!("http://127.0.0.1:{}/metrics", self.nodes[i].metrics_port);
+        let text = ureq::get(&url)
+            .call()
+            .ok()?
+            .body_mut()
+            .read_to_string()
+            .ok()?;
+        text.lines()
+            .find_map(|l| l.strip_prefix(series)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse().ok())
     }
 
     /// Height node `i` reports over RPC (0 when unreachable).

@@ -73,6 +73,17 @@ fn a_key_outside_the_validator_set_gets_nothing_accepted() {
         (0..4).all(|i| c.height(i) >= h + 5)
     });
     assert_agreement(&c);
+    // The refusals are counted in every validator's metrics, and the
+    // committed height there follows the chain.
+    for i in 0..4 {
+        let refused = c.metric(
+            i,
+            "phalanx_invalid_messages_total{peer=\"unknown\",reason=\"non_validator_stream\"}",
+        );
+        assert!(refused.unwrap_or(0.0) >= 1.0, "node {i}: {refused:?}");
+        let height = c.metric(i, "phalanx_committed_height").unwrap_or(0.0);
+        assert!(height >= (h + 5) as f64, "node {i}: height {height}");
+    }
 }
 
 #[test]
