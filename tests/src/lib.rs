@@ -65,19 +65,24 @@ pub fn testnet_bin() -> PathBuf {
     built("phalanx-testnet")
 }
 
-/// Runs the `phalanx` binary with `args` to completion: (exit code,
-/// stdout, stderr).
-pub fn phalanx(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(phalanx_bin())
+/// Runs `bin` with `args` to completion: (exit code, stdout, stderr).
+pub fn run(bin: &Path, args: &[&str]) -> (Option<i32>, String, String) {
+    let out = Command::new(bin)
         .args(args)
         .stdin(Stdio::null())
         .output()
-        .expect("running phalanx");
+        .unwrap_or_else(|e| panic!("running {}: {e}", bin.display()));
     (
         out.status.code(),
         String::from_utf8_lossy(&out.stdout).to_string(),
         String::from_utf8_lossy(&out.stderr).to_string(),
     )
+}
+
+/// Runs the `phalanx` binary with `args` to completion: (exit code,
+/// stdout, stderr).
+pub fn phalanx(args: &[&str]) -> (Option<i32>, String, String) {
+    run(&phalanx_bin(), args)
 }
 
 /// A port free at the time of asking.

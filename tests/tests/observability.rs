@@ -8,21 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use phalanx_tests::{PATIENCE, testnet_bin};
+use phalanx_tests::{PATIENCE, run, testnet_bin};
 use serde_json::Value;
 
 /// Runs `phalanx-testnet args` to completion: (exit code, stdout, stderr).
 fn testnet(args: &[&str]) -> (Option<i32>, String, String) {
-    let out = Command::new(testnet_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .expect("running phalanx-testnet");
-    (
-        out.status.code(),
-        String::from_utf8_lossy(&out.stdout).to_string(),
-        String::from_utf8_lossy(&out.stderr).to_string(),
-    )
+    run(&testnet_bin(), args)
 }
 
 fn ok(args: &[&str]) -> String {
