@@ -136,40 +136,49 @@ impl PreparedPayload {
 /// Decodes a payload and batch-verifies its signatures. An undecodable
 /// payload prepares to nothing, and so executes to no receipts.
 pub fn prepare_payload(payload: &[u8]) -> PreparedPayload {
-    prepare_payload_trusting(payload, |_| false)
+    prepare_payload_trusting(payload, |_| None)
 }
 
-/// [`prepare_payload`], skipping the signature check of the items (by
-/// position in the payload) for which `verified` says their exact bytes were
-/// verified before (a node's mempool verified them on entry). The receipts
-/// are the same as [`prepare_payload`]'s as long as `verified` only vouches
-/// for items that do verify.
+/// [`prepare_payload`], taking from `verified` the items (by position in
+/// the payload) whose exact bytes were decoded and signature-checked before
+/// (a node's mempool did so on entry): `verified(i)` returns that decoding
+/// and its hash, and item `i` is then neither decoded again (which
+/// decompresses curve points) nor verified again. The receipts are the same
+/// as [`prepare_payload`]'s as long as `verified` only vouches for items
+/// that are the decoding of those bytes and do verify.
 pub fn prepare_payload_trusting(
     payload: &[u8],
-    verified: impl Fn(usize) -> bool,
+    verified: impl Fn(usize) -> Option<(SignedTransfer, Digest)>,
 ) -> PreparedPayload {
     let Ok(items) = decode_payload(payload) else {
         return PreparedPayload::default();
     };
-    let decoded: Vec<Option<(SignedTransfer, bool)>> = items
+    // (transfer, known hash): a known hash means already verified.
+    let decoded: Vec<Option<(SignedTransfer, Option<Digest>)>> = items
         .iter()
         .enumerate()
-        .map(|(i, b)| SignedTransfer::decode(b).ok().map(|t| (t, verified(i))))
+        .map(|(i, b)| match verified(i) {
+            Some((t, h)) => Some((t, Some(h))),
+            None => SignedTransfer::decode(b).ok().map(|t| (t, None)),
+        })
         .collect();
     let to_check: Vec<SignedTransfer> = decoded
         .iter()
         .flatten()
-        .filter(|(_, known)| !known)
+        .filter(|(_, known)| known.is_none())
         .map(|(t, _)| t.clone())
         .collect();
     let mut sig = verify_signatures(&to_check).into_iter();
     let checked = decoded
         .into_iter()
         .map(|d| {
-            d.map(|(t, known)| {
-                let hash = t.hash();
-                let ok = known || sig.next().unwrap_or(false);
-                (t, hash, ok)
+            d.map(|(t, known)| match known {
+                Some(hash) => (t, hash, true),
+                None => {
+                    let hash = t.hash();
+                    let ok = sig.next().unwrap_or(false);
+                    (t, hash, ok)
+                }
             })
         })
         .collect();

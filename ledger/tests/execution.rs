@@ -226,3 +226,30 @@ proptest! {
         }
     }
 }
+
+#[test]
+fn items_vouched_for_by_a_mempool_execute_as_if_decoded_and_verified() {
+    use phalanx_ledger::{
+        SignedTransfer, execute_prepared, prepare_payload, prepare_payload_trusting,
+    };
+    let l = Ledger::new(&[(key(0).public(), 100), (key(1).public(), 100)]);
+    let good = transfer(&l.chain, &key(0), 0, &[(1, 5)]);
+    let mut forged = transfer(&l.chain, &key(1), 0, &[(0, 5)]);
+    let n = forged.len();
+    forged[n - 1] ^= 1; // the signature no longer verifies
+    let payload = encode_payload(&[good.clone(), forged.clone(), vec![0xff]]);
+    let plain = execute_prepared(&l, &l.chain, prepare_payload(&payload)).unwrap();
+    // The mempool vouches for the good item only, handing over its decoding.
+    let decoded = SignedTransfer::decode(&good).unwrap();
+    let hash = decoded.hash();
+    let trusted = execute_prepared(
+        &l,
+        &l.chain,
+        prepare_payload_trusting(&payload, |i| (i == 0).then(|| (decoded.clone(), hash))),
+    )
+    .unwrap();
+    assert_eq!(plain.receipts, trusted.receipts);
+    assert_eq!(plain.changes, trusted.changes);
+    let statuses: Vec<_> = trusted.receipts.iter().map(|r| r.status.name()).collect();
+    assert_eq!(statuses, ["applied", "bad_signature", "malformed"]);
+}

@@ -166,6 +166,13 @@ impl Mempool {
         self.by_raw.contains_key(raw)
     }
 
+    /// The decoded (and signature-checked) transaction whose exact bytes
+    /// hash to `raw`, with its hash, if pending here.
+    pub fn verified_by_bytes(&self, raw: &Digest) -> Option<(SignedTransfer, Digest)> {
+        let hash = self.by_raw.get(raw)?;
+        self.entries.get(hash).map(|e| (e.tx.clone(), *hash))
+    }
+
     /// Transactions not in any block yet.
     pub fn proposable(&self) -> usize {
         self.entries

@@ -431,21 +431,22 @@ impl Runtime {
                 let span = info_span!("commit", height = h.0);
                 let first_seen = self.seen.get(&block.id()).map(|s| s.at);
                 let prepared = match &self.shared {
-                    // Signatures the mempool verified on entry are not
-                    // verified again. The pool is locked only to look up
-                    // the items' hashes (kept from when the block was
-                    // persisted), not while the payload is decoded.
+                    // Transactions the mempool decoded and verified on
+                    // entry are neither decoded (curve points decompressed)
+                    // nor verified again. The pool is locked only to look
+                    // them up by the items' hashes (kept from when the
+                    // block was persisted), not while the rest decode.
                     Some(s) => {
                         let raw = match self.seen.get(&block.id()) {
                             Some(seen) => seen.raw.clone(),
                             None => raw_hashes(&block),
                         };
-                        let known: Vec<bool> = {
+                        let known: Vec<Option<_>> = {
                             let pool = s.pool();
-                            raw.iter().map(|d| pool.holds_bytes(d)).collect()
+                            raw.iter().map(|d| pool.verified_by_bytes(d)).collect()
                         };
                         prepare_payload_trusting(&block.payload, |i| {
-                            known.get(i).copied().unwrap_or(false)
+                            known.get(i).cloned().flatten()
                         })
                     }
                     None => phalanx_ledger::prepare_payload(&block.payload),
