@@ -1,10 +1,12 @@
 //! ed25519 keys, signatures and key files.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::io::Write;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
+use std::sync::{Mutex, OnceLock};
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
@@ -15,10 +17,31 @@ use crate::CryptoError;
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct PublicKey(VerifyingKey);
 
+/// Most decoded keys [`PublicKey::from_bytes`] remembers (about 200 bytes
+/// each).
+pub const KEY_CACHE_ENTRIES: usize = 1 << 15;
+
+/// Keys already decoded and checked, by encoding. Decoding decompresses a
+/// curve point (a field exponentiation, some 10 µs), and a node decodes the
+/// same keys again and again: senders and recipients of every transaction
+/// it admits, validators in every message. Only keys that passed every
+/// check are remembered, so the cache can change how fast a key decodes,
+/// never whether it does. When full it is emptied (a bound, not an LRU).
+fn key_cache() -> &'static Mutex<HashMap<[u8; 32], VerifyingKey>> {
+    static CACHE: OnceLock<Mutex<HashMap<[u8; 32], VerifyingKey>>> = OnceLock::new();
+    CACHE.get_or_init(|| Mutex::new(HashMap::new()))
+}
+
 impl PublicKey {
     /// Parses 32 bytes, refusing invalid encodings and small-order (weak) keys,
     /// for which a signature can verify on many messages.
     pub fn from_bytes(bytes: &[u8; 32]) -> Result<PublicKey, CryptoError> {
+        let cache = key_cache();
+        // A panic elsewhere while holding the lock leaves a map of valid
+        // keys: still usable.
+        if let Some(k) = cache.lock().unwrap_or_else(|e| e.into_inner()).get(bytes) {
+            return Ok(PublicKey(*k));
+        }
         let key = VerifyingKey::from_bytes(bytes).map_err(|_| CryptoError::InvalidPublicKey {
             reason: "not a valid curve point",
         })?;
@@ -27,6 +50,11 @@ impl PublicKey {
                 reason: "small-order (weak) key",
             });
         }
+        let mut c = cache.lock().unwrap_or_else(|e| e.into_inner());
+        if c.len() >= KEY_CACHE_ENTRIES {
+            c.clear();
+        }
+        c.insert(*bytes, key);
         Ok(PublicKey(key))
     }
 
@@ -236,6 +264,33 @@ impl fmt::Debug for KeyPair {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn decoding_a_key_twice_gives_the_same_answer_cached_or_not() {
+        let k = KeyPair::from_seed([42; 32]).public();
+        let b = k.to_bytes();
+        assert_eq!(PublicKey::from_bytes(&b).unwrap(), k);
+        assert!(key_cache().lock().unwrap().contains_key(&b));
+        assert_eq!(PublicKey::from_bytes(&b).unwrap(), k);
+        // Refused keys are refused every time and never remembered: the
+        // identity point is small-order, and this encoding is no point.
+        let mut weak = [0u8; 32];
+        weak[0] = 1;
+        let bad = (2u8..=255)
+            .map(|i| {
+                let mut b = [0u8; 32];
+                b[0] = i;
+                b
+            })
+            .find(|b| VerifyingKey::from_bytes(b).is_err())
+            .unwrap();
+        for b in [weak, bad] {
+            for _ in 0..2 {
+                assert!(PublicKey::from_bytes(&b).is_err());
+            }
+            assert!(!key_cache().lock().unwrap().contains_key(&b));
+        }
+    }
 
     #[test]
     fn key_file_round_trip_and_mode() {
