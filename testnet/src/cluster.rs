@@ -1,7 +1,6 @@
 //! `up`, `status`, `down` and the perturbations: creating a testnet's
 //! files, starting and signalling its processes, and reading their state.
 
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -43,9 +42,9 @@ pub struct UpOptions {
     pub phalanx: PathBuf,
 }
 
-/// A port free at the time of asking.
+/// A local port for a listener (see [`phalanx_testnet::ports`]).
 pub fn free_port() -> Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
+    phalanx_testnet::ports::free_port().context("no free local port")
 }
 
 fn now_ms() -> u64 {

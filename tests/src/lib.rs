@@ -9,7 +9,6 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use std::collections::BTreeMap;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
@@ -85,12 +84,10 @@ pub fn phalanx(args: &[&str]) -> (Option<i32>, String, String) {
     run(&phalanx_bin(), args)
 }
 
-/// A port free at the time of asking.
+/// A local port for a listener: below the ephemeral range, so no
+/// outgoing connection takes it before the node binds it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("a free local port")
+    phalanx_testnet::ports::free_port().expect("a free local port")
 }
 
 /// Key of demo account `i` (funded at genesis).
