@@ -93,6 +93,9 @@ pub struct Config {
     pub mempool_max_bytes: usize,
     /// How far past a sender's next nonce a pending transaction may be.
     pub mempool_max_nonce_gap: u64,
+    /// Async runtime worker threads; 0 means one per CPU core. Validators
+    /// sharing a machine (a local testnet) run better with fewer.
+    pub runtime_threads: usize,
 }
 
 impl Default for Config {
@@ -114,6 +117,7 @@ impl Default for Config {
             mempool_max_txs: 100_000,
             mempool_max_bytes: 64 << 20,
             mempool_max_nonce_gap: 64,
+            runtime_threads: 0,
         }
     }
 }
@@ -190,6 +194,9 @@ impl Config {
         if self.mempool_max_nonce_gap > 1 << 20 {
             return bad("mempool_max_nonce_gap", "at most 1048576".into());
         }
+        if self.runtime_threads > 1024 {
+            return bad("runtime_threads", "at most 1024".into());
+        }
         if self.empty_block_delay_ms > 60_000 {
             return bad("empty_block_delay_ms", "at most 60000".into());
         }
@@ -250,6 +257,10 @@ mempool_max_txs = {mt}
 mempool_max_bytes = {mb}
 mempool_max_nonce_gap = {mg}
 
+# Async runtime worker threads; 0 = one per CPU core. Validators sharing a
+# machine (a local testnet) run better with fewer.
+runtime_threads = {rt}
+
 # The other validators: one [[peers]] table each, with the validator's
 # public key and its libp2p address.
 {peers}"#,
@@ -268,6 +279,7 @@ mempool_max_nonce_gap = {mg}
             mt = self.mempool_max_txs,
             mb = self.mempool_max_bytes,
             mg = self.mempool_max_nonce_gap,
+            rt = self.runtime_threads,
             peers = peers,
         )
     }
@@ -303,6 +315,7 @@ mod tests {
             ("no_such_key = 1", "no_such_key"),
             ("rpc_listen = \"localhost\"", "rpc_listen"),
             ("metrics_listen = \"nope\"", "metrics_listen"),
+            ("runtime_threads = 5000", "runtime_threads"),
             (
                 "[[peers]]\nkey = \"zz\"\naddr = \"/ip4/1.2.3.4/tcp/1\"",
                 "key",

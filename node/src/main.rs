@@ -263,7 +263,11 @@ fn start(home: &Path, log_format: Option<String>) -> Result<()> {
         "store open"
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cfg.runtime_threads > 0 {
+        builder.worker_threads(cfg.runtime_threads);
+    }
+    let rt = builder
         .enable_all()
         .build()
         .context("starting the async runtime")?;

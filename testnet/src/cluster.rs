@@ -40,6 +40,9 @@ pub struct UpOptions {
     pub checkpoint_interval: u64,
     /// The `phalanx` binary.
     pub phalanx: PathBuf,
+    /// Async runtime threads per node (0: this machine's cores shared out
+    /// among the validators, at least one each).
+    pub node_threads: usize,
 }
 
 /// A local port for a listener (see [`phalanx_testnet::ports`]).
@@ -133,6 +136,13 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
             pid: None,
         });
     }
+    let threads = match opts.node_threads {
+        0 => {
+            let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+            (cores / opts.validators).max(1)
+        }
+        t => t,
+    };
     for n in &nodes {
         let mut peers = String::new();
         for p in nodes.iter().filter(|p| p.index != n.index) {
@@ -142,7 +152,14 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
             ));
         }
         let cfg = n.home.join("config.toml");
-        let mut text = std::fs::read_to_string(&cfg)?;
+        let text = std::fs::read_to_string(&cfg)?;
+        if !text.contains("\nruntime_threads = 0\n") {
+            bail!("{}: no `runtime_threads = 0` line to set", cfg.display());
+        }
+        let mut text = text.replace(
+            "\nruntime_threads = 0\n",
+            &format!("\nruntime_threads = {threads}\n"),
+        );
         text.push_str(&peers);
         std::fs::write(&cfg, text)?;
     }

@@ -54,6 +54,10 @@ enum Cmd {
         /// The phalanx binary (default: next to this tool, else on PATH).
         #[arg(long)]
         phalanx: Option<PathBuf>,
+        /// Async runtime threads per node (0: the machine's cores shared
+        /// out among the validators, at least one each).
+        #[arg(long, default_value_t = 0)]
+        node_threads: usize,
         /// Print testnet.json instead of a table.
         #[arg(long)]
         json: bool,
@@ -146,6 +150,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
             checkpoint_interval,
             prometheus,
             phalanx,
+            node_threads,
             json,
         } => {
             let opts = UpOptions {
@@ -153,6 +158,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 accounts,
                 checkpoint_interval,
                 phalanx: cluster::find_phalanx(phalanx)?,
+                node_threads,
             };
             let mut net = match cluster::up(&dir, &opts).await {
                 Ok(n) => n,
