@@ -2,7 +2,6 @@
 //! files, starting and signalling its processes, and reading their state.
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result, bail};
@@ -75,31 +74,6 @@ pub fn find_phalanx(given: Option<PathBuf>) -> Result<PathBuf> {
     Ok(PathBuf::from("phalanx"))
 }
 
-fn init_node(phalanx: &Path, home: &Path, ports: (u16, u16, u16)) -> Result<String> {
-    let (p2p, rpc, metrics) = ports;
-    let out = Command::new(phalanx)
-        .arg("init")
-        .arg("--home")
-        .arg(home)
-        .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{p2p}")])
-        .args(["--rpc-listen", &format!("127.0.0.1:{rpc}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-        .args(["--genesis", "../genesis.json", "--json"])
-        .output()
-        .with_context(|| format!("running {} init", phalanx.display()))?;
-    if !out.status.success() {
-        bail!(
-            "phalanx init failed: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
-    }
-    let v: Value = serde_json::from_slice(&out.stdout).context("phalanx init output")?;
-    v["public_key"]
-        .as_str()
-        .map(str::to_string)
-        .context("phalanx init printed no public_key")
-}
-
 /// Creates the testnet's files and starts its nodes; returns once every
 /// node serves RPC and has committed.
 pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
@@ -123,7 +97,12 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
     for i in 0..opts.validators {
         let home = dir.join(format!("node-{i}"));
         let (p2p, rpc, metrics) = (free_port()?, free_port()?, free_port()?);
-        let key = init_node(&opts.phalanx, &home, (p2p, rpc, metrics))?;
+        let key = phalanx_testnet::init::init_home(
+            &opts.phalanx,
+            &home,
+            [p2p, rpc, metrics],
+            "../genesis.json",
+        )?;
         nodes.push(NodeInfo {
             index: i,
             key,

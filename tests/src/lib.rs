@@ -203,24 +203,10 @@ impl Node {
     }
 }
 
-fn run_init(home: &Path, [p2p, rpc, metrics]: [u16; 3], genesis: &str) -> PublicKey {
-    let out = Command::new(phalanx_bin())
-        .arg("init")
-        .arg("--home")
-        .arg(home)
-        .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{p2p}")])
-        .args(["--rpc-listen", &format!("127.0.0.1:{rpc}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
-        .args(["--genesis", genesis, "--json"])
-        .output()
-        .expect("running phalanx init");
-    assert!(
-        out.status.success(),
-        "phalanx init failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("init prints JSON");
-    PublicKey::from_hex(v["public_key"].as_str().expect("public_key")).expect("a key")
+fn run_init(home: &Path, ports: [u16; 3], genesis: &str) -> PublicKey {
+    let key = phalanx_testnet::init::init_home(&phalanx_bin(), home, ports, genesis)
+        .unwrap_or_else(|e| panic!("{e}"));
+    PublicKey::from_hex(&key).expect("a key")
 }
 
 impl Cluster {
