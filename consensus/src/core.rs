@@ -291,7 +291,9 @@ const MAX_PENDING_PROPOSALS: usize = 8;
 /// Most blocks being fetched at once.
 const MAX_WANTED: usize = 64;
 
-/// Counters the node turns into metrics; the core has no metrics dependency.
+/// Counters of what the core refused or noticed, read through
+/// [`Core::stats`] (the simulator checks them; the node does not export
+/// them yet). The core has no metrics dependency.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Stats {
     /// Messages dropped for a stale view.

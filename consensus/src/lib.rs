@@ -38,8 +38,8 @@ pub use crate::core::{
 pub use safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
 pub use types::{
     Block, BlockHeader, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote, Height,
-    Message, Proposal, QuorumCert, Time, Timeout, TimeoutCert, TimeoutEntry, TimeoutVote, View,
-    Vote, genesis_qc,
+    MESSAGE_KINDS, Message, Proposal, QuorumCert, Time, Timeout, TimeoutCert, TimeoutEntry,
+    TimeoutVote, View, Vote, genesis_qc,
 };
 pub use verify::{
     MAX_MESSAGE_BYTES, MAX_SYNC_BLOCKS, VerifiedBlocks, VerifiedMessage, Verifier, VerifyError,

@@ -308,6 +308,16 @@ pub enum Message {
     BlockResponse(BlockResponse),
 }
 
+/// Every value [`Message::kind`] returns.
+pub const MESSAGE_KINDS: [&str; 6] = [
+    "proposal",
+    "vote",
+    "timeout",
+    "checkpoint",
+    "block_request",
+    "block_response",
+];
+
 impl Message {
     /// The view a message is about, when it has one.
     pub fn view(&self) -> Option<View> {

@@ -99,6 +99,18 @@ pub enum VerifiedMessage {
 }
 
 impl VerifiedMessage {
+    /// The same short name as [`Message::kind`] of its wire form.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            VerifiedMessage::Proposal(_) => "proposal",
+            VerifiedMessage::Vote(_) => "vote",
+            VerifiedMessage::Timeout(_) => "timeout",
+            VerifiedMessage::Checkpoint(_) => "checkpoint",
+            VerifiedMessage::BlockRequest(_) => "block_request",
+            VerifiedMessage::BlockResponse(_) => "block_response",
+        }
+    }
+
     /// The wire form.
     pub fn to_message(&self) -> Message {
         match self {

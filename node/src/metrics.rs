@@ -28,16 +28,6 @@ use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::{Registry, Unit};
 use tracing::debug;
 
-/// Consensus message kinds, as labels.
-pub const MESSAGE_KINDS: [&str; 6] = [
-    "proposal",
-    "vote",
-    "timeout",
-    "checkpoint",
-    "block_request",
-    "block_response",
-];
-
 /// Why an inbound consensus message (or stream, or gossip batch) was
 /// dropped.
 pub const INVALID_REASONS: [&str; 11] = [
@@ -381,7 +371,7 @@ impl Metrics {
             "Equivocation evidence seen (two signed messages for one slot)",
             m.equivocations.clone(),
         );
-        for kind in MESSAGE_KINDS {
+        for kind in phalanx_consensus::MESSAGE_KINDS {
             let l = Kind { kind };
             m.messages_sent.get_or_create_owned(&l);
             m.messages_received.get_or_create_owned(&l);
@@ -453,6 +443,7 @@ impl Metrics {
 
     /// `count` copies of a `bytes`-long message of `kind` queued for peers.
     pub fn sent(&self, kind: &'static str, bytes: usize, count: usize) {
+        debug_assert!(phalanx_consensus::MESSAGE_KINDS.contains(&kind));
         let l = Kind { kind };
         self.messages_sent.get_or_create(&l).inc_by(count as u64);
         self.bytes_sent
@@ -462,6 +453,7 @@ impl Metrics {
 
     /// A verified message of `kind` received.
     pub fn received(&self, kind: &'static str, bytes: usize) {
+        debug_assert!(phalanx_consensus::MESSAGE_KINDS.contains(&kind));
         let l = Kind { kind };
         self.messages_received.get_or_create(&l).inc();
         self.bytes_received.get_or_create(&l).inc_by(bytes as u64);
@@ -499,24 +491,21 @@ impl Metrics {
             self.block_interval.observe(i.as_secs_f64());
         }
         self.block_bytes.observe(payload_bytes as f64);
+        // One lock per status, not per transaction.
+        let mut counts = [0u64; TX_STATUSES.len()];
         let mut n = 0u64;
-        let mut applied = 0u64;
-        let mut other: Vec<&str> = Vec::new();
         for s in statuses {
             n += 1;
-            if s == "applied" {
-                applied += 1;
-            } else {
-                other.push(s);
+            if let Some(i) = TX_STATUSES.iter().position(|t| *t == s) {
+                counts[i] += 1;
             }
         }
         self.block_txs.observe(n as f64);
-        self.txs_committed
-            .get_or_create(&Status { status: "applied" })
-            .inc_by(applied);
-        for s in other {
-            if let Some(status) = TX_STATUSES.iter().find(|t| **t == s) {
-                self.txs_committed.get_or_create(&Status { status }).inc();
+        for (status, c) in TX_STATUSES.into_iter().zip(counts) {
+            if c > 0 {
+                self.txs_committed
+                    .get_or_create(&Status { status })
+                    .inc_by(c);
             }
         }
     }
@@ -625,32 +614,6 @@ fn to_prometheus_text(open: &str) -> String {
         out.push('\n');
     }
     out
-}
-
-/// The label of a consensus message kind.
-pub fn kind_of(m: &phalanx_consensus::Message) -> &'static str {
-    use phalanx_consensus::Message as M;
-    match m {
-        M::Proposal(_) => "proposal",
-        M::Vote(_) => "vote",
-        M::Timeout(_) => "timeout",
-        M::Checkpoint(_) => "checkpoint",
-        M::BlockRequest(_) => "block_request",
-        M::BlockResponse(_) => "block_response",
-    }
-}
-
-/// The label of a verified message's kind.
-pub fn kind_of_verified(m: &phalanx_consensus::VerifiedMessage) -> &'static str {
-    use phalanx_consensus::VerifiedMessage as M;
-    match m {
-        M::Proposal(_) => "proposal",
-        M::Vote(_) => "vote",
-        M::Timeout(_) => "timeout",
-        M::Checkpoint(_) => "checkpoint",
-        M::BlockRequest(_) => "block_request",
-        M::BlockResponse(_) => "block_response",
-    }
 }
 
 /// The label of a verification failure.

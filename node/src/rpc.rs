@@ -19,6 +19,7 @@ use jsonrpsee::server::{
 use jsonrpsee::types::{ErrorObject, ErrorObjectOwned, Params};
 use phalanx_crypto::{Digest, PublicKey, encode};
 use phalanx_ledger::{Receipt, SignedTransfer, TxStatus, decode_payload};
+use phalanx_storage::TxRecord;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, oneshot};
 
@@ -140,6 +141,17 @@ pub fn receipt_json(r: &Receipt) -> Value {
     v
 }
 
+/// A committed transaction as JSON.
+fn committed_json(hash: &Digest, rec: &TxRecord) -> Value {
+    json!({
+        "hash": hash.to_hex(),
+        "status": "committed",
+        "height": rec.height,
+        "index": rec.index,
+        "receipt": receipt_json(&rec.receipt),
+    })
+}
+
 fn tx_hash_of_item(item: &[u8]) -> Digest {
     match SignedTransfer::decode(item) {
         Ok(t) => t.hash(),
@@ -254,13 +266,7 @@ fn module(
         let (hash,): (String,) = params.parse()?;
         let hash = digest_param(&hash)?;
         if let Some(rec) = ctx.shared.store.transaction(&hash).map_err(internal)? {
-            return Ok(json!({
-                "hash": hash.to_hex(),
-                "status": "committed",
-                "height": rec.height,
-                "index": rec.index,
-                "receipt": receipt_json(&rec.receipt),
-            }));
+            return Ok(committed_json(&hash, &rec));
         }
         let status = if ctx.shared.pool().contains(&hash) {
             "pending"
@@ -427,13 +433,7 @@ async fn submit(params: Params<'static>, ctx: Arc<Ctx>) -> Result<Value, ErrorOb
         .map_err(submit_error)?;
     let hash = outcome.hash();
     if let Submitted::Committed(_, rec) = &outcome {
-        return Ok(json!({
-            "hash": hash.to_hex(),
-            "status": "committed",
-            "height": rec.height,
-            "index": rec.index,
-            "receipt": receipt_json(&rec.receipt),
-        }));
+        return Ok(committed_json(&hash, rec));
     }
     if !wait_commit {
         return Ok(json!({ "hash": hash.to_hex(), "status": "pending" }));
@@ -448,13 +448,17 @@ async fn submit(params: Params<'static>, ctx: Arc<Ctx>) -> Result<Value, ErrorOb
                         .enumerate()
                         .find(|(_, r)| r.tx_hash == hash)
                     {
-                        return Ok((n.height, i, r.clone()));
+                        return Ok(TxRecord {
+                            height: n.height,
+                            index: i as u32,
+                            receipt: r.clone(),
+                        });
                     }
                 }
                 // Missed notices: the index has the answer.
                 Err(broadcast::error::RecvError::Lagged(_)) => {
                     if let Ok(Some(rec)) = ctx.shared.store.transaction(&hash) {
-                        return Ok((rec.height, rec.index as usize, rec.receipt));
+                        return Ok(rec);
                     }
                 }
                 Err(broadcast::error::RecvError::Closed) => {
@@ -464,21 +468,11 @@ async fn submit(params: Params<'static>, ctx: Arc<Ctx>) -> Result<Value, ErrorOb
         }
     };
     match tokio::time::timeout(COMMIT_WAIT, wait).await {
-        Ok(Ok((height, index, receipt))) => {
+        Ok(Ok(seen)) => {
             // The receipt in the block may be `duplicate` when another copy
             // applied first; the index holds the first receipt of a hash.
             let first = ctx.shared.store.transaction(&hash).map_err(internal)?;
-            let (height, index, receipt) = match first {
-                Some(rec) => (rec.height, rec.index as usize, rec.receipt),
-                None => (height, index, receipt),
-            };
-            Ok(json!({
-                "hash": hash.to_hex(),
-                "status": "committed",
-                "height": height,
-                "index": index,
-                "receipt": receipt_json(&receipt),
-            }))
+            Ok(committed_json(&hash, &first.unwrap_or(seen)))
         }
         Ok(Err(e)) => Err(e),
         Err(_) => Err(err(

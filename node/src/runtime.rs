@@ -332,8 +332,7 @@ impl Runtime {
         }
         match verified {
             Ok(msg) => {
-                self.metrics
-                    .received(metrics::kind_of_verified(&msg), f.bytes.len());
+                self.metrics.received(msg.kind(), f.bytes.len());
                 if let VerifiedMessage::BlockRequest(r) = &msg
                     && self.serve_from_store(f.from, r)?
                 {
@@ -391,13 +390,13 @@ impl Runtime {
             }
             Action::Send { to, msg } => {
                 let bytes = Arc::new(encode(&msg));
-                self.metrics.sent(metrics::kind_of(&msg), bytes.len(), 1);
+                self.metrics.sent(msg.kind(), bytes.len(), 1);
                 self.net.send(to, bytes);
             }
             Action::Broadcast(msg) => {
                 let bytes = Arc::new(encode(&msg));
                 self.metrics
-                    .sent(metrics::kind_of(&msg), bytes.len(), self.net.peer_count());
+                    .sent(msg.kind(), bytes.len(), self.net.peer_count());
                 self.net.broadcast(bytes);
             }
             Action::SetTimer { view, at } => {
@@ -429,7 +428,9 @@ impl Runtime {
             Action::Commit { block, cert } => {
                 let h = block.height();
                 let span = info_span!("commit", height = h.0);
-                let first_seen = self.seen.get(&block.id()).map(|s| s.at);
+                let id = block.id();
+                let seen = self.seen.get(&id);
+                let first_seen = seen.map(|s| s.at);
                 let prepared = match &self.shared {
                     // Transactions the mempool decoded and verified on
                     // entry are neither decoded (curve points decompressed)
@@ -437,9 +438,13 @@ impl Runtime {
                     // them up by the items' hashes (kept from when the
                     // block was persisted), not while the rest decode.
                     Some(s) => {
-                        let raw = match self.seen.get(&block.id()) {
-                            Some(seen) => seen.raw.clone(),
-                            None => raw_hashes(&block),
+                        let computed;
+                        let raw: &[Digest] = match seen {
+                            Some(seen) => &seen.raw,
+                            None => {
+                                computed = raw_hashes(&block);
+                                &computed
+                            }
                         };
                         let known: Vec<Option<_>> = {
                             let pool = s.pool();
@@ -475,7 +480,7 @@ impl Runtime {
                     // No subscriber is not an error.
                     let _ = s.commits.send(CommitNotice {
                         height: h.0,
-                        block_id: block.id(),
+                        block_id: id,
                         state_root: res.head.state_root,
                         receipts: Arc::new(res.receipts.clone()),
                     });
@@ -495,7 +500,7 @@ impl Runtime {
                 }
                 info!(
                     height = h.0,
-                    block = %block.id().to_hex(),
+                    block = %id.to_hex(),
                     view = block.header.view.0,
                     txs = res.receipts.len(),
                     applied,
@@ -506,7 +511,7 @@ impl Runtime {
                     now(),
                     Event::Executed {
                         height: Height(h.0),
-                        block_id: block.id(),
+                        block_id: id,
                         state_root: res.head.state_root,
                     },
                 ));

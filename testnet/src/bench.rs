@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -52,19 +52,19 @@ pub struct BenchOptions {
     pub progress: bool,
 }
 
-/// Per-transfer state shared by the tasks. Times are microseconds since
-/// the run's start, plus one (zero means "not yet").
+/// Per-transfer state shared by the tasks. Commit times are microseconds
+/// since the run's start, plus one (zero means "not yet").
 struct Track {
     hashes: HashMap<Digest, u32>,
-    acked: Vec<AtomicU64>,
+    acked: Vec<AtomicBool>,
     /// Commit time per node per transfer.
     seen: Vec<Vec<AtomicU64>>,
     /// Receipt status was `applied` (on the node it was submitted to).
-    applied: Vec<AtomicU64>,
+    applied: Vec<AtomicBool>,
     node_of: Vec<u8>,
     committed_on_submit: AtomicUsize,
     rejected: Mutex<BTreeMap<String, u64>>,
-    lagged: Vec<AtomicU64>,
+    lagged: Vec<AtomicBool>,
 }
 
 fn micros_since(start: Instant) -> u64 {
@@ -180,15 +180,15 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
             .enumerate()
             .map(|(i, t)| (t.1, i as u32))
             .collect(),
-        acked: (0..count).map(|_| AtomicU64::new(0)).collect(),
+        acked: (0..count).map(|_| AtomicBool::new(false)).collect(),
         seen: (0..nodes)
             .map(|_| (0..count).map(|_| AtomicU64::new(0)).collect())
             .collect(),
-        applied: (0..count).map(|_| AtomicU64::new(0)).collect(),
+        applied: (0..count).map(|_| AtomicBool::new(false)).collect(),
         node_of: txs.iter().map(|t| (t.2 % nodes) as u8).collect(),
         committed_on_submit: AtomicUsize::new(0),
         rejected: Mutex::new(BTreeMap::new()),
-        lagged: (0..nodes).map(|_| AtomicU64::new(0)).collect(),
+        lagged: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
     });
 
     // Watch every node's commits before the first transfer goes out.
@@ -212,7 +212,7 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
             let _ws = ws;
             while let Some(Ok(notice)) = sub.next().await {
                 if notice.get("error").is_some() {
-                    track.lagged[ni].store(1, Ordering::Relaxed);
+                    track.lagged[ni].store(true, Ordering::Relaxed);
                     return;
                 }
                 let now = micros_since(start);
@@ -232,14 +232,14 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
                         .is_ok();
                     if first && track.node_of[i] as usize == ni {
                         if r["status"] == "applied" {
-                            track.applied[i].store(1, Ordering::Relaxed);
+                            track.applied[i].store(true, Ordering::Relaxed);
                         }
                         track.committed_on_submit.fetch_add(1, Ordering::Relaxed);
                     }
                 }
             }
             // The stream ended without a lag notice: the node went away.
-            track.lagged[ni].store(1, Ordering::Relaxed);
+            track.lagged[ni].store(true, Ordering::Relaxed);
         }));
     }
 
@@ -287,7 +287,7 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
                 let submitted = submitted.clone();
                 tasks.push(tokio::spawn(async move {
                     let _permit = permit;
-                    submit_batch(&client, &txs, &chunk, &track, start).await;
+                    submit_batch(&client, &txs, &chunk, &track).await;
                     submitted.fetch_add(chunk.len() as u64, Ordering::Relaxed);
                 }));
             }
@@ -306,7 +306,7 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
     let acked_count = track
         .acked
         .iter()
-        .filter(|a| a.load(Ordering::Relaxed) != 0)
+        .filter(|a| a.load(Ordering::Relaxed))
         .count();
     let deadline = Instant::now() + opts.drain;
     let missing = |track: &Track| -> Vec<usize> {
@@ -314,7 +314,7 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
             .map(|ni| {
                 (0..count as usize)
                     .filter(|&i| {
-                        track.acked[i].load(Ordering::Relaxed) != 0
+                        track.acked[i].load(Ordering::Relaxed)
                             && track.seen[ni][i].load(Ordering::Relaxed) == 0
                     })
                     .count()
@@ -325,7 +325,7 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
         bar.set_position(track.committed_on_submit.load(Ordering::Relaxed) as u64);
         let m = missing(&track);
         let all_lagged_done =
-            (0..nodes).all(|ni| m[ni] == 0 || track.lagged[ni].load(Ordering::Relaxed) != 0);
+            (0..nodes).all(|ni| m[ni] == 0 || track.lagged[ni].load(Ordering::Relaxed));
         if all_lagged_done || Instant::now() > deadline {
             break;
         }
@@ -334,7 +334,7 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
     bar.finish_and_clear();
     // Nodes whose notices were cut off: ask for the rest one by one.
     for (ni, client) in clients.iter().enumerate() {
-        if track.lagged[ni].load(Ordering::Relaxed) != 0 {
+        if track.lagged[ni].load(Ordering::Relaxed) {
             backfill(client, ni, &txs, &track, count).await;
         }
     }
@@ -347,7 +347,7 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
     let mut last_commit = 0u64;
     let mut committed = 0u64;
     for i in 0..count as usize {
-        if track.applied[i].load(Ordering::Relaxed) == 0 {
+        if !track.applied[i].load(Ordering::Relaxed) {
             continue;
         }
         let ni = track.node_of[i] as usize;
@@ -397,7 +397,6 @@ async fn submit_batch(
     txs: &[(String, Digest, usize)],
     ks: &[u32],
     track: &Track,
-    start: Instant,
 ) {
     let mut b = BatchRequestBuilder::new();
     for &k in ks {
@@ -409,7 +408,6 @@ async fn submit_batch(
             return;
         }
     }
-    let now = micros_since(start);
     let reject = |why: String| {
         if let Ok(mut r) = track.rejected.lock() {
             *r.entry(why).or_default() += 1;
@@ -419,7 +417,7 @@ async fn submit_batch(
         Ok(resp) => {
             for (r, &k) in resp.into_iter().zip(ks) {
                 match r {
-                    Ok(_) => track.acked[k as usize].store(now, Ordering::Relaxed),
+                    Ok(_) => track.acked[k as usize].store(true, Ordering::Relaxed),
                     Err(e) => reject(format!("code {}", e.code())),
                 }
             }
@@ -443,8 +441,7 @@ async fn backfill(
 ) {
     let todo: Vec<usize> = (0..count as usize)
         .filter(|&i| {
-            track.acked[i].load(Ordering::Relaxed) != 0
-                && track.seen[ni][i].load(Ordering::Relaxed) == 0
+            track.acked[i].load(Ordering::Relaxed) && track.seen[ni][i].load(Ordering::Relaxed) == 0
         })
         .collect();
     for chunk in todo.chunks(BATCH) {

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use crate::client::{call_url, http_get};
 use crate::layout::{
     ACCOUNTS_FILE, AccountsFile, NodeInfo, TESTNET_FILE, Testnet, account_key, is_ours, log_tail,
-    spawn_detached, stop,
+    process_state, spawn_detached, stop,
 };
 
 /// How long `up` and `restart` wait for nodes to serve and commit.
@@ -257,16 +257,7 @@ pub async fn wait_committing(net: &Testnet, which: &[usize], min_new: u64) -> Re
 /// One node's state as `status` shows it.
 pub async fn node_status(n: &NodeInfo) -> Value {
     let running = n.pid.is_some_and(|p| is_ours(p, &n.home));
-    let paused = running
-        && n.pid.is_some_and(|p| {
-            std::fs::read_to_string(format!("/proc/{p}/stat"))
-                .ok()
-                .and_then(|s| {
-                    s.rsplit_once(')')
-                        .map(|(_, r)| r.trim_start().starts_with('T'))
-                })
-                .unwrap_or(false)
-        });
+    let paused = running && n.pid.and_then(process_state) == Some('T');
     let mut v = json!({
         "index": n.index,
         "pid": n.pid,

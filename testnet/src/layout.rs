@@ -138,20 +138,22 @@ pub fn load_accounts(dir: &Path) -> Result<Vec<KeyPair>> {
     Ok((0..f.count).map(|i| account_key(&seed, i)).collect())
 }
 
+/// The state letter of `pid` in `/proc/PID/stat` (`R`, `S`, `T` stopped,
+/// `Z` zombie…), or None if there is no such process.
+pub fn process_state(pid: u32) -> Option<char> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name, in parentheses, may itself hold spaces or ')'.
+    let (_, rest) = stat.rsplit_once(')')?;
+    rest.trim_start().chars().next()
+}
+
 /// Whether `pid` is alive and its command line contains `marker` (a path
 /// inside this testnet), so it is the process this testnet started.
 pub fn is_ours(pid: u32, marker: &Path) -> bool {
     let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
         return false;
     };
-    let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .ok()
-        .and_then(|s| {
-            s.rsplit_once(')')
-                .map(|(_, rest)| rest.trim_start().starts_with('Z'))
-        })
-        .unwrap_or(true);
-    if zombie {
+    if matches!(process_state(pid), None | Some('Z')) {
         return false;
     }
     let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");

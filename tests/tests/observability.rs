@@ -163,33 +163,14 @@ fn a_testnet_under_load_feeds_every_dashboard_panel_and_alert_rule_in_a_real_pro
 
     // promtool: the written config and the shipped rules check, and each
     // node's /metrics lints clean.
-    let (good, out) = promtool(
-        &[
-            "check",
-            "config",
-            &dir.join("prometheus/prometheus.yml").to_string_lossy(),
-        ],
-        None,
-    );
-    assert!(good, "promtool check config: {out}");
-    let (good, out) = promtool(
-        &[
-            "check",
-            "rules",
-            &repo_file("testnet/prometheus/alerts.yml").to_string_lossy(),
-        ],
-        None,
-    );
-    assert!(good, "promtool check rules: {out}");
-    let (good, out) = promtool(
-        &[
-            "check",
-            "config",
-            &repo_file("testnet/prometheus/prometheus.yml").to_string_lossy(),
-        ],
-        None,
-    );
-    assert!(good, "promtool check config (shipped example): {out}");
+    for (what, file) in [
+        ("config", dir.join("prometheus/prometheus.yml")),
+        ("rules", repo_file("testnet/prometheus/alerts.yml")),
+        ("config", repo_file("testnet/prometheus/prometheus.yml")),
+    ] {
+        let (good, out) = promtool(&["check", what, &file.to_string_lossy()], None);
+        assert!(good, "promtool check {what} {}: {out}", file.display());
+    }
     for n in &nodes {
         let (status, text) = http_get(n["metrics_url"].as_str().unwrap(), None);
         assert_eq!(status, 200);
