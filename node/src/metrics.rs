@@ -44,6 +44,19 @@ pub const INVALID_REASONS: [&str; 11] = [
     "bad_gossip_batch",
 ];
 
+/// The kind label of a transaction gossip batch, beside the consensus
+/// message kinds.
+pub const TX_BATCH_KIND: &str = "tx_batch";
+
+/// Every value of the `kind` label: the consensus message kinds and
+/// [`TX_BATCH_KIND`].
+pub fn message_kinds() -> impl Iterator<Item = &'static str> {
+    phalanx_consensus::MESSAGE_KINDS
+        .iter()
+        .copied()
+        .chain(std::iter::once(TX_BATCH_KIND))
+}
+
 /// Why a submitted transaction was refused at admission.
 pub const REJECT_REASONS: [&str; 10] = [
     "too_large",
@@ -237,23 +250,23 @@ impl Metrics {
         );
         r.register(
             "messages_sent",
-            "Consensus messages queued for peers, by kind (a broadcast counts once per peer)",
+            "Consensus messages and transaction batches queued for peers, by kind (a broadcast counts once per peer)",
             m.messages_sent.clone(),
         );
         r.register(
             "messages_received",
-            "Consensus messages received and verified, by kind",
+            "Consensus messages received and verified, and transaction batches received, by kind",
             m.messages_received.clone(),
         );
         r.register_with_unit(
             "network_sent",
-            "Consensus message bytes queued for peers, by kind",
+            "Consensus message and transaction batch bytes queued for peers, by kind",
             Unit::Bytes,
             m.bytes_sent.clone(),
         );
         r.register_with_unit(
             "network_received",
-            "Consensus message bytes received and verified, by kind",
+            "Consensus message bytes received and verified, and transaction batch bytes received, by kind",
             Unit::Bytes,
             m.bytes_received.clone(),
         );
@@ -371,7 +384,7 @@ impl Metrics {
             "Equivocation evidence seen (two signed messages for one slot)",
             m.equivocations.clone(),
         );
-        for kind in phalanx_consensus::MESSAGE_KINDS {
+        for kind in message_kinds() {
             let l = Kind { kind };
             m.messages_sent.get_or_create_owned(&l);
             m.messages_received.get_or_create_owned(&l);
@@ -443,7 +456,7 @@ impl Metrics {
 
     /// `count` copies of a `bytes`-long message of `kind` queued for peers.
     pub fn sent(&self, kind: &'static str, bytes: usize, count: usize) {
-        debug_assert!(phalanx_consensus::MESSAGE_KINDS.contains(&kind));
+        debug_assert!(message_kinds().any(|k| k == kind));
         let l = Kind { kind };
         self.messages_sent.get_or_create(&l).inc_by(count as u64);
         self.bytes_sent
@@ -453,7 +466,7 @@ impl Metrics {
 
     /// A verified message of `kind` received.
     pub fn received(&self, kind: &'static str, bytes: usize) {
-        debug_assert!(phalanx_consensus::MESSAGE_KINDS.contains(&kind));
+        debug_assert!(message_kinds().any(|k| k == kind));
         let l = Kind { kind };
         self.messages_received.get_or_create(&l).inc();
         self.bytes_received.get_or_create(&l).inc_by(bytes as u64);
