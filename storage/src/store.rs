@@ -164,7 +164,7 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
         o.set_memtable_prefix_bloom_ratio(0.05);
     }
     if matches!(name, CF_ACCOUNTS | CF_TXS) {
-        o.set_write_buffer_size(32 << 20);
+        o.set_write_buffer_size(4 << 20);
     }
     o
 }
