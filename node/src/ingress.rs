@@ -50,6 +50,11 @@ pub enum Submitted {
 }
 
 impl Submitted {
+    /// Whether it was already committed.
+    pub fn is_committed(&self) -> bool {
+        matches!(self, Submitted::Committed(..))
+    }
+
     /// The transaction hash.
     pub fn hash(&self) -> Digest {
         match self {

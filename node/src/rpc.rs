@@ -35,6 +35,9 @@ pub const MAX_RESPONSE_BYTES: u32 = 16 * 1024 * 1024;
 pub const MAX_CONNECTIONS: u32 = 512;
 /// Most calls in one batch request.
 pub const MAX_BATCH: u32 = 64;
+/// Most transactions in one `ledger_submitTransactions` call (the request
+/// body bound allows about a thousand transfers).
+pub const MAX_SUBMIT_TXS: usize = 1024;
 /// How long `wait = "commit"` waits.
 pub const COMMIT_WAIT: Duration = Duration::from_secs(30);
 /// Readiness: at most this many blocks behind the best seen.
@@ -212,10 +215,11 @@ struct Ctx {
 
 /// The methods answered with a single result (counted and timed in
 /// metrics), besides the block subscription.
-pub const METHODS: [&str; 7] = [
+pub const METHODS: [&str; 8] = [
     "health_live",
     "health_ready",
     "ledger_submitTransaction",
+    "ledger_submitTransactions",
     "ledger_getTransaction",
     "ledger_getBlock",
     "ledger_getAccount",
@@ -259,6 +263,15 @@ fn module(
         ctx.shared
             .metrics
             .rpc("ledger_submitTransaction", res.is_ok(), started.elapsed());
+        res
+    })?;
+
+    m.register_async_method("ledger_submitTransactions", |params, ctx, _| async move {
+        let started = Instant::now();
+        let res = submit_many(params, ctx.clone()).await;
+        ctx.shared
+            .metrics
+            .rpc("ledger_submitTransactions", res.is_ok(), started.elapsed());
         res
     })?;
 
@@ -404,6 +417,77 @@ fn module(
     Ok(m)
 }
 
+fn shutting_down() -> ErrorObjectOwned {
+    err(codes::INTERNAL, "node is shutting down")
+}
+
+/// Hands `bytes` to the ingress; the answer arrives on the returned
+/// channel.
+async fn admit(
+    ctx: &Ctx,
+    bytes: Vec<u8>,
+) -> Result<oneshot::Receiver<Result<Submitted, SubmitError>>, ErrorObjectOwned> {
+    let (tx, rx) = oneshot::channel();
+    ctx.ingress
+        .send(Submission {
+            bytes,
+            origin: Origin::Rpc(tx),
+        })
+        .await
+        .map_err(|_| shutting_down())?;
+    Ok(rx)
+}
+
+/// The result of an accepted submission that is not waited on.
+fn submitted_json(s: &Submitted) -> Value {
+    match s {
+        Submitted::Committed(hash, rec) => committed_json(hash, rec),
+        Submitted::Added(hash) | Submitted::Pending(hash) => {
+            json!({ "hash": hash.to_hex(), "status": "pending" })
+        }
+    }
+}
+
+/// `ledger_submitTransactions(txs_hex)`: many transactions in one call,
+/// admitted together. One result per transaction, in order: what
+/// `ledger_submitTransaction` without waiting returns, or `{"error":
+/// {"code", "message"}}` for one that was refused. Only a bad parameter as
+/// a whole fails the call.
+async fn submit_many(params: Params<'static>, ctx: Arc<Ctx>) -> RpcResult {
+    let (txs,): (Vec<String>,) = params.parse()?;
+    if txs.is_empty() || txs.len() > MAX_SUBMIT_TXS {
+        return Err(err(
+            codes::BAD_PARAM,
+            format!(
+                "txs: expected 1 to {MAX_SUBMIT_TXS} transactions, got {}",
+                txs.len()
+            ),
+        ));
+    }
+    let error_json =
+        |e: ErrorObjectOwned| json!({ "error": { "code": e.code(), "message": e.message() } });
+    // Every transaction is queued before any answer is awaited, so the
+    // ingress sees them together.
+    let mut pending = Vec::with_capacity(txs.len());
+    for tx_hex in &txs {
+        pending.push(match hex_bytes(tx_hex, "transaction") {
+            Ok(bytes) => Ok(admit(&ctx, bytes).await?),
+            Err(e) => Err(e),
+        });
+    }
+    let mut out = Vec::with_capacity(pending.len());
+    for p in pending {
+        out.push(match p {
+            Ok(rx) => match rx.await.map_err(|_| shutting_down())? {
+                Ok(s) => submitted_json(&s),
+                Err(e) => error_json(submit_error(e)),
+            },
+            Err(e) => error_json(e),
+        });
+    }
+    Ok(Value::Array(out))
+}
+
 async fn submit(params: Params<'static>, ctx: Arc<Ctx>) -> Result<Value, ErrorObjectOwned> {
     let (tx_hex, wait): (String, Option<String>) = params.parse()?;
     let wait_commit = match wait.as_deref() {
@@ -418,26 +502,16 @@ async fn submit(params: Params<'static>, ctx: Arc<Ctx>) -> Result<Value, ErrorOb
     };
     let bytes = hex_bytes(&tx_hex, "transaction")?;
     // Subscribe before submitting, so the commit cannot slip by unseen.
-    let mut commits = ctx.shared.commits.subscribe();
-    let (tx, rx) = oneshot::channel();
-    ctx.ingress
-        .send(Submission {
-            bytes,
-            origin: Origin::Rpc(tx),
-        })
+    let mut commits = wait_commit.then(|| ctx.shared.commits.subscribe());
+    let outcome = admit(&ctx, bytes)
+        .await?
         .await
-        .map_err(|_| err(codes::INTERNAL, "node is shutting down"))?;
-    let outcome = rx
-        .await
-        .map_err(|_| err(codes::INTERNAL, "node is shutting down"))?
+        .map_err(|_| shutting_down())?
         .map_err(submit_error)?;
     let hash = outcome.hash();
-    if let Submitted::Committed(_, rec) = &outcome {
-        return Ok(committed_json(&hash, rec));
-    }
-    if !wait_commit {
-        return Ok(json!({ "hash": hash.to_hex(), "status": "pending" }));
-    }
+    let Some(commits) = commits.as_mut().filter(|_| !outcome.is_committed()) else {
+        return Ok(submitted_json(&outcome));
+    };
     let wait = async {
         loop {
             match commits.recv().await {

@@ -51,6 +51,31 @@ fn transfers_commit_on_every_node_exactly_once_and_conserve_supply() {
     assert_eq!(r["status"], "committed", "{r}");
     assert_eq!(r["receipt"]["status"], "applied", "{r}");
 
+    // Many in one call: one result per transaction, in order, a refused
+    // one with its error; the call itself succeeds.
+    let many = [
+        transfer_hex(&chain, 11, 0, &account(1).public(), 3),
+        "zz".to_string(),
+        transfer_hex(&chain, 12, 0, &account(1).public(), 4),
+        transfer_hex(&chain, 11, 0, &account(1).public(), 3),
+    ];
+    let r = c
+        .rpc(1, "ledger_submitTransactions", vec![json!(many)])
+        .unwrap();
+    let results = r.as_array().unwrap();
+    assert_eq!(results.len(), 4, "{r}");
+    assert_eq!(results[0]["status"], "pending", "{r}");
+    assert_eq!(results[1]["error"]["code"], 1001, "{r}");
+    assert_eq!(results[2]["status"], "pending", "{r}");
+    assert_eq!(
+        results[3]["hash"], results[0]["hash"],
+        "the same bytes again: {r}"
+    );
+    for i in [0, 2] {
+        let h = results[i]["hash"].as_str().unwrap().to_string();
+        hashes.push((h, many[i].clone()));
+    }
+
     c.wait_until("every transfer is committed", |c| {
         hashes.iter().all(|(h, _)| {
             c.rpc(0, "ledger_getTransaction", vec![json!(h)])
@@ -226,6 +251,21 @@ fn each_bad_input_gets_its_error_code_over_http() {
             submit(transfer_hex(&chain, 4, 0, &to, 1))
         ),
         1009
+    );
+    // Many in one call: the list as a whole is checked.
+    let none: Vec<String> = Vec::new();
+    assert_eq!(
+        code(&c, "ledger_submitTransactions", vec![json!(none)]),
+        1013
+    );
+    let too_many = vec!["00"; 1025];
+    assert_eq!(
+        code(&c, "ledger_submitTransactions", vec![json!(too_many)]),
+        1013
+    );
+    assert_eq!(
+        code(&c, "ledger_submitTransactions", vec![json!("00")]),
+        -32602
     );
     // Queries.
     assert_eq!(code(&c, "ledger_getBlock", vec![json!(1_000_000)]), 1012);
