@@ -728,7 +728,7 @@ mod tests {
             "phalanx_storage_duration_seconds_count{op=\"commit_write\"} 0",
             // Classic text format: counters declared with their suffix.
             "# TYPE phalanx_view_changes_total counter",
-            "# HELP phalanx_network_sent_bytes_total Consensus message bytes",
+            "# HELP phalanx_network_sent_bytes_total Consensus message and transaction batch bytes",
         ] {
             assert!(text.contains(needle), "missing `{needle}` in\n{text}");
         }
