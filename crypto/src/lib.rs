@@ -29,4 +29,4 @@ pub use error::CryptoError;
 pub use keys::{KeyPair, PublicKey, Signature};
 pub use signed::{Signed, Verified};
 pub use validators::{ValidatorIndex, ValidatorSet};
-pub use verify::{verify_batch, verify_one};
+pub use verify::{verify_batch, verify_each, verify_one};

@@ -162,11 +162,11 @@ pub fn prepare_payload_trusting(
             None => SignedTransfer::decode(b).ok().map(|t| (t, None)),
         })
         .collect();
-    let to_check: Vec<SignedTransfer> = decoded
+    let to_check: Vec<&SignedTransfer> = decoded
         .iter()
         .flatten()
         .filter(|(_, known)| known.is_none())
-        .map(|(t, _)| t.clone())
+        .map(|(t, _)| t)
         .collect();
     let mut sig = verify_signatures(&to_check).into_iter();
     let checked = decoded

@@ -147,24 +147,24 @@ pub async fn run(
         if checked.is_empty() {
             continue;
         }
-        let txs: Vec<SignedTransfer> = checked.iter().map(|c| c.tx.clone()).collect();
         let started = std::time::Instant::now();
-        let sigs = match tokio::task::spawn_blocking(move || verify_signatures(&txs)).await {
-            Ok(s) => {
+        let verified = tokio::task::spawn_blocking(move || {
+            let txs: Vec<&SignedTransfer> = checked.iter().map(|c| &c.tx).collect();
+            let sigs = verify_signatures(&txs);
+            (checked, sigs)
+        })
+        .await;
+        let (checked, sigs) = match verified {
+            Ok(v) => {
                 shared
                     .metrics
                     .verified("transaction_batch", started.elapsed());
-                s
+                v
             }
             Err(e) => {
+                // The batch's answer channels went with the task: its RPC
+                // callers see the node's "shutting down" error.
                 warn!("signature verification task failed: {e}");
-                for c in checked {
-                    answer(
-                        &shared,
-                        c.origin,
-                        Err(SubmitError::Internal("verification failed".into())),
-                    );
-                }
                 continue;
             }
         };
@@ -181,13 +181,14 @@ pub async fn run(
                     continue;
                 }
             };
-            let from_rpc = matches!(c.origin, Origin::Rpc(_));
-            let bytes = c.bytes.clone();
+            let gossip = matches!(c.origin, Origin::Rpc(_)).then(|| c.bytes.clone());
             let res = shared.pool().insert(c.tx, c.bytes, c.hash, sender);
             match res {
                 Ok(Admitted::New) => {
                     added += 1;
-                    if from_rpc && gossip_out.try_send(bytes).is_err() {
+                    if let Some(bytes) = gossip
+                        && gossip_out.try_send(bytes).is_err()
+                    {
                         debug!("gossip queue full; peers get this transaction from the block");
                     }
                     answer(&shared, c.origin, Ok(Submitted::Added(c.hash)));

@@ -226,6 +226,7 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
     };
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
     tokio::spawn(accept_loop(
+        CONSENSUS_PROTOCOL,
         accept(&mut control, CONSENSUS_PROTOCOL)?,
         index_of.clone(),
         metrics.clone(),
@@ -233,6 +234,7 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
     ));
     let (gossip_in_tx, gossip_in_rx) = mpsc::channel(INBOUND_TX_BATCHES);
     tokio::spawn(accept_loop(
+        TX_PROTOCOL,
         accept(&mut control, TX_PROTOCOL)?,
         index_of.clone(),
         metrics.clone(),
@@ -396,6 +398,7 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
 /// Accepts inbound streams of one protocol: validators only, one reader
 /// each.
 async fn accept_loop<F, R>(
+    protocol: StreamProtocol,
     mut incoming: libp2p_stream::IncomingStreams,
     index_of: HashMap<PeerId, ValidatorIndex>,
     metrics: Arc<Metrics>,
@@ -407,7 +410,7 @@ async fn accept_loop<F, R>(
     while let Some((peer, stream)) = incoming.next().await {
         let Some(idx) = index_of.get(&peer).copied() else {
             metrics.invalid(None, "non_validator_stream");
-            warn!(%peer, "stream from a key outside the validator set refused");
+            warn!(%peer, %protocol, "stream from a key outside the validator set refused");
             continue;
         };
         tokio::spawn(reader(idx, stream, metrics.clone()));

@@ -64,7 +64,8 @@ fn a_key_outside_the_validator_set_gets_nothing_accepted() {
     c.wait_until("the impostor is refused by every validator", |c| {
         (0..4).all(|i| {
             c.log_records(i).iter().any(|r| {
-                r["message"] == "consensus stream from a key outside the validator set refused"
+                r["message"] == "stream from a key outside the validator set refused"
+                    && r["protocol"] == "/phalanx/consensus/1"
             })
         })
     });
