@@ -104,7 +104,9 @@ pub struct BlockHeader {
 pub struct Block {
     /// The header.
     pub header: BlockHeader,
-    /// The payload.
+    /// The payload. Encoded as one byte string (the same bytes postcard
+    /// writes for a sequence of `u8`, without visiting each byte).
+    #[serde(with = "serde_bytes")]
     pub payload: Vec<u8>,
 }
 
@@ -339,5 +341,23 @@ impl Message {
             Message::BlockRequest(_) => "block_request",
             Message::BlockResponse(_) => "block_response",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn a_payload_encodes_as_a_plain_byte_sequence() {
+        // Blocks on disk and on the wire were written with the payload as a
+        // sequence of `u8`; the byte-string encoding must be identical.
+        let mut b = Block::genesis(&ChainId::new("c").unwrap(), 7);
+        b.payload = (0..=255u8).cycle().take(1000).collect();
+        let plain = encode(&(&b.header, &b.payload));
+        assert_eq!(encode(&b), plain);
+        let back: Block = phalanx_crypto::decode(&plain, usize::MAX).unwrap();
+        assert_eq!(back, b);
     }
 }

@@ -106,6 +106,23 @@ pub fn encode<T: Serialize + ?Sized>(value: &T) -> Vec<u8> {
     postcard::to_stdvec(value).expect("postcard encoding of an in-memory value")
 }
 
+/// Encodes a list of byte strings: exactly [`encode`] of `items`, written
+/// a string at a time rather than a byte at a time.
+pub fn encode_byte_list(items: &[Vec<u8>]) -> Vec<u8> {
+    let refs: Vec<&serde_bytes::Bytes> = items.iter().map(|i| serde_bytes::Bytes::new(i)).collect();
+    encode(&refs)
+}
+
+/// Decodes what [`encode_byte_list`] (or [`encode`] of a `Vec<Vec<u8>>`)
+/// wrote, with [`decode`]'s checks.
+pub fn decode_byte_list(bytes: &[u8], max_len: usize) -> Result<Vec<Vec<u8>>, CryptoError> {
+    let items: Vec<serde_bytes::ByteBuf> = decode(bytes, max_len)?;
+    Ok(items
+        .into_iter()
+        .map(serde_bytes::ByteBuf::into_vec)
+        .collect())
+}
+
 /// Decodes `bytes`, refusing input over `max_len` before looking at it and
 /// refusing trailing bytes.
 pub fn decode<T: DeserializeOwned>(bytes: &[u8], max_len: usize) -> Result<T, CryptoError> {
@@ -163,6 +180,30 @@ pub fn signing_bytes<T: SignedPayload + ?Sized>(chain: &ChainId, payload: &T) ->
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn byte_lists_encode_exactly_as_sequences_of_bytes() {
+        let lists: Vec<Vec<Vec<u8>>> = vec![
+            vec![],
+            vec![vec![]],
+            vec![vec![1, 2, 3], vec![], (0..=255).collect(), vec![7; 300]],
+        ];
+        for l in lists {
+            let fast = encode_byte_list(&l);
+            assert_eq!(fast, encode(&l), "{l:?}");
+            assert_eq!(decode_byte_list(&fast, usize::MAX).unwrap(), l);
+            assert_eq!(decode::<Vec<Vec<u8>>>(&fast, usize::MAX).unwrap(), l);
+        }
+        let bytes = encode_byte_list(&[vec![1; 10]]);
+        assert!(
+            decode_byte_list(&bytes, bytes.len() - 1).is_err(),
+            "over the bound"
+        );
+        assert!(
+            decode_byte_list(&bytes[..bytes.len() - 1], usize::MAX).is_err(),
+            "truncated"
+        );
+    }
 
     #[derive(Serialize)]
     struct A(u64);

@@ -22,8 +22,8 @@ mod verify;
 pub use cert::{Certificate, SignerBitmap};
 pub use digest::Digest;
 pub use encoding::{
-    ChainId, Domain, MAX_CHAIN_ID_LEN, SignedPayload, decode, decode_canonical, encode,
-    signing_bytes,
+    ChainId, Domain, MAX_CHAIN_ID_LEN, SignedPayload, decode, decode_byte_list, decode_canonical,
+    encode, encode_byte_list, signing_bytes,
 };
 pub use error::CryptoError;
 pub use keys::{KeyPair, PublicKey, Signature};

@@ -1,8 +1,8 @@
 //! Signed transfers and block payloads.
 
 use phalanx_crypto::{
-    ChainId, CryptoError, Digest, Domain, KeyPair, PublicKey, Signature, SignedPayload, decode,
-    encode, signing_bytes, verify_each,
+    ChainId, CryptoError, Digest, Domain, KeyPair, PublicKey, Signature, SignedPayload,
+    decode_byte_list, encode, encode_byte_list, signing_bytes, verify_each,
 };
 use serde::{Deserialize, Serialize};
 
@@ -139,14 +139,14 @@ pub fn verify_signatures(txs: &[&SignedTransfer]) -> Vec<bool> {
 
 /// Encodes a block payload: the list of signed transaction bytes.
 pub fn encode_payload(txs: &[Vec<u8>]) -> Vec<u8> {
-    encode(txs)
+    encode_byte_list(txs)
 }
 
 /// Decodes a block payload into raw transaction byte strings. A payload that
 /// is not a list of byte strings, or lists more than [`MAX_TXS_PER_BLOCK`],
 /// is an error: such a block executes to no receipts (deterministically).
 pub fn decode_payload(payload: &[u8]) -> Result<Vec<Vec<u8>>, LedgerError> {
-    let txs: Vec<Vec<u8>> = decode(payload, usize::MAX)
+    let txs = decode_byte_list(payload, usize::MAX)
         .map_err(|e: CryptoError| LedgerError::Malformed(e.to_string()))?;
     if txs.len() > MAX_TXS_PER_BLOCK {
         return Err(LedgerError::Malformed(format!(

@@ -31,7 +31,7 @@ use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identity, noise, tcp, yamux};
 use phalanx_consensus::MAX_MESSAGE_BYTES;
-use phalanx_crypto::{KeyPair, PublicKey, ValidatorIndex, decode, encode};
+use phalanx_crypto::{KeyPair, PublicKey, ValidatorIndex, decode_byte_list, encode_byte_list};
 use phalanx_ledger::MAX_TX_BYTES;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -310,7 +310,7 @@ pub fn decode_batch(data: &[u8]) -> Option<Vec<Vec<u8>>> {
     if data.len() > MAX_GOSSIP_BYTES {
         return None;
     }
-    let txs: Vec<Vec<u8>> = decode(data, MAX_GOSSIP_BYTES).ok()?;
+    let txs = decode_byte_list(data, MAX_GOSSIP_BYTES).ok()?;
     let ok = !txs.is_empty()
         && txs.len() <= MAX_GOSSIP_BATCH_TXS
         && txs.iter().all(|t| t.len() <= MAX_TX_BYTES);
@@ -497,7 +497,7 @@ async fn tx_batcher(
                 Ok(None) | Err(_) => break,
             }
         }
-        let frame = Arc::new(encode(&pending));
+        let frame = Arc::new(encode_byte_list(&pending));
         debug_assert!(decode_batch(&frame).is_some());
         pending.clear();
         metrics.sent(TX_BATCH_KIND, frame.len(), peers.len());
