@@ -25,7 +25,7 @@ use phalanx_ledger::{Leg, Transfer};
 use serde_json::{Value, json};
 
 use crate::client::{MAX_RESPONSE_BYTES, rpc_client};
-use crate::layout::{Testnet, load_accounts};
+use crate::layout::{Testnet, load_accounts, process_cpu_seconds};
 
 /// Calls per JSON-RPC batch (the node's bound), for lookups.
 pub const BATCH: usize = 64;
@@ -271,6 +271,13 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
     let mut ticker = tokio::time::interval(TICK);
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let cpu_run0 = cpu_seconds();
+    let validators_cpu = || -> Option<f64> {
+        net.nodes
+            .iter()
+            .map(|n| n.pid.and_then(process_cpu_seconds))
+            .sum()
+    };
+    let validators_cpu0 = validators_cpu();
     let mut tasks = Vec::new();
     while next < count {
         ticker.tick().await;
@@ -304,6 +311,8 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
     }
     let send_secs = start.elapsed().as_secs_f64();
     let bench_cpu = cpu_seconds() - cpu_run0;
+    // Only meaningful when every validator ran throughout on this machine.
+    let validators_cpu = validators_cpu().zip(validators_cpu0).map(|(b, a)| b - a);
 
     // Drain: wait for every acknowledged transfer on every node.
     let acked_count = track
@@ -392,6 +401,8 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
         "sign_s": sign_secs,
         "sign_cpu_s": sign_cpu,
         "bench_cpu_cores": bench_cpu / send_secs.max(f64::EPSILON),
+        "validators_cpu_cores": validators_cpu.map(|c| c / send_secs.max(f64::EPSILON)),
+        "validators_cpu_us_per_transfer": validators_cpu.map(|c| c * 1e6 / (submitted.load(Ordering::Relaxed).max(1) as f64)),
     }))
 }
 
@@ -483,7 +494,8 @@ pub fn human(r: &Value) -> String {
          committed {com} ({tps:.0}/s)\n\
          commit latency ms: p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  max {max:.1}\n\
          every acknowledged transfer committed on every node: {all} (missing per node: {miss})\n\
-         signing ahead: {sign:.1} s; bench process while sending: {cpu:.2} cores",
+         signing ahead: {sign:.1} s; bench process while sending: {cpu:.2} cores\n\
+         validators while sending: {vcpu} cores, {vper} CPU µs per transfer",
         rate = r["rate"],
         dur = r["duration_s"],
         v = r["validators"],
@@ -505,5 +517,11 @@ pub fn human(r: &Value) -> String {
         miss = r["missing_per_node"],
         sign = r["sign_s"].as_f64().unwrap_or(0.0),
         cpu = r["bench_cpu_cores"].as_f64().unwrap_or(0.0),
+        vcpu = r["validators_cpu_cores"]
+            .as_f64()
+            .map_or("?".into(), |c| format!("{c:.2}")),
+        vper = r["validators_cpu_us_per_transfer"]
+            .as_f64()
+            .map_or("?".into(), |c| format!("{c:.0}")),
     )
 }

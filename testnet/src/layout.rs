@@ -147,6 +147,19 @@ pub fn process_state(pid: u32) -> Option<char> {
     rest.trim_start().chars().next()
 }
 
+/// CPU seconds (user and system) that `pid` has used so far, from
+/// `/proc/PID/stat`; None if there is no such process.
+pub fn process_cpu_seconds(pid: u32) -> Option<f64> {
+    use nix::unistd::{SysconfVar, sysconf};
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let (_, rest) = stat.rsplit_once(')')?;
+    // After the command name: state (field 3) … utime (14), stime (15).
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| fields.get(i)?.parse::<u64>().ok();
+    let per_second = sysconf(SysconfVar::CLK_TCK).ok()??;
+    Some((ticks(11)? + ticks(12)?) as f64 / per_second as f64)
+}
+
 /// Whether `pid` is alive and its command line contains `marker` (a path
 /// inside this testnet), so it is the process this testnet started.
 pub fn is_ours(pid: u32, marker: &Path) -> bool {
@@ -276,5 +289,19 @@ mod tests {
         assert!(stop(pid, &marker, Duration::from_secs(10)).unwrap());
         assert!(!is_ours(pid, &marker));
         std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    #[test]
+    fn cpu_seconds_of_a_busy_process_grow_and_a_missing_one_has_none() {
+        let me = std::process::id();
+        let before = process_cpu_seconds(me).unwrap();
+        let t = std::time::Instant::now();
+        let mut x = 0u64;
+        while t.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_mul(31).wrapping_add(7));
+        }
+        let after = process_cpu_seconds(me).unwrap();
+        assert!(after > before, "{before} -> {after}");
+        assert_eq!(process_cpu_seconds(u32::MAX), None);
     }
 }

@@ -160,6 +160,12 @@ fn a_testnet_under_load_feeds_every_dashboard_panel_and_alert_rule_in_a_real_pro
     assert_eq!(r["committed"], 1000, "{r}");
     assert_eq!(r["all_committed_on_every_node"], true, "{r}");
     assert!(r["latency_ms"]["p50"].as_f64().unwrap() > 0.0, "{r}");
+    // The validators' CPU is read from /proc while the load runs.
+    assert!(
+        r["validators_cpu_us_per_transfer"].as_f64().unwrap() > 0.0,
+        "{r}"
+    );
+    assert!(r["validators_cpu_cores"].as_f64().unwrap() > 0.0, "{r}");
 
     // promtool: the written config and the shipped rules check, and each
     // node's /metrics lints clean.
