@@ -237,7 +237,15 @@ fn cheap_checks(shared: &Shared, batch: Vec<Submission>) -> Vec<Checked> {
             continue;
         }
         let hash = tx.hash();
-        match shared.store.transaction(&hash) {
+        // Only a client needs the receipt of a transaction committed
+        // before: a peer's copy of one is refused by the mempool's nonce
+        // rule, or at worst ordered again and executed as a duplicate. The
+        // index lookup is a fifth of admission's cost.
+        let committed = match s.origin {
+            Origin::Rpc(_) => shared.store.transaction(&hash),
+            Origin::Gossip => Ok(None),
+        };
+        match committed {
             Ok(Some(rec)) => {
                 answer(shared, s.origin, Ok(Submitted::Committed(hash, rec)));
                 continue;

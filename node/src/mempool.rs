@@ -108,6 +108,10 @@ pub struct Mempool {
     /// Exact-bytes hashes seen in uncommitted blocks, so a transaction that
     /// arrives after the block carrying it is marked at once.
     in_blocks: HashMap<Digest, InFlight>,
+    /// Entries marked in flight, by the height they were marked for, so a
+    /// commit visits only those rather than the whole pool (which under a
+    /// backlog holds tens of thousands).
+    flights: BTreeMap<u64, Vec<Digest>>,
     next_seq: u64,
     bytes: usize,
 }
@@ -131,6 +135,7 @@ impl Mempool {
             by_sender: HashMap::new(),
             arrival: BTreeMap::new(),
             in_blocks: HashMap::new(),
+            flights: BTreeMap::new(),
             next_seq: 0,
             bytes: 0,
         }
@@ -237,6 +242,10 @@ impl Mempool {
         self.arrival.insert(seq, hash);
         self.by_raw.insert(raw, hash);
         self.bytes += bytes.len();
+        let in_flight = self.in_blocks.get(&raw).copied();
+        if let Some(f) = in_flight {
+            self.flights.entry(f.height).or_default().push(hash);
+        }
         self.entries.insert(
             hash,
             Entry {
@@ -244,7 +253,7 @@ impl Mempool {
                 bytes,
                 raw,
                 seq,
-                in_flight: self.in_blocks.get(&raw).copied(),
+                in_flight,
             },
         );
         Ok(Admitted::New)
@@ -315,6 +324,7 @@ impl Mempool {
                     height,
                     block: None,
                 });
+                self.flights.entry(height).or_default().push(h);
                 out.push(e.bytes.clone());
             }
         }
@@ -336,6 +346,7 @@ impl Mempool {
                 && let Some(e) = self.entries.get_mut(h)
             {
                 e.in_flight = Some(f);
+                self.flights.entry(height).or_default().push(*h);
             }
         }
     }
@@ -371,11 +382,23 @@ impl Mempool {
                 self.remove(&h);
             }
         }
-        for e in self.entries.values_mut() {
-            if e.in_flight.is_some_and(|f| f.height <= height) {
+        let later = self.flights.split_off(&(height + 1));
+        for h in std::mem::replace(&mut self.flights, later)
+            .into_values()
+            .flatten()
+        {
+            if let Some(e) = self.entries.get_mut(&h)
+                && e.in_flight.is_some_and(|f| f.height <= height)
+            {
                 e.in_flight = None;
             }
         }
+        debug_assert!(
+            self.entries
+                .values()
+                .all(|e| e.in_flight.is_none_or(|f| f.height > height)),
+            "an entry in flight at or below a committed height"
+        );
         self.in_blocks.retain(|_, f| f.height > height);
     }
 
