@@ -149,21 +149,35 @@ pub async fn run(
         }
         let started = std::time::Instant::now();
         let verified = tokio::task::spawn_blocking(move || {
-            let txs: Vec<&SignedTransfer> = checked.iter().map(|c| &c.tx).collect();
-            let sigs = verify_signatures(&txs);
+            // A panic must not take the batch's answer channels with it:
+            // every caller gets an answer.
+            let sigs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                let txs: Vec<&SignedTransfer> = checked.iter().map(|c| &c.tx).collect();
+                verify_signatures(&txs)
+            }));
             (checked, sigs)
         })
         .await;
         let (checked, sigs) = match verified {
-            Ok(v) => {
+            Ok((checked, Ok(sigs))) => {
                 shared
                     .metrics
                     .verified("transaction_batch", started.elapsed());
-                v
+                (checked, sigs)
+            }
+            Ok((checked, Err(_))) => {
+                warn!("signature verification panicked");
+                for c in checked {
+                    answer(
+                        &shared,
+                        c.origin,
+                        Err(SubmitError::Internal("verification failed".into())),
+                    );
+                }
+                continue;
             }
             Err(e) => {
-                // The batch's answer channels went with the task: its RPC
-                // callers see the node's "shutting down" error.
+                // Only when the runtime is shutting down.
                 warn!("signature verification task failed: {e}");
                 continue;
             }
