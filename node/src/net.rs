@@ -219,53 +219,41 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
 
     let metrics = cfg.metrics.clone();
     let mut control = swarm.behaviour().stream.new_control();
-    let accept = |control: &mut libp2p_stream::Control, protocol: StreamProtocol| {
-        control
-            .accept(protocol)
-            .map_err(|e| NetError::Transport(e.to_string()))
-    };
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
-    tokio::spawn(accept_loop(
+    accept_streams(
+        &mut control,
         CONSENSUS_PROTOCOL,
-        accept(&mut control, CONSENSUS_PROTOCOL)?,
-        index_of.clone(),
-        metrics.clone(),
+        &index_of,
+        &metrics,
         move |from, stream, metrics| consensus_reader(from, stream, in_tx.clone(), metrics),
-    ));
+    )?;
     let (gossip_in_tx, gossip_in_rx) = mpsc::channel(INBOUND_TX_BATCHES);
-    tokio::spawn(accept_loop(
+    accept_streams(
+        &mut control,
         TX_PROTOCOL,
-        accept(&mut control, TX_PROTOCOL)?,
-        index_of.clone(),
-        metrics.clone(),
+        &index_of,
+        &metrics,
         move |from, stream, metrics| tx_reader(from, stream, gossip_in_tx.clone(), metrics),
-    ));
+    )?;
 
+    // One writer per peer and protocol, each with its own bounded queue.
+    let open = |peer: PeerId, protocol: StreamProtocol, len: usize| {
+        let (tx, rx) = mpsc::channel(len);
+        tokio::spawn(writer(
+            control.clone(),
+            peer,
+            protocol,
+            rx,
+            cfg.reconnect_base,
+            cfg.reconnect_max,
+        ));
+        tx
+    };
     let mut outbound = HashMap::new();
     let mut tx_queues = Vec::new();
-    for (peer, idx) in &index_of {
-        if *peer == me {
-            continue;
-        }
-        for (protocol, len) in [
-            (CONSENSUS_PROTOCOL, cfg.peer_queue),
-            (TX_PROTOCOL, TX_PEER_QUEUE),
-        ] {
-            let (tx, rx) = mpsc::channel(len);
-            if protocol == CONSENSUS_PROTOCOL {
-                outbound.insert(*idx, tx);
-            } else {
-                tx_queues.push(tx);
-            }
-            tokio::spawn(writer(
-                control.clone(),
-                *peer,
-                protocol,
-                rx,
-                cfg.reconnect_base,
-                cfg.reconnect_max,
-            ));
-        }
+    for (peer, idx) in index_of.iter().filter(|(p, _)| **p != me) {
+        outbound.insert(*idx, open(*peer, CONSENSUS_PROTOCOL, cfg.peer_queue));
+        tx_queues.push(open(*peer, TX_PROTOCOL, TX_PEER_QUEUE));
     }
     let peer_ids: HashMap<ValidatorIndex, PeerId> =
         index_of.iter().map(|(p, i)| (*i, *p)).collect();
@@ -395,26 +383,35 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
     }
 }
 
-/// Accepts inbound streams of one protocol: validators only, one reader
-/// each.
-async fn accept_loop<F, R>(
+/// Accepts inbound streams of `protocol` from now on: validators only,
+/// one `reader` task each.
+fn accept_streams<F, R>(
+    control: &mut libp2p_stream::Control,
     protocol: StreamProtocol,
-    mut incoming: libp2p_stream::IncomingStreams,
-    index_of: HashMap<PeerId, ValidatorIndex>,
-    metrics: Arc<Metrics>,
+    index_of: &HashMap<PeerId, ValidatorIndex>,
+    metrics: &Arc<Metrics>,
     reader: F,
-) where
-    F: Fn(ValidatorIndex, libp2p::Stream, Arc<Metrics>) -> R,
+) -> Result<(), NetError>
+where
+    F: Fn(ValidatorIndex, libp2p::Stream, Arc<Metrics>) -> R + Send + 'static,
     R: std::future::Future<Output = ()> + Send + 'static,
 {
-    while let Some((peer, stream)) = incoming.next().await {
-        let Some(idx) = index_of.get(&peer).copied() else {
-            metrics.invalid(None, "non_validator_stream");
-            warn!(%peer, %protocol, "stream from a key outside the validator set refused");
-            continue;
-        };
-        tokio::spawn(reader(idx, stream, metrics.clone()));
-    }
+    let mut incoming = control
+        .accept(protocol.clone())
+        .map_err(|e| NetError::Transport(e.to_string()))?;
+    let index_of = index_of.clone();
+    let metrics = metrics.clone();
+    tokio::spawn(async move {
+        while let Some((peer, stream)) = incoming.next().await {
+            let Some(idx) = index_of.get(&peer).copied() else {
+                metrics.invalid(None, "non_validator_stream");
+                warn!(%peer, %protocol, "stream from a key outside the validator set refused");
+                continue;
+            };
+            tokio::spawn(reader(idx, stream, metrics.clone()));
+        }
+    });
+    Ok(())
 }
 
 /// Reads one length-prefixed frame of at most `max` bytes. `None`: the

@@ -243,6 +243,25 @@ where
     Ok(())
 }
 
+/// Registers an asynchronous method, counted and timed.
+fn async_method<F, Fut>(m: &mut RpcModule<Ctx>, name: &'static str, f: F) -> anyhow::Result<()>
+where
+    F: Fn(Params<'static>, Arc<Ctx>) -> Fut + Send + Sync + Clone + 'static,
+    Fut: std::future::Future<Output = RpcResult> + Send + 'static,
+{
+    debug_assert!(METHODS.contains(&name));
+    m.register_async_method(name, move |params, ctx, _| {
+        let f = f.clone();
+        async move {
+            let started = Instant::now();
+            let res = f(params, ctx.clone()).await;
+            ctx.shared.metrics.rpc(name, res.is_ok(), started.elapsed());
+            res
+        }
+    })?;
+    Ok(())
+}
+
 fn module(
     shared: Arc<Shared>,
     ingress: mpsc::Sender<Submission>,
@@ -257,23 +276,8 @@ fn module(
             .map_err(|why| err(codes::NOT_READY, why))
     })?;
 
-    m.register_async_method("ledger_submitTransaction", |params, ctx, _| async move {
-        let started = Instant::now();
-        let res = submit(params, ctx.clone()).await;
-        ctx.shared
-            .metrics
-            .rpc("ledger_submitTransaction", res.is_ok(), started.elapsed());
-        res
-    })?;
-
-    m.register_async_method("ledger_submitTransactions", |params, ctx, _| async move {
-        let started = Instant::now();
-        let res = submit_many(params, ctx.clone()).await;
-        ctx.shared
-            .metrics
-            .rpc("ledger_submitTransactions", res.is_ok(), started.elapsed());
-        res
-    })?;
+    async_method(&mut m, "ledger_submitTransaction", submit)?;
+    async_method(&mut m, "ledger_submitTransactions", submit_many)?;
 
     method(&mut m, "ledger_getTransaction", |params, ctx| {
         let (hash,): (String,) = params.parse()?;
@@ -509,6 +513,7 @@ async fn submit(params: Params<'static>, ctx: Arc<Ctx>) -> Result<Value, ErrorOb
         .map_err(|_| shutting_down())?
         .map_err(submit_error)?;
     let hash = outcome.hash();
+    // Not waiting, or nothing to wait for: answer now.
     let Some(commits) = commits.as_mut().filter(|_| !outcome.is_committed()) else {
         return Ok(submitted_json(&outcome));
     };
