@@ -254,7 +254,7 @@ fn cheap_checks(shared: &Shared, batch: Vec<Submission>) -> Vec<Checked> {
         // Only a client needs the receipt of a transaction committed
         // before: a peer's copy of one is refused by the mempool's nonce
         // rule, or at worst ordered again and executed as a duplicate. The
-        // index lookup is a fifth of admission's cost.
+        // index lookup is about a quarter of admission's cost.
         let committed = match s.origin {
             Origin::Rpc(_) => shared.store.transaction(&hash),
             Origin::Gossip => Ok(None),
