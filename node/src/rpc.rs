@@ -162,22 +162,66 @@ fn tx_hash_of_item(item: &[u8]) -> Digest {
     }
 }
 
-fn notice_json(n: &CommitNotice, with_txs: bool) -> Value {
-    let mut v = json!({
-        "height": n.height,
-        "block_id": n.block_id.to_hex(),
-        "state_root": n.state_root.to_hex(),
-        "transactions": n.receipts.len(),
-        "applied": n.receipts.iter().filter(|r| r.status == TxStatus::Applied).count(),
-    });
-    if with_txs {
-        v["receipts"] = n
+/// A digest written as 64 hex characters without a heap allocation.
+struct Hex<'a>(&'a Digest);
+
+impl serde::Serialize for Hex<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        let mut buf = [0u8; 64];
+        hex::encode_to_slice(self.0.0, &mut buf).map_err(serde::ser::Error::custom)?;
+        s.serialize_str(std::str::from_utf8(&buf).map_err(serde::ser::Error::custom)?)
+    }
+}
+
+/// One transaction's line in a block notice.
+#[derive(serde::Serialize)]
+struct NoticeReceipt<'a> {
+    hash: Hex<'a>,
+    status: &'static str,
+}
+
+/// A block notice, serialized straight from the commit's receipts: a
+/// subscriber with receipts gets one entry per transaction of every block,
+/// which as a `serde_json::Value` tree cost a map and three strings each.
+#[derive(serde::Serialize)]
+struct Notice<'a> {
+    height: u64,
+    block_id: Hex<'a>,
+    state_root: Hex<'a>,
+    transactions: usize,
+    applied: usize,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    receipts: Option<NoticeReceipts<'a>>,
+}
+
+struct NoticeReceipts<'a>(&'a [Receipt]);
+
+impl serde::Serialize for NoticeReceipts<'_> {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.0.iter().map(|r| NoticeReceipt {
+            hash: Hex(&r.tx_hash),
+            status: r.status.name(),
+        }))
+    }
+}
+
+fn notice_json(
+    n: &CommitNotice,
+    with_txs: bool,
+) -> Result<Box<serde_json::value::RawValue>, serde_json::Error> {
+    let notice = Notice {
+        height: n.height,
+        block_id: Hex(&n.block_id),
+        state_root: Hex(&n.state_root),
+        transactions: n.receipts.len(),
+        applied: n
             .receipts
             .iter()
-            .map(|r| json!({ "hash": r.tx_hash.to_hex(), "status": r.status.name() }))
-            .collect();
-    }
-    v
+            .filter(|r| r.status == TxStatus::Applied)
+            .count(),
+        receipts: with_txs.then(|| NoticeReceipts(&n.receipts)),
+    };
+    serde_json::value::to_raw_value(&notice)
 }
 
 fn json_message(v: &Value) -> Result<SubscriptionMessage, serde_json::Error> {
@@ -397,7 +441,7 @@ fn module(
                     _ = sink.closed() => return Ok(()),
                     n = rx.recv() => match n {
                         Ok(n) => {
-                            let msg = json_message(&notice_json(&n, with_txs))?;
+                            let msg = SubscriptionMessage::from(notice_json(&n, with_txs)?);
                             sink.send(msg).await?;
                         }
                         Err(broadcast::error::RecvError::Lagged(k)) => {
@@ -561,5 +605,55 @@ async fn submit(params: Params<'static>, ctx: Arc<Ctx>) -> Result<Value, ErrorOb
                 COMMIT_WAIT.as_secs()
             ),
         )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    fn notice() -> CommitNotice {
+        CommitNotice {
+            height: 7,
+            block_id: Digest::of(b"block"),
+            state_root: Digest::of(b"root"),
+            receipts: Arc::new(vec![
+                Receipt {
+                    tx_hash: Digest::of(b"a"),
+                    status: TxStatus::Applied,
+                },
+                Receipt {
+                    tx_hash: Digest::of(b"b"),
+                    status: TxStatus::NonceTooLow {
+                        expected: 3,
+                        got: 1,
+                    },
+                },
+            ]),
+        }
+    }
+
+    fn as_value(raw: Result<Box<serde_json::value::RawValue>, serde_json::Error>) -> Value {
+        serde_json::from_str(raw.unwrap().get()).unwrap()
+    }
+
+    #[test]
+    fn block_notice_lists_receipts_only_when_asked() {
+        let n = notice();
+        let header = json!({
+            "height": 7,
+            "block_id": Digest::of(b"block").to_hex(),
+            "state_root": Digest::of(b"root").to_hex(),
+            "transactions": 2,
+            "applied": 1,
+        });
+        assert_eq!(as_value(notice_json(&n, false)), header);
+        let mut full = header;
+        full["receipts"] = json!([
+            { "hash": Digest::of(b"a").to_hex(), "status": "applied" },
+            { "hash": Digest::of(b"b").to_hex(), "status": "nonce_too_low" },
+        ]);
+        assert_eq!(as_value(notice_json(&n, true)), full);
     }
 }
