@@ -1,6 +1,5 @@
 //! ed25519 keys, signatures and key files.
 
-use std::collections::HashMap;
 use std::fmt;
 use std::fs;
 use std::io::Write;
@@ -9,6 +8,7 @@ use std::path::Path;
 use std::sync::{Mutex, OnceLock};
 
 use ed25519_dalek::{Signer, SigningKey, VerifyingKey};
+use foldhash::{HashMap, HashMapExt};
 use serde::{Deserialize, Deserializer, Serialize, Serializer, de};
 
 use crate::CryptoError;
@@ -27,6 +27,8 @@ pub const KEY_CACHE_ENTRIES: usize = 1 << 15;
 /// it admits, validators in every message. Only keys that passed every
 /// check are remembered, so the cache can change how fast a key decodes,
 /// never whether it does. When full it is emptied (a bound, not an LRU).
+/// Keys are of clients' choosing: the hasher is seeded (foldhash), and
+/// cheaper than SipHash on 32 bytes.
 fn key_cache() -> &'static Mutex<HashMap<[u8; 32], VerifyingKey>> {
     static CACHE: OnceLock<Mutex<HashMap<[u8; 32], VerifyingKey>>> = OnceLock::new();
     CACHE.get_or_init(|| Mutex::new(HashMap::new()))

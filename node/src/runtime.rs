@@ -413,7 +413,7 @@ impl Runtime {
                 let ready = self
                     .shared
                     .as_ref()
-                    .is_some_and(|s| s.pool().proposable() > 0);
+                    .is_some_and(|s| s.pool().has_proposable());
                 if ready {
                     return Ok(self.propose(view));
                 }
