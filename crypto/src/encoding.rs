@@ -160,8 +160,13 @@ pub fn decode_canonical<T: DeserializeOwned + Serialize>(
 /// version prefix, domain, chain id (both length-prefixed), then the
 /// payload's signed bytes.
 pub fn signing_bytes<T: SignedPayload + ?Sized>(chain: &ChainId, payload: &T) -> Vec<u8> {
-    let body = payload.signed_bytes();
-    let domain = T::DOMAIN.0.as_bytes();
+    signing_bytes_of(T::DOMAIN, chain, &payload.signed_bytes())
+}
+
+/// [`signing_bytes`] from a payload's signed bytes as they already are (cut
+/// from a canonical encoding, say), rather than encoding the payload again.
+pub fn signing_bytes_of(domain: Domain, chain: &ChainId, body: &[u8]) -> Vec<u8> {
+    let domain = domain.0.as_bytes();
     let chain = chain.as_str().as_bytes();
     let mut out =
         Vec::with_capacity(SIGNING_PREFIX.len() + 2 + domain.len() + chain.len() + body.len());
@@ -173,7 +178,7 @@ pub fn signing_bytes<T: SignedPayload + ?Sized>(chain: &ChainId, payload: &T) ->
     out.extend_from_slice(domain);
     out.push(chain.len() as u8);
     out.extend_from_slice(chain);
-    out.extend_from_slice(&body);
+    out.extend_from_slice(body);
     out
 }
 

@@ -23,7 +23,7 @@ pub use cert::{Certificate, SignerBitmap};
 pub use digest::Digest;
 pub use encoding::{
     ChainId, Domain, MAX_CHAIN_ID_LEN, SignedPayload, decode, decode_byte_list, decode_canonical,
-    encode, encode_byte_list, signing_bytes,
+    encode, encode_byte_list, signing_bytes, signing_bytes_of,
 };
 pub use error::CryptoError;
 pub use keys::{KeyPair, PublicKey, Signature};

@@ -28,6 +28,6 @@ pub use state::{
     root_of_summaries, summarise_accounts, verify_account_proof,
 };
 pub use tx::{
-    Leg, MAX_LEGS, MAX_TX_BYTES, MAX_TXS_PER_BLOCK, SignedTransfer, Transfer, decode_payload,
-    encode_payload, verify_signatures,
+    EncodedTransfer, Leg, MAX_LEGS, MAX_TX_BYTES, MAX_TXS_PER_BLOCK, SignedTransfer, Transfer,
+    decode_payload, encode_payload, verify_encoded, verify_signatures,
 };

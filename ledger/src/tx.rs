@@ -2,7 +2,7 @@
 
 use phalanx_crypto::{
     ChainId, CryptoError, Digest, Domain, KeyPair, PublicKey, Signature, SignedPayload,
-    decode_byte_list, encode, encode_byte_list, signing_bytes, verify_each,
+    decode_byte_list, encode, encode_byte_list, signing_bytes, signing_bytes_of, verify_each,
 };
 use serde::{Deserialize, Serialize};
 
@@ -50,7 +50,12 @@ impl Transfer {
     /// hash whatever signature accompanies it, so a resubmission is always
     /// recognised.
     pub fn hash(&self) -> Digest {
-        Digest::of_parts(&[Self::DOMAIN.0.as_bytes(), &encode(self)])
+        Self::hash_of_encoding(&encode(self))
+    }
+
+    /// The hash of the transfer whose encoding is `body`.
+    fn hash_of_encoding(body: &[u8]) -> Digest {
+        Digest::of_parts(&[Self::DOMAIN.0.as_bytes(), body])
     }
 
     /// Sum of the legs, or `None` on overflow.
@@ -125,16 +130,81 @@ impl SignedTransfer {
 /// verification agree; a few bad signatures in a batch cost a few more
 /// batch checks, not a check of each.
 pub fn verify_signatures(txs: &[&SignedTransfer]) -> Vec<bool> {
-    let msgs: Vec<Vec<u8>> = txs
-        .iter()
-        .map(|t| signing_bytes(&t.transfer.chain_id, &t.transfer))
-        .collect();
+    let bodies: Vec<Vec<u8>> = txs.iter().map(|t| encode(&t.transfer)).collect();
+    verify_bodies(txs.iter().copied().zip(bodies.iter().map(Vec::as_slice)))
+}
+
+/// [`verify_signatures`] for transfers kept with their encoding, which
+/// supplies the signed bytes without encoding each transfer again.
+pub fn verify_encoded(txs: &[&EncodedTransfer]) -> Vec<bool> {
+    verify_bodies(txs.iter().map(|e| (&e.tx, e.body())))
+}
+
+/// Batch-verifies transfers given the encoding of each one's `transfer`.
+fn verify_bodies<'a>(txs: impl Iterator<Item = (&'a SignedTransfer, &'a [u8])>) -> Vec<bool> {
+    let (txs, msgs): (Vec<&SignedTransfer>, Vec<Vec<u8>>) = txs
+        .map(|(t, body)| {
+            let msg = signing_bytes_of(Transfer::DOMAIN, &t.transfer.chain_id, body);
+            (t, msg)
+        })
+        .unzip();
     let items: Vec<_> = txs
         .iter()
         .zip(&msgs)
         .map(|(t, m)| (&t.transfer.sender, m.as_slice(), &t.signature))
         .collect();
     verify_each(&items)
+}
+
+/// Bytes of the signature that ends every encoded [`SignedTransfer`] (two
+/// fixed halves, no length prefix).
+const SIGNATURE_BYTES: usize = 64;
+
+/// A signed transfer decoded from canonical bytes and kept with them.
+///
+/// Canonical decoding makes the bytes before the signature exactly the
+/// transfer's encoding, so the hash and the signed bytes are taken from
+/// there: admission used to encode each transfer twice more for them.
+#[derive(Clone, Debug)]
+pub struct EncodedTransfer {
+    tx: SignedTransfer,
+    bytes: Vec<u8>,
+}
+
+impl EncodedTransfer {
+    /// Decodes canonical bytes, as [`SignedTransfer::decode`].
+    pub fn decode(bytes: Vec<u8>) -> Result<EncodedTransfer, LedgerError> {
+        let tx = SignedTransfer::decode(&bytes)?;
+        // Canonical, and a signature is a fixed 64 bytes at the end.
+        assert!(bytes.len() > SIGNATURE_BYTES);
+        let e = EncodedTransfer { tx, bytes };
+        debug_assert_eq!(e.body(), encode(&e.tx.transfer).as_slice());
+        Ok(e)
+    }
+
+    /// The transfer.
+    pub fn tx(&self) -> &SignedTransfer {
+        &self.tx
+    }
+
+    /// Its exact bytes.
+    pub fn bytes(&self) -> &[u8] {
+        &self.bytes
+    }
+
+    /// The transfer's hash, as [`SignedTransfer::hash`].
+    pub fn hash(&self) -> Digest {
+        Transfer::hash_of_encoding(self.body())
+    }
+
+    /// The transfer and its bytes.
+    pub fn into_parts(self) -> (SignedTransfer, Vec<u8>) {
+        (self.tx, self.bytes)
+    }
+
+    fn body(&self) -> &[u8] {
+        &self.bytes[..self.bytes.len() - SIGNATURE_BYTES]
+    }
 }
 
 /// Encodes a block payload: the list of signed transaction bytes.

@@ -7,8 +7,9 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use phalanx_crypto::{ChainId, Digest, KeyPair, PublicKey};
 use phalanx_ledger::{
-    Account, LedgerError, Leg, StateTree, StateView, Transfer, TxStatus, encode_payload,
-    execute_block, verify_account_proof,
+    Account, EncodedTransfer, LedgerError, Leg, SignedTransfer, StateTree, StateView, Transfer,
+    TxStatus, encode_payload, execute_block, verify_account_proof, verify_encoded,
+    verify_signatures,
 };
 use proptest::prelude::*;
 
@@ -95,6 +96,44 @@ fn transfer(chain: &ChainId, from: &KeyPair, nonce: u64, legs: &[(u8, u64)]) -> 
     }
     .sign(from)
     .encode()
+}
+
+#[test]
+fn a_transfer_kept_with_its_bytes_hashes_and_verifies_as_decoded() {
+    let chain = ChainId::new("enc").unwrap();
+    let good: Vec<Vec<u8>> = (0..5u64)
+        .map(|n| transfer(&chain, &key(1), n, &[(2, n + 1), (3, 7)]))
+        .collect();
+    // A signature byte flipped: still canonical, no longer valid.
+    let mut bad = transfer(&chain, &key(4), 0, &[(2, 1)]);
+    let last = bad.len() - 1;
+    bad[last] ^= 1;
+    let all: Vec<Vec<u8>> = good.iter().cloned().chain([bad]).collect();
+    let encoded: Vec<EncodedTransfer> = all
+        .iter()
+        .map(|b| EncodedTransfer::decode(b.clone()).unwrap())
+        .collect();
+    let decoded: Vec<SignedTransfer> = all
+        .iter()
+        .map(|b| SignedTransfer::decode(b).unwrap())
+        .collect();
+    for ((e, d), b) in encoded.iter().zip(&decoded).zip(&all) {
+        assert_eq!(e.hash(), d.hash());
+        assert_eq!(e.tx(), d);
+        assert_eq!(e.bytes(), b.as_slice());
+    }
+    let by_bytes = verify_encoded(&encoded.iter().collect::<Vec<_>>());
+    assert_eq!(
+        by_bytes,
+        verify_signatures(&decoded.iter().collect::<Vec<_>>())
+    );
+    assert_eq!(by_bytes, [true, true, true, true, true, false]);
+    // Bytes that do not decode canonically are refused, as by
+    // `SignedTransfer::decode`.
+    let mut longer = all[0].clone();
+    longer.push(0);
+    assert!(EncodedTransfer::decode(longer).is_err());
+    assert!(EncodedTransfer::decode(all[0][..40].to_vec()).is_err());
 }
 
 #[test]

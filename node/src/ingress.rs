@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use phalanx_crypto::Digest;
-use phalanx_ledger::{MAX_TX_BYTES, SignedTransfer, verify_signatures};
+use phalanx_ledger::{EncodedTransfer, MAX_TX_BYTES, verify_encoded};
 use phalanx_storage::TxRecord;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
@@ -92,9 +92,8 @@ pub enum SubmitError {
 }
 
 struct Checked {
-    tx: SignedTransfer,
+    tx: EncodedTransfer,
     hash: Digest,
-    bytes: Vec<u8>,
     origin: Origin,
 }
 
@@ -152,8 +151,8 @@ pub async fn run(
             // A panic must not take the batch's answer channels with it:
             // every caller gets an answer.
             let sigs = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                let txs: Vec<&SignedTransfer> = checked.iter().map(|c| &c.tx).collect();
-                verify_signatures(&txs)
+                let txs: Vec<&EncodedTransfer> = checked.iter().map(|c| &c.tx).collect();
+                verify_encoded(&txs)
             }));
             (checked, sigs)
         })
@@ -188,15 +187,16 @@ pub async fn run(
                 answer(&shared, c.origin, Err(SubmitError::BadSignature));
                 continue;
             }
-            let sender = match shared.store.account(&c.tx.transfer.sender) {
+            let sender = match shared.store.account(&c.tx.tx().transfer.sender) {
                 Ok(a) => a.unwrap_or_default(),
                 Err(e) => {
                     answer(&shared, c.origin, Err(SubmitError::Internal(e.to_string())));
                     continue;
                 }
             };
-            let gossip = matches!(c.origin, Origin::Rpc(_)).then(|| c.bytes.clone());
-            let res = shared.pool().insert(c.tx, c.bytes, c.hash, sender);
+            let gossip = matches!(c.origin, Origin::Rpc(_)).then(|| c.tx.bytes().to_vec());
+            let (tx, bytes) = c.tx.into_parts();
+            let res = shared.pool().insert(tx, bytes, c.hash, sender);
             match res {
                 Ok(Admitted::New) => {
                     added += 1;
@@ -228,24 +228,21 @@ fn cheap_checks(shared: &Shared, batch: Vec<Submission>) -> Vec<Checked> {
             answer(shared, s.origin, Err(SubmitError::TooLarge(n)));
             continue;
         }
-        let tx = match SignedTransfer::decode(&s.bytes) {
+        let tx = match EncodedTransfer::decode(s.bytes) {
             Ok(t) => t,
             Err(e) => {
                 answer(shared, s.origin, Err(SubmitError::Malformed(e.to_string())));
                 continue;
             }
         };
-        if let Err(e) = tx.check_shape() {
-            answer(shared, s.origin, Err(SubmitError::Malformed(e.to_string())));
-            continue;
-        }
-        if tx.transfer.chain_id != shared.chain {
+        // (Decoding checked the shape.)
+        if tx.tx().transfer.chain_id != shared.chain {
             answer(
                 shared,
                 s.origin,
                 Err(SubmitError::WrongChain {
                     expected: shared.chain.to_string(),
-                    got: tx.transfer.chain_id.to_string(),
+                    got: tx.tx().transfer.chain_id.to_string(),
                 }),
             );
             continue;
@@ -277,7 +274,6 @@ fn cheap_checks(shared: &Shared, batch: Vec<Submission>) -> Vec<Checked> {
         out.push(Checked {
             tx,
             hash,
-            bytes: s.bytes,
             origin: s.origin,
         });
     }
