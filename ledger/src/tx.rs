@@ -1,8 +1,9 @@
 //! Signed transfers and block payloads.
 
 use phalanx_crypto::{
-    ChainId, CryptoError, Digest, Domain, KeyPair, PublicKey, Signature, SignedPayload,
-    decode_byte_list, encode, encode_byte_list, signing_bytes, signing_bytes_of, verify_each,
+    ChainId, CryptoError, Digest, Domain, KeyPair, MAX_CHAIN_ID_LEN, PublicKey, Signature,
+    SignedPayload, decode_byte_list, encode, encode_byte_list, signing_bytes, signing_bytes_of,
+    verify_each,
 };
 use serde::{Deserialize, Serialize};
 
@@ -87,11 +88,53 @@ pub struct SignedTransfer {
 impl SignedTransfer {
     /// Decodes wire bytes, checking the size bound, canonical encoding and
     /// the leg count.
+    ///
+    /// Accepts exactly what serde's canonical decoding (`decode_canonical`)
+    /// followed by [`SignedTransfer::check_shape`] accepts, with the same
+    /// result; a property test holds the two together.
     pub fn decode(bytes: &[u8]) -> Result<SignedTransfer, LedgerError> {
-        let tx: SignedTransfer = phalanx_crypto::decode_canonical(bytes, MAX_TX_BYTES)
-            .map_err(|e| LedgerError::Malformed(e.to_string()))?;
-        tx.check_shape()?;
-        Ok(tx)
+        if bytes.len() > MAX_TX_BYTES {
+            return Err(LedgerError::Malformed(format!(
+                "{} bytes, at most {MAX_TX_BYTES}",
+                bytes.len()
+            )));
+        }
+        let mut r = Reader { bytes };
+        let chain_len = r.length(MAX_CHAIN_ID_LEN)?.map_err(|n| {
+            LedgerError::Malformed(format!("chain id of {n} bytes, at most {MAX_CHAIN_ID_LEN}"))
+        })?;
+        let chain = std::str::from_utf8(r.take(chain_len)?)
+            .map_err(|_| LedgerError::Malformed("chain id is not UTF-8".into()))?;
+        let chain_id = ChainId::new(chain).map_err(|e| LedgerError::Malformed(e.to_string()))?;
+        let sender = r.key()?;
+        let nonce = r.varint()?;
+        let n = match r.length(MAX_LEGS)? {
+            Ok(0) => return Err(legs_error(0)),
+            Ok(n) => n,
+            Err(n) => return Err(legs_error(usize::try_from(n).unwrap_or(usize::MAX))),
+        };
+        let mut legs = Vec::with_capacity(n);
+        for _ in 0..n {
+            let to = r.key()?;
+            let amount = r.varint()?;
+            legs.push(Leg { to, amount });
+        }
+        let signature = Signature(r.array::<64>()?);
+        if !r.bytes.is_empty() {
+            return Err(LedgerError::Malformed(format!(
+                "{} trailing bytes",
+                r.bytes.len()
+            )));
+        }
+        Ok(SignedTransfer {
+            transfer: Transfer {
+                chain_id,
+                sender,
+                nonce,
+                legs,
+            },
+            signature,
+        })
     }
 
     /// Canonical wire bytes.
@@ -108,9 +151,7 @@ impl SignedTransfer {
     pub fn check_shape(&self) -> Result<(), LedgerError> {
         let n = self.transfer.legs.len();
         if n == 0 || n > MAX_LEGS {
-            return Err(LedgerError::Malformed(format!(
-                "{n} legs; a transfer has 1 to {MAX_LEGS}"
-            )));
+            return Err(legs_error(n));
         }
         Ok(())
     }
@@ -225,4 +266,70 @@ pub fn decode_payload(payload: &[u8]) -> Result<Vec<Vec<u8>>, LedgerError> {
         )));
     }
     Ok(txs)
+}
+
+fn legs_error(n: usize) -> LedgerError {
+    // (`n` saturates: a count beyond `usize` is as wrong as any other.)
+    LedgerError::Malformed(format!("{n} legs; a transfer has 1 to {MAX_LEGS}"))
+}
+
+/// Reads the fields of an encoded [`SignedTransfer`] in order, in the
+/// encoding serde and postcard give it: LEB128 varints for integers and
+/// lengths, raw bytes for keys and the signature.
+///
+/// Hand-written because admission decodes every transaction at every
+/// validator, and through serde that visited the 128 bytes of keys and
+/// signature one at a time, then encoded the value again to prove the
+/// input canonical. Here only the minimal varint is accepted, which makes
+/// the input canonical by construction.
+struct Reader<'a> {
+    bytes: &'a [u8],
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], LedgerError> {
+        if self.bytes.len() < n {
+            return Err(LedgerError::Malformed("unexpected end of input".into()));
+        }
+        let (head, rest) = self.bytes.split_at(n);
+        self.bytes = rest;
+        Ok(head)
+    }
+
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], LedgerError> {
+        let mut out = [0u8; N];
+        out.copy_from_slice(self.take(N)?);
+        Ok(out)
+    }
+
+    fn key(&mut self) -> Result<PublicKey, LedgerError> {
+        PublicKey::from_bytes(&self.array::<32>()?)
+            .map_err(|e| LedgerError::Malformed(e.to_string()))
+    }
+
+    /// A minimally encoded LEB128 u64 (at most 10 bytes).
+    fn varint(&mut self) -> Result<u64, LedgerError> {
+        let mut value = 0u64;
+        for i in 0..10 {
+            let [b] = self.array::<1>()?;
+            // The tenth byte holds the top bit of 64 and nothing more.
+            if i == 9 && b > 1 {
+                return Err(LedgerError::Malformed("varint overflows 64 bits".into()));
+            }
+            value |= u64::from(b & 0x7f) << (7 * i);
+            if b & 0x80 == 0 {
+                if b == 0 && i > 0 {
+                    return Err(LedgerError::Malformed("varint is not minimal".into()));
+                }
+                return Ok(value);
+            }
+        }
+        Err(LedgerError::Malformed("varint overflows 64 bits".into()))
+    }
+
+    /// A length, as `usize`, if at most `max`; else the length read.
+    fn length(&mut self, max: usize) -> Result<Result<usize, u64>, LedgerError> {
+        let n = self.varint()?;
+        Ok(usize::try_from(n).ok().filter(|n| *n <= max).ok_or(n))
+    }
 }
