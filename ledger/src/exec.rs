@@ -5,6 +5,7 @@
 //! failing state read (a local disk fault, fatal to the node).
 
 use std::collections::{BTreeSet, HashMap};
+use std::sync::Arc;
 
 use phalanx_crypto::{ChainId, Digest, PublicKey};
 use serde::{Deserialize, Serialize};
@@ -118,7 +119,9 @@ impl BlockOutput {
 #[derive(Clone, Debug, Default)]
 pub struct PreparedPayload {
     items: Vec<Vec<u8>>,
-    checked: Vec<Option<(SignedTransfer, Digest, bool)>>,
+    /// Shared, not owned: a node's mempool lends the transfers it already
+    /// holds rather than copying each one into every block it executes.
+    checked: Vec<Option<(Arc<SignedTransfer>, Digest, bool)>>,
 }
 
 impl PreparedPayload {
@@ -148,25 +151,25 @@ pub fn prepare_payload(payload: &[u8]) -> PreparedPayload {
 /// that are the decoding of those bytes and do verify.
 pub fn prepare_payload_trusting(
     payload: &[u8],
-    verified: impl Fn(usize) -> Option<(SignedTransfer, Digest)>,
+    verified: impl Fn(usize) -> Option<(Arc<SignedTransfer>, Digest)>,
 ) -> PreparedPayload {
     let Ok(items) = decode_payload(payload) else {
         return PreparedPayload::default();
     };
     // (transfer, known hash): a known hash means already verified.
-    let decoded: Vec<Option<(SignedTransfer, Option<Digest>)>> = items
+    let decoded: Vec<Option<(Arc<SignedTransfer>, Option<Digest>)>> = items
         .iter()
         .enumerate()
         .map(|(i, b)| match verified(i) {
             Some((t, h)) => Some((t, Some(h))),
-            None => SignedTransfer::decode(b).ok().map(|t| (t, None)),
+            None => SignedTransfer::decode(b).ok().map(|t| (Arc::new(t), None)),
         })
         .collect();
     let to_check: Vec<&SignedTransfer> = decoded
         .iter()
         .flatten()
         .filter(|(_, known)| known.is_none())
-        .map(|(t, _)| t)
+        .map(|(t, _)| &**t)
         .collect();
     let mut sig = verify_signatures(&to_check).into_iter();
     let checked = decoded

@@ -284,7 +284,9 @@ fn items_vouched_for_by_a_mempool_execute_as_if_decoded_and_verified() {
     let trusted = execute_prepared(
         &l,
         &l.chain,
-        prepare_payload_trusting(&payload, |i| (i == 0).then(|| (decoded.clone(), hash))),
+        prepare_payload_trusting(&payload, |i| {
+            (i == 0).then(|| (std::sync::Arc::new(decoded.clone()), hash))
+        }),
     )
     .unwrap();
     assert_eq!(plain.receipts, trusted.receipts);

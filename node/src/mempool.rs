@@ -9,6 +9,7 @@
 //! already verified. It never touches the network or the disk.
 
 use std::collections::{BTreeMap, HashSet};
+use std::sync::Arc;
 
 // Keys are hashes and keys of clients' choosing: a seeded hasher (foldhash,
 // hashbrown's default) resists crafted collisions and costs a fraction of
@@ -88,7 +89,8 @@ pub enum Rejection {
 }
 
 struct Entry {
-    tx: SignedTransfer,
+    /// Shared with the blocks that execute it (see `verified_by_bytes`).
+    tx: Arc<SignedTransfer>,
     bytes: Vec<u8>,
     raw: Digest,
     seq: u64,
@@ -179,7 +181,7 @@ impl Mempool {
 
     /// The decoded (and signature-checked) transaction whose exact bytes
     /// hash to `raw`, with its hash, if pending here.
-    pub fn verified_by_bytes(&self, raw: &Digest) -> Option<(SignedTransfer, Digest)> {
+    pub fn verified_by_bytes(&self, raw: &Digest) -> Option<(Arc<SignedTransfer>, Digest)> {
         let hash = self.by_raw.get(raw)?;
         self.entries.get(hash).map(|e| (e.tx.clone(), *hash))
     }
@@ -254,7 +256,7 @@ impl Mempool {
         self.entries.insert(
             hash,
             Entry {
-                tx,
+                tx: Arc::new(tx),
                 bytes,
                 raw,
                 seq,
