@@ -119,7 +119,7 @@ impl SignedTransfer {
             let amount = r.varint()?;
             legs.push(Leg { to, amount });
         }
-        let signature = Signature(r.array::<64>()?);
+        let signature = Signature(r.array::<SIGNATURE_BYTES>()?);
         if !r.bytes.is_empty() {
             return Err(LedgerError::Malformed(format!(
                 "{} trailing bytes",
