@@ -10,40 +10,9 @@ fn bench(c: &mut Criterion) {
     let max = 512usize;
     let keys: Vec<KeyPair> = (0..max)
         .map(|i| {
-            KeyPair::from_seed([
-                (i % 251) as u8 + 1,
-                (i / 251) as u8 + 1,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-                7,
-            ])
+            let mut seed = [7u8; 32];
+            seed[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            KeyPair::from_seed(seed)
         })
         .collect();
     let msgs: Vec<Vec<u8>> = (0..max)
