@@ -37,4 +37,7 @@ pub use snapshot::{
     MAX_CHUNK_ACCOUNTS, MAX_MANIFEST_DEPTH, SnapshotManifest, StateChunk, StateRestore,
     TARGET_BUCKET_ACCOUNTS,
 };
-pub use store::{CommitResult, CommitTimings, Head, Store, StoreOptions, TxRecord};
+pub use store::{
+    CommitResult, CommitTimings, DEFAULT_MAX_WAL_BYTES, Head, PENDING_WRITE_BUFFER_BYTES, Store,
+    StoreOptions, TxRecord,
+};

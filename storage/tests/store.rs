@@ -8,7 +8,9 @@ use phalanx_consensus::{CheckpointCert, CheckpointVote, Height, SafetyState, gen
 use phalanx_crypto::{ChainId, Digest};
 use phalanx_ledger::{TxStatus, verify_account_proof};
 use phalanx_storage::testkit::{account_key, genesis, next_block, transfers};
-use phalanx_storage::{StateRestore, StorageError, Store, StoreOptions};
+use phalanx_storage::{
+    PENDING_WRITE_BUFFER_BYTES, StateRestore, StorageError, Store, StoreOptions,
+};
 
 const ACCOUNTS: u64 = 200;
 
@@ -257,6 +259,64 @@ fn serve(s: &Store, r: &mut StateRestore, max: usize) -> usize {
         chunks += 1;
     }
     chunks
+}
+
+/// Bytes in the store's write-ahead log files.
+fn wal_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
+        .filter_map(|e| e.metadata().ok())
+        .map(|m| m.len())
+        .sum()
+}
+
+#[test]
+fn the_write_ahead_log_stays_bounded_while_small_families_never_fill() {
+    const BOUND: u64 = 1 << 20;
+    const BLOCK: usize = 256 << 10;
+    let dir = tempfile::tempdir().unwrap();
+    let opts = StoreOptions {
+        max_wal_bytes: BOUND,
+        ..StoreOptions::default()
+    };
+    let s = Store::open(dir.path(), &genesis(ACCOUNTS), opts).unwrap();
+    // The head record is a few bytes in a family whose memtable never
+    // fills: on its own it would keep every later log file alive.
+    commit_n(&s, 1);
+    // Pending blocks fill their family's memtable one and a half times, so
+    // that its flush starts a new log file and the old one is left to the
+    // families that never fill.
+    let (mut b, _) = next_block(&s, &[]);
+    b.payload = vec![7; BLOCK];
+    let count = (PENDING_WRITE_BUFFER_BYTES * 3 / 2).div_ceil(BLOCK) as u64;
+    let written = count * BLOCK as u64;
+    for i in 0..count {
+        b.header.height = Height(2 + i);
+        s.put_pending_block(&b).unwrap();
+    }
+    // What is left: the current log file, which began at that flush (a
+    // little before the memtable reached its nominal size). Without the
+    // bound, the first file stays too and the log holds all that was written.
+    let bound = written - PENDING_WRITE_BUFFER_BYTES as u64 / 2;
+    // Flushes and the deletion of obsolete log files run in the background.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let wal = wal_bytes(dir.path());
+        if wal <= bound {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{wal} bytes of write-ahead log after writing {written}, expected at most {bound}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    // Nothing written was lost to the flushes.
+    drop(s);
+    let s = Store::open(dir.path(), &genesis(ACCOUNTS), StoreOptions::default()).unwrap();
+    assert_eq!(s.pending_blocks().unwrap().len(), count as usize);
 }
 
 fn open_small_buckets(dir: &Path) -> Store {
