@@ -37,8 +37,9 @@ pub struct StoreOptions {
     /// Sync the WAL on every block commit. Default true; turning it off
     /// loses the durability promise and exists for benchmarks only.
     pub sync_commits: bool,
-    /// Bytes of write-ahead log kept before RocksDB flushes the column
-    /// families that hold the oldest log file. Default
+    /// Bytes of closed write-ahead log files kept alive before RocksDB
+    /// flushes the column families that hold the oldest of them (the file
+    /// being written is bounded by the largest memtable instead). Default
     /// [`DEFAULT_MAX_WAL_BYTES`].
     pub max_wal_bytes: u64,
     /// Accounts a snapshot bucket is sized for (see
@@ -140,9 +141,10 @@ pub struct Store {
 /// Default bound on the write-ahead log, bytes. The safety state and the
 /// head are a few hundred bytes rewritten at every vote and commit, so their
 /// column families' memtables never fill and, without a bound, keep every
-/// log file since the last flush alive: a validator under load kept 320 MB
-/// of log after a minute (all replayed at the next start). Beyond this
-/// bound RocksDB flushes whatever pins the oldest file, a few kilobytes.
+/// log file since their last flush alive: a validator under load kept
+/// 320 MB of log after a minute (all replayed at the next start). When the
+/// closed files pass this bound, RocksDB flushes whatever pins the oldest,
+/// a few kilobytes.
 pub const DEFAULT_MAX_WAL_BYTES: u64 = 64 << 20;
 
 /// Blocks persisted for consensus are swept by a range deletion at heights
