@@ -2,7 +2,8 @@
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use phalanx_consensus::{CheckpointCert, CheckpointVote, Height, SafetyState, genesis_qc};
 use phalanx_crypto::{ChainId, Digest};
@@ -201,8 +202,8 @@ fn pending_blocks_are_kept_until_committed() {
     assert_eq!(s.state_root_at(0).unwrap(), root, "no account changed");
 }
 
-/// Truncates the newest WAL file by `cut` bytes, as a crash mid-write would.
-fn tear_wal(dir: &Path, cut: u64) {
+/// The store's write-ahead log files, oldest first.
+fn wal_files(dir: &Path) -> Vec<PathBuf> {
     let mut logs: Vec<_> = std::fs::read_dir(dir)
         .unwrap()
         .filter_map(|e| e.ok())
@@ -210,6 +211,12 @@ fn tear_wal(dir: &Path, cut: u64) {
         .filter(|p| p.extension().is_some_and(|x| x == "log"))
         .collect();
     logs.sort();
+    logs
+}
+
+/// Truncates the newest WAL file by `cut` bytes, as a crash mid-write would.
+fn tear_wal(dir: &Path, cut: u64) {
+    let logs = wal_files(dir);
     let wal = logs.last().expect("a WAL file");
     let len = std::fs::metadata(wal).unwrap().len();
     assert!(len > cut, "WAL holds the recent commits");
@@ -261,13 +268,11 @@ fn serve(s: &Store, r: &mut StateRestore, max: usize) -> usize {
     chunks
 }
 
-/// Bytes in the store's write-ahead log files.
+/// Bytes in the store's write-ahead log files (one may go while counting).
 fn wal_bytes(dir: &Path) -> u64 {
-    std::fs::read_dir(dir)
-        .unwrap()
-        .filter_map(|e| e.ok())
-        .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
-        .filter_map(|e| e.metadata().ok())
+    wal_files(dir)
+        .iter()
+        .filter_map(|p| std::fs::metadata(p).ok())
         .map(|m| m.len())
         .sum()
 }
@@ -301,17 +306,17 @@ fn the_write_ahead_log_stays_bounded_while_small_families_never_fill() {
     // bound, the first file stays too and the log holds all that was written.
     let bound = written - PENDING_WRITE_BUFFER_BYTES as u64 / 2;
     // Flushes and the deletion of obsolete log files run in the background.
-    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         let wal = wal_bytes(dir.path());
         if wal <= bound {
             break;
         }
         assert!(
-            std::time::Instant::now() < deadline,
+            Instant::now() < deadline,
             "{wal} bytes of write-ahead log after writing {written}, expected at most {bound}"
         );
-        std::thread::sleep(std::time::Duration::from_millis(50));
+        std::thread::sleep(Duration::from_millis(50));
     }
     // Nothing written was lost to the flushes.
     drop(s);
