@@ -15,6 +15,7 @@ use phalanx_crypto::{
     Certificate, ChainId, Digest, KeyPair, ValidatorIndex, ValidatorSet, Verified,
 };
 
+use crate::driver::take_sync_blocks;
 use crate::safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
 use crate::types::{
     Block, BlockHeader, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote, Height,
@@ -330,7 +331,6 @@ pub struct Core {
     wanted: BTreeMap<Digest, View>,
     pending_commit: Option<Digest>,
     awaiting_payload: Option<View>,
-    executed: BTreeMap<Height, (Digest, Digest)>,
     checkpoint_votes: BTreeMap<Height, BTreeMap<ValidatorIndex, Verified<CheckpointVote>>>,
     stable: Option<CheckpointCert>,
     stats: Stats,
@@ -395,7 +395,6 @@ impl Core {
             wanted: BTreeMap::new(),
             pending_commit: None,
             awaiting_payload: None,
-            executed: BTreeMap::new(),
             checkpoint_votes: BTreeMap::new(),
             stable: restore.stable,
             stats: Stats::default(),
@@ -1087,13 +1086,21 @@ impl Core {
             let Some(block) = self.blocks.get(&id).cloned() else {
                 return;
             };
-            let Some(cert) = self.qcs.get(&id).cloned() else {
-                // Every block on a certified chain has its certificate in its
-                // child's header, recorded on insert.
-                debug_assert!(false, "committed block without certificate");
-                return;
-            };
-            debug_assert_eq!(block.height(), self.committed.0.next());
+            // Every block on a certified chain has its certificate in its
+            // child's header, recorded on insert: a commit without one, or
+            // out of height order, is a bug that must not reach execution.
+            let cert = self.qcs.get(&id).cloned();
+            assert!(
+                cert.is_some(),
+                "committed block {} without certificate",
+                id.short()
+            );
+            let Some(cert) = cert else { return };
+            assert_eq!(
+                block.height(),
+                self.committed.0.next(),
+                "commits out of height order"
+            );
             self.committed = (block.height(), id);
             self.committed_ids.insert(block.height(), id);
             self.out.push(Action::Commit { block, cert });
@@ -1147,22 +1154,15 @@ impl Core {
     }
 
     fn on_block_request(&mut self, from: ValidatorIndex, r: BlockRequest) {
-        let mut blocks = Vec::new();
-        let mut cur = r.id;
-        let count = (r.count as usize).min(MAX_SYNC_BLOCKS);
-        let mut bytes = 0usize;
-        while blocks.len() < count {
-            // Every validator has genesis; it is never sent.
-            let Some(b) = self.blocks.get(&cur).filter(|b| b.height().0 > 0) else {
-                break;
-            };
-            bytes += b.payload.len() + 512;
-            if bytes > crate::verify::MAX_MESSAGE_BYTES / 2 && !blocks.is_empty() {
-                break;
-            }
-            blocks.push(b.clone());
-            cur = b.header.parent;
-        }
+        let blocks = &self.blocks;
+        let mut cur = Some(r.id);
+        // Every validator has genesis; it is never sent.
+        let walk = std::iter::from_fn(|| {
+            let b = blocks.get(&cur?).filter(|b| b.height().0 > 0)?;
+            cur = Some(b.header.parent);
+            Some(Ok::<_, std::convert::Infallible>(b.clone()))
+        });
+        let Ok(blocks) = take_sync_blocks(r.count, walk);
         if !blocks.is_empty() {
             self.send_to(from, Message::BlockResponse(BlockResponse { blocks }));
         }
@@ -1172,9 +1172,13 @@ impl Core {
     /// of one that was), then retries whatever waited for them.
     fn on_blocks(&mut self, from: ValidatorIndex, blocks: &[Block]) {
         let mut added = false;
+        // A response walks down a chain: the parent of a block that was
+        // asked for is accepted too when it follows in the same response.
+        // At most one entry per block of the response.
+        let mut parents: BTreeSet<Digest> = BTreeSet::new();
         for b in blocks {
             let id = b.id();
-            if self.wanted.remove(&id).is_none() {
+            if self.wanted.remove(&id).is_none() && !parents.remove(&id) {
                 continue;
             }
             if b.height() <= self.committed.0 {
@@ -1184,25 +1188,15 @@ impl Core {
             self.insert_block(b.clone());
             self.out.push(Action::PersistBlock(b.clone()));
             added = true;
-            if !self.blocks.contains_key(&parent)
-                && b.height().0 > self.committed.0.0 + 1
-                && self.wanted.len() < MAX_WANTED
-            {
-                self.wanted.insert(parent, View(0));
+            if !self.blocks.contains_key(&parent) && b.height().0 > self.committed.0.0 + 1 {
+                parents.insert(parent);
             }
         }
         if !added {
             return;
         }
         // Any parent still missing is asked for from the same peer.
-        let missing: Vec<Digest> = self
-            .wanted
-            .iter()
-            .filter(|(_, v)| **v == View(0))
-            .map(|(id, _)| *id)
-            .collect();
-        for id in missing {
-            self.wanted.remove(&id);
+        for id in parents {
             self.request_block(id, from, false);
         }
         if let Some(target) = self.pending_commit {
@@ -1248,9 +1242,7 @@ impl Core {
     /// P17: after executing a checkpoint height, sign (height, block, root).
     fn on_executed(&mut self, height: Height, block_id: Digest, state_root: Digest) {
         let k = self.cfg.checkpoint_interval;
-        self.executed.insert(height, (block_id, state_root));
         let stable_h = self.stable.as_ref().map_or(0, |c| c.payload.height.0);
-        self.executed = self.executed.split_off(&Height(stable_h));
         if height.0 == 0 || !height.0.is_multiple_of(k) || height.0 <= stable_h {
             return;
         }

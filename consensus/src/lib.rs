@@ -20,10 +20,12 @@
 //!   state root); a quorum is a stable checkpoint.
 //!
 //! Signatures are checked at the edge by [`Verifier`]; the core accepts only
-//! [`VerifiedMessage`]s. The full protocol with pseudocode and proofs is in
+//! [`VerifiedMessage`]s. The [`Driver`] performs the core's actions over
+//! narrow ports in one fixed order, for the node and the simulator alike. The full protocol with pseudocode and proofs is in
 //! `docs/PROTOCOL.md`.
 
 mod core;
+pub mod driver;
 mod safety;
 #[cfg(feature = "sim")]
 pub mod sim;
@@ -34,6 +36,11 @@ mod verify;
 pub use crate::core::Flaw;
 pub use crate::core::{
     AcceptAll, Action, Config, ConfigError, Core, Event, Evidence, PayloadValidator, Restore, Stats,
+};
+pub use driver::{
+    BlockStore, Driver, DriverConfig, DriverError, Executor, MAX_UNEXECUTED_BLOCKS, Monitor,
+    Outbox, PayloadRequest, PayloadSource, PortError, Ports, SYNC_RESPONSE_BYTES_MAX, SafetyStore,
+    take_sync_blocks,
 };
 pub use safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
 pub use types::{

@@ -13,18 +13,29 @@
 //! GST, checkpoint agreement and the absence of evidence against honest keys;
 //! a failure names the seed, which replays it exactly.
 //!
+//! Each validator runs the same [`Driver`] as the node, over in-memory
+//! ports: its disk keeps block writes unsynced until the next safety write
+//! or sync and loses them at a crash, execution is asynchronous (results
+//! come back after a random delay), and a crash can strike between any two
+//! port calls of an action list.
+//!
 //! Fakes live only here: the clock, the network and a disk that is a struct.
 
 mod rng;
 
-use std::collections::BTreeMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::rc::Rc;
 
 use phalanx_crypto::{ChainId, Digest, KeyPair, ValidatorIndex, ValidatorSet, Verified, encode};
 
 pub use rng::Rng;
 
-use crate::core::{Action, Config, Core, Event, Flaw, PayloadValidator, Restore};
+use crate::core::{Config, Evidence, Flaw, PayloadValidator, Restore};
+use crate::driver::{
+    BlockStore, Driver, DriverConfig, DriverError, Executor, Monitor, Outbox, PayloadRequest,
+    PayloadSource, PortError, SafetyStore,
+};
 use crate::safety::SafetyState;
 use crate::types::{
     Block, CheckpointCert, Height, Message, Proposal, QuorumCert, Time, Timeout, View, Vote,
@@ -215,6 +226,7 @@ impl PayloadValidator for ClientItems {
     }
 }
 
+/// What survives a crash.
 #[derive(Clone, Default)]
 struct Disk {
     safety: Option<SafetyState>,
@@ -222,19 +234,177 @@ struct Disk {
     root: Digest,
     stable: Option<CheckpointCert>,
     blocks: BTreeMap<Digest, Block>,
+    /// Committed blocks by height, and their heights by id: what the
+    /// driver serves block requests from.
+    chain: BTreeMap<u64, Block>,
+    chain_ids: HashMap<Digest, u64>,
 }
+
+/// Work handed to the simulated executor, done in order.
+enum Job {
+    Execute(Block, QuorumCert),
+    Checkpoint(CheckpointCert),
+}
+
+/// The in-memory ports of one running validator. Outputs are buffered and
+/// taken by the simulator after each driver call; writes go to the shared
+/// disk (safety writes synced at once, block writes only at the next sync).
+struct SimPorts {
+    disk: Rc<RefCell<Disk>>,
+    /// Block writes not yet synced: lost at a crash.
+    unsynced: Vec<Block>,
+    mempool: BTreeMap<u64, [u8; ITEM_BYTES]>,
+    out: Vec<(Option<ValidatorIndex>, Message)>,
+    jobs: Vec<Job>,
+    evidence: Vec<Evidence>,
+    /// Port calls left before the process dies mid-list (`Some(0)`: the
+    /// next call fails).
+    fuse: Option<usize>,
+}
+
+impl SimPorts {
+    fn new(disk: Rc<RefCell<Disk>>) -> SimPorts {
+        SimPorts {
+            disk,
+            unsynced: Vec::new(),
+            mempool: BTreeMap::new(),
+            out: Vec::new(),
+            jobs: Vec::new(),
+            evidence: Vec::new(),
+            fuse: None,
+        }
+    }
+
+    /// Burns the fuse: the call fails if it has run out.
+    fn call(&mut self, port: &'static str) -> Result<(), PortError> {
+        match self.fuse {
+            Some(0) => Err(PortError::new(port, "crashed")),
+            Some(n) => {
+                self.fuse = Some(n - 1);
+                Ok(())
+            }
+            None => Ok(()),
+        }
+    }
+
+    fn sync(&mut self) {
+        let mut disk = self.disk.borrow_mut();
+        for b in self.unsynced.drain(..) {
+            disk.blocks.insert(b.id(), b);
+        }
+    }
+}
+
+impl SafetyStore for SimPorts {
+    fn persist_safety(&mut self, state: &SafetyState) -> Result<(), PortError> {
+        self.call("safety store")?;
+        self.sync();
+        self.disk.borrow_mut().safety = Some(state.clone());
+        Ok(())
+    }
+}
+
+impl BlockStore for SimPorts {
+    fn persist_block(&mut self, block: &Block) -> Result<(), PortError> {
+        self.call("block store")?;
+        self.unsynced.push(block.clone());
+        Ok(())
+    }
+
+    fn sync_blocks(&mut self) -> Result<(), PortError> {
+        self.call("block store")?;
+        self.sync();
+        Ok(())
+    }
+
+    fn committed_height(&mut self, id: &Digest) -> Result<Option<Height>, PortError> {
+        Ok(self.disk.borrow().chain_ids.get(id).map(|h| Height(*h)))
+    }
+
+    fn committed_block(&mut self, height: Height) -> Result<Option<Block>, PortError> {
+        Ok(self.disk.borrow().chain.get(&height.0).cloned())
+    }
+
+    fn record_checkpoint(&mut self, cert: &CheckpointCert) -> Result<(), PortError> {
+        self.call("block store")?;
+        self.jobs.push(Job::Checkpoint(cert.clone()));
+        Ok(())
+    }
+}
+
+impl Outbox for SimPorts {
+    fn send(&mut self, to: ValidatorIndex, msg: &Message) -> Result<(), PortError> {
+        self.call("outbox")?;
+        self.out.push((Some(to), msg.clone()));
+        Ok(())
+    }
+
+    fn broadcast(&mut self, msg: &Message) -> Result<(), PortError> {
+        self.call("outbox")?;
+        self.out.push((None, msg.clone()));
+        Ok(())
+    }
+}
+
+impl Executor for SimPorts {
+    fn execute(&mut self, block: Block, cert: QuorumCert) -> Result<(), PortError> {
+        self.call("executor")?;
+        self.jobs.push(Job::Execute(block, cert));
+        Ok(())
+    }
+}
+
+impl PayloadSource for SimPorts {
+    fn payload(&mut self, _req: &PayloadRequest, wait: bool) -> Option<Vec<u8>> {
+        if wait && self.mempool.is_empty() {
+            return None;
+        }
+        Some(
+            self.mempool
+                .values()
+                .take(MAX_ITEMS_PER_BLOCK)
+                .flat_map(|it| it.iter().copied())
+                .collect(),
+        )
+    }
+}
+
+impl Monitor for SimPorts {
+    fn evidence(&mut self, evidence: &Evidence) {
+        self.evidence.push(evidence.clone());
+    }
+}
+
+/// How long a simulated leader with an empty mempool waits before
+/// proposing an empty block, ms.
+const EMPTY_BLOCK_DELAY_MS: u64 = 30;
 
 struct Slot {
     validator: ValidatorIndex,
     byz: Option<Behaviour>,
-    core: Option<Core>,
-    timer_token: u64,
-    disk: Disk,
-    mempool: BTreeMap<u64, [u8; ITEM_BYTES]>,
+    driver: Option<Driver<SimPorts>>,
+    /// Bumped at every start: events of an earlier life are ignored.
+    life: u64,
+    /// The deadline a tick is scheduled for, and its token.
+    tick_at: Option<Time>,
+    tick_token: u64,
+    /// Executor jobs handed over and not yet done, in order.
+    jobs: VecDeque<Job>,
+    disk: Rc<RefCell<Disk>>,
     heard: Vec<Rc<Vec<u8>>>,
     clock_skew_ms: u64,
     side: bool,
     gst_height: u64,
+}
+
+impl Slot {
+    fn head_height(&self) -> u64 {
+        self.disk
+            .borrow()
+            .head
+            .as_ref()
+            .map_or(0, |(b, _)| b.height().0)
+    }
 }
 
 enum Ev {
@@ -243,10 +413,13 @@ enum Ev {
         from: ValidatorIndex,
         bytes: Rc<Vec<u8>>,
     },
-    Timer {
+    Tick {
         slot: usize,
         token: u64,
-        view: View,
+    },
+    Execute {
+        slot: usize,
+        life: u64,
     },
     Crash {
         slot: usize,
@@ -341,10 +514,12 @@ impl<'a> Sim<'a> {
                 slots.push(Slot {
                     validator: ValidatorIndex(i as u16),
                     byz,
-                    core: None,
-                    timer_token: 0,
-                    disk: Disk::default(),
-                    mempool: BTreeMap::new(),
+                    driver: None,
+                    life: 0,
+                    tick_at: None,
+                    tick_token: 0,
+                    jobs: VecDeque::new(),
+                    disk: Rc::new(RefCell::new(Disk::default())),
                     heard: Vec::new(),
                     clock_skew_ms: rng.range(0, 200),
                     // Twins start on opposite sides of a halves partition.
@@ -383,7 +558,7 @@ impl<'a> Sim<'a> {
         };
         sim.all_blocks.insert(genesis.id(), genesis.clone());
         for s in 0..sim.slots.len() {
-            sim.slots[s].disk.head = Some((genesis.clone(), genesis_cert.clone()));
+            sim.slots[s].disk.borrow_mut().head = Some((genesis.clone(), genesis_cert.clone()));
             sim.start(s);
         }
         sim.schedule(0, Ev::Submit);
@@ -419,7 +594,7 @@ impl<'a> Sim<'a> {
 
     fn start(&mut self, s: usize) {
         let key = self.keys[self.slots[s].validator.as_usize()].clone();
-        let disk = self.slots[s].disk.clone();
+        let disk = self.slots[s].disk.borrow().clone();
         let genesis = Block::genesis(&self.core_cfg.chain_id, 0);
         let safety = match disk.safety {
             Some(st) if !self.cfg.forget_safety_on_restart => st,
@@ -435,16 +610,26 @@ impl<'a> Sim<'a> {
             blocks: disk.blocks.into_values().collect(),
         };
         let now = self.clock(s);
-        match Core::restore(
+        let slot = &mut self.slots[s];
+        slot.life += 1;
+        slot.jobs.clear();
+        slot.tick_at = None;
+        let ports = SimPorts::new(slot.disk.clone());
+        let cfg = DriverConfig {
+            empty_block_delay_ms: EMPTY_BLOCK_DELAY_MS,
+        };
+        match Driver::start(
             self.core_cfg.clone(),
             key,
             Box::new(ClientItems),
             restore,
+            ports,
+            cfg,
             now,
         ) {
-            Ok((core, actions)) => {
-                self.slots[s].core = Some(core);
-                self.apply(s, actions, None);
+            Ok(driver) => {
+                self.slots[s].driver = Some(driver);
+                self.after_call(s, Ok(()));
             }
             Err(e) => self.violations.push(format!("restart failed: {e}")),
         }
@@ -470,11 +655,7 @@ impl<'a> Sim<'a> {
             let missing: Vec<String> = (0..self.slots.len())
                 .filter(|&s| self.honest(s))
                 .filter_map(|s| {
-                    let h = self.slots[s]
-                        .disk
-                        .head
-                        .as_ref()
-                        .map_or(0, |(b, _)| b.height().0);
+                    let h = self.slots[s].head_height();
                     let need = self.slots[s].gst_height + self.cfg.liveness_blocks;
                     (h < need).then(|| {
                         format!("{} at height {h} (needs {need})", self.slots[s].validator)
@@ -493,14 +674,10 @@ impl<'a> Sim<'a> {
     fn on_gst(&mut self) {
         self.partition = Partition::None;
         for s in 0..self.slots.len() {
-            if self.slots[s].core.is_none() {
+            if self.slots[s].driver.is_none() {
                 self.start(s);
             }
-            self.slots[s].gst_height = self.slots[s]
-                .disk
-                .head
-                .as_ref()
-                .map_or(0, |(b, _)| b.height().0);
+            self.slots[s].gst_height = self.slots[s].head_height();
         }
         self.gst_view = self.max_honest_view();
     }
@@ -509,7 +686,7 @@ impl<'a> Sim<'a> {
         self.slots
             .iter()
             .filter(|s| s.byz.is_none())
-            .filter_map(|s| s.core.as_ref().map(|c| c.view().0))
+            .filter_map(|s| s.driver.as_ref().map(|d| d.core().view().0))
             .max()
             .unwrap_or(0)
     }
@@ -525,15 +702,20 @@ impl<'a> Sim<'a> {
                 self.mix(Digest::of(&bytes).0[0] as u64);
                 self.deliver(to, from, bytes);
             }
-            Ev::Timer { slot, token, view } => {
-                if self.slots[slot].timer_token != token || self.slots[slot].core.is_none() {
+            Ev::Tick { slot, token } => {
+                if self.slots[slot].tick_token != token || self.slots[slot].driver.is_none() {
                     return;
                 }
                 self.mix(1000 + slot as u64);
-                if std::env::var_os("SIM_DEBUG").is_some() {
-                    eprintln!("{} timer slot {slot} view {view}", self.now);
+                self.slots[slot].tick_at = None;
+                let now = self.clock(slot);
+                self.call(slot, |d| d.tick(now));
+            }
+            Ev::Execute { slot, life } => {
+                if self.slots[slot].life == life && self.slots[slot].driver.is_some() {
+                    self.mix(2000 + slot as u64);
+                    self.execute_next(slot);
                 }
-                self.handle(slot, Event::TimerFired { view });
             }
             Ev::Crash { slot } => {
                 if self.honest(slot) && self.pre_gst() && self.down_count() == 0 {
@@ -541,7 +723,7 @@ impl<'a> Sim<'a> {
                 }
             }
             Ev::Restart { slot } => {
-                if self.slots[slot].core.is_none() {
+                if self.slots[slot].driver.is_none() {
                     self.mix(3000 + slot as u64);
                     self.start(slot);
                 }
@@ -550,9 +732,14 @@ impl<'a> Sim<'a> {
                 let id = self.next_item;
                 self.next_item += 1;
                 let item = make_item(id);
-                for s in &mut self.slots {
-                    if s.core.is_some() {
-                        s.mempool.insert(id, item);
+                for s in 0..self.slots.len() {
+                    let Some(d) = self.slots[s].driver.as_mut() else {
+                        continue;
+                    };
+                    d.ports_mut().mempool.insert(id, item);
+                    if d.awaiting_payload() {
+                        let now = self.clock(s);
+                        self.call(s, |d| d.payload_available(now));
                     }
                 }
                 let next = self.now + self.rng.range(20, 120);
@@ -597,13 +784,17 @@ impl<'a> Sim<'a> {
     }
 
     fn down_count(&self) -> usize {
-        self.slots.iter().filter(|s| s.core.is_none()).count()
+        self.slots.iter().filter(|s| s.driver.is_none()).count()
     }
 
+    /// The process dies: everything not durable (unsynced block writes,
+    /// the mempool, commits not yet executed, timers) is lost.
     fn crash(&mut self, s: usize) {
         self.stats.crashes += 1;
-        self.slots[s].core = None;
-        self.slots[s].mempool.clear();
+        let slot = &mut self.slots[s];
+        slot.driver = None;
+        slot.jobs.clear();
+        slot.tick_at = None;
         self.mix(5000 + s as u64);
         let back = (self.now + self.rng.range(100, 1500)).min(self.cfg.gst_ms);
         self.schedule(back, Ev::Restart { slot: s });
@@ -624,17 +815,17 @@ impl<'a> Sim<'a> {
     }
 
     fn deliver(&mut self, to: usize, from: ValidatorIndex, bytes: Rc<Vec<u8>>) {
-        if self.slots[to].core.is_none() {
+        if self.slots[to].driver.is_none() {
             return;
         }
         if self.slots[to].byz == Some(Behaviour::Replay) && self.slots[to].heard.len() < 512 {
             self.slots[to].heard.push(bytes.clone());
         }
+        // The simulator verifies once for its statistics (the verifier's
+        // cache makes the driver's own verification of the same bytes a
+        // lookup); the driver decides.
         match self.verifier.verify_bytes(&bytes) {
-            Ok(msg) => {
-                self.stats.delivered += 1;
-                self.handle(to, Event::Message { from, msg });
-            }
+            Ok(_) => self.stats.delivered += 1,
             Err(e) => {
                 if std::env::var_os("SIM_DEBUG").is_some() {
                     eprintln!("reject {e}");
@@ -642,127 +833,145 @@ impl<'a> Sim<'a> {
                 self.stats.rejected += 1
             }
         }
+        let now = self.clock(to);
+        self.call(to, |d| d.on_bytes(now, from, &bytes));
     }
 
-    fn handle(&mut self, s: usize, ev: Event) {
-        let now = self.clock(s);
-        let Some(core) = self.slots[s].core.as_mut() else {
+    /// Calls the driver of slot `s` (if running) and processes what came
+    /// out. Rarely, an honest process dies part-way through the action
+    /// list: a fuse makes one of the next port calls fail.
+    fn call(&mut self, s: usize, f: impl FnOnce(&mut Driver<SimPorts>) -> Result<(), DriverError>) {
+        let fuse = if self.cfg.crashes
+            && self.honest(s)
+            && self.pre_gst()
+            && self.down_count() == 0
+            && self.rng.chance(0.002)
+        {
+            Some(self.rng.index(6))
+        } else {
+            None
+        };
+        let Some(d) = self.slots[s].driver.as_mut() else {
             return;
         };
-        let actions = core.handle(now, ev);
+        d.ports_mut().fuse = fuse;
+        let result = f(d);
+        d.ports_mut().fuse = None;
+        self.after_call(s, result);
+    }
+
+    /// Takes the outputs the ports buffered during a driver call: messages
+    /// to the network (through the Byzantine filters), executor jobs,
+    /// evidence, and the next tick.
+    fn after_call(&mut self, s: usize, result: Result<(), DriverError>) {
+        let Some(d) = self.slots[s].driver.as_mut() else {
+            return;
+        };
+        let out = std::mem::take(&mut d.ports_mut().out);
+        let jobs = std::mem::take(&mut d.ports_mut().jobs);
+        let evidence = std::mem::take(&mut d.ports_mut().evidence);
+        let deadline = d.next_deadline();
         if std::env::var_os("SIM_DEBUG").is_some() {
-            for a in &actions {
-                match a {
-                    Action::Persist(_) | Action::SetTimer { .. } | Action::PersistBlock(_) => {}
-                    Action::Send { to, msg } => eprintln!(
-                        "{} slot {s} v{} -> {to}: {} {:?}",
-                        self.now,
-                        core.view(),
-                        msg.kind(),
-                        msg.view()
-                    ),
-                    Action::Broadcast(msg) => eprintln!(
-                        "{} slot {s} v{} -> all: {} {:?}",
-                        self.now,
-                        core.view(),
-                        msg.kind(),
-                        msg.view()
-                    ),
-                    other => eprintln!("{} slot {s} v{}: {other:?}", self.now, core.view()),
-                }
+            let c = d.core();
+            for (to, msg) in &out {
+                eprintln!(
+                    "{} slot {s} v{} -> {to:?}: {} {:?}",
+                    self.now,
+                    c.view(),
+                    msg.kind(),
+                    msg.view()
+                );
             }
             eprintln!(
                 "{} slot {s} stats {:?} committed {:?}",
                 self.now,
-                core.stats(),
-                core.committed().0
+                c.stats(),
+                c.committed().0
             );
         }
-        // Rarely, an honest process dies part-way through its action list,
-        // losing what was not yet persisted or sent.
-        let cut = if self.cfg.crashes
-            && self.honest(s)
-            && self.pre_gst()
-            && self.down_count() == 0
-            && !actions.is_empty()
-            && self.rng.chance(0.002)
-        {
-            Some(self.rng.index(actions.len()))
-        } else {
-            None
+        // Whatever was sent before a failing port call has left.
+        for (to, msg) in out {
+            self.send(s, to, msg);
+        }
+        for e in evidence {
+            self.on_evidence(s, e);
+        }
+        if let Err(e) = result {
+            match e {
+                DriverError::Port(p) if p.reason == "crashed" => self.crash(s),
+                other => self
+                    .violations
+                    .push(format!("{} stopped: {other}", self.slots[s].validator)),
+            }
+            return;
+        }
+        let slot = &mut self.slots[s];
+        if !jobs.is_empty() {
+            let was_idle = slot.jobs.is_empty();
+            slot.jobs.extend(jobs);
+            if was_idle {
+                self.schedule_execution(s);
+            }
+        }
+        let slot = &mut self.slots[s];
+        if deadline != slot.tick_at {
+            slot.tick_at = deadline;
+            slot.tick_token += 1;
+            if let Some(at) = deadline {
+                let token = slot.tick_token;
+                let at = at.0.saturating_sub(slot.clock_skew_ms);
+                self.schedule(at, Ev::Tick { slot: s, token });
+            }
+        }
+    }
+
+    /// Execution takes a little virtual time, so that messages overtake it.
+    fn schedule_execution(&mut self, s: usize) {
+        let delay = self.rng.range(0, 25);
+        let life = self.slots[s].life;
+        self.schedule(self.now + delay, Ev::Execute { slot: s, life });
+    }
+
+    /// The executor finishes its oldest job and reports it.
+    fn execute_next(&mut self, s: usize) {
+        let Some(job) = self.slots[s].jobs.pop_front() else {
+            return;
         };
-        self.apply(s, actions, cut);
-    }
-
-    fn apply(&mut self, s: usize, actions: Vec<Action>, cut: Option<usize>) {
-        let mut follow = Vec::new();
-        for (i, a) in actions.into_iter().enumerate() {
-            if cut == Some(i) {
-                self.crash(s);
-                return;
+        match job {
+            Job::Execute(block, cert) => {
+                let (h, id, root) = self.on_commit(s, block, cert);
+                let now = self.clock(s);
+                self.call(s, |d| d.on_executed(now, Height(h), id, root));
             }
-            match a {
-                Action::Persist(st) => self.slots[s].disk.safety = Some(st),
-                Action::PersistBlock(b) => {
-                    self.slots[s].disk.blocks.insert(b.id(), b);
-                }
-                Action::Send { to, msg } => self.send(s, Some(to), msg),
-                Action::Broadcast(msg) => self.send(s, None, msg),
-                Action::SetTimer { view, at } => {
-                    self.slots[s].timer_token += 1;
-                    let token = self.slots[s].timer_token;
-                    let at = at.0.saturating_sub(self.slots[s].clock_skew_ms);
-                    self.schedule(
-                        at,
-                        Ev::Timer {
-                            slot: s,
-                            token,
-                            view,
-                        },
-                    );
-                }
-                Action::RequestPayload { view, .. } => {
-                    let payload: Vec<u8> = self.slots[s]
-                        .mempool
-                        .values()
-                        .take(MAX_ITEMS_PER_BLOCK)
-                        .flat_map(|it| it.iter().copied())
-                        .collect();
-                    follow.push(Event::PayloadReady { view, payload });
-                }
-                Action::Commit { block, cert } => {
-                    if let Some(ev) = self.on_commit(s, block, cert) {
-                        follow.push(ev);
-                    }
-                }
-                Action::StableCheckpoint(c) => self.on_checkpoint(s, c),
-                Action::Evidence(e) => {
-                    if self.honest(s) {
-                        let culprit = e.signer.as_usize();
-                        let culprit_honest = self
-                            .slots
-                            .iter()
-                            .any(|x| x.validator.as_usize() == culprit && x.byz.is_none());
-                        if culprit_honest {
-                            self.violations.push(format!(
-                                "honest equivocation: {} reported evidence against honest {} at round {}",
-                                self.slots[s].validator, e.signer, e.round
-                            ));
-                        } else {
-                            self.stats.evidence += 1;
-                        }
-                    }
-                }
-            }
+            Job::Checkpoint(c) => self.on_checkpoint(s, c),
         }
-        for ev in follow {
-            if self.slots[s].core.is_some() {
-                self.handle(s, ev);
-            }
+        if !self.slots[s].jobs.is_empty() && self.slots[s].driver.is_some() {
+            self.schedule_execution(s);
         }
     }
 
-    fn on_commit(&mut self, s: usize, block: Block, cert: QuorumCert) -> Option<Event> {
+    fn on_evidence(&mut self, s: usize, e: Evidence) {
+        if !self.honest(s) {
+            return;
+        }
+        let culprit = e.signer.as_usize();
+        let culprit_honest = self
+            .slots
+            .iter()
+            .any(|x| x.validator.as_usize() == culprit && x.byz.is_none());
+        if culprit_honest {
+            self.violations.push(format!(
+                "honest equivocation: {} reported evidence against honest {} at round {}",
+                self.slots[s].validator, e.signer, e.round
+            ));
+        } else {
+            self.stats.evidence += 1;
+        }
+    }
+
+    /// Executes a committed block on the slot's disk after checking it;
+    /// returns its height, id and the state root after it.
+    fn on_commit(&mut self, s: usize, block: Block, cert: QuorumCert) -> (u64, Digest, Digest) {
         let id = block.id();
         let h = block.height().0;
         let who = self.slots[s].validator;
@@ -774,8 +983,9 @@ impl<'a> Sim<'a> {
                 "commit certificate mismatch at height {h} on {who}"
             ));
         }
+        let disk = self.slots[s].disk.clone();
         // Chain integrity: consecutive heights, each extending the last.
-        if let Some((prev, _)) = &self.slots[s].disk.head
+        if let Some((prev, _)) = &disk.borrow().head
             && (prev.height().0 + 1 != h || block.header.parent != prev.id())
             && honest
         {
@@ -812,12 +1022,14 @@ impl<'a> Sim<'a> {
                 }
             }
         }
-        if let Some(ids) = parse_items(&block.payload) {
+        if let Some(ids) = parse_items(&block.payload)
+            && let Some(d) = self.slots[s].driver.as_mut()
+        {
             for i in ids {
-                self.slots[s].mempool.remove(&i);
+                d.ports_mut().mempool.remove(&i);
             }
         }
-        let root = Digest::of_parts(&[&self.slots[s].disk.root.0, &id.0]);
+        let root = Digest::of_parts(&[&disk.borrow().root.0, &id.0]);
         if honest {
             match self.roots.get(&h) {
                 Some(r) if *r != root => self.violations.push(format!(
@@ -830,15 +1042,16 @@ impl<'a> Sim<'a> {
         }
         self.check_conflicts();
         self.all_blocks.insert(id, block.clone());
-        self.slots[s].disk.root = root;
-        self.slots[s].disk.blocks.retain(|_, b| b.height().0 > h);
-        self.slots[s].disk.head = Some((block, cert));
+        {
+            let mut disk = disk.borrow_mut();
+            disk.root = root;
+            disk.blocks.retain(|_, b| b.height().0 > h);
+            disk.chain.insert(h, block.clone());
+            disk.chain_ids.insert(id, h);
+            disk.head = Some((block, cert));
+        }
         self.check_liveness();
-        Some(Event::Executed {
-            height: Height(h),
-            block_id: id,
-            state_root: root,
-        })
+        (h, id, root)
     }
 
     fn on_checkpoint(&mut self, s: usize, c: CheckpointCert) {
@@ -862,7 +1075,7 @@ impl<'a> Sim<'a> {
             }
             self.stats.stable_height = self.stats.stable_height.max(h);
         }
-        self.slots[s].disk.stable = Some(c);
+        self.slots[s].disk.borrow_mut().stable = Some(c);
     }
 
     /// An honest validator that sees a certified chain conflicting with its
@@ -873,8 +1086,8 @@ impl<'a> Sim<'a> {
             if !self.honest(s) {
                 continue;
             }
-            if let Some(c) = &self.slots[s].core
-                && c.stats().conflicting_commits > 0
+            if let Some(d) = &self.slots[s].driver
+                && d.core().stats().conflicting_commits > 0
             {
                 let who = self.slots[s].validator;
                 self.violations.push(format!(
@@ -890,12 +1103,7 @@ impl<'a> Sim<'a> {
             return;
         }
         let all = (0..self.slots.len()).filter(|&s| self.honest(s)).all(|s| {
-            let h = self.slots[s]
-                .disk
-                .head
-                .as_ref()
-                .map_or(0, |(b, _)| b.height().0);
-            h >= self.slots[s].gst_height + self.cfg.liveness_blocks
+            self.slots[s].head_height() >= self.slots[s].gst_height + self.cfg.liveness_blocks
         });
         if all {
             let views = self.max_honest_view().saturating_sub(self.gst_view);
@@ -942,7 +1150,10 @@ impl<'a> Sim<'a> {
             }
             Some(Behaviour::FutureFlood) => {
                 self.transmit(s, to, &msg);
-                let view = self.slots[s].core.as_ref().map_or(0, |c| c.view().0);
+                let view = self.slots[s]
+                    .driver
+                    .as_ref()
+                    .map_or(0, |d| d.core().view().0);
                 let genesis = Block::genesis(&self.core_cfg.chain_id, 0);
                 for k in [1u64, 5, 15, 19, 25, 1_000, 1_000_000] {
                     let t = Timeout {
@@ -1093,20 +1304,14 @@ impl<'a> Sim<'a> {
         let honest: Vec<usize> = (0..self.slots.len()).filter(|&s| self.honest(s)).collect();
         self.stats.min_height = honest
             .iter()
-            .map(|&s| {
-                self.slots[s]
-                    .disk
-                    .head
-                    .as_ref()
-                    .map_or(0, |(b, _)| b.height().0)
-            })
+            .map(|&s| self.slots[s].head_height())
             .min()
             .unwrap_or(0);
         self.stats.max_view = self.max_honest_view();
         self.stats.future_dropped = self
             .slots
             .iter()
-            .filter_map(|s| s.core.as_ref().map(|c| c.stats().future_dropped))
+            .filter_map(|s| s.driver.as_ref().map(|d| d.core().stats().future_dropped))
             .sum();
         Outcome {
             seed: self.seed,
