@@ -732,7 +732,7 @@ impl Core {
         }
     }
 
-    /// P5–P8: a proposal.
+    /// P4–P8: a proposal.
     fn on_proposal(&mut self, from: ValidatorIndex, p: Verified<Proposal>) {
         let block = &p.payload.block;
         let view = block.view();
@@ -952,7 +952,9 @@ impl Core {
             if !already {
                 self.enter_view(view, false);
                 if self.view == view {
-                    self.send_timeout(view);
+                    // P13 (join) → P14: as if this validator's own timer
+                    // had fired, backing off with the others.
+                    self.local_timeout();
                 }
             }
         }

@@ -382,6 +382,21 @@ impl<P: Ports> Driver<P> {
         from: ValidatorIndex,
         bytes: &[u8],
     ) -> Result<(), DriverError> {
+        match self.verify(now, from, bytes)? {
+            Some(msg) => self.on_verified(now, from, msg),
+            None => Ok(()),
+        }
+    }
+
+    /// The first half of [`Driver::on_bytes`], for an embedder that times
+    /// verification: decodes and verifies (D10), reporting a refusal to the
+    /// monitor and answering `None` for it.
+    pub fn verify(
+        &mut self,
+        now: Time,
+        from: ValidatorIndex,
+        bytes: &[u8],
+    ) -> Result<Option<VerifiedMessage>, DriverError> {
         self.check_running()?;
         let view = self.core.view().0;
         let window = self.core.config().future_view_window;
@@ -406,11 +421,11 @@ impl<P: Ports> Driver<P> {
         match verified {
             Ok(msg) => {
                 self.ports.received(from, &msg, bytes.len());
-                self.on_verified(now, from, msg)
+                Ok(Some(msg))
             }
             Err(e) => {
                 self.ports.refused(from, &e);
-                Ok(())
+                Ok(None)
             }
         }
     }

@@ -364,6 +364,38 @@ fn timer_fires_a_persisted_timeout_and_no_vote_follows_in_that_view() {
 }
 
 #[test]
+fn a_validator_that_joins_a_timeout_backs_off_as_p13_says() {
+    // P13: f + 1 timeouts for a view make a validator join with
+    // local_timeout() (P14), which backs its timer off like its own timeout.
+    let mut n = net();
+    let mut c = n.core(0);
+    let mut out = Vec::new();
+    for i in [1u16, 2] {
+        out.extend(n.deliver(&mut c, i, n.timeout(i, 1), 2_500));
+    }
+    assert!(
+        out.iter().any(
+            |a| matches!(a, Action::Broadcast(Message::Timeout(t)) if t.signer == ValidatorIndex(0))
+        ),
+        "joined the timeout"
+    );
+    assert_persist_before_send(&out);
+    // Its own timeout completes a quorum: the TC moves it to view 2, whose
+    // timer is backed off because view 1 failed (one failure: 2 × base).
+    // A joiner that skipped P14 would arm view 2 at the base timeout.
+    let timer = out.iter().rev().find_map(|a| match a {
+        Action::SetTimer { view, at } => Some((*view, *at)),
+        _ => None,
+    });
+    assert_eq!(
+        timer,
+        Some((View(2), Time(2_500 + 2 * n.cfg.base_timeout_ms))),
+        "the joiner backs off"
+    );
+    assert_eq!(c.stats().timeouts, 1, "counted as a local timeout");
+}
+
+#[test]
 fn wire_format_is_pinned() {
     // Changing these bytes breaks every deployed validator: do it only with
     // a new message version.

@@ -28,7 +28,8 @@
 //! targets. A binary tree hashes half the bytes per update (64 per level
 //! instead of 512 per 16-ary node), and keeping it in memory removes every
 //! node read and write from the commit path; the accounts alone are
-//! persisted. Cost: about 170 bytes of memory per account.
+//! persisted. Cost: about 270 bytes of memory per account (1,000,000
+//! accounts: 267 bytes each of resident memory, 283 by `memory_bytes`).
 //!
 //! Accounts are never deleted (a zero balance keeps its nonce, which is
 //! what makes replays impossible), so the tree only inserts and updates.

@@ -20,7 +20,7 @@ use phalanx_node::mempool::{Mempool, MempoolLimits};
 use phalanx_node::metrics::{self, Metrics};
 use phalanx_node::net::{self, NetConfig};
 use phalanx_node::rpc;
-use phalanx_node::runtime::{Runtime, run_instrumented};
+use phalanx_node::runtime::{Runtime, Status, run_instrumented};
 use phalanx_node::shared::{COMMIT_CHANNEL, Shared};
 use phalanx_storage::{Store, StoreOptions};
 use tokio::sync::{broadcast, mpsc, watch};
@@ -331,7 +331,7 @@ async fn run_node(cfg: Config, genesis: Genesis, key: KeyPair, store: Store) -> 
     }
     let delay = Duration::from_millis(cfg.empty_block_delay_ms);
     let validator = key.public();
-    let (mut runtime, status) = Runtime::new(&genesis, key, store.clone(), network, delay)?;
+    let (status_tx, status) = watch::channel(Status::default());
     let (commits, _) = broadcast::channel(COMMIT_CHANNEL);
     let shared = Arc::new(Shared {
         store: store.clone(),
@@ -350,7 +350,15 @@ async fn run_node(cfg: Config, genesis: Genesis, key: KeyPair, store: Store) -> 
         best_seen_height: std::sync::atomic::AtomicU64::new(store.head().height),
         last_commit_ms: std::sync::atomic::AtomicU64::new(0),
     });
-    runtime.attach(shared.clone());
+    let runtime = Runtime::new(
+        &genesis,
+        key,
+        store.clone(),
+        network,
+        delay,
+        shared.clone(),
+        status_tx,
+    )?;
     shared.publish_mempool();
 
     // Admission: RPC submissions and gossip batches, one pipeline.

@@ -1,26 +1,30 @@
-//! The runtime: drives the pure consensus core with real time, the network
-//! and the store.
+//! The runtime: the async shell around the consensus [`Driver`].
 //!
-//! This module owns the event loop: inbound frames are decoded and verified
-//! (the core only ever sees verified messages), timers fire, and the core's
-//! actions are carried out strictly in order, so that a safety-state write
-//! is durable before any message it guards is queued for the network, and a
-//! block is persisted before the vote for it. Committed blocks are executed
-//! into the store and their results fed back. It never makes a protocol
-//! decision itself.
+//! It turns sockets, timers and the mempool's signal into driver inputs,
+//! and implements the driver's ports with RocksDB ([`Store`]), libp2p
+//! ([`Network`]) and the mempool. Execution runs on its own thread (the
+//! executor): committed blocks go to it in height order and their results
+//! come back as driver inputs, so a slow commit (execution, the state root,
+//! the synced batch) never delays a vote, a timeout or a proposal.
+//!
+//! It never makes a protocol decision and never orders actions itself:
+//! the order that keeps a validator safe is the driver's contract
+//! (`phalanx_consensus::driver`, D1–D11), the same code the simulator runs.
 
-use std::collections::VecDeque;
+use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
+use std::sync::mpsc as std_mpsc;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use phalanx_consensus::VerifiedMessage;
 use phalanx_consensus::{
-    Action, Block, Config as CoreConfig, Core, Event, Height, PayloadValidator, Restore,
-    SafetyState, Time, Verifier, View, genesis_qc,
+    Block, BlockStore, CheckpointCert, Config as CoreConfig, Driver, DriverConfig, DriverError,
+    Evidence, Executor, Height, Message, Monitor, Outbox, PayloadRequest, PayloadSource,
+    PayloadValidator, PortError, QuorumCert, Restore, SafetyState, SafetyStore, Time,
+    VerifiedMessage, VerifyError, View, genesis_qc,
 };
-use phalanx_crypto::{Digest, KeyPair, encode};
+use phalanx_crypto::{Digest, KeyPair, ValidatorIndex, encode};
 use phalanx_ledger::{Genesis, decode_payload, encode_payload, prepare_payload_trusting};
-use phalanx_storage::Store;
+use phalanx_storage::{StorageError, Store};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
@@ -33,22 +37,36 @@ use crate::shared::{CommitNotice, Shared};
 pub enum RuntimeError {
     /// The store failed.
     #[error(transparent)]
-    Storage(#[from] phalanx_storage::StorageError),
+    Storage(#[from] StorageError),
     /// The consensus configuration is unusable.
     #[error(transparent)]
     Consensus(#[from] phalanx_consensus::ConfigError),
+    /// The driver stopped (a port failed).
+    #[error(transparent)]
+    Driver(#[from] DriverError),
     /// Genesis is unusable.
     #[error(transparent)]
     Ledger(#[from] phalanx_ledger::LedgerError),
     /// The store is missing a record it must have.
-    #[error("store: {0}")]
-    Missing(String),
+    #[error("store: missing {what} at height {height}")]
+    Missing {
+        /// Which record.
+        what: &'static str,
+        /// Where.
+        height: u64,
+    },
+    /// The executor thread could not be started.
+    #[error("starting the executor thread: {0}")]
+    Spawn(std::io::Error),
+    /// The executor thread ended without being asked to.
+    #[error("the executor stopped")]
+    ExecutorStopped,
 }
 
 /// What the rest of the node can see of consensus.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Status {
-    /// Last committed height.
+    /// Last executed (committed and written) height.
     pub height: u64,
     /// Current view.
     pub view: u64,
@@ -59,8 +77,8 @@ pub struct Status {
 /// A payload is votable if it decodes as a list of at most
 /// `MAX_TXS_PER_BLOCK` transactions. Transactions that then fail (bad
 /// signature, bad nonce…) get failure receipts: execution is total, so a
-/// block of them is harmless, and checking signatures here would verify
-/// each twice.
+/// block of them is harmless to the ledger's consistency, and checking
+/// signatures here would verify each twice.
 struct LedgerPayloads;
 
 impl PayloadValidator for LedgerPayloads {
@@ -91,12 +109,13 @@ pub fn core_config(genesis: &Genesis) -> Result<CoreConfig, RuntimeError> {
     Ok(cfg)
 }
 
-/// A block persisted for consensus, as the runtime remembers it.
+/// A block persisted for consensus, as the node remembers it until it is
+/// executed.
 struct SeenBlock {
     parent: Digest,
     height: u64,
     /// Hashes of the payload items' exact bytes.
-    raw: Vec<Digest>,
+    raw: Arc<Vec<Digest>>,
     /// When this validator first persisted it.
     at: Instant,
 }
@@ -107,62 +126,389 @@ fn raw_hashes(b: &Block) -> Vec<Digest> {
         .unwrap_or_default()
 }
 
-/// How often one peer may have a message from beyond the view window
-/// verified, ms.
-const FAR_VIEW_INTERVAL_MS: u64 = 250;
+/// Work for the executor thread, done in order.
+enum Job {
+    /// Execute and write a committed block.
+    Execute {
+        block: Block,
+        cert: QuorumCert,
+        /// The items' hashes, if known from when the block was persisted.
+        raw: Option<Arc<Vec<Digest>>>,
+        first_seen: Option<Instant>,
+    },
+    /// Record a stable checkpoint (its height is executed by then: D6).
+    Checkpoint(CheckpointCert),
+}
 
-/// The consensus driver.
-pub struct Runtime {
-    core: Core,
-    verifier: Verifier,
+/// What the executor reports back.
+struct Executed {
+    height: Height,
+    block_id: Digest,
+    state_root: Digest,
+}
+
+/// The driver's ports in the node.
+struct NodePorts {
     store: Arc<Store>,
     net: Network,
-    shared: Option<Arc<Shared>>,
-    max_block_txs: usize,
-    timer: Option<(View, Time)>,
-    /// A payload this validator owes the core as leader, and when to hand
-    /// it over if no transactions arrive before then.
-    payload_due: Option<(View, Time)>,
-    /// When each peer last had a message from beyond the window verified.
-    far_view_at: std::collections::HashMap<u16, u64>,
-    /// A stable checkpoint above the head, recorded once the head reaches it.
-    deferred_checkpoint: Option<phalanx_consensus::CheckpointCert>,
-    /// Blocks persisted and not yet executed, by id.
-    seen: std::collections::HashMap<Digest, SeenBlock>,
-    payload_height: u64,
-    payload_max_bytes: usize,
-    empty_block_delay: Duration,
-    status: watch::Sender<Status>,
-    queue: VecDeque<Action>,
+    shared: Arc<Shared>,
     metrics: Arc<Metrics>,
-    last_commit_at: Option<Instant>,
+    max_block_txs: usize,
+    /// Blocks persisted and not yet executed, by id.
+    seen: HashMap<Digest, SeenBlock>,
+    jobs: std_mpsc::Sender<Job>,
+}
+
+fn port_err(port: &'static str) -> impl Fn(StorageError) -> PortError {
+    move |e| PortError::new(port, e)
+}
+
+impl SafetyStore for NodePorts {
+    fn persist_safety(&mut self, state: &SafetyState) -> Result<(), PortError> {
+        let t = Instant::now();
+        self.store
+            .put_safety(state)
+            .map_err(port_err("safety store"))?;
+        self.metrics.storage("safety_write", t.elapsed());
+        Ok(())
+    }
+}
+
+impl BlockStore for NodePorts {
+    fn persist_block(&mut self, b: &Block) -> Result<(), PortError> {
+        let t = Instant::now();
+        self.store
+            .put_pending_block(b)
+            .map_err(port_err("block store"))?;
+        self.metrics.storage("block_write", t.elapsed());
+        let raw = self.track_block(b);
+        if !raw.is_empty() {
+            self.shared
+                .pool()
+                .mark_in_flight(&raw, b.height().0, b.id());
+        }
+        Ok(())
+    }
+
+    fn sync_blocks(&mut self) -> Result<(), PortError> {
+        self.store.sync_wal().map_err(port_err("block store"))
+    }
+
+    fn committed_height(&mut self, id: &Digest) -> Result<Option<Height>, PortError> {
+        Ok(self
+            .store
+            .height_of(id)
+            .map_err(port_err("block store"))?
+            .map(Height))
+    }
+
+    fn committed_block(&mut self, height: Height) -> Result<Option<Block>, PortError> {
+        self.store.block(height.0).map_err(port_err("block store"))
+    }
+
+    fn record_checkpoint(&mut self, cert: &CheckpointCert) -> Result<(), PortError> {
+        self.jobs
+            .send(Job::Checkpoint(cert.clone()))
+            .map_err(|_| PortError::new("executor", "stopped"))
+    }
+}
+
+impl Outbox for NodePorts {
+    fn send(&mut self, to: ValidatorIndex, msg: &Message) -> Result<(), PortError> {
+        let bytes = Arc::new(encode(msg));
+        self.metrics.sent(msg.kind(), bytes.len(), 1);
+        self.net.send(to, bytes);
+        Ok(())
+    }
+
+    fn broadcast(&mut self, msg: &Message) -> Result<(), PortError> {
+        let bytes = Arc::new(encode(msg));
+        self.metrics
+            .sent(msg.kind(), bytes.len(), self.net.peer_count());
+        self.net.broadcast(bytes);
+        Ok(())
+    }
+}
+
+impl Executor for NodePorts {
+    fn execute(&mut self, block: Block, cert: QuorumCert) -> Result<(), PortError> {
+        let seen = self.seen.get(&block.id());
+        let job = Job::Execute {
+            raw: seen.map(|s| s.raw.clone()),
+            first_seen: seen.map(|s| s.at),
+            block,
+            cert,
+        };
+        self.jobs
+            .send(job)
+            .map_err(|_| PortError::new("executor", "stopped"))
+    }
+}
+
+impl PayloadSource for NodePorts {
+    fn payload(&mut self, req: &PayloadRequest, wait: bool) -> Option<Vec<u8>> {
+        if wait && !self.shared.pool().has_proposable() {
+            return None;
+        }
+        let ancestors = self.ancestors(req.parent);
+        let store = &self.store;
+        // Room for the payload's own length prefixes.
+        let budget = req.max_bytes.saturating_sub(64);
+        let txs =
+            self.shared
+                .pool()
+                .select(req.height.0, self.max_block_txs, budget, &ancestors, |t| {
+                    store
+                        .account(&t.transfer.sender)
+                        .ok()
+                        .flatten()
+                        .map_or(0, |a| a.nonce)
+                });
+        if !txs.is_empty() {
+            debug!(view = req.view.0, txs = txs.len(), "proposing");
+        }
+        Some(encode_payload(&txs))
+    }
+}
+
+impl Monitor for NodePorts {
+    fn received(&mut self, _from: ValidatorIndex, msg: &VerifiedMessage, bytes: usize) {
+        self.metrics.received(msg.kind(), bytes);
+        if let VerifiedMessage::Proposal(p) = msg {
+            // The chain's tip as peers see it (a proposal runs two blocks
+            // ahead of commits), for readiness.
+            self.shared
+                .note_seen(p.payload.block.height().0.saturating_sub(2));
+        }
+    }
+
+    fn refused(&mut self, from: ValidatorIndex, err: &VerifyError) {
+        self.metrics
+            .invalid(Some(from.0), metrics::invalid_reason(err));
+        debug!(peer = from.0, "message refused: {err}");
+    }
+
+    fn timed_out(&mut self, view: View) {
+        info!(view = view.0, "view timed out");
+        self.metrics.view_timeout();
+    }
+
+    fn evidence(&mut self, e: &Evidence) {
+        self.metrics.equivocation();
+        warn!(
+            signer = e.signer.0,
+            round = e.round,
+            "equivocation evidence"
+        );
+    }
+
+    fn served(&mut self, to: ValidatorIndex, from: Height, blocks: usize) {
+        debug!(
+            peer = to.0,
+            from = from.0,
+            blocks,
+            "serving committed blocks"
+        );
+    }
+}
+
+impl NodePorts {
+    /// Remembers an uncommitted block's parent and the hashes of its items'
+    /// exact bytes (for the mempool, now and at execution); returns the
+    /// hashes.
+    fn track_block(&mut self, b: &Block) -> Arc<Vec<Digest>> {
+        let raw = Arc::new(raw_hashes(b));
+        // A block persisted again (re-proposed, or fetched after a vote)
+        // keeps its first time, which commit latency is measured from.
+        let at = self.seen.get(&b.id()).map_or_else(Instant::now, |s| s.at);
+        self.seen.insert(
+            b.id(),
+            SeenBlock {
+                parent: b.header.parent,
+                height: b.height().0,
+                raw: raw.clone(),
+                at,
+            },
+        );
+        raw
+    }
+
+    /// Forgets blocks at or below the executed height.
+    fn executed(&mut self, height: u64) {
+        self.seen.retain(|_, s| s.height > height);
+    }
+
+    /// The blocks a proposal on `parent` extends, down to the last executed
+    /// one: their transactions are in flight and never proposed again.
+    fn ancestors(&self, parent: Digest) -> HashSet<Digest> {
+        let mut out = HashSet::new();
+        let mut id = parent;
+        while let Some(seen) = self.seen.get(&id) {
+            if !out.insert(id) {
+                break;
+            }
+            id = seen.parent;
+        }
+        out
+    }
+}
+
+/// The executor thread: executes committed blocks into the store in
+/// height order, updates the mempool and the commit stream, records stable
+/// checkpoints, and reports each block back. It stops at the first store
+/// error (reported) or when the runtime drops its queue.
+fn execute_loop(
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+    metrics: Arc<Metrics>,
+    jobs: std_mpsc::Receiver<Job>,
+    done: mpsc::UnboundedSender<Result<Executed, StorageError>>,
+) {
+    let mut last_commit_at: Option<Instant> = None;
+    while let Ok(job) = jobs.recv() {
+        let result = match job {
+            Job::Execute {
+                block,
+                cert,
+                raw,
+                first_seen,
+            } => execute_one(
+                &store,
+                &shared,
+                &metrics,
+                &block,
+                &cert,
+                raw,
+                first_seen,
+                &mut last_commit_at,
+            )
+            .map(Some),
+            Job::Checkpoint(cp) => {
+                info!(height = cp.payload.height.0, "stable checkpoint");
+                store
+                    .put_stable_checkpoint(&cp)
+                    .map(|()| metrics.checkpoint(cp.payload.height.0))
+                    .map(|()| None)
+            }
+        };
+        let failed = result.is_err();
+        if let Some(r) = result.transpose()
+            && done.send(r).is_err()
+        {
+            return;
+        }
+        if failed {
+            return;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+fn execute_one(
+    store: &Store,
+    shared: &Shared,
+    metrics: &Metrics,
+    block: &Block,
+    cert: &QuorumCert,
+    raw: Option<Arc<Vec<Digest>>>,
+    first_seen: Option<Instant>,
+    last_commit_at: &mut Option<Instant>,
+) -> Result<Executed, StorageError> {
+    let h = block.height();
+    let span = info_span!("execute", height = h.0);
+    let _enter = span.enter();
+    let id = block.id();
+    // Transactions the mempool decoded and verified on entry are neither
+    // decoded (curve points decompressed) nor verified again. The pool is
+    // locked only to look them up by the items' hashes, not while the
+    // rest decode.
+    let raw = raw.unwrap_or_else(|| Arc::new(raw_hashes(block)));
+    let known: Vec<Option<_>> = {
+        let pool = shared.pool();
+        raw.iter().map(|d| pool.verified_by_bytes(d)).collect()
+    };
+    let prepared = prepare_payload_trusting(&block.payload, |i| known.get(i).cloned().flatten());
+    let res = store.commit_prepared(block, cert, prepared)?;
+    metrics.storage("execute", res.timings.execute);
+    metrics.storage("state_root", res.timings.state_root);
+    metrics.storage("commit_write", res.timings.write);
+    let now_at = Instant::now();
+    metrics.committed_block(
+        first_seen.map(|t| now_at - t),
+        last_commit_at.map(|t| now_at - t),
+        block.payload.len(),
+        res.receipts.iter().map(|r| r.status.name()),
+    );
+    *last_commit_at = Some(now_at);
+    let hashes: Vec<Digest> = res.receipts.iter().map(|r| r.tx_hash).collect();
+    shared.pool().committed(h.0, &hashes, |sender| {
+        store.account_by_address(sender).map_or(0, |a| a.nonce)
+    });
+    shared.note_commit(h.0);
+    shared.publish_mempool();
+    let applied = res
+        .receipts
+        .iter()
+        .filter(|r| r.status == phalanx_ledger::TxStatus::Applied)
+        .count();
+    info!(
+        height = h.0,
+        block = %id.to_hex(),
+        view = block.header.view.0,
+        txs = res.receipts.len(),
+        applied,
+        state_root = %res.head.state_root.to_hex(),
+        "committed"
+    );
+    // No subscriber is not an error.
+    let _ = shared.commits.send(CommitNotice {
+        height: h.0,
+        block_id: id,
+        state_root: res.head.state_root,
+        receipts: Arc::new(res.receipts),
+    });
+    Ok(Executed {
+        height: h,
+        block_id: id,
+        state_root: res.head.state_root,
+    })
+}
+
+/// The consensus shell of one validator.
+pub struct Runtime {
+    driver: Driver<NodePorts>,
+    done: mpsc::UnboundedReceiver<Result<Executed, StorageError>>,
+    executor: std::thread::JoinHandle<()>,
+    status: watch::Sender<Status>,
+    metrics: Arc<Metrics>,
+    shared: Arc<Shared>,
 }
 
 impl Runtime {
-    /// Builds the core from the store (resuming where the store left off)
-    /// and returns the runtime with the core's first actions queued.
+    /// Builds the driver from the store (resuming where the store left
+    /// off), starts the executor thread and performs the core's first
+    /// actions. `status` is where the rest of the node reads consensus
+    /// status from.
     pub fn new(
         genesis: &Genesis,
         key: KeyPair,
         store: Arc<Store>,
         net: Network,
         empty_block_delay: Duration,
-    ) -> Result<(Runtime, watch::Receiver<Status>), RuntimeError> {
+        shared: Arc<Shared>,
+        status: watch::Sender<Status>,
+    ) -> Result<Runtime, RuntimeError> {
         let cfg = core_config(genesis)?;
         let genesis_block = Block::genesis(&genesis.chain_id, genesis.genesis_time_ms);
-        let verifier = Verifier::new(
-            cfg.validators.clone(),
-            cfg.chain_id.clone(),
-            &genesis_block,
-            cfg.max_payload_bytes,
-        );
         let head = store.head();
-        let block = store
-            .block(head.height)?
-            .ok_or_else(|| RuntimeError::Missing(format!("head block {}", head.height)))?;
-        let cert = store
-            .cert(head.height)?
-            .ok_or_else(|| RuntimeError::Missing(format!("head certificate {}", head.height)))?;
+        let block = store.block(head.height)?.ok_or(RuntimeError::Missing {
+            what: "head block",
+            height: head.height,
+        })?;
+        let cert = store.cert(head.height)?.ok_or(RuntimeError::Missing {
+            what: "head certificate",
+            height: head.height,
+        })?;
         let safety = match store.load_safety()? {
             Some(s) => s,
             // Never signed from this store: a new validator, or one whose
@@ -177,52 +523,64 @@ impl Runtime {
             stable: store.stable_checkpoint()?,
             blocks: store.pending_blocks()?,
         };
-        let (core, actions) = Core::restore(cfg, key, Box::new(LedgerPayloads), restore, now())?;
-        info!(
-            height = head.height,
-            view = core.view().0,
-            "consensus resumed"
-        );
-        let (status, rx) = watch::channel(Status::default());
         let metrics = net.metrics().clone();
-        if let Some(cp) = store.stable_checkpoint()? {
+        if let Some(cp) = &restore.stable {
             metrics.checkpoint(cp.payload.height.0);
         }
-        let rt = Runtime {
-            core,
-            verifier,
+        let (jobs_tx, jobs_rx) = std_mpsc::channel();
+        let (done_tx, done) = mpsc::unbounded_channel();
+        let executor = {
+            let (store, shared, metrics) = (store.clone(), shared.clone(), metrics.clone());
+            std::thread::Builder::new()
+                .name("executor".into())
+                .spawn(move || execute_loop(store, shared, metrics, jobs_rx, done_tx))
+                .map_err(RuntimeError::Spawn)?
+        };
+        let ports = NodePorts {
             store,
             net,
-            shared: None,
+            shared: shared.clone(),
+            metrics: metrics.clone(),
             max_block_txs: genesis.params.max_block_txs as usize,
-            timer: None,
-            payload_due: None,
-            deferred_checkpoint: None,
-            far_view_at: std::collections::HashMap::new(),
-            seen: std::collections::HashMap::new(),
-            payload_height: 0,
-            payload_max_bytes: 0,
-            empty_block_delay,
+            seen: HashMap::new(),
+            jobs: jobs_tx,
+        };
+        let driver_cfg = DriverConfig {
+            empty_block_delay_ms: empty_block_delay.as_millis() as u64,
+        };
+        let driver = Driver::start(
+            cfg,
+            key,
+            Box::new(LedgerPayloads),
+            restore,
+            ports,
+            driver_cfg,
+            now(),
+        )?;
+        info!(
+            height = head.height,
+            view = driver.core().view().0,
+            "consensus resumed"
+        );
+        let rt = Runtime {
+            driver,
+            done,
+            executor,
             status,
-            queue: actions.into(),
             metrics,
-            last_commit_at: None,
+            shared,
         };
         rt.publish();
-        Ok((rt, rx))
-    }
-
-    /// Connects the runtime to the mempool and the commit stream.
-    pub fn attach(&mut self, shared: Arc<Shared>) {
-        self.shared = Some(shared);
+        Ok(rt)
     }
 
     fn publish(&self) {
-        let view = self.core.view();
+        let core = self.driver.core();
+        let view = core.view();
         let s = Status {
-            height: self.core.committed().0.0,
+            height: self.driver.executed_height().0,
             view: view.0,
-            leader: self.core.config().leader(view).0,
+            leader: core.config().leader(view).0,
         };
         self.metrics.set_consensus(s.height, s.view);
         self.status.send_if_modified(|old| {
@@ -232,424 +590,75 @@ impl Runtime {
         });
     }
 
-    /// Runs until `shutdown` fires or a fatal error.
+    /// Runs until `shutdown` fires or a fatal error, then lets the executor
+    /// finish what it was handed.
     pub async fn run(
         mut self,
+        inbound: mpsc::Receiver<Inbound>,
+        shutdown: watch::Receiver<bool>,
+    ) -> Result<(), RuntimeError> {
+        let result = self.event_loop(inbound, shutdown).await;
+        let Runtime {
+            driver, executor, ..
+        } = self;
+        // Dropping the driver drops the executor's queue: it finishes the
+        // blocks already handed to it and ends.
+        drop(driver);
+        let _ = tokio::task::spawn_blocking(move || executor.join()).await;
+        result
+    }
+
+    async fn event_loop(
+        &mut self,
         mut inbound: mpsc::Receiver<Inbound>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), RuntimeError> {
-        self.drain()?;
         loop {
-            let sleep = match self.timer {
-                Some((_, at)) => {
-                    let wait = at.0.saturating_sub(now().0);
-                    tokio::time::sleep(Duration::from_millis(wait))
-                }
-                None => tokio::time::sleep(Duration::from_secs(3600)),
+            let wait = match self.driver.next_deadline() {
+                Some(at) => Duration::from_millis(at.0.saturating_sub(now().0)),
+                None => Duration::from_secs(3600),
             };
-            let propose = match self.payload_due {
-                Some((_, at)) => {
-                    tokio::time::sleep(Duration::from_millis(at.0.saturating_sub(now().0)))
-                }
-                None => tokio::time::sleep(Duration::from_secs(3600)),
-            };
+            // D5: while too many commits wait for execution, only execution
+            // results, time and shutdown are taken; peers' messages queue
+            // in the (bounded) inbound channel.
+            let input = self.driver.accepts_input();
+            let want_payload = input && self.driver.awaiting_payload();
             let shared = self.shared.clone();
-            let due = self.payload_due.is_some();
             let new_txs = async {
-                match &shared {
-                    Some(s) if due => s.new_txs.notified().await,
-                    _ => futures::future::pending().await,
+                if want_payload {
+                    shared.new_txs.notified().await
+                } else {
+                    futures::future::pending().await
                 }
             };
             tokio::select! {
-                _ = new_txs => {
-                    if let Some((view, _)) = self.payload_due.take() {
-                        let acts = self.propose(view);
-                        self.queue.extend(acts);
-                    }
-                }
+                biased;
                 _ = shutdown.changed() => {
                     info!("consensus stopping");
                     return Ok(());
                 }
-                frame = inbound.recv() => {
+                done = self.done.recv() => match done {
+                    Some(Ok(e)) => {
+                        self.driver.ports_mut().executed(e.height.0);
+                        self.driver.on_executed(now(), e.height, e.block_id, e.state_root)?;
+                    }
+                    Some(Err(e)) => return Err(e.into()),
+                    None => return Err(RuntimeError::ExecutorStopped),
+                },
+                frame = inbound.recv(), if input => {
                     let Some(f) = frame else { return Ok(()) };
-                    self.on_frame(f)?;
-                }
-                _ = propose => {
-                    if let Some((view, at)) = self.payload_due
-                        && now() >= at
-                    {
-                        self.payload_due = None;
-                        let acts = self.propose(view);
-                        self.queue.extend(acts);
+                    let started = Instant::now();
+                    let msg = self.driver.verify(now(), f.from, &f.bytes)?;
+                    self.metrics.verified("consensus_message", started.elapsed());
+                    if let Some(msg) = msg {
+                        self.driver.on_verified(now(), f.from, msg)?;
                     }
                 }
-                _ = sleep => {
-                    if let Some((view, at)) = self.timer
-                        && now() >= at
-                    {
-                        self.timer = None;
-                        info!(view = view.0, "view timed out");
-                        self.metrics.view_timeout();
-                        let acts = self.core.handle(now(), Event::TimerFired { view });
-                        self.queue.extend(acts);
-                    }
-                }
+                _ = new_txs => self.driver.payload_available(now())?,
+                _ = tokio::time::sleep(wait) => self.driver.tick(now())?,
             }
-            self.drain()?;
+            self.publish();
         }
-    }
-
-    fn on_frame(&mut self, f: Inbound) -> Result<(), RuntimeError> {
-        // Cheap checks before signatures: a message from beyond the view
-        // window is verified (for the certificates it carries, which is how
-        // a lagging validator catches up) at most once per peer per
-        // `FAR_VIEW_INTERVAL`; the rest are dropped unverified.
-        let view = self.core.view().0;
-        let window = self.core.config().future_view_window;
-        let now_ms = now().0;
-        let last = self.far_view_at.get(&f.from.0).copied();
-        let mut admitted_far = false;
-        let admit = |m: &phalanx_consensus::Message| -> Result<(), &'static str> {
-            match m.view() {
-                Some(v) if v.0 > view.saturating_add(window) => {
-                    if last.is_some_and(|t| now_ms < t + FAR_VIEW_INTERVAL_MS) {
-                        return Err("beyond the view window");
-                    }
-                    admitted_far = true;
-                    Ok(())
-                }
-                _ => Ok(()),
-            }
-        };
-        let started = Instant::now();
-        let verified = self.verifier.verify_bytes_if(&f.bytes, admit);
-        self.metrics
-            .verified("consensus_message", started.elapsed());
-        if admitted_far {
-            self.far_view_at.insert(f.from.0, now_ms);
-        }
-        match verified {
-            Ok(msg) => {
-                self.metrics.received(msg.kind(), f.bytes.len());
-                if let VerifiedMessage::BlockRequest(r) = &msg
-                    && self.serve_from_store(f.from, r)?
-                {
-                    return Ok(());
-                }
-                if let (VerifiedMessage::Proposal(p), Some(s)) = (&msg, &self.shared) {
-                    // The chain's tip as peers see it (a proposal runs two
-                    // blocks ahead of commits), for readiness.
-                    s.note_seen(p.payload.block.height().0.saturating_sub(2));
-                }
-                let acts = self
-                    .core
-                    .handle(now(), Event::Message { from: f.from, msg });
-                self.queue.extend(acts);
-            }
-            Err(e) => {
-                self.metrics
-                    .invalid(Some(f.from.0), metrics::invalid_reason(&e));
-                debug!(peer = f.from.0, "message refused: {e}");
-            }
-        }
-        Ok(())
-    }
-
-    /// Performs queued actions in order. Actions caused by one (the core's
-    /// answer to an execution result or a payload) go after everything
-    /// already queued: each list keeps its own order, which is all the core
-    /// asks for (a `Persist` precedes the messages of its own list).
-    fn drain(&mut self) -> Result<(), RuntimeError> {
-        while let Some(a) = self.queue.pop_front() {
-            let more = self.perform(a)?;
-            self.queue.extend(more);
-        }
-        self.publish();
-        Ok(())
-    }
-
-    fn perform(&mut self, a: Action) -> Result<Vec<Action>, RuntimeError> {
-        match a {
-            Action::Persist(s) => {
-                let t = Instant::now();
-                self.store.put_safety(&s)?;
-                self.metrics.storage("safety_write", t.elapsed());
-            }
-            Action::PersistBlock(b) => {
-                let t = Instant::now();
-                self.store.put_pending_block(&b)?;
-                self.metrics.storage("block_write", t.elapsed());
-                let raw = self.track_block(&b);
-                if let Some(s) = &self.shared
-                    && !raw.is_empty()
-                {
-                    s.pool().mark_in_flight(&raw, b.height().0, b.id());
-                }
-            }
-            Action::Send { to, msg } => {
-                let bytes = Arc::new(encode(&msg));
-                self.metrics.sent(msg.kind(), bytes.len(), 1);
-                self.net.send(to, bytes);
-            }
-            Action::Broadcast(msg) => {
-                let bytes = Arc::new(encode(&msg));
-                self.metrics
-                    .sent(msg.kind(), bytes.len(), self.net.peer_count());
-                self.net.broadcast(bytes);
-            }
-            Action::SetTimer { view, at } => {
-                self.timer = Some((view, at));
-            }
-            Action::RequestPayload {
-                view,
-                height,
-                max_bytes,
-            } => {
-                debug!(view = view.0, height = height.0, "payload requested");
-                self.payload_height = height.0;
-                self.payload_max_bytes = max_bytes;
-                let ready = self
-                    .shared
-                    .as_ref()
-                    .is_some_and(|s| s.pool().has_proposable());
-                if ready {
-                    return Ok(self.propose(view));
-                }
-                // Nothing to order yet: wait a little (or until transactions
-                // arrive) before proposing an empty block, so an idle chain
-                // does not spin.
-                self.payload_due = Some((
-                    view,
-                    Time(now().0 + self.empty_block_delay.as_millis() as u64),
-                ));
-            }
-            Action::Commit { block, cert } => {
-                let h = block.height();
-                let span = info_span!("commit", height = h.0);
-                let id = block.id();
-                let seen = self.seen.get(&id);
-                let first_seen = seen.map(|s| s.at);
-                let prepared = match &self.shared {
-                    // Transactions the mempool decoded and verified on
-                    // entry are neither decoded (curve points decompressed)
-                    // nor verified again. The pool is locked only to look
-                    // them up by the items' hashes (kept from when the
-                    // block was persisted), not while the rest decode.
-                    Some(s) => {
-                        let computed;
-                        let raw: &[Digest] = match seen {
-                            Some(seen) => &seen.raw,
-                            None => {
-                                computed = raw_hashes(&block);
-                                &computed
-                            }
-                        };
-                        let known: Vec<Option<_>> = {
-                            let pool = s.pool();
-                            raw.iter().map(|d| pool.verified_by_bytes(d)).collect()
-                        };
-                        prepare_payload_trusting(&block.payload, |i| {
-                            known.get(i).cloned().flatten()
-                        })
-                    }
-                    None => phalanx_ledger::prepare_payload(&block.payload),
-                };
-                let res = span.in_scope(|| self.store.commit_prepared(&block, &cert, prepared))?;
-                let m = &self.metrics;
-                m.storage("execute", res.timings.execute);
-                m.storage("state_root", res.timings.state_root);
-                m.storage("commit_write", res.timings.write);
-                let now_at = Instant::now();
-                m.committed_block(
-                    first_seen.map(|t| now_at - t),
-                    self.last_commit_at.map(|t| now_at - t),
-                    block.payload.len(),
-                    res.receipts.iter().map(|r| r.status.name()),
-                );
-                self.last_commit_at = Some(now_at);
-                if let Some(s) = &self.shared {
-                    let hashes: Vec<Digest> = res.receipts.iter().map(|r| r.tx_hash).collect();
-                    let store = &self.store;
-                    s.pool().committed(h.0, &hashes, |sender| {
-                        store.account_by_address(sender).map_or(0, |a| a.nonce)
-                    });
-                    s.note_commit(h.0);
-                    s.publish_mempool();
-                    // No subscriber is not an error.
-                    let _ = s.commits.send(CommitNotice {
-                        height: h.0,
-                        block_id: id,
-                        state_root: res.head.state_root,
-                        receipts: Arc::new(res.receipts.clone()),
-                    });
-                }
-                let applied = res
-                    .receipts
-                    .iter()
-                    .filter(|r| r.status == phalanx_ledger::TxStatus::Applied)
-                    .count();
-                if let Some(cp) = self
-                    .deferred_checkpoint
-                    .take_if(|cp| cp.payload.height.0 <= h.0)
-                {
-                    info!(height = cp.payload.height.0, "stable checkpoint");
-                    self.store.put_stable_checkpoint(&cp)?;
-                    self.metrics.checkpoint(cp.payload.height.0);
-                }
-                info!(
-                    height = h.0,
-                    block = %id.to_hex(),
-                    view = block.header.view.0,
-                    txs = res.receipts.len(),
-                    applied,
-                    state_root = %res.head.state_root.to_hex(),
-                    "committed"
-                );
-                return Ok(self.core.handle(
-                    now(),
-                    Event::Executed {
-                        height: Height(h.0),
-                        block_id: id,
-                        state_root: res.head.state_root,
-                    },
-                ));
-            }
-            Action::StableCheckpoint(cp) => {
-                // A validator catching up can see a checkpoint certified
-                // before it has executed that height: keep it until then.
-                if cp.payload.height.0 <= self.store.head().height {
-                    info!(height = cp.payload.height.0, "stable checkpoint");
-                    self.store.put_stable_checkpoint(&cp)?;
-                    self.metrics.checkpoint(cp.payload.height.0);
-                } else if self
-                    .deferred_checkpoint
-                    .as_ref()
-                    .is_none_or(|d| d.payload.height < cp.payload.height)
-                {
-                    self.deferred_checkpoint = Some(cp);
-                }
-            }
-            Action::Evidence(e) => {
-                self.metrics.equivocation();
-                warn!(
-                    signer = e.signer.0,
-                    round = e.round,
-                    "equivocation evidence"
-                );
-            }
-        }
-        Ok(Vec::new())
-    }
-}
-
-impl Runtime {
-    /// Answers a block request for a committed block from the store, which
-    /// keeps far more history than the core's memory. Returns false if the
-    /// block is not committed here (the core answers for uncommitted ones).
-    fn serve_from_store(
-        &mut self,
-        to: phalanx_crypto::ValidatorIndex,
-        r: &phalanx_consensus::BlockRequest,
-    ) -> Result<bool, RuntimeError> {
-        let Some(top) = self.store.height_of(&r.id)? else {
-            return Ok(false);
-        };
-        let count = (r.count as usize).min(phalanx_consensus::MAX_SYNC_BLOCKS);
-        let mut blocks = Vec::new();
-        let mut bytes = 0usize;
-        let mut h = top;
-        // Genesis is never sent: every validator has it.
-        while h > 0 && blocks.len() < count {
-            let Some(b) = self.store.block(h)? else { break };
-            bytes += b.payload.len() + 512;
-            if bytes > phalanx_consensus::MAX_MESSAGE_BYTES / 2 && !blocks.is_empty() {
-                break;
-            }
-            blocks.push(b);
-            h -= 1;
-        }
-        if blocks.is_empty() {
-            return Ok(false);
-        }
-        debug!(
-            peer = to.0,
-            from = top,
-            blocks = blocks.len(),
-            "serving committed blocks"
-        );
-        let msg =
-            phalanx_consensus::Message::BlockResponse(phalanx_consensus::BlockResponse { blocks });
-        self.net.send(to, Arc::new(encode(&msg)));
-        Ok(true)
-    }
-
-    /// Remembers an uncommitted block's parent and the hashes of its items'
-    /// exact bytes (for the mempool, now and at commit); returns the hashes.
-    fn track_block(&mut self, b: &Block) -> Vec<Digest> {
-        let raw = raw_hashes(b);
-        // Kept until the block is executed, not merely committed.
-        let executed = self.store.head().height;
-        // A block persisted again (re-proposed, or fetched after a vote)
-        // keeps its first time, which commit latency is measured from.
-        let at = self.seen.get(&b.id()).map_or_else(Instant::now, |s| s.at);
-        self.seen.insert(
-            b.id(),
-            SeenBlock {
-                parent: b.header.parent,
-                height: b.height().0,
-                raw: raw.clone(),
-                at,
-            },
-        );
-        self.seen.retain(|_, s| s.height > executed);
-        raw
-    }
-
-    /// The uncommitted blocks the next proposal extends: from the highest
-    /// certified block down to the last commit.
-    fn ancestors(&self) -> std::collections::HashSet<Digest> {
-        let mut out = std::collections::HashSet::new();
-        let mut id = self.core.safety().high_qc.payload.block_id;
-        while let Some(seen) = self.seen.get(&id) {
-            if !out.insert(id) {
-                break;
-            }
-            id = seen.parent;
-        }
-        out
-    }
-
-    fn propose(&mut self, view: View) -> Vec<Action> {
-        let ancestors = self.ancestors();
-        let txs = match &self.shared {
-            Some(s) => {
-                let store = &self.store;
-                // Room for the payload's own length prefixes.
-                let budget = self.payload_max_bytes.saturating_sub(64);
-                s.pool().select(
-                    self.payload_height,
-                    self.max_block_txs,
-                    budget,
-                    &ancestors,
-                    |t| {
-                        store
-                            .account(&t.transfer.sender)
-                            .ok()
-                            .flatten()
-                            .map_or(0, |a| a.nonce)
-                    },
-                )
-            }
-            None => Vec::new(),
-        };
-        if !txs.is_empty() {
-            debug!(view = view.0, txs = txs.len(), "proposing");
-        }
-        let payload = encode_payload(&txs);
-        self.core
-            .handle(now(), Event::PayloadReady { view, payload })
     }
 }
 
@@ -659,7 +668,7 @@ pub async fn run_instrumented(
     inbound: mpsc::Receiver<Inbound>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), RuntimeError> {
-    let me = rt.core.index().0;
+    let me = rt.driver.core().index().0;
     rt.run(inbound, shutdown)
         .instrument(info_span!("consensus", validator = me))
         .await

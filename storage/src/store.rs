@@ -2,7 +2,7 @@
 //! safety state, pending blocks, checkpoints and pruning.
 
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
@@ -126,6 +126,9 @@ pub struct Store {
     chain: ChainId,
     checkpoint_interval: u64,
     live: RwLock<Live>,
+    /// The head's height, readable without waiting for a commit that holds
+    /// `live` while its batch is synced.
+    head_height: AtomicU64,
     /// Serialises commits, so that execution reads a state no other commit
     /// is changing while it runs under a shared lock.
     commit_lock: Mutex<()>,
@@ -257,6 +260,7 @@ impl Store {
             path: path.to_path_buf(),
             chain: genesis.chain_id.clone(),
             checkpoint_interval: genesis.params.checkpoint_interval,
+            head_height: AtomicU64::new(head.height),
             live: RwLock::new(Live { head, tree }),
             commit_lock: Mutex::new(()),
             poisoned: AtomicBool::new(false),
@@ -351,6 +355,7 @@ impl Store {
     /// Replaces the in-memory state (after a state restore).
     pub(crate) fn set_live(&self, live: Live, stale: Vec<accounts::Stale>) {
         *self.stale.lock().unwrap_or_else(|e| e.into_inner()) = stale;
+        self.head_height.store(live.head.height, Ordering::Release);
         *self.live.write().unwrap_or_else(|e| e.into_inner()) = live;
     }
 
@@ -391,7 +396,8 @@ impl Store {
 
     /// Executes `block` on the head state and writes everything it produced
     /// in one atomic, synced batch: the block, its certificate, transaction
-    /// records and receipts, account states, tree nodes and the new head.
+    /// records and receipts, account states, the state root and the new head
+    /// (the state tree itself lives in memory).
     pub fn commit_block(
         &self,
         block: &Block,
@@ -528,6 +534,7 @@ impl Store {
             return Err(e.into());
         }
         live.head = new_head;
+        self.head_height.store(h, Ordering::Release);
         drop(live);
         self.stale
             .lock()
@@ -684,7 +691,7 @@ impl Store {
 
     /// Persists an uncommitted block for consensus (see the sync policy).
     pub fn put_pending_block(&self, block: &Block) -> Result<(), StorageError> {
-        if block.height().0 <= self.head().height {
+        if block.height() <= self.head_height() {
             return Ok(());
         }
         self.db.put_cf(
@@ -692,6 +699,14 @@ impl Store {
             pending_key(block.height().0, &block.id()),
             encode(block),
         )?;
+        Ok(())
+    }
+
+    /// Makes every write so far durable (syncs the write-ahead log): for
+    /// pending blocks written without a sync when no synced write follows
+    /// them before a message that depends on them.
+    pub fn sync_wal(&self) -> Result<(), StorageError> {
+        self.db.flush_wal(true)?;
         Ok(())
     }
 
@@ -808,14 +823,16 @@ impl Store {
         w.set_sync(true);
         self.db.write_opt(wb, &w)?;
         if let Some(h) = head {
+            self.head_height.store(h.height, Ordering::Release);
             self.live.write().unwrap_or_else(|e| e.into_inner()).head = h;
         }
         Ok(())
     }
 
-    /// Height of the head as a consensus [`Height`].
+    /// Height of the head as a consensus [`Height`]. Never waits for a
+    /// commit in progress.
     pub fn head_height(&self) -> Height {
-        Height(self.head().height)
+        Height(self.head_height.load(Ordering::Acquire))
     }
 }
 
