@@ -8,6 +8,8 @@ source scripts/env.sh
 ensure_build_deps
 ensure_prometheus
 
+echo "==> one RocksDB build for every command"
+python3 scripts/check-rocksdb-build.py
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
