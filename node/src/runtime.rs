@@ -428,7 +428,7 @@ fn execute_one(
         raw.iter().map(|d| pool.verified_by_bytes(d)).collect()
     };
     let prepared = prepare_payload_trusting(&block.payload, |i| known.get(i).cloned().flatten());
-    let res = store.commit_prepared(block, cert, prepared)?;
+    let res = store.apply_prepared(block, cert, prepared)?;
     metrics.storage("execute", res.timings.execute);
     metrics.storage("state_root", res.timings.state_root);
     metrics.storage("commit_write", res.timings.write);

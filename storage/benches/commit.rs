@@ -40,7 +40,7 @@ fn bench(c: &mut Criterion) {
         &base.path().join("nosync"),
         &g,
         StoreOptions {
-            sync_commits: false,
+            sync_writes: false,
             ..StoreOptions::default()
         },
     )
@@ -55,7 +55,7 @@ fn bench(c: &mut Criterion) {
             let txs = transfers(store, &g.chain_id, n, h, 11, TXS_PER_BLOCK).unwrap();
             let (block, cert) = next_block(store, &txs);
             let t = store
-                .commit_prepared(&block, &cert, prepare_payload(&block.payload))
+                .apply_prepared(&block, &cert, prepare_payload(&block.payload))
                 .unwrap()
                 .timings;
             (e, r, w) = (e + t.execute, r + t.state_root, w + t.write);
@@ -95,7 +95,7 @@ fn bench(c: &mut Criterion) {
                     let (block, cert) = next_block(store, &txs);
                     let prepared = prepare_payload(&block.payload);
                     let t = Instant::now();
-                    store.commit_prepared(&block, &cert, prepared).unwrap();
+                    store.apply_prepared(&block, &cert, prepared).unwrap();
                     total += t.elapsed();
                 }
                 total

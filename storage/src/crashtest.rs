@@ -125,7 +125,7 @@ pub fn child(dir: &Path, seed: u64, planted: bool) -> ! {
         let h = store.head().height + 1;
         let txs = transfers(&store, &g.chain_id, ACCOUNTS, h, seed, TXS_PER_BLOCK).expect("txs");
         let (block, cert) = next_block(&store, &txs);
-        let res = store.commit_block(&block, &cert).expect("commit");
+        let res = store.apply_block(&block, &cert).expect("commit");
         let mut lock = out.lock();
         let _ = writeln!(lock, "ACK {} {}", res.head.height, res.head.state_root);
         let _ = lock.flush();

@@ -15,7 +15,7 @@
 //!   written without sync: they always precede a safety-state write in the
 //!   same action list, whose WAL sync makes them durable too;
 //! * a committed block is written with `sync = true` before it may be
-//!   acknowledged to any client ([`Store::commit_block`]);
+//!   acknowledged to any client ([`Store::apply_block`]);
 //! * the WAL is always on, recovering to the last complete write batch
 //!   (point-in-time recovery) after a torn tail.
 //!
@@ -38,6 +38,6 @@ pub use snapshot::{
     TARGET_BUCKET_ACCOUNTS,
 };
 pub use store::{
-    CommitResult, CommitTimings, DEFAULT_MAX_WAL_BYTES, Head, PENDING_WRITE_BUFFER_BYTES, Store,
+    ApplyResult, ApplyTimings, DEFAULT_MAX_WAL_BYTES, Head, PENDING_WRITE_BUFFER_BYTES, Store,
     StoreOptions, TxRecord,
 };

@@ -34,9 +34,9 @@ pub struct StoreOptions {
     /// Committed blocks kept below the stable checkpoint before pruning.
     /// Default 1000.
     pub retained_blocks: u64,
-    /// Sync the WAL on every block commit. Default true; turning it off
+    /// Sync the WAL on every block write. Default true; turning it off
     /// loses the durability promise and exists for benchmarks only.
-    pub sync_commits: bool,
+    pub sync_writes: bool,
     /// Bytes of closed write-ahead log files kept alive before RocksDB
     /// flushes the column families that hold the oldest of them (the file
     /// being written is bounded by the largest memtable instead). Default
@@ -48,7 +48,9 @@ pub struct StoreOptions {
     pub snapshot_bucket_accounts: usize,
     /// A deliberately broken commit that writes the new head in its own
     /// batch before the block (with a pause between), so that the crash
-    /// test can show it catches a non-atomic commit. Never set otherwise.
+    /// test can show it catches a non-atomic commit. Compiled only with the
+    /// test-support feature `testkit`, which the node never enables.
+    #[cfg(feature = "testkit")]
     #[doc(hidden)]
     pub planted_split_commit: bool,
 }
@@ -57,9 +59,10 @@ impl Default for StoreOptions {
     fn default() -> Self {
         StoreOptions {
             retained_blocks: 1000,
-            sync_commits: true,
+            sync_writes: true,
             max_wal_bytes: DEFAULT_MAX_WAL_BYTES,
             snapshot_bucket_accounts: crate::TARGET_BUCKET_ACCOUNTS,
+            #[cfg(feature = "testkit")]
             planted_split_commit: false,
         }
     }
@@ -89,18 +92,18 @@ pub struct TxRecord {
 
 /// What a commit produced.
 #[derive(Clone, Debug)]
-pub struct CommitResult {
+pub struct ApplyResult {
     /// The new head.
     pub head: Head,
     /// One receipt per payload item.
     pub receipts: Vec<Receipt>,
     /// Where the time went, for metrics.
-    pub timings: CommitTimings,
+    pub timings: ApplyTimings,
 }
 
 /// Time spent in each phase of a commit.
 #[derive(Clone, Copy, Debug, Default)]
-pub struct CommitTimings {
+pub struct ApplyTimings {
     /// Executing transactions (including state reads).
     pub execute: Duration,
     /// Computing the new state root.
@@ -131,7 +134,7 @@ pub struct Store {
     head_height: AtomicU64,
     /// Serialises commits, so that execution reads a state no other commit
     /// is changing while it runs under a shared lock.
-    commit_lock: Mutex<()>,
+    apply_lock: Mutex<()>,
     /// Set when a commit's write failed after the in-memory tree moved on:
     /// memory and disk disagree, so nothing more is committed.
     poisoned: AtomicBool,
@@ -262,7 +265,7 @@ impl Store {
             checkpoint_interval: genesis.params.checkpoint_interval,
             head_height: AtomicU64::new(head.height),
             live: RwLock::new(Live { head, tree }),
-            commit_lock: Mutex::new(()),
+            apply_lock: Mutex::new(()),
             poisoned: AtomicBool::new(false),
             manifest: Mutex::new(None),
             stale: Mutex::new(stale),
@@ -392,31 +395,31 @@ impl Store {
         self.checkpoint_interval
     }
 
-    // ----- commits ---------------------------------------------------------
+    // ----- applying committed blocks ------------------------------------------
 
     /// Executes `block` on the head state and writes everything it produced
     /// in one atomic, synced batch: the block, its certificate, transaction
     /// records and receipts, account states, the state root and the new head
     /// (the state tree itself lives in memory).
-    pub fn commit_block(
+    pub fn apply_block(
         &self,
         block: &Block,
         cert: &QuorumCert,
-    ) -> Result<CommitResult, StorageError> {
-        self.commit_prepared(block, cert, prepare_payload(&block.payload))
+    ) -> Result<ApplyResult, StorageError> {
+        self.apply_prepared(block, cert, prepare_payload(&block.payload))
     }
 
-    /// [`Store::commit_block`] with the payload already decoded and its
+    /// [`Store::apply_block`] with the payload already decoded and its
     /// signatures verified (`prepared` must come from `block.payload`): a
     /// validator verifies each signature once, before voting, not again at
     /// commit.
-    pub fn commit_prepared(
+    pub fn apply_prepared(
         &self,
         block: &Block,
         cert: &QuorumCert,
         prepared: PreparedPayload,
-    ) -> Result<CommitResult, StorageError> {
-        let _serial = self.commit_lock.lock().unwrap_or_else(|e| e.into_inner());
+    ) -> Result<ApplyResult, StorageError> {
+        let _serial = self.apply_lock.lock().unwrap_or_else(|e| e.into_inner());
         if self.poisoned.load(Ordering::Acquire) {
             return Err(StorageError::Poisoned);
         }
@@ -519,8 +522,12 @@ impl Store {
         };
         wb.put_cf(self.cf(CF_STATE_ROOTS)?, height_key(h), root.0);
         let mut w = WriteOptions::default();
-        w.set_sync(self.opts.sync_commits);
-        let written = if self.opts.planted_split_commit {
+        w.set_sync(self.opts.sync_writes);
+        #[cfg(feature = "testkit")]
+        let planted = self.opts.planted_split_commit;
+        #[cfg(not(feature = "testkit"))]
+        let planted = false;
+        let written = if planted {
             self.db
                 .put_cf_opt(self.cf(CF_META)?, META_HEAD, encode(&new_head), &w)
                 .map(|()| std::thread::sleep(std::time::Duration::from_millis(20)))
@@ -541,10 +548,10 @@ impl Store {
             .unwrap_or_else(|e| e.into_inner())
             .extend(superseded);
         let t4 = Instant::now();
-        Ok(CommitResult {
+        Ok(ApplyResult {
             head: new_head,
             receipts: out.receipts,
-            timings: CommitTimings {
+            timings: ApplyTimings {
                 execute: t1 - t0,
                 state_root: t3 - t2,
                 write: (t2 - t1) + (t4 - t3),

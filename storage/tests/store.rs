@@ -25,7 +25,7 @@ fn commit_n(store: &Store, n: u64) {
         let h = store.head().height + 1;
         let txs = transfers(store, &chain, ACCOUNTS, h, 7, 30).unwrap();
         let (b, c) = next_block(store, &txs);
-        store.commit_block(&b, &c).unwrap();
+        store.apply_block(&b, &c).unwrap();
     }
 }
 
@@ -59,9 +59,9 @@ fn commits_survive_reopen_and_conserve_supply() {
     assert!(s.cert(3).unwrap().is_some());
     // A block that does not extend the head is refused.
     let (b, c) = next_block(&s, &[]);
-    s.commit_block(&b, &c).unwrap();
+    s.apply_block(&b, &c).unwrap();
     assert!(matches!(
-        s.commit_block(&b, &c),
+        s.apply_block(&b, &c),
         Err(StorageError::NotNext { head: 6, got: 6 })
     ));
 }
@@ -86,7 +86,7 @@ fn a_transaction_is_applied_once_and_keeps_its_first_receipt() {
     let chain = s.chain_id().clone();
     let txs = transfers(&s, &chain, ACCOUNTS, 1, 99, 5).unwrap();
     let (b, c) = next_block(&s, &txs);
-    let first = s.commit_block(&b, &c).unwrap();
+    let first = s.apply_block(&b, &c).unwrap();
     let applied: Vec<_> = first
         .receipts
         .iter()
@@ -96,7 +96,7 @@ fn a_transaction_is_applied_once_and_keeps_its_first_receipt() {
     let before = supply(&s);
     // The same transactions again in the next block.
     let (b2, c2) = next_block(&s, &txs);
-    let again = s.commit_block(&b2, &c2).unwrap();
+    let again = s.apply_block(&b2, &c2).unwrap();
     for r in &again.receipts {
         if applied.iter().any(|a| a.tx_hash == r.tx_hash) {
             assert_eq!(r.status, TxStatus::Duplicate);
@@ -191,7 +191,7 @@ fn pending_blocks_are_kept_until_committed() {
     drop(s);
     let s = open(dir.path());
     assert_eq!(s.pending_blocks().unwrap(), vec![b1.clone()]);
-    s.commit_block(&b1, &c1).unwrap();
+    s.apply_block(&b1, &c1).unwrap();
     assert!(s.pending_blocks().unwrap().is_empty());
     // An empty block is a new state version like any other.
     let root = s.head().state_root;
@@ -348,7 +348,7 @@ fn a_checkpoint_snapshot_restores_in_verified_chunks() {
         let replay = open(tmp.path());
         for h in 1..=4 {
             replay
-                .commit_block(&s.block(h).unwrap().unwrap(), &s.cert(h).unwrap().unwrap())
+                .apply_block(&s.block(h).unwrap().unwrap(), &s.cert(h).unwrap().unwrap())
                 .unwrap();
         }
         at4.iter()
@@ -421,7 +421,7 @@ fn a_checkpoint_snapshot_restores_in_verified_chunks() {
     let restored = open(new_dir.path());
     assert_eq!(restored.stable_checkpoint().unwrap(), Some(cp));
     let (b5, c5) = (s.block(5).unwrap().unwrap(), s.cert(5).unwrap().unwrap());
-    restored.commit_block(&b5, &c5).unwrap();
+    restored.apply_block(&b5, &c5).unwrap();
     assert_eq!(restored.head().state_root, s.state_root_at(5).unwrap());
 }
 
