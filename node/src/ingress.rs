@@ -161,7 +161,7 @@ pub async fn run(
             Ok((checked, Ok(sigs))) => {
                 shared
                     .metrics
-                    .verified("transaction_batch", started.elapsed());
+                    .verified(crate::metrics::VerifyWhat::TransactionBatch, started.elapsed());
                 (checked, sigs)
             }
             Ok((checked, Err(_))) => {

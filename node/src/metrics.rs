@@ -84,17 +84,64 @@ pub const TX_STATUSES: [&str; 9] = [
     "overflow",
 ];
 
-/// Timed storage operations.
-pub const STORAGE_OPS: [&str; 5] = [
-    "execute",
-    "state_root",
-    "commit_write",
-    "safety_write",
-    "block_write",
-];
+/// A timed storage operation (label `op`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StorageOp {
+    /// Executing a block's transactions (including state reads).
+    Execute,
+    /// Computing the state root after a block.
+    StateRoot,
+    /// Writing an executed block's batch (including its WAL sync).
+    BlockApply,
+    /// Writing the safety state (synced).
+    SafetyWrite,
+    /// Writing an uncommitted block for consensus.
+    BlockWrite,
+}
 
-/// What signature verification is timed for.
-pub const VERIFY_WHAT: [&str; 2] = ["consensus_message", "transaction_batch"];
+impl StorageOp {
+    /// Every operation, for series that exist from the start.
+    pub const ALL: [StorageOp; 5] = [
+        StorageOp::Execute,
+        StorageOp::StateRoot,
+        StorageOp::BlockApply,
+        StorageOp::SafetyWrite,
+        StorageOp::BlockWrite,
+    ];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StorageOp::Execute => "execute",
+            StorageOp::StateRoot => "state_root",
+            StorageOp::BlockApply => "block_apply",
+            StorageOp::SafetyWrite => "safety_write",
+            StorageOp::BlockWrite => "block_write",
+        }
+    }
+}
+
+/// What signature verification is timed for (label `what`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VerifyWhat {
+    /// One inbound consensus message.
+    ConsensusMessage,
+    /// A batch of transactions at admission.
+    TransactionBatch,
+}
+
+impl VerifyWhat {
+    /// Every kind, for series that exist from the start.
+    pub const ALL: [VerifyWhat; 2] = [VerifyWhat::ConsensusMessage, VerifyWhat::TransactionBatch];
+
+    /// The label value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            VerifyWhat::ConsensusMessage => "consensus_message",
+            VerifyWhat::TransactionBatch => "transaction_batch",
+        }
+    }
+}
 
 /// The peer label of a stream whose key is not a validator's.
 pub const UNKNOWN_PEER: &str = "unknown";
@@ -409,11 +456,13 @@ impl Metrics {
         for status in TX_STATUSES {
             m.txs_committed.get_or_create_owned(&Status { status });
         }
-        for op in STORAGE_OPS {
-            m.storage_seconds.get_or_create_owned(&Op { op });
+        for op in StorageOp::ALL {
+            m.storage_seconds
+                .get_or_create_owned(&Op { op: op.as_str() });
         }
-        for what in VERIFY_WHAT {
-            m.verify_seconds.get_or_create_owned(&What { what });
+        for what in VerifyWhat::ALL {
+            m.verify_seconds
+                .get_or_create_owned(&What { what: what.as_str() });
         }
         for method in rpc_methods.iter().take(MAX_RPC_METHODS) {
             for outcome in ["ok", "error"] {
@@ -547,17 +596,19 @@ impl Metrics {
         self.peers.get().max(0) as u64
     }
 
-    /// Time spent verifying (`what` in [`VERIFY_WHAT`]).
-    pub fn verified(&self, what: &'static str, d: Duration) {
+    /// Time spent verifying.
+    pub fn verified(&self, what: VerifyWhat, d: Duration) {
         self.verify_seconds
-            .get_or_create(&What { what })
+            .get_or_create(&What {
+                what: what.as_str(),
+            })
             .observe(d.as_secs_f64());
     }
 
-    /// Time spent in a storage operation (`op` in [`STORAGE_OPS`]).
-    pub fn storage(&self, op: &'static str, d: Duration) {
+    /// Time spent in a storage operation.
+    pub fn storage(&self, op: StorageOp, d: Duration) {
         self.storage_seconds
-            .get_or_create(&Op { op })
+            .get_or_create(&Op { op: op.as_str() })
             .observe(d.as_secs_f64());
     }
 

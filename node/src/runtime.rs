@@ -28,7 +28,7 @@ use phalanx_storage::{StorageError, Store};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::metrics::{self, Metrics};
+use crate::metrics::{self, Metrics, StorageOp, VerifyWhat};
 use crate::net::{Inbound, Network};
 use crate::shared::{CommitNotice, Shared};
 
@@ -169,7 +169,7 @@ impl SafetyStore for NodePorts {
         self.store
             .put_safety(state)
             .map_err(port_err("safety store"))?;
-        self.metrics.storage("safety_write", t.elapsed());
+        self.metrics.storage(StorageOp::SafetyWrite, t.elapsed());
         Ok(())
     }
 }
@@ -180,7 +180,7 @@ impl BlockStore for NodePorts {
         self.store
             .put_pending_block(b)
             .map_err(port_err("block store"))?;
-        self.metrics.storage("block_write", t.elapsed());
+        self.metrics.storage(StorageOp::BlockWrite, t.elapsed());
         let raw = self.track_block(b);
         if !raw.is_empty() {
             self.shared
@@ -429,9 +429,9 @@ fn execute_one(
     };
     let prepared = prepare_payload_trusting(&block.payload, |i| known.get(i).cloned().flatten());
     let res = store.apply_prepared(block, cert, prepared)?;
-    metrics.storage("execute", res.timings.execute);
-    metrics.storage("state_root", res.timings.state_root);
-    metrics.storage("commit_write", res.timings.write);
+    metrics.storage(StorageOp::Execute, res.timings.execute);
+    metrics.storage(StorageOp::StateRoot, res.timings.state_root);
+    metrics.storage(StorageOp::BlockApply, res.timings.write);
     let now_at = Instant::now();
     metrics.committed_block(
         first_seen.map(|t| now_at - t),
@@ -649,7 +649,7 @@ impl Runtime {
                     let Some(f) = frame else { return Ok(()) };
                     let started = Instant::now();
                     let msg = self.driver.verify(now(), f.from, &f.bytes)?;
-                    self.metrics.verified("consensus_message", started.elapsed());
+                    self.metrics.verified(VerifyWhat::ConsensusMessage, started.elapsed());
                     if let Some(msg) = msg {
                         self.driver.on_verified(now(), f.from, msg)?;
                     }
