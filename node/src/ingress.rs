@@ -159,9 +159,10 @@ pub async fn run(
         .await;
         let (checked, sigs) = match verified {
             Ok((checked, Ok(sigs))) => {
-                shared
-                    .metrics
-                    .verified(crate::metrics::VerifyWhat::TransactionBatch, started.elapsed());
+                shared.metrics.verified(
+                    crate::metrics::VerifyWhat::TransactionBatch,
+                    started.elapsed(),
+                );
                 (checked, sigs)
             }
             Ok((checked, Err(_))) => {

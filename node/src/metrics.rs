@@ -461,8 +461,9 @@ impl Metrics {
                 .get_or_create_owned(&Op { op: op.as_str() });
         }
         for what in VerifyWhat::ALL {
-            m.verify_seconds
-                .get_or_create_owned(&What { what: what.as_str() });
+            m.verify_seconds.get_or_create_owned(&What {
+                what: what.as_str(),
+            });
         }
         for method in rpc_methods.iter().take(MAX_RPC_METHODS) {
             for outcome in ["ok", "error"] {

@@ -350,10 +350,12 @@ fn module(
             }
         };
         let block = store
-            .block(height)
+            .block(phalanx_consensus::Height(height))
             .map_err(internal)?
             .ok_or_else(|| err(codes::NOT_FOUND, format!("no block at height {height}")))?;
-        let cert = store.cert(height).map_err(internal)?;
+        let cert = store
+            .cert(phalanx_consensus::Height(height))
+            .map_err(internal)?;
         let txs: Vec<String> = decode_payload(&block.payload)
             .map(|items| items.iter().map(|i| tx_hash_of_item(i).to_hex()).collect())
             .unwrap_or_default();

@@ -127,6 +127,9 @@ fn raw_hashes(b: &Block) -> Vec<Digest> {
 }
 
 /// Work for the executor thread, done in order.
+// Jobs are moved once through a channel, never stored in bulk: boxing the
+// large variant would cost an allocation per block for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Job {
     /// Execute and write a committed block.
     Execute {
@@ -195,15 +198,11 @@ impl BlockStore for NodePorts {
     }
 
     fn committed_height(&mut self, id: &Digest) -> Result<Option<Height>, PortError> {
-        Ok(self
-            .store
-            .height_of(id)
-            .map_err(port_err("block store"))?
-            .map(Height))
+        self.store.height_of(id).map_err(port_err("block store"))
     }
 
     fn committed_block(&mut self, height: Height) -> Result<Option<Block>, PortError> {
-        self.store.block(height.0).map_err(port_err("block store"))
+        self.store.block(height).map_err(port_err("block store"))
     }
 
     fn record_checkpoint(&mut self, cert: &CheckpointCert) -> Result<(), PortError> {
@@ -501,14 +500,18 @@ impl Runtime {
         let cfg = core_config(genesis)?;
         let genesis_block = Block::genesis(&genesis.chain_id, genesis.genesis_time_ms);
         let head = store.head();
-        let block = store.block(head.height)?.ok_or(RuntimeError::Missing {
-            what: "head block",
-            height: head.height,
-        })?;
-        let cert = store.cert(head.height)?.ok_or(RuntimeError::Missing {
-            what: "head certificate",
-            height: head.height,
-        })?;
+        let block = store
+            .block(Height(head.height))?
+            .ok_or(RuntimeError::Missing {
+                what: "head block",
+                height: head.height,
+            })?;
+        let cert = store
+            .cert(Height(head.height))?
+            .ok_or(RuntimeError::Missing {
+                what: "head certificate",
+                height: head.height,
+            })?;
         let safety = match store.load_safety()? {
             Some(s) => s,
             // Never signed from this store: a new validator, or one whose

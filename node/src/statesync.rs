@@ -104,7 +104,7 @@ fn answer(store: &Store, req: StateRequest) -> StateResponse {
                 let Some(cert) = store.stable_checkpoint()? else {
                     return Ok(StateResponse::Checkpoint(None));
                 };
-                let h = cert.payload.height.0;
+                let h = cert.payload.height;
                 let (Some(block), Some(qc), Some(manifest)) =
                     (store.block(h)?, store.cert(h)?, store.snapshot_manifest()?)
                 else {

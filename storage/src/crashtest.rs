@@ -13,6 +13,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+use phalanx_consensus::Height;
 use phalanx_ledger::{StateTree, StateView, execute_block};
 
 use crate::testkit::{genesis, mix, next_block, transfers};
@@ -150,15 +151,15 @@ pub fn verify(dir: &Path, acks: &[(u64, String)]) -> Result<(), String> {
     let mut replay = Replay::new(&g);
     for h in 1..=head.height {
         let block = store
-            .block(h)
+            .block(Height(h))
             .map_err(|e| e.to_string())?
             .ok_or(format!("block {h} missing below the head"))?;
         store
-            .cert(h)
+            .cert(Height(h))
             .map_err(|e| e.to_string())?
             .ok_or(format!("certificate {h} missing: partial block"))?;
         let root = replay.apply(&g, &block.payload);
-        let stored = store.state_root_at(h).map_err(|e| e.to_string())?;
+        let stored = store.state_root_at(Height(h)).map_err(|e| e.to_string())?;
         if root != stored {
             return Err(format!("state root at {h} differs from a replay"));
         }
@@ -179,7 +180,7 @@ pub fn verify(dir: &Path, acks: &[(u64, String)]) -> Result<(), String> {
         }
     }
     if store
-        .block(head.height + 1)
+        .block(Height(head.height + 1))
         .map_err(|e| e.to_string())?
         .is_some()
     {

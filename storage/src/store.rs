@@ -331,7 +331,7 @@ impl Store {
     fn check_head(&self) -> Result<(), StorageError> {
         let head = self.head();
         let block = self
-            .block(head.height)?
+            .block(Height(head.height))?
             .ok_or_else(|| StorageError::Corrupt(format!("head block {} missing", head.height)))?;
         if block.id() != head.block_id {
             return Err(StorageError::Corrupt("head block id mismatch".into()));
@@ -562,17 +562,17 @@ impl Store {
     // ----- reads -----------------------------------------------------------
 
     /// The committed block at `height`, if retained.
-    pub fn block(&self, height: u64) -> Result<Option<Block>, StorageError> {
-        self.read_record(CF_BLOCKS, &height_key(height), "block")
+    pub fn block(&self, height: Height) -> Result<Option<Block>, StorageError> {
+        self.read_record(CF_BLOCKS, &height_key(height.0), "block")
     }
 
     /// The certificate of the committed block at `height`, if retained.
-    pub fn cert(&self, height: u64) -> Result<Option<QuorumCert>, StorageError> {
-        self.read_record(CF_CERTS, &height_key(height), "certificate")
+    pub fn cert(&self, height: Height) -> Result<Option<QuorumCert>, StorageError> {
+        self.read_record(CF_CERTS, &height_key(height.0), "certificate")
     }
 
     /// Height of a committed block by id.
-    pub fn height_of(&self, id: &Digest) -> Result<Option<u64>, StorageError> {
+    pub fn height_of(&self, id: &Digest) -> Result<Option<Height>, StorageError> {
         match self.db.get_cf(self.cf(CF_BLOCK_INDEX)?, id.0)? {
             None => Ok(None),
             Some(b) => {
@@ -580,7 +580,7 @@ impl Store {
                     .as_slice()
                     .try_into()
                     .map_err(|_| StorageError::Corrupt("block index entry".into()))?;
-                Ok(Some(u64::from_be_bytes(arr)))
+                Ok(Some(Height(u64::from_be_bytes(arr))))
             }
         }
     }
@@ -613,7 +613,8 @@ impl Store {
 
     /// The state root after the block at `height`, while that block is
     /// retained.
-    pub fn state_root_at(&self, height: u64) -> Result<Digest, StorageError> {
+    pub fn state_root_at(&self, height: Height) -> Result<Digest, StorageError> {
+        let height = height.0;
         match self
             .db
             .get_pinned_cf(self.cf(CF_STATE_ROOTS)?, height_key(height))?
@@ -740,14 +741,14 @@ impl Store {
     pub fn put_stable_checkpoint(&self, cert: &CheckpointCert) -> Result<(), StorageError> {
         let h = cert.payload.height.0;
         let block = self
-            .block(h)?
+            .block(Height(h))?
             .ok_or_else(|| StorageError::Checkpoint(format!("no block at height {h}")))?;
         if block.id() != cert.payload.block_id {
             return Err(StorageError::Checkpoint(format!(
                 "block at height {h} differs from the checkpoint's"
             )));
         }
-        let root = self.state_root_at(h)?;
+        let root = self.state_root_at(Height(h))?;
         if root != cert.payload.state_root {
             return Err(StorageError::Checkpoint(format!(
                 "state root at height {h} differs from the checkpoint's"
@@ -780,8 +781,8 @@ impl Store {
         if keep_from > 1 {
             // Genesis (height 0) is always kept: every validator has it.
             let mut wb = WriteBatch::default();
-            for h in self.first_retained_block()?..keep_from {
-                if let Some(b) = self.block(h)? {
+            for h in self.first_retained_block()?.0..keep_from {
+                if let Some(b) = self.block(Height(h))? {
                     wb.delete_cf(self.cf(CF_BLOCK_INDEX)?, b.id().0);
                 }
                 wb.delete_cf(self.cf(CF_BLOCKS)?, height_key(h));
@@ -794,7 +795,7 @@ impl Store {
     }
 
     /// Lowest retained height above genesis.
-    pub fn first_retained_block(&self) -> Result<u64, StorageError> {
+    pub fn first_retained_block(&self) -> Result<Height, StorageError> {
         let mut it = self.db.iterator_cf(
             self.cf(CF_BLOCKS)?,
             IteratorMode::From(&height_key(1), rocksdb::Direction::Forward),
@@ -806,9 +807,9 @@ impl Store {
                     .as_ref()
                     .try_into()
                     .map_err(|_| StorageError::Corrupt("block key".into()))?;
-                Ok(u64::from_be_bytes(arr))
+                Ok(Height(u64::from_be_bytes(arr)))
             }
-            None => Ok(self.head().height + 1),
+            None => Ok(Height(self.head().height + 1)),
         }
     }
 

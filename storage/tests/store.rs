@@ -54,9 +54,9 @@ fn commits_survive_reopen_and_conserve_supply() {
     let s = open(dir.path());
     assert_eq!(s.head().height, 5);
     assert_eq!(supply(&s), before);
-    let b3 = s.block(3).unwrap().unwrap();
-    assert_eq!(s.height_of(&b3.id()).unwrap(), Some(3));
-    assert!(s.cert(3).unwrap().is_some());
+    let b3 = s.block(Height(3)).unwrap().unwrap();
+    assert_eq!(s.height_of(&b3.id()).unwrap(), Some(Height(3)));
+    assert!(s.cert(Height(3)).unwrap().is_some());
     // A block that does not extend the head is refused.
     let (b, c) = next_block(&s, &[]);
     s.apply_block(&b, &c).unwrap();
@@ -198,8 +198,12 @@ fn pending_blocks_are_kept_until_committed() {
     drop(s);
     let s = open(dir.path());
     assert_eq!(s.head().height, 1);
-    assert_eq!(s.state_root_at(1).unwrap(), root);
-    assert_eq!(s.state_root_at(0).unwrap(), root, "no account changed");
+    assert_eq!(s.state_root_at(Height(1)).unwrap(), root);
+    assert_eq!(
+        s.state_root_at(Height(0)).unwrap(),
+        root,
+        "no account changed"
+    );
 }
 
 /// The store's write-ahead log files, oldest first.
@@ -231,7 +235,7 @@ fn a_torn_wal_tail_recovers_to_the_last_complete_block() {
     {
         let s = open(dir.path());
         commit_n(&s, 4);
-        last_root = s.state_root_at(3).unwrap();
+        last_root = s.state_root_at(Height(3)).unwrap();
         // Not flushed: the last commits live only in the WAL.
     }
     tear_wal(dir.path(), 100);
@@ -239,7 +243,7 @@ fn a_torn_wal_tail_recovers_to_the_last_complete_block() {
     let head = s.head();
     assert_eq!(head.height, 3, "the torn last block is dropped whole");
     assert_eq!(head.state_root, last_root);
-    assert!(s.block(4).unwrap().is_none());
+    assert!(s.block(Height(4)).unwrap().is_none());
     commit_n(&s, 1);
     assert_eq!(s.head().height, 4, "and the store goes on");
 }
@@ -248,8 +252,8 @@ fn checkpoint(s: &Store, h: u64) -> CheckpointCert {
     CheckpointCert {
         payload: CheckpointVote {
             height: Height(h),
-            block_id: s.block(h).unwrap().unwrap().id(),
-            state_root: s.state_root_at(h).unwrap(),
+            block_id: s.block(Height(h)).unwrap().unwrap().id(),
+            state_root: s.state_root_at(Height(h)).unwrap(),
         },
         signers: Default::default(),
         signatures: vec![],
@@ -348,7 +352,10 @@ fn a_checkpoint_snapshot_restores_in_verified_chunks() {
         let replay = open(tmp.path());
         for h in 1..=4 {
             replay
-                .apply_block(&s.block(h).unwrap().unwrap(), &s.cert(h).unwrap().unwrap())
+                .apply_block(
+                    &s.block(Height(h)).unwrap().unwrap(),
+                    &s.cert(Height(h)).unwrap().unwrap(),
+                )
                 .unwrap();
         }
         at4.iter()
@@ -373,8 +380,8 @@ fn a_checkpoint_snapshot_restores_in_verified_chunks() {
         s.snapshot_chunk(5, 4, 0, None, 10),
         Err(StorageError::NotRetained(5))
     ));
-    let block4 = s.block(4).unwrap().unwrap();
-    let cert4 = s.cert(4).unwrap().unwrap();
+    let block4 = s.block(Height(4)).unwrap().unwrap();
+    let cert4 = s.cert(Height(4)).unwrap().unwrap();
 
     // A manifest that does not fold to the certified root is refused.
     let mut bad_manifest = (*manifest).clone();
@@ -420,9 +427,15 @@ fn a_checkpoint_snapshot_restores_in_verified_chunks() {
     // It reopens as a normal store at height 4 and continues.
     let restored = open(new_dir.path());
     assert_eq!(restored.stable_checkpoint().unwrap(), Some(cp));
-    let (b5, c5) = (s.block(5).unwrap().unwrap(), s.cert(5).unwrap().unwrap());
+    let (b5, c5) = (
+        s.block(Height(5)).unwrap().unwrap(),
+        s.cert(Height(5)).unwrap().unwrap(),
+    );
     restored.apply_block(&b5, &c5).unwrap();
-    assert_eq!(restored.head().state_root, s.state_root_at(5).unwrap());
+    assert_eq!(
+        restored.head().state_root,
+        s.state_root_at(Height(5)).unwrap()
+    );
 }
 
 #[test]
@@ -469,14 +482,14 @@ fn pruning_keeps_the_checkpoint_state_and_retained_blocks() {
     commit_n(&s, 2);
     let cp = checkpoint(&s, 6);
     s.put_stable_checkpoint(&cp).unwrap();
-    assert_eq!(s.first_retained_block().unwrap(), 4);
-    assert!(s.block(3).unwrap().is_none() && s.block(0).unwrap().is_some());
+    assert_eq!(s.first_retained_block().unwrap(), Height(4));
+    assert!(s.block(Height(3)).unwrap().is_none() && s.block(Height(0)).unwrap().is_some());
     assert!(matches!(
-        s.state_root_at(3),
+        s.state_root_at(Height(3)),
         Err(StorageError::NotRetained(3))
     ));
-    assert_eq!(s.state_root_at(6).unwrap(), cp.payload.state_root);
-    assert!(s.state_root_at(8).is_ok());
+    assert_eq!(s.state_root_at(Height(6)).unwrap(), cp.payload.state_root);
+    assert!(s.state_root_at(Height(8)).is_ok());
     // The state at 6 is still served exactly, after later commits and the
     // prune.
     let chunk = s.snapshot_chunk(6, 0, 0, None, 4096).unwrap();
