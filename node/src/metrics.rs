@@ -488,7 +488,8 @@ impl Metrics {
     }
 
     /// Consensus status after the core handled an event.
-    pub fn set_consensus(&self, height: u64, view: u64) {
+    pub fn set_consensus(&self, height: phalanx_consensus::Height, view: phalanx_consensus::View) {
+        let (height, view) = (height.0, view.0);
         let old = self.view.set(view as i64);
         if view as i64 > old && old > 0 {
             self.view_changes.inc_by((view as i64 - old) as u64);
@@ -788,8 +789,8 @@ mod tests {
         m.sent("vote", 100, 3);
         m.invalid(Some(2), "bad_signature");
         m.invalid(Some(999), "oversized_frame");
-        m.set_consensus(5, 7);
-        m.set_consensus(6, 9);
+        m.set_consensus(phalanx_consensus::Height(5), phalanx_consensus::View(7));
+        m.set_consensus(phalanx_consensus::Height(6), phalanx_consensus::View(9));
         m.committed_block(
             None,
             None,

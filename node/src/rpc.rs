@@ -410,8 +410,8 @@ fn module(
             "height": head.height,
             "block_id": head.block_id.to_hex(),
             "state_root": head.state_root.to_hex(),
-            "view": s.view,
-            "leader": s.leader,
+            "view": s.view.0,
+            "leader": s.leader.0,
             "peers": ctx.shared.metrics.peers(),
             "syncing": ctx.shared.ready(READY_MAX_LAG, u64::MAX).is_err(),
             "stable_checkpoint": stable.map(|c| json!({

@@ -67,11 +67,11 @@ pub enum RuntimeError {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Status {
     /// Last executed (committed and written) height.
-    pub height: u64,
+    pub height: Height,
     /// Current view.
-    pub view: u64,
+    pub view: View,
     /// Leader of the current view.
-    pub leader: u16,
+    pub leader: ValidatorIndex,
 }
 
 /// A payload is votable if it decodes as a list of at most
@@ -391,10 +391,10 @@ fn execute_loop(
             }
         };
         let failed = result.is_err();
-        if let Some(r) = result.transpose()
-            && done.send(r).is_err()
-        {
-            return;
+        // A runtime that stopped listening is shutting down: the blocks
+        // already handed over are still written.
+        if let Some(r) = result.transpose() {
+            let _ = done.send(r);
         }
         if failed {
             return;
@@ -581,9 +581,9 @@ impl Runtime {
         let core = self.driver.core();
         let view = core.view();
         let s = Status {
-            height: self.driver.executed_height().0,
-            view: view.0,
-            leader: core.config().leader(view).0,
+            height: self.driver.executed_height(),
+            view,
+            leader: core.config().leader(view),
         };
         self.metrics.set_consensus(s.height, s.view);
         self.status.send_if_modified(|old| {
