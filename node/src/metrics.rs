@@ -778,7 +778,7 @@ mod tests {
             "phalanx_invalid_messages_total{peer=\"unknown\",reason=\"non_validator_stream\"} 0",
             "phalanx_transactions_rejected_total{reason=\"mempool_full\"} 0",
             "phalanx_rpc_requests_total{method=\"ledger_status\",outcome=\"error\"} 0",
-            "phalanx_storage_duration_seconds_count{op=\"commit_write\"} 0",
+            "phalanx_storage_duration_seconds_count{op=\"block_apply\"} 0",
             // Classic text format: counters declared with their suffix.
             "# TYPE phalanx_view_changes_total counter",
             "# HELP phalanx_network_sent_bytes_total Consensus message and transaction batch bytes",
