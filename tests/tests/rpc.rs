@@ -76,10 +76,15 @@ fn transfers_commit_on_every_node_exactly_once_and_conserve_supply() {
         hashes.push((h, many[i].clone()));
     }
 
-    c.wait_until("every transfer is committed", |c| {
-        hashes.iter().all(|(h, _)| {
-            c.rpc(0, "ledger_getTransaction", vec![json!(h)])
-                .is_ok_and(|v| v["status"] == "committed")
+    // Each node executes committed blocks on its own thread, a little
+    // after consensus decides: wait for every node, not the first.
+    let n = c.nodes.len();
+    c.wait_until("every transfer is committed on every node", |c| {
+        (0..n).all(|i| {
+            hashes.iter().all(|(h, _)| {
+                c.rpc(i, "ledger_getTransaction", vec![json!(h)])
+                    .is_ok_and(|v| v["status"] == "committed")
+            })
         })
     });
     for (h, _) in &hashes {
