@@ -60,7 +60,8 @@
 //! * **D11 — payloads are owed, not lost.** When the core asks for a
 //!   payload and the source has none ready, the driver owes it: it hands
 //!   over whatever the source has when [`Driver::payload_available`] is
-//!   called, or an empty payload once `empty_block_delay_ms` has passed.
+//!   called, or an empty payload once `empty_block_delay_ms` has passed; a
+//!   payload owed for a view the core has left is forgotten.
 
 use std::collections::HashMap;
 
@@ -577,6 +578,12 @@ impl<P: Ports> Driver<P> {
                 }
             }
             if follow.is_empty() {
+                // A payload owed for a view the core has left would be
+                // refused by it, and the mempool would have marked its
+                // transactions as taken for nothing.
+                if self.owed.is_some_and(|o| o.req.view != self.core.view()) {
+                    self.owed = None;
+                }
                 return Ok(());
             }
             list = Vec::new();

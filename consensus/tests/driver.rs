@@ -556,6 +556,17 @@ fn a_payload_is_owed_until_the_mempool_has_one_or_the_wait_is_over() {
     assert!(calls.contains(&Broadcast("proposal")), "{calls:?}");
     assert!(!d.awaiting_payload());
 
+    // The view moves on (a timeout certificate for view 1): the payload is
+    // no longer owed, and the mempool is not asked for it.
+    let mut d = n.driver(1, n.genesis_restore(), Recorder::default());
+    assert!(d.awaiting_payload());
+    for i in [0u16, 2, 3] {
+        d.on_bytes(Time(T0 + 5), ValidatorIndex(i), &n.far_timeout(i, 1))
+            .unwrap();
+    }
+    assert!(d.core().view() > View(1));
+    assert!(!d.awaiting_payload(), "nothing owed for a view left behind");
+
     // Nothing arrives: an empty block once the wait is over.
     let mut d = n.driver(1, n.genesis_restore(), Recorder::default());
     let calls = calls_after(&mut d, |d| d.tick(Time(T0 + 49)));
