@@ -779,7 +779,14 @@ impl Core {
             self.observe_tc(tc.clone(), from);
         }
         if view < self.view {
-            self.stats.stale_dropped += 1;
+            // Too late to vote on, but it may be a block this validator is
+            // fetching (its certificate overtook it): keep it as fetched.
+            if self.wanted.contains_key(&block.id()) {
+                let b = block.clone();
+                self.on_blocks(from, std::slice::from_ref(&b));
+            } else {
+                self.stats.stale_dropped += 1;
+            }
             return;
         }
         if view > self.view {
@@ -1142,7 +1149,7 @@ impl Core {
         }
         self.wanted.insert(id, self.view);
         let peer = if peer == self.me {
-            self.cfg.leader(self.view)
+            self.other_holder(&id)
         } else {
             peer
         };
@@ -1153,6 +1160,18 @@ impl Core {
                 count: self.cfg.sync_batch_blocks,
             }),
         );
+    }
+
+    /// Someone other than this validator who holds block `id`: its
+    /// proposer (the leader of its certificate's view) when known, else the
+    /// next validator in the set. Asking oneself would ask nobody.
+    fn other_holder(&self, id: &Digest) -> ValidatorIndex {
+        let n = self.cfg.validators.len() as u64;
+        let next = ValidatorIndex(((self.me.0 as u64 + 1) % n) as u16);
+        match self.qcs.get(id).map(|qc| self.cfg.leader(qc.payload.view)) {
+            Some(proposer) if proposer != self.me => proposer,
+            _ => next,
+        }
     }
 
     fn on_block_request(&mut self, from: ValidatorIndex, r: BlockRequest) {

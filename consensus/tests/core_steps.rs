@@ -323,6 +323,58 @@ fn a_certificate_from_beyond_the_window_is_followed_and_its_block_fetched() {
 }
 
 #[test]
+fn votes_that_overtake_the_proposal_leave_the_next_leader_able_to_lead() {
+    // Validator 2 leads view 2. Votes for view 1's block reach it before
+    // the proposal: it must ask someone else for the block (never itself),
+    // and the late proposal must then serve as that block.
+    let mut n = net();
+    let mut c = n.core(2);
+    let p = n.proposal(b"tx", 2_100);
+    let b1 = p.payload.block.clone();
+    let mut out = Vec::new();
+    for i in [0u16, 1, 3] {
+        let v = Verified::sign(
+            &n.keys[i as usize],
+            ValidatorIndex(i),
+            &n.cfg.chain_id,
+            Vote {
+                view: View(1),
+                height: Height(1),
+                block_id: b1.id(),
+            },
+        )
+        .into_signed();
+        out.extend(n.deliver(&mut c, i, Message::Vote(v), 2_200));
+    }
+    assert_eq!(c.view(), View(2), "the certificate moves it to view 2");
+    let asked: Vec<ValidatorIndex> = out
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                to,
+                msg: Message::BlockRequest(r),
+            } if r.id == b1.id() => Some(*to),
+            _ => None,
+        })
+        .collect();
+    assert!(
+        !asked.is_empty() && !asked.contains(&ValidatorIndex(2)),
+        "the block is asked of another validator: {out:?}"
+    );
+    let late = n.deliver(&mut c, 1, Message::Proposal(p), 2_300);
+    assert!(
+        late.iter()
+            .any(|a| matches!(a, Action::PersistBlock(b) if b.id() == b1.id())),
+        "the late proposal's block is kept: {late:?}"
+    );
+    assert!(
+        late.iter()
+            .any(|a| matches!(a, Action::RequestPayload { view, .. } if *view == View(2))),
+        "and the leader of view 2 can propose on it: {late:?}"
+    );
+}
+
+#[test]
 fn timer_fires_a_persisted_timeout_and_no_vote_follows_in_that_view() {
     let mut n = net();
     let mut c = n.core(0);
