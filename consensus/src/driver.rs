@@ -200,6 +200,9 @@ pub struct PayloadRequest {
     pub height: Height,
     /// The block it extends (the highest certified block).
     pub parent: Digest,
+    /// The core's committed height: blocks between it and `parent` are
+    /// certified or proposed but not final.
+    pub committed: Height,
     /// Payload bound.
     pub max_bytes: usize,
 }
@@ -621,6 +624,7 @@ impl<P: Ports> Driver<P> {
                     view,
                     height,
                     parent: self.core.safety().high_qc.payload.block_id,
+                    committed: self.core.committed().0,
                     max_bytes,
                 };
                 match self.ports.payload(&req, true) {

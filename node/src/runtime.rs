@@ -246,10 +246,17 @@ impl Executor for NodePorts {
 
 impl PayloadSource for NodePorts {
     fn payload(&mut self, req: &PayloadRequest, wait: bool) -> Option<Vec<u8>> {
-        if wait && !self.shared.pool().has_proposable() {
+        let ancestors = self.ancestors(req.parent);
+        // With nothing new to order, a leader waits (the chain is idle)
+        // unless the chain it extends carries transactions not yet
+        // committed: those commit only once two more blocks are certified,
+        // so an empty block now is what they wait for.
+        if wait
+            && !self.shared.pool().has_proposable()
+            && !self.uncommitted_work(&ancestors, req.committed)
+        {
             return None;
         }
-        let ancestors = self.ancestors(req.parent);
         let store = &self.store;
         // Room for the payload's own length prefixes.
         let budget = req.max_bytes.saturating_sub(64);
@@ -335,6 +342,16 @@ impl NodePorts {
     /// Forgets blocks at or below the executed height.
     fn executed(&mut self, height: u64) {
         self.seen.retain(|_, s| s.height > height);
+    }
+
+    /// True if one of `ancestors` above the committed height carries
+    /// transactions.
+    fn uncommitted_work(&self, ancestors: &HashSet<Digest>, committed: Height) -> bool {
+        ancestors.iter().any(|id| {
+            self.seen
+                .get(id)
+                .is_some_and(|s| s.height > committed.0 && !s.raw.is_empty())
+        })
     }
 
     /// The blocks a proposal on `parent` extends, down to the last executed
