@@ -62,6 +62,14 @@
 //!   over whatever the source has when [`Driver::payload_available`] is
 //!   called, or an empty payload once `empty_block_delay_ms` has passed; a
 //!   payload owed for a view the core has left is forgotten.
+//! * **D12 — a leader proposes on executed state.** While more than
+//!   [`PROPOSE_MAX_UNEXECUTED`] committed blocks wait for execution, an
+//!   owed payload is not asked for; it is asked for again as execution
+//!   results arrive. Execution stays off the vote path, but under load a
+//!   leader does not cut a new block for every round trip while its
+//!   executor falls behind: blocks stay as full as the load makes them,
+//!   and the per-block cost (signatures, synced writes) is not paid for
+//!   blocks of a handful of transactions.
 
 use std::collections::HashMap;
 
@@ -88,6 +96,10 @@ pub const SYNC_RESPONSE_BYTES_MAX: usize = MAX_MESSAGE_BYTES / 2;
 /// What one block costs in a response beyond its payload: header,
 /// certificate and framing, rounded up.
 const BLOCK_OVERHEAD_BYTES: usize = 512;
+
+/// Committed blocks that may wait for execution while a leader still asks
+/// for a payload (D12).
+pub const PROPOSE_MAX_UNEXECUTED: usize = 1;
 
 /// How often one peer may have a message from beyond the view window
 /// verified, ms (D10).
@@ -248,6 +260,8 @@ struct Owed {
     req: PayloadRequest,
     /// When to hand over an empty payload if nothing arrives.
     at: Time,
+    /// Requested by the action list being performed, not yet asked for.
+    fresh: bool,
 }
 
 /// The consensus driver of one validator.
@@ -358,7 +372,11 @@ impl<P: Ports> Driver<P> {
     /// The earliest time [`Driver::tick`] has something to do.
     pub fn next_deadline(&self) -> Option<Time> {
         let timer = self.timer.map(|(_, at)| at);
-        let owed = self.owed.map(|o| o.at);
+        // A payload held back by D12 waits for execution, not for time.
+        let owed = self
+            .owed
+            .filter(|_| self.unexecuted() <= PROPOSE_MAX_UNEXECUTED)
+            .map(|o| o.at);
         match (timer, owed) {
             (Some(a), Some(b)) => Some(a.min(b)),
             (a, b) => a.or(b),
@@ -476,7 +494,9 @@ impl<P: Ports> Driver<P> {
                 state_root,
             },
         );
-        self.perform_all(now, actions)
+        self.perform_all(now, actions)?;
+        // D12: a payload held back while execution lagged.
+        self.payload_available(now)
     }
 
     /// The payload source may now have something to offer: hands an owed
@@ -486,6 +506,9 @@ impl<P: Ports> Driver<P> {
         let Some(owed) = self.owed else {
             return Ok(());
         };
+        if self.unexecuted() > PROPOSE_MAX_UNEXECUTED {
+            return Ok(());
+        }
         if let Some(payload) = self.ports.payload(&owed.req, true) {
             self.owed = None;
             let actions = self.core.handle(
@@ -506,6 +529,7 @@ impl<P: Ports> Driver<P> {
         self.check_running()?;
         if let Some(owed) = self.owed
             && now >= owed.at
+            && self.unexecuted() <= PROPOSE_MAX_UNEXECUTED
         {
             self.owed = None;
             let payload = self.ports.payload(&owed.req, false).unwrap_or_default();
@@ -576,18 +600,35 @@ impl<P: Ports> Driver<P> {
         loop {
             let mut follow = Vec::new();
             for a in list {
-                if let Err(e) = self.perform(now, a, &mut follow) {
+                if let Err(e) = self.perform(now, a) {
                     return Err(self.fail(e));
                 }
             }
-            if follow.is_empty() {
+            {
                 // A payload owed for a view the core has left would be
                 // refused by it, and the mempool would have marked its
                 // transactions as taken for nothing.
                 if self.owed.is_some_and(|o| o.req.view != self.core.view()) {
                     self.owed = None;
                 }
-                return Ok(());
+                // A payload requested by this list: asked for now, unless
+                // execution lags (D12).
+                if let Some(owed) = self.owed.as_mut().filter(|o| o.fresh) {
+                    owed.fresh = false;
+                    let req = owed.req;
+                    if self.unexecuted() <= PROPOSE_MAX_UNEXECUTED
+                        && let Some(payload) = self.ports.payload(&req, true)
+                    {
+                        self.owed = None;
+                        follow.push(Event::PayloadReady {
+                            view: req.view,
+                            payload,
+                        });
+                    }
+                }
+                if follow.is_empty() {
+                    return Ok(());
+                }
             }
             list = Vec::new();
             for ev in follow {
@@ -596,7 +637,7 @@ impl<P: Ports> Driver<P> {
         }
     }
 
-    fn perform(&mut self, now: Time, a: Action, follow: &mut Vec<Event>) -> Result<(), PortError> {
+    fn perform(&mut self, now: Time, a: Action) -> Result<(), PortError> {
         match a {
             Action::Persist(s) => {
                 self.ports.persist_safety(&s)?;
@@ -627,15 +668,13 @@ impl<P: Ports> Driver<P> {
                     committed: self.core.committed().0,
                     max_bytes,
                 };
-                match self.ports.payload(&req, true) {
-                    Some(payload) => follow.push(Event::PayloadReady { view, payload }),
-                    None => {
-                        self.owed = Some(Owed {
-                            req,
-                            at: now.plus_ms(self.cfg.empty_block_delay_ms),
-                        })
-                    }
-                }
+                // Asked for once the whole list is performed (D12: the
+                // commits that follow in the list count).
+                self.owed = Some(Owed {
+                    req,
+                    at: now.plus_ms(self.cfg.empty_block_delay_ms),
+                    fresh: true,
+                });
             }
             Action::Commit { block, cert } => {
                 let h = block.height();

@@ -39,8 +39,8 @@ pub use crate::core::{
 };
 pub use driver::{
     BlockStore, Driver, DriverConfig, DriverError, Executor, MAX_UNEXECUTED_BLOCKS, Monitor,
-    Outbox, PayloadRequest, PayloadSource, PortError, Ports, SYNC_RESPONSE_BYTES_MAX, SafetyStore,
-    take_sync_blocks,
+    Outbox, PROPOSE_MAX_UNEXECUTED, PayloadRequest, PayloadSource, PortError, Ports,
+    SYNC_RESPONSE_BYTES_MAX, SafetyStore, take_sync_blocks,
 };
 pub use safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
 pub use types::{

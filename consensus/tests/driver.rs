@@ -251,6 +251,22 @@ impl Net {
         out
     }
 
+    fn vote(&self, from: u16, b: &Block) -> Vec<u8> {
+        encode(&Message::Vote(
+            Verified::sign(
+                &self.keys[from as usize],
+                ValidatorIndex(from),
+                &self.cfg.chain_id,
+                Vote {
+                    view: b.view(),
+                    height: b.height(),
+                    block_id: b.id(),
+                },
+            )
+            .into_signed(),
+        ))
+    }
+
     fn far_timeout(&self, from: u16, view: u64) -> Vec<u8> {
         let g = self.genesis();
         encode(&Message::Timeout(
@@ -385,13 +401,18 @@ fn execution_results_are_fed_back_and_sign_checkpoints() {
     assert_eq!(d.committed_height(), Height(2));
     assert_eq!(d.executed_height(), Height(0));
     let c = n.chain(2);
+    // (Validator 0 leads view 4, and a payload held back while both
+    // heights waited is asked for as they execute: D12.)
+    let not_payload = |c: &Call| !matches!(c, Payload { .. });
     let calls = calls_after(&mut d, |d| {
         d.on_executed(Time(T0 + 2), Height(1), c[0].id(), Digest::of(b"r1"))
     });
+    let calls: Vec<Call> = calls.into_iter().filter(not_payload).collect();
     assert_eq!(calls, vec![], "height 1 is no checkpoint");
     let calls = calls_after(&mut d, |d| {
         d.on_executed(Time(T0 + 2), Height(2), c[1].id(), Digest::of(b"r2"))
     });
+    let calls: Vec<Call> = calls.into_iter().filter(not_payload).collect();
     assert_eq!(calls, vec![Broadcast("checkpoint")], "height 2 is");
     assert_eq!(d.executed_height(), Height(2));
 }
@@ -599,4 +620,46 @@ fn input_is_refused_while_too_many_commits_wait_for_execution() {
     d.on_executed(Time(T0 + 2), Height(1), chain[0].id(), Digest::of(b"r"))
         .unwrap();
     assert!(d.accepts_input());
+}
+
+#[test]
+fn a_leader_waits_for_its_executor_before_asking_for_a_payload() {
+    // Validator 0 leads view 4. Proposals for views 1 to 3 and votes for
+    // view 3 commit heights 1 and 2; with neither executed, it does not ask
+    // the mempool for a payload (D12) until execution catches up.
+    let n = net();
+    let mut d = n.driver(0, n.genesis_restore(), Recorder::default());
+    let chain = n.chain(3);
+    for b in &chain {
+        let leader = n.cfg.leader(b.view());
+        d.on_bytes(Time(T0 + 1), leader, &n.proposal(b.clone()))
+            .unwrap();
+    }
+    for i in [1u16, 2] {
+        d.on_bytes(Time(T0 + 2), ValidatorIndex(i), &n.vote(i, &chain[2]))
+            .unwrap();
+    }
+    assert_eq!(d.core().view(), View(4), "leads view 4");
+    assert_eq!(d.unexecuted(), 2);
+    assert!(
+        !d.ports().calls.iter().any(|c| matches!(c, Payload { .. })),
+        "no payload asked for while two blocks wait: {:?}",
+        d.ports().calls
+    );
+    assert!(d.awaiting_payload());
+    assert_eq!(
+        d.next_deadline(),
+        Some(Time(T0 + 2 + n.cfg.base_timeout_ms)),
+        "only the view timer: the held payload waits for execution"
+    );
+    let calls = calls_after(&mut d, |d| {
+        d.on_executed(Time(T0 + 3), Height(1), chain[0].id(), Digest::of(b"r"))
+    });
+    assert!(
+        calls.contains(&Payload {
+            view: 4,
+            wait: true
+        }),
+        "asked once one block is left: {calls:?}"
+    );
 }
