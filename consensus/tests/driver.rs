@@ -9,9 +9,9 @@ use std::collections::BTreeMap;
 use phalanx_consensus::{
     AcceptAll, Block, BlockHeader, BlockRequest, BlockStore, CheckpointCert, Config, Driver,
     DriverConfig, DriverError, Executor, Height, MAX_UNEXECUTED_BLOCKS, Message, Monitor, Outbox,
-    PayloadRequest, PayloadSource, PortError, Proposal, QuorumCert, Restore,
-    SYNC_RESPONSE_BYTES_MAX, SafetyState, SafetyStore, Time, Timeout, VerifiedMessage, VerifyError,
-    View, Vote, genesis_qc, take_sync_blocks,
+    PROPOSE_MAX_UNEXECUTED, PayloadRequest, PayloadSource, PortError, Proposal, QuorumCert,
+    Restore, SYNC_RESPONSE_BYTES_MAX, SafetyState, SafetyStore, Time, Timeout, VerifiedMessage,
+    VerifyError, View, Vote, genesis_qc, take_sync_blocks,
 };
 use phalanx_crypto::{
     Certificate, ChainId, Digest, KeyPair, ValidatorIndex, ValidatorSet, Verified, encode,
@@ -652,14 +652,25 @@ fn a_leader_waits_for_its_executor_before_asking_for_a_payload() {
         Some(Time(T0 + 2 + n.cfg.base_timeout_ms)),
         "only the view timer: the held payload waits for execution"
     );
-    let calls = calls_after(&mut d, |d| {
-        d.on_executed(Time(T0 + 3), Height(1), chain[0].id(), Digest::of(b"r"))
-    });
-    assert!(
-        calls.contains(&Payload {
+    // Executed one by one: asked for exactly when no more than
+    // PROPOSE_MAX_UNEXECUTED blocks are left.
+    for h in 1..=2u64 {
+        let calls = calls_after(&mut d, |d| {
+            let id = chain[h as usize - 1].id();
+            d.on_executed(Time(T0 + 3), Height(h), id, Digest::of(b"r"))
+        });
+        let asked = calls.contains(&Payload {
             view: 4,
-            wait: true
-        }),
-        "asked once one block is left: {calls:?}"
-    );
+            wait: true,
+        });
+        assert_eq!(
+            asked,
+            d.unexecuted() <= PROPOSE_MAX_UNEXECUTED,
+            "after height {h}: {calls:?}"
+        );
+        if asked {
+            return;
+        }
+    }
+    panic!("never asked for a payload");
 }
