@@ -365,6 +365,12 @@ impl<P: Ports> Driver<P> {
         self.unexecuted() < MAX_UNEXECUTED_BLOCKS
     }
 
+    /// D12: no more than [`PROPOSE_MAX_UNEXECUTED`] committed blocks wait
+    /// for execution.
+    fn executor_caught_up(&self) -> bool {
+        self.unexecuted() < PROPOSE_MAX_UNEXECUTED.saturating_add(1)
+    }
+
     /// True while a payload is owed and the embedder should call
     /// [`Driver::payload_available`] when the mempool gains something.
     pub fn awaiting_payload(&self) -> bool {
@@ -377,7 +383,7 @@ impl<P: Ports> Driver<P> {
         // A payload held back by D12 waits for execution, not for time.
         let owed = self
             .owed
-            .filter(|_| self.unexecuted() <= PROPOSE_MAX_UNEXECUTED)
+            .filter(|_| self.executor_caught_up())
             .map(|o| o.at);
         match (timer, owed) {
             (Some(a), Some(b)) => Some(a.min(b)),
@@ -508,7 +514,7 @@ impl<P: Ports> Driver<P> {
         let Some(owed) = self.owed else {
             return Ok(());
         };
-        if self.unexecuted() > PROPOSE_MAX_UNEXECUTED {
+        if !self.executor_caught_up() {
             return Ok(());
         }
         if let Some(payload) = self.ports.payload(&owed.req, true) {
@@ -531,7 +537,7 @@ impl<P: Ports> Driver<P> {
         self.check_running()?;
         if let Some(owed) = self.owed
             && now >= owed.at
-            && self.unexecuted() <= PROPOSE_MAX_UNEXECUTED
+            && self.executor_caught_up()
         {
             self.owed = None;
             let payload = self.ports.payload(&owed.req, false).unwrap_or_default();
@@ -618,7 +624,7 @@ impl<P: Ports> Driver<P> {
                 if let Some(owed) = self.owed.as_mut().filter(|o| o.fresh) {
                     owed.fresh = false;
                     let req = owed.req;
-                    if self.unexecuted() <= PROPOSE_MAX_UNEXECUTED
+                    if self.executor_caught_up()
                         && let Some(payload) = self.ports.payload(&req, true)
                     {
                         self.owed = None;
