@@ -518,17 +518,16 @@ impl<P: Ports> Driver<P> {
             return Ok(());
         }
         if let Some(payload) = self.ports.payload(&owed.req, true) {
-            self.owed = None;
-            let actions = self.core.handle(
-                now,
-                Event::PayloadReady {
-                    view: owed.req.view,
-                    payload,
-                },
-            );
-            self.perform_all(now, actions)?;
+            self.hand_over(now, owed.req.view, payload)?;
         }
         Ok(())
+    }
+
+    /// Gives the core the payload it was owed for `view`.
+    fn hand_over(&mut self, now: Time, view: View, payload: Vec<u8>) -> Result<(), DriverError> {
+        self.owed = None;
+        let actions = self.core.handle(now, Event::PayloadReady { view, payload });
+        self.perform_all(now, actions)
     }
 
     /// Time passed: fires the view timer and hands over an owed payload
@@ -539,16 +538,8 @@ impl<P: Ports> Driver<P> {
             && now >= owed.at
             && self.executor_caught_up()
         {
-            self.owed = None;
             let payload = self.ports.payload(&owed.req, false).unwrap_or_default();
-            let actions = self.core.handle(
-                now,
-                Event::PayloadReady {
-                    view: owed.req.view,
-                    payload,
-                },
-            );
-            self.perform_all(now, actions)?;
+            self.hand_over(now, owed.req.view, payload)?;
         }
         if let Some((view, at)) = self.timer
             && now >= at

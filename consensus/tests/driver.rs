@@ -217,22 +217,23 @@ impl Net {
         ))
     }
 
+    /// Validator `from`'s signed vote for `b`.
+    fn signed_vote(&self, from: u16, b: &Block) -> Verified<Vote> {
+        Verified::sign(
+            &self.keys[from as usize],
+            ValidatorIndex(from),
+            &self.cfg.chain_id,
+            Vote {
+                view: b.view(),
+                height: b.height(),
+                block_id: b.id(),
+            },
+        )
+    }
+
     /// A certificate for `b` from validators 0, 1 and 2.
     fn qc(&self, b: &Block) -> QuorumCert {
-        let votes: Vec<Verified<Vote>> = (0..3u16)
-            .map(|i| {
-                Verified::sign(
-                    &self.keys[i as usize],
-                    ValidatorIndex(i),
-                    &self.cfg.chain_id,
-                    Vote {
-                        view: b.view(),
-                        height: b.height(),
-                        block_id: b.id(),
-                    },
-                )
-            })
-            .collect();
+        let votes: Vec<Verified<Vote>> = (0..3u16).map(|i| self.signed_vote(i, b)).collect();
         Certificate::aggregate(&votes, &self.cfg.validators).unwrap()
     }
 
@@ -252,19 +253,18 @@ impl Net {
     }
 
     fn vote(&self, from: u16, b: &Block) -> Vec<u8> {
-        encode(&Message::Vote(
-            Verified::sign(
-                &self.keys[from as usize],
-                ValidatorIndex(from),
-                &self.cfg.chain_id,
-                Vote {
-                    view: b.view(),
-                    height: b.height(),
-                    block_id: b.id(),
-                },
-            )
-            .into_signed(),
-        ))
+        encode(&Message::Vote(self.signed_vote(from, b).into_signed()))
+    }
+
+    /// Validator `ME` after proposals for views 1 to 4, which commit
+    /// heights 1 and 2 (checkpoint interval 2), neither executed.
+    fn driver_with_two_commits(&self) -> Driver<Recorder> {
+        let mut d = self.driver(ME, self.genesis_restore(), Recorder::default());
+        for b in self.chain(4) {
+            let leader = self.cfg.leader(b.view());
+            d.on_bytes(Time(T0 + 1), leader, &self.proposal(b)).unwrap();
+        }
+        d
     }
 
     fn far_timeout(&self, from: u16, view: u64) -> Vec<u8> {
@@ -392,12 +392,7 @@ fn the_driver_performs_each_input_as_the_contract_says() {
 #[test]
 fn execution_results_are_fed_back_and_sign_checkpoints() {
     let n = net();
-    let mut d = n.driver(ME, n.genesis_restore(), Recorder::default());
-    // Views 1..=4 commit heights 1 and 2 (checkpoint interval 2).
-    for (i, b) in n.chain(4).into_iter().enumerate() {
-        let leader = ValidatorIndex(i as u16 + 1);
-        d.on_bytes(Time(T0 + 1), leader, &n.proposal(b)).unwrap();
-    }
+    let mut d = n.driver_with_two_commits();
     assert_eq!(d.committed_height(), Height(2));
     assert_eq!(d.executed_height(), Height(0));
     let c = n.chain(2);
@@ -421,11 +416,7 @@ fn execution_results_are_fed_back_and_sign_checkpoints() {
 #[should_panic(expected = "out of order")]
 fn an_execution_result_out_of_height_order_is_a_bug() {
     let n = net();
-    let mut d = n.driver(ME, n.genesis_restore(), Recorder::default());
-    for (i, b) in n.chain(4).into_iter().enumerate() {
-        let leader = ValidatorIndex(i as u16 + 1);
-        d.on_bytes(Time(T0 + 1), leader, &n.proposal(b)).unwrap();
-    }
+    let mut d = n.driver_with_two_commits();
     let c = n.chain(2);
     let _ = d.on_executed(Time(T0 + 2), Height(2), c[1].id(), Digest::of(b"r2"));
 }
