@@ -325,9 +325,11 @@ fn the_wallet_signs_offline_sends_and_reads_accounts() {
         &chain,
     ]);
     assert_eq!(code, Some(0), "{err}");
+    // Submitted to the node the wallet then asks: a commit answer means that
+    // node has executed the transfer, while another node may not have yet.
     let r = c
         .rpc(
-            0,
+            1,
             "ledger_submitTransaction",
             vec![json!(signed.trim()), json!("commit")],
         )
