@@ -41,7 +41,7 @@ use crate::types::{
     Block, CheckpointCert, Height, Message, Proposal, QuorumCert, Time, Timeout, View, Vote,
     genesis_qc,
 };
-use crate::verify::Verifier;
+use crate::verify::{VerifiedMessage, VerifyError};
 
 /// What a Byzantine validator does.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -260,6 +260,9 @@ struct SimPorts {
     /// Port calls left before the process dies mid-list (`Some(0)`: the
     /// next call fails).
     fuse: Option<usize>,
+    /// Messages the driver verified and refused, for the run's statistics.
+    delivered: u64,
+    rejected: u64,
 }
 
 impl SimPorts {
@@ -272,6 +275,8 @@ impl SimPorts {
             jobs: Vec::new(),
             evidence: Vec::new(),
             fuse: None,
+            delivered: 0,
+            rejected: 0,
         }
     }
 
@@ -370,6 +375,17 @@ impl PayloadSource for SimPorts {
 }
 
 impl Monitor for SimPorts {
+    fn received(&mut self, _: ValidatorIndex, _: &VerifiedMessage, _: usize) {
+        self.delivered += 1;
+    }
+
+    fn refused(&mut self, _: ValidatorIndex, e: &VerifyError) {
+        if std::env::var_os("SIM_DEBUG").is_some() {
+            eprintln!("reject {e}");
+        }
+        self.rejected += 1;
+    }
+
     fn evidence(&mut self, evidence: &Evidence) {
         self.evidence.push(evidence.clone());
     }
@@ -449,7 +465,6 @@ struct Sim<'a> {
     slots: Vec<Slot>,
     keys: Vec<KeyPair>,
     core_cfg: Config,
-    verifier: Verifier,
     partition: Partition,
     drop_p: f64,
     dup_p: f64,
@@ -491,7 +506,6 @@ impl<'a> Sim<'a> {
         core_cfg.max_payload_bytes = ITEM_BYTES * MAX_ITEMS_PER_BLOCK;
         core_cfg.flaw = cfg.flaw;
         let genesis = Block::genesis(&chain, 0);
-        let verifier = Verifier::new(set.clone(), chain, &genesis, core_cfg.max_payload_bytes);
 
         // Byzantine validators: the highest indices, behaviours from config
         // or seed (all Twins beyond f: the negative control).
@@ -541,7 +555,6 @@ impl<'a> Sim<'a> {
             slots,
             keys,
             core_cfg,
-            verifier,
             partition: Partition::None,
             drop_p,
             dup_p,
@@ -821,18 +834,6 @@ impl<'a> Sim<'a> {
         if self.slots[to].byz == Some(Behaviour::Replay) && self.slots[to].heard.len() < 512 {
             self.slots[to].heard.push(bytes.clone());
         }
-        // The simulator verifies once for its statistics (the verifier's
-        // cache makes the driver's own verification of the same bytes a
-        // lookup); the driver decides.
-        match self.verifier.verify_bytes(&bytes) {
-            Ok(_) => self.stats.delivered += 1,
-            Err(e) => {
-                if std::env::var_os("SIM_DEBUG").is_some() {
-                    eprintln!("reject {e}");
-                }
-                self.stats.rejected += 1
-            }
-        }
         let now = self.clock(to);
         self.call(to, |d| d.on_bytes(now, from, &bytes));
     }
@@ -870,6 +871,8 @@ impl<'a> Sim<'a> {
         let out = std::mem::take(&mut d.ports_mut().out);
         let jobs = std::mem::take(&mut d.ports_mut().jobs);
         let evidence = std::mem::take(&mut d.ports_mut().evidence);
+        self.stats.delivered += std::mem::take(&mut d.ports_mut().delivered);
+        self.stats.rejected += std::mem::take(&mut d.ports_mut().rejected);
         let deadline = d.next_deadline();
         if std::env::var_os("SIM_DEBUG").is_some() {
             let c = d.core();
