@@ -19,8 +19,8 @@ use crate::driver::take_sync_blocks;
 use crate::safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
 use crate::types::{
     Block, BlockHeader, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote, Height,
-    Message, Proposal, QuorumCert, Time, Timeout, TimeoutCert, TimeoutEntry, View, Vote,
-    genesis_qc,
+    Message, Proposal, QuorumCert, RecoveryQuery, Time, Timeout, TimeoutCert, TimeoutEntry, View,
+    ViewReport, Vote, genesis_qc,
 };
 use crate::verify::{MAX_SYNC_BLOCKS, VerifiedMessage};
 
@@ -53,6 +53,9 @@ pub enum Flaw {
     VoteIgnoresLock,
     /// Vote for every valid proposal, even twice in one view.
     VoteTwiceInView,
+    /// A validator recovering a lost safety record skips the quarantine
+    /// (P19) and signs at once, as if it were new.
+    RecoveryWithoutQuarantine,
 }
 
 /// Protocol parameters. Every validator of a chain must use the same values
@@ -333,6 +336,12 @@ pub struct Core {
     awaiting_payload: Option<View>,
     checkpoint_votes: BTreeMap<Height, BTreeMap<ValidatorIndex, Verified<CheckpointVote>>>,
     stable: Option<CheckpointCert>,
+    /// While quarantined (P19): the highest certified view each other
+    /// validator reported for this recovery's nonce.
+    reports: BTreeMap<ValidatorIndex, View>,
+    /// The last view report signed for each peer: the view it was signed
+    /// in, the nonce, and the message (re-sent for a repeated nonce).
+    answered: BTreeMap<ValidatorIndex, (View, Digest, Message)>,
     stats: Stats,
     now: Time,
     out: Vec<Action>,
@@ -397,6 +406,8 @@ impl Core {
             awaiting_payload: None,
             checkpoint_votes: BTreeMap::new(),
             stable: restore.stable,
+            reports: BTreeMap::new(),
+            answered: BTreeMap::new(),
             stats: Stats::default(),
             now,
             out: Vec::new(),
@@ -420,7 +431,12 @@ impl Core {
             .last_voted_view
             .max(core.safety.last_proposed_view)
             .max(core.safety.high_qc.payload.view.next());
+        #[cfg(feature = "sim")]
+        if core.flaw(Flaw::RecoveryWithoutQuarantine) {
+            core.safety.quarantine = None;
+        }
         core.enter_view(start, false);
+        core.ask_for_reports();
         let actions = std::mem::take(&mut core.out);
         Ok((core, actions))
     }
@@ -483,6 +499,20 @@ impl Core {
         &self.cfg
     }
 
+    /// True while recovering a lost safety record (P19): nothing is signed.
+    pub fn quarantined(&self) -> bool {
+        self.safety.quarantine.is_some()
+    }
+
+    /// True if a view report from `signer` for `nonce` would count now:
+    /// lets the driver refuse unsolicited reports before checking their
+    /// signatures and certificates.
+    pub fn wants_report(&self, signer: ValidatorIndex, nonce: &Digest) -> bool {
+        self.safety.quarantine.as_ref() == Some(nonce)
+            && signer != self.me
+            && !self.reports.contains_key(&signer)
+    }
+
     #[cfg(feature = "sim")]
     fn flaw(&self, f: Flaw) -> bool {
         self.cfg.flaw == Some(f)
@@ -538,6 +568,7 @@ impl Core {
         self.failures = self.failures.saturating_add(1);
         self.send_timeout(view);
         self.arm_timer();
+        self.ask_for_reports();
         // Ask again for blocks still missing, from another peer.
         let wanted: Vec<Digest> = self.wanted.keys().copied().collect();
         for (i, id) in wanted.into_iter().enumerate() {
@@ -561,7 +592,7 @@ impl Core {
             self.out.push(Action::Broadcast(msg));
             return;
         }
-        if self.safety.last_voted_view > view {
+        if self.safety.last_voted_view > view || !self.safety.may_sign_in(view) {
             return;
         }
         let timeout = Timeout {
@@ -587,6 +618,7 @@ impl Core {
         if self.cfg.leader(view) != self.me
             || self.safety.last_proposed_view >= view
             || self.awaiting_payload == Some(view)
+            || !self.safety.may_sign_in(view)
         {
             return;
         }
@@ -615,7 +647,10 @@ impl Core {
 
     /// P3: build, sign, persist and broadcast the proposal.
     fn on_payload(&mut self, view: View, payload: Vec<u8>) {
-        if self.awaiting_payload != Some(view) || view != self.view {
+        if self.awaiting_payload != Some(view)
+            || view != self.view
+            || !self.safety.may_sign_in(view)
+        {
             return;
         }
         self.awaiting_payload = None;
@@ -667,6 +702,8 @@ impl Core {
             VerifiedMessage::Checkpoint(c) => self.on_checkpoint_vote(c),
             VerifiedMessage::BlockRequest(r) => self.on_block_request(from, r),
             VerifiedMessage::BlockResponse(b) => self.on_blocks(from, b.blocks()),
+            VerifiedMessage::RecoveryQuery(q) => self.on_recovery_query(from, q),
+            VerifiedMessage::ViewReport(r) => self.on_view_report(r),
         }
     }
 
@@ -847,7 +884,7 @@ impl Core {
         };
         #[cfg(not(feature = "sim"))]
         let allowed = safe_to_vote(self.safety.last_voted_view, block, tc);
-        if !allowed {
+        if !allowed || !self.safety.may_sign_in(view) {
             return;
         }
         let signed = Verified::sign(&self.key, self.me, &self.cfg.chain_id, vote);
@@ -948,21 +985,22 @@ impl Core {
         }
         set.insert(t.signer, t);
         let count = set.len();
-        // P13: f+1 timeouts mean at least one honest validator gave up on
-        // this view; join them so a certificate can form.
-        if count >= self.cfg.validators.one_honest() && view >= self.view {
+        // P13: f+1 timeouts for the current view mean at least one honest
+        // validator gave up on it; join them so a certificate can form.
+        // Only the current view: a validator enters a view only with a
+        // certificate for the one before (P1), which P19's bound relies on.
+        // Honest timeouts carry the certificate their signer entered with,
+        // observed above, so joining a later view needs no jump.
+        if count >= self.cfg.validators.one_honest() && view == self.view {
             let already = self
                 .safety
                 .last_timeout
                 .as_ref()
                 .is_some_and(|t| t.payload.view >= view);
             if !already {
-                self.enter_view(view, false);
-                if self.view == view {
-                    // P13 (join) → P14: as if this validator's own timer
-                    // had fired, backing off with the others.
-                    self.local_timeout();
-                }
+                // P13 (join) → P14: as if this validator's own timer had
+                // fired, backing off with the others.
+                self.local_timeout();
             }
         }
         if count >= self.cfg.validators.quorum()
@@ -1258,13 +1296,98 @@ impl Core {
         }
     }
 
+    // ----- recovery (P19) ------------------------------------------------
+
+    /// While quarantined, asks every other validator for a view report.
+    fn ask_for_reports(&mut self) {
+        if let Some(nonce) = self.safety.quarantine {
+            self.out
+                .push(Action::Broadcast(Message::RecoveryQuery(RecoveryQuery {
+                    nonce,
+                })));
+        }
+    }
+
+    /// P19 (responder): report this validator's highest certificates to a
+    /// recovering peer. At most one new signature per peer per view; a
+    /// repeated nonce gets the same report again. A quarantined validator
+    /// does not answer: its certificates say nothing about what it signed
+    /// before it lost its record, and the bound counts on that.
+    fn on_recovery_query(&mut self, from: ValidatorIndex, q: RecoveryQuery) {
+        if from == self.me || self.quarantined() {
+            return;
+        }
+        if let Some((view, nonce, msg)) = self.answered.get(&from) {
+            if *nonce == q.nonce {
+                let msg = msg.clone();
+                self.send_to(from, msg);
+                return;
+            }
+            if *view == self.view {
+                return;
+            }
+        }
+        let report = ViewReport {
+            nonce: q.nonce,
+            high_qc: self.safety.high_qc.clone(),
+            high_tc: self.high_tc.clone(),
+        };
+        let signed = Verified::sign(&self.key, self.me, &self.cfg.chain_id, report);
+        let msg = Message::ViewReport(signed.signed().clone());
+        self.answered
+            .insert(from, (self.view, q.nonce, msg.clone()));
+        self.send_to(from, msg);
+    }
+
+    /// Reports needed to end a quarantine: enough that at least one comes
+    /// from an honest validator that signed in the view before the last one
+    /// this validator may have signed in (`n + f + 1 - quorum`: 2f+1 when
+    /// n = 3f+1). See P19 in `docs/PROTOCOL.md`.
+    fn reports_needed(&self) -> usize {
+        let set = &self.cfg.validators;
+        set.len() + set.f() + 1 - set.quorum()
+    }
+
+    /// P19 (recovering): a fresh report. Its certificates are verified
+    /// progress, followed at once; once enough distinct validators have
+    /// reported, every view up to the highest certified view + 2 is
+    /// closed to signing and the quarantine ends.
+    fn on_view_report(&mut self, r: Verified<ViewReport>) {
+        if !self.wants_report(r.signer, &r.payload.nonce) {
+            return;
+        }
+        let certified = r.payload.certified_view();
+        self.reports.insert(r.signer, certified);
+        let from = r.signer;
+        self.observe_qc(r.payload.high_qc.clone(), from);
+        if let Some(tc) = &r.payload.high_tc {
+            self.observe_tc(tc.clone(), from);
+        }
+        if self.reports.len() < self.reports_needed() {
+            return;
+        }
+        let highest = self.reports.values().max().copied().unwrap_or_default();
+        let floor = View(highest.0.saturating_add(2));
+        self.safety.floor = self.safety.floor.max(floor);
+        self.safety.quarantine = None;
+        self.reports.clear();
+        self.persist();
+        // Signing is allowed again above the floor: act in the current view
+        // if it is already above it.
+        self.maybe_propose();
+    }
+
     // ----- checkpoints ----------------------------------------------------
 
     /// P17: after executing a checkpoint height, sign (height, block, root).
     fn on_executed(&mut self, height: Height, block_id: Digest, state_root: Digest) {
         let k = self.cfg.checkpoint_interval;
         let stable_h = self.stable.as_ref().map_or(0, |c| c.payload.height.0);
-        if height.0 == 0 || !height.0.is_multiple_of(k) || height.0 <= stable_h {
+        if height.0 == 0
+            || !height.0.is_multiple_of(k)
+            || height.0 <= stable_h
+            || self.quarantined()
+        {
             return;
         }
         let vote = CheckpointVote {

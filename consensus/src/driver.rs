@@ -70,6 +70,10 @@
 //!   executor falls behind: blocks stay as full as the load makes them,
 //!   and the per-block cost (signatures, synced writes) is not paid for
 //!   blocks of a handful of transactions.
+//! * **D13 — view reports only when asked.** A view report (P19) is
+//!   verified only if the core is quarantined, the report carries its
+//!   recovery's nonce and its signer has not reported yet: an unsolicited
+//!   report costs one decode, never a signature check.
 
 use std::collections::HashMap;
 
@@ -432,7 +436,14 @@ impl<P: Ports> Driver<P> {
         let window = self.core.config().future_view_window;
         let last = self.far_view_at.get(&from).copied();
         let mut admitted_far = false;
+        let core = &self.core;
         let admit = |m: &Message| -> Result<(), &'static str> {
+            // D13: only the view reports a quarantined core asked for.
+            if let Message::ViewReport(r) = m
+                && !core.wants_report(r.signer, &r.payload.nonce)
+            {
+                return Err("view report not asked for");
+            }
             match m.view() {
                 Some(v) if v.0 > view.saturating_add(window) => {
                     if last.is_some_and(|t| now.0 < t.saturating_add(FAR_VIEW_INTERVAL_MS)) {

@@ -45,8 +45,8 @@ pub use driver::{
 pub use safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
 pub use types::{
     Block, BlockHeader, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote, Height,
-    MESSAGE_KINDS, Message, Proposal, QuorumCert, Time, Timeout, TimeoutCert, TimeoutEntry,
-    TimeoutVote, View, Vote, genesis_qc,
+    MESSAGE_KINDS, Message, Proposal, QuorumCert, RecoveryQuery, Time, Timeout, TimeoutCert,
+    TimeoutEntry, TimeoutVote, View, ViewReport, Vote, genesis_qc,
 };
 pub use verify::{
     MAX_MESSAGE_BYTES, MAX_SYNC_BLOCKS, VerifiedBlocks, VerifiedMessage, Verifier, VerifyError,

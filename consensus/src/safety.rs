@@ -3,7 +3,7 @@
 //!
 //! Line tags (`P3`, `P7`, …) refer to the pseudocode in `docs/PROTOCOL.md`.
 
-use phalanx_crypto::Signed;
+use phalanx_crypto::{Digest, Signed};
 use serde::{Deserialize, Serialize};
 
 use crate::types::{Block, QuorumCert, Timeout, TimeoutCert, View, Vote};
@@ -30,6 +30,13 @@ pub struct SafetyState {
     /// safety: kept so that a restarted validator can show others why it is
     /// in its view (liveness).
     pub high_tc: Option<TimeoutCert>,
+    /// Set by recovery (P19): this validator never signs a vote, timeout or
+    /// proposal in a view at or below it, because it may have signed there
+    /// before its record was lost.
+    pub floor: View,
+    /// While recovering from a lost record (P19): the nonce of its query.
+    /// Nothing is signed until a quorum of fresh view reports sets `floor`.
+    pub quarantine: Option<Digest>,
 }
 
 impl SafetyState {
@@ -42,7 +49,26 @@ impl SafetyState {
             last_timeout: None,
             last_proposed_view: View(0),
             high_tc: None,
+            floor: View(0),
+            quarantine: None,
         }
+    }
+
+    /// The state of a validator that lost its record and may have signed
+    /// anything before: it signs nothing until recovery with `nonce`
+    /// (fresh, never used before) has set its floor. `high_qc` is the
+    /// highest certificate its store holds.
+    pub fn recovering(high_qc: QuorumCert, nonce: Digest) -> SafetyState {
+        SafetyState {
+            quarantine: Some(nonce),
+            ..SafetyState::initial(high_qc)
+        }
+    }
+
+    /// True if this validator may sign a new vote, timeout or proposal in
+    /// `view` as far as recovery is concerned (the vote rule still applies).
+    pub fn may_sign_in(&self, view: View) -> bool {
+        self.quarantine.is_none() && view > self.floor
     }
 }
 
@@ -87,7 +113,7 @@ pub fn view_timeout_ms(base_ms: u64, max_ms: u64, consecutive_failures: u32) -> 
 mod tests {
     use super::*;
     use crate::types::{Block, TimeoutCert};
-    use phalanx_crypto::{ChainId, Digest};
+    use phalanx_crypto::ChainId;
 
     fn block_with(view: u64, qc_view: u64) -> Block {
         let mut b = Block::genesis(&ChainId::new("t").unwrap(), 0);

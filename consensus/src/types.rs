@@ -293,6 +293,42 @@ pub struct BlockResponse {
     pub blocks: Vec<Block>,
 }
 
+/// Sent by a validator that lost its safety record (P19): it asks every
+/// other validator for its highest certificates, tagged with a fresh nonce so
+/// that answers cannot be replayed from before the loss. Unsigned: the
+/// transport authenticates the peer, and answering costs one signature per
+/// peer per view at most.
+#[derive(Clone, Copy, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct RecoveryQuery {
+    /// Fresh for each recovery.
+    pub nonce: Digest,
+}
+
+/// The answer to a [`RecoveryQuery`]: the responder's highest certificates,
+/// signed with the query's nonce. The certificates are proof: a Byzantine
+/// responder can under-report, never over-report.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct ViewReport {
+    /// The query's nonce.
+    pub nonce: Digest,
+    /// The responder's highest quorum certificate.
+    pub high_qc: QuorumCert,
+    /// The responder's highest timeout certificate.
+    pub high_tc: Option<TimeoutCert>,
+}
+
+impl ViewReport {
+    /// The highest view the report certifies.
+    pub fn certified_view(&self) -> View {
+        let tc = self.high_tc.as_ref().map_or(View(0), |tc| tc.view);
+        self.high_qc.payload.view.max(tc)
+    }
+}
+
+impl SignedPayload for ViewReport {
+    const DOMAIN: Domain = Domain("phalanx/consensus/view-report");
+}
+
 /// Everything validators send each other about consensus.
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub enum Message {
@@ -308,16 +344,22 @@ pub enum Message {
     BlockRequest(BlockRequest),
     /// The answer to a [`BlockRequest`].
     BlockResponse(BlockResponse),
+    /// A recovering validator asks for certificates.
+    RecoveryQuery(RecoveryQuery),
+    /// The answer to a [`RecoveryQuery`].
+    ViewReport(phalanx_crypto::Signed<ViewReport>),
 }
 
 /// Every value [`Message::kind`] returns.
-pub const MESSAGE_KINDS: [&str; 6] = [
+pub const MESSAGE_KINDS: [&str; 8] = [
     "proposal",
     "vote",
     "timeout",
     "checkpoint",
     "block_request",
     "block_response",
+    "recovery_query",
+    "view_report",
 ];
 
 impl Message {
@@ -340,6 +382,8 @@ impl Message {
             Message::Checkpoint(_) => "checkpoint",
             Message::BlockRequest(_) => "block_request",
             Message::BlockResponse(_) => "block_response",
+            Message::RecoveryQuery(_) => "recovery_query",
+            Message::ViewReport(_) => "view_report",
         }
     }
 }

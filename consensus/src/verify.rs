@@ -17,7 +17,7 @@ use phalanx_crypto::{
 
 use crate::types::{
     Block, BlockRequest, CheckpointVote, Message, Proposal, QuorumCert, Timeout, TimeoutCert,
-    TimeoutVote, Vote, genesis_qc,
+    TimeoutVote, ViewReport, Vote, genesis_qc,
 };
 
 /// Largest encoded consensus message accepted, in bytes; bounds decoding
@@ -96,6 +96,10 @@ pub enum VerifiedMessage {
     BlockRequest(BlockRequest),
     /// Sync blocks, each with a verified justify certificate.
     BlockResponse(VerifiedBlocks),
+    /// A recovery query (unsigned; the transport authenticates the peer).
+    RecoveryQuery(crate::types::RecoveryQuery),
+    /// A view report; its certificates verified.
+    ViewReport(Verified<ViewReport>),
 }
 
 impl VerifiedMessage {
@@ -108,6 +112,8 @@ impl VerifiedMessage {
             VerifiedMessage::Checkpoint(_) => "checkpoint",
             VerifiedMessage::BlockRequest(_) => "block_request",
             VerifiedMessage::BlockResponse(_) => "block_response",
+            VerifiedMessage::RecoveryQuery(_) => "recovery_query",
+            VerifiedMessage::ViewReport(_) => "view_report",
         }
     }
 
@@ -124,6 +130,8 @@ impl VerifiedMessage {
                     blocks: b.0.clone(),
                 })
             }
+            VerifiedMessage::RecoveryQuery(q) => Message::RecoveryQuery(*q),
+            VerifiedMessage::ViewReport(r) => Message::ViewReport(r.signed().clone()),
         }
     }
 }
@@ -256,6 +264,17 @@ impl Verifier {
                 }
                 VerifiedMessage::BlockResponse(VerifiedBlocks(r.blocks))
             }
+            Message::RecoveryQuery(q) => VerifiedMessage::RecoveryQuery(q),
+            Message::ViewReport(r) => {
+                self.verify_qc(&r.payload.high_qc)?;
+                if let Some(tc) = &r.payload.high_tc {
+                    self.verify_tc(tc)?;
+                }
+                VerifiedMessage::ViewReport(
+                    r.verify(&self.set, &self.chain)
+                        .map_err(VerifyError::Signature)?,
+                )
+            }
         })
     }
 
@@ -353,5 +372,7 @@ fn trusted(msg: Message) -> VerifiedMessage {
         Message::Checkpoint(c) => VerifiedMessage::Checkpoint(Verified::trusted(c)),
         Message::BlockRequest(r) => VerifiedMessage::BlockRequest(r),
         Message::BlockResponse(r) => VerifiedMessage::BlockResponse(VerifiedBlocks(r.blocks)),
+        Message::RecoveryQuery(q) => VerifiedMessage::RecoveryQuery(q),
+        Message::ViewReport(r) => VerifiedMessage::ViewReport(Verified::trusted(r)),
     }
 }

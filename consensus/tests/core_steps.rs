@@ -4,8 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use phalanx_consensus::{
-    AcceptAll, Action, Block, BlockHeader, Config, Core, Event, Height, Message, Proposal, Restore,
-    Time, Timeout, VerifiedMessage, Verifier, View, Vote, genesis_qc,
+    AcceptAll, Action, Block, BlockHeader, Config, Core, Event, Height, Message, Proposal,
+    RecoveryQuery, Restore, SafetyState, Time, Timeout, VerifiedMessage, Verifier, View,
+    ViewReport, Vote, genesis_qc,
 };
 use phalanx_crypto::{ChainId, Digest, KeyPair, Signed, ValidatorIndex, ValidatorSet, Verified};
 
@@ -209,6 +210,156 @@ fn restart_resends_the_stored_vote_and_never_signs_a_conflicting_one() {
     let out = n.deliver(&mut c, 1, Message::Proposal(p), 3_200);
     let again = votes(&out).pop().expect("stored vote re-sent");
     assert_eq!(again, first);
+}
+
+impl Net {
+    /// Validator `i` restarted with its record lost: recovering with `nonce`.
+    fn recovering(&self, i: usize, nonce: Digest) -> (Core, Vec<Action>) {
+        let g = self.genesis();
+        let restore = Restore {
+            safety: SafetyState::recovering(genesis_qc(&g), nonce),
+            committed: (g.clone(), genesis_qc(&g)),
+            stable: None,
+            blocks: vec![],
+        };
+        Core::restore(
+            self.cfg.clone(),
+            self.keys[i].clone(),
+            Box::new(AcceptAll),
+            restore,
+            Time(2_000),
+        )
+        .unwrap()
+    }
+}
+
+fn signed_kinds(actions: &[Action]) -> Vec<&'static str> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::Send { msg, .. } | Action::Broadcast(msg) => Some(msg.kind()),
+            _ => None,
+        })
+        .filter(|k| matches!(*k, "proposal" | "vote" | "timeout" | "checkpoint"))
+        .collect()
+}
+
+#[test]
+fn a_recovering_validator_signs_nothing_until_a_quorum_of_reports_sets_its_floor() {
+    let mut n = net();
+    let nonce = Digest::of(b"fresh");
+    let (mut c, out) = n.recovering(0, nonce);
+    assert!(c.quarantined());
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::Broadcast(Message::RecoveryQuery(q)) if q.nonce == nonce)),
+        "asks for reports at start"
+    );
+    // A valid proposal and the view's timer: no vote, no timeout, but the
+    // question again.
+    let out = n.deliver(
+        &mut c,
+        1,
+        Message::Proposal(n.proposal(b"tx", 2_100)),
+        2_200,
+    );
+    assert!(signed_kinds(&out).is_empty(), "{out:?}");
+    let out = c.handle(Time(9_000), Event::TimerFired { view: View(1) });
+    assert!(signed_kinds(&out).is_empty(), "{out:?}");
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::Broadcast(Message::RecoveryQuery(_))))
+    );
+    // Reports from the other three: their certificates say view 0 at most
+    // (genesis), so views up to 2 are closed to signing.
+    let mut peers: Vec<Core> = (1..4).map(|i| n.core(i)).collect();
+    let mut last = Vec::new();
+    for (k, peer) in peers.iter_mut().enumerate() {
+        let from = k as u16 + 1;
+        let q = Message::RecoveryQuery(RecoveryQuery { nonce });
+        let answer = n.deliver(peer, 0, q, 2_300);
+        let report = answer
+            .iter()
+            .find_map(|a| match a {
+                Action::Send {
+                    to,
+                    msg: m @ Message::ViewReport(_),
+                } if *to == ValidatorIndex(0) => Some(m.clone()),
+                _ => None,
+            })
+            .expect("an active validator answers");
+        assert!(c.quarantined(), "not before the last report");
+        last = n.deliver(&mut c, from, report, 2_400);
+    }
+    assert!(!c.quarantined());
+    assert_eq!(c.safety().floor, View(2));
+    // The floor is persisted before anything else the core does.
+    assert!(
+        matches!(last.first(), Some(Action::Persist(s)) if s.floor == View(2) && s.quarantine.is_none()),
+        "{last:?}"
+    );
+    // View 1 is below the floor: its proposal gets no vote even now.
+    let out = n.deliver(
+        &mut c,
+        1,
+        Message::Proposal(n.proposal(b"tx", 2_100)),
+        2_500,
+    );
+    assert!(votes(&out).is_empty());
+}
+
+#[test]
+fn a_view_report_is_signed_once_per_peer_and_view_and_never_by_a_quarantined_validator() {
+    let mut n = net();
+    let mut peer = n.core(1);
+    let ask = |nonce: &[u8]| {
+        Message::RecoveryQuery(RecoveryQuery {
+            nonce: Digest::of(nonce),
+        })
+    };
+    let reports = |out: &[Action]| -> Vec<Message> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    msg: m @ Message::ViewReport(_),
+                    ..
+                } => Some(m.clone()),
+                _ => None,
+            })
+            .collect()
+    };
+    let first = reports(&n.deliver(&mut peer, 0, ask(b"a"), 2_100));
+    assert_eq!(first.len(), 1);
+    // The same nonce again: the same bytes, no new signature.
+    let again = reports(&n.deliver(&mut peer, 0, ask(b"a"), 2_200));
+    assert_eq!(again, first);
+    // A new nonce in the same view: nothing (one signature per peer and
+    // view bounds what a peer can make this validator sign).
+    assert!(reports(&n.deliver(&mut peer, 0, ask(b"b"), 2_300)).is_empty());
+    // Another peer is answered.
+    assert_eq!(reports(&n.deliver(&mut peer, 2, ask(b"c"), 2_300)).len(), 1);
+    // A validator that is itself recovering answers no one.
+    let (mut quarantined, _) = n.recovering(3, Digest::of(b"own"));
+    assert!(reports(&n.deliver(&mut quarantined, 0, ask(b"d"), 2_300)).is_empty());
+    // Reports are checked like any signed message: a report for another
+    // nonce does not count.
+    let (mut c, _) = n.recovering(0, Digest::of(b"mine"));
+    let stray = Message::ViewReport(
+        Verified::sign(
+            &n.keys[1],
+            ValidatorIndex(1),
+            &n.cfg.chain_id,
+            ViewReport {
+                nonce: Digest::of(b"not mine"),
+                high_qc: genesis_qc(&n.genesis()),
+                high_tc: None,
+            },
+        )
+        .into_signed(),
+    );
+    assert!(!c.wants_report(ValidatorIndex(1), &Digest::of(b"not mine")));
+    n.deliver(&mut c, 1, stray, 2_400);
+    assert!(c.quarantined());
 }
 
 #[test]

@@ -375,6 +375,27 @@ fn the_driver_performs_each_input_as_the_contract_says() {
             expected: vec![Refused],
         },
         Case {
+            desc: "D13: a validly signed view report nobody asked for is refused unverified",
+            input: |n, d| {
+                let g = n.genesis();
+                let report = Message::ViewReport(
+                    Verified::sign(
+                        &n.keys[1],
+                        ValidatorIndex(1),
+                        &n.cfg.chain_id,
+                        phalanx_consensus::ViewReport {
+                            nonce: Digest::of(b"unasked"),
+                            high_qc: genesis_qc(&g),
+                            high_tc: None,
+                        },
+                    )
+                    .into_signed(),
+                );
+                d.on_bytes(Time(T0 + 1), ValidatorIndex(1), &encode(&report))
+            },
+            expected: vec![Refused],
+        },
+        Case {
             desc: "refused at the edge: junk bytes reach the monitor, not the core",
             input: |_, d| d.on_bytes(Time(T0 + 1), ValidatorIndex(2), &[0xff; 40]),
             expected: vec![Refused],

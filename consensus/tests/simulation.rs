@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use phalanx_consensus::Flaw;
-use phalanx_consensus::sim::{Behaviour, SimConfig, run, run_many};
+use phalanx_consensus::sim::{Behaviour, SimConfig, Wipes, run, run_many};
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -115,10 +115,53 @@ fn checker_catches_forgetting_the_safety_state() {
     let mut cfg = SimConfig::new(4, 0);
     cfg.forget_safety_on_restart = true;
     let found = first_failure(&cfg, 200).expect("amnesia must be caught");
+    // The shadow checker sees the second signature as it leaves, before
+    // any core can report evidence of it.
+    assert!(found.1.contains("shadow equivocation"), "{found:?}");
+}
+
+#[test]
+fn wiped_validators_recover_without_signing_twice() {
+    // Everything lost: recovery (P19) with its quarantine. n = 4 with no
+    // other fault (the wiped validator is the one fault the cluster
+    // tolerates while it recovers), n = 7 beside a Byzantine validator.
+    let mut cfg = SimConfig::new(4, 0);
+    cfg.wipes = Wipes::Everything;
+    let outcomes = run_many(&cfg, 0, 100, threads());
+    let f: Vec<_> = outcomes.iter().filter(|o| !o.passed()).collect();
     assert!(
-        found.1.contains("equivocation") || found.1.contains("agreement"),
-        "{found:?}"
+        f.is_empty(),
+        "{:?}",
+        f.iter()
+            .map(|o| (o.seed, &o.violations))
+            .collect::<Vec<_>>()
     );
+    let wipes: u64 = outcomes.iter().map(|o| o.stats.wipes).sum();
+    let recoveries: u64 = outcomes.iter().map(|o| o.stats.recoveries).sum();
+    assert!(wipes >= 50, "the scenario must wipe validators: {wipes}");
+    assert_eq!(recoveries, wipes, "every wiped validator leaves quarantine");
+    let mut cfg = SimConfig::new(7, 1);
+    cfg.wipes = Wipes::Everything;
+    let f = failures(&cfg, 40);
+    assert!(f.is_empty(), "{f:?}");
+}
+
+#[test]
+fn validators_whose_store_is_wiped_keep_their_safety_record_and_stay_safe() {
+    let mut cfg = SimConfig::new(4, 1);
+    cfg.wipes = Wipes::Store;
+    let f = failures(&cfg, 60);
+    assert!(f.is_empty(), "{f:?}");
+}
+
+#[test]
+fn shadow_checker_catches_recovery_without_quarantine() {
+    let mut cfg = SimConfig::new(4, 0);
+    cfg.wipes = Wipes::Everything;
+    cfg.flaw = Some(Flaw::RecoveryWithoutQuarantine);
+    let found = first_failure(&cfg, 300).expect("recovery without quarantine must be caught");
+    eprintln!("caught at seed {}: {}", found.0, found.1);
+    assert!(found.1.contains("shadow equivocation"), "{found:?}");
 }
 
 #[test]

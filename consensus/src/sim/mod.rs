@@ -82,6 +82,19 @@ impl Behaviour {
     ];
 }
 
+/// Which data a wiped validator loses (see [`SimConfig::wipes`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Wipes {
+    /// No wipes.
+    None,
+    /// The block store is wiped and restored from a peer's committed
+    /// state (a state sync); the safety record survives on its own path.
+    Store,
+    /// Everything is lost, the safety record too: the validator restarts
+    /// from a peer's committed state in recovery (P19).
+    Everything,
+}
+
 /// Parameters of a simulation run.
 #[derive(Clone, Debug)]
 pub struct SimConfig {
@@ -109,6 +122,8 @@ pub struct SimConfig {
     pub checkpoint_interval: u64,
     /// Whether honest validators crash and restart before GST.
     pub crashes: bool,
+    /// Whether honest validators are wiped (one or two, before GST).
+    pub wipes: Wipes,
 }
 
 impl SimConfig {
@@ -126,6 +141,7 @@ impl SimConfig {
             liveness_max_views: 60,
             checkpoint_interval: 5,
             crashes: true,
+            wipes: Wipes::None,
         }
     }
 }
@@ -151,6 +167,10 @@ pub struct RunStats {
     pub stable_height: u64,
     /// Crashes injected.
     pub crashes: u64,
+    /// Wipes injected.
+    pub wipes: u64,
+    /// Recoveries (P19) that ended their quarantine.
+    pub recoveries: u64,
 }
 
 /// The result of one seed.
@@ -411,6 +431,8 @@ struct Slot {
     clock_skew_ms: u64,
     side: bool,
     gst_height: u64,
+    /// Started in recovery (P19) and not yet out of quarantine.
+    recovering: bool,
 }
 
 impl Slot {
@@ -441,6 +463,9 @@ enum Ev {
         slot: usize,
     },
     Restart {
+        slot: usize,
+    },
+    Wipe {
         slot: usize,
     },
     Submit,
@@ -478,6 +503,70 @@ struct Sim<'a> {
     trace: u64,
     gst_view: u64,
     done: bool,
+    shadow: Shadow,
+}
+
+/// The independent equivocation checker: what every honest key signed, as
+/// it left the process, whatever the cores believe or report. It knows
+/// nothing of safety states, recovery or evidence.
+#[derive(Default)]
+struct Shadow {
+    /// `(signer, kind, view or height)` → digest of the signed content.
+    signed: BTreeMap<(u16, u8, u64), Digest>,
+}
+
+impl Shadow {
+    const PROPOSAL: u8 = 0;
+    const VOTE: u8 = 1;
+    const TIMEOUT: u8 = 2;
+    const CHECKPOINT: u8 = 3;
+
+    /// Records one message signed by `signer`; returns a violation if it
+    /// conflicts with something the same key signed before.
+    fn record(&mut self, signer: ValidatorIndex, msg: &Message) -> Option<String> {
+        use phalanx_crypto::SignedPayload;
+        let (kind, round, content) = match msg {
+            Message::Proposal(p) => (
+                Self::PROPOSAL,
+                p.payload.block.view().0,
+                Digest::of(&p.payload.signed_bytes()),
+            ),
+            Message::Vote(v) => (
+                Self::VOTE,
+                v.payload.view.0,
+                Digest::of(&encode(&v.payload)),
+            ),
+            Message::Timeout(t) => (
+                Self::TIMEOUT,
+                t.payload.view.0,
+                Digest::of(&t.payload.signed_bytes()),
+            ),
+            Message::Checkpoint(c) => (
+                Self::CHECKPOINT,
+                c.payload.height.0,
+                Digest::of(&encode(&c.payload)),
+            ),
+            _ => return None,
+        };
+        let names = ["proposals", "votes", "timeouts", "checkpoint votes"];
+        // A vote re-sent after a timeout in its view is the same vote; a
+        // first vote there breaks P14.
+        if kind == Self::VOTE
+            && self.signed.contains_key(&(signer.0, Self::TIMEOUT, round))
+            && !self.signed.contains_key(&(signer.0, Self::VOTE, round))
+        {
+            return Some(format!(
+                "shadow equivocation: honest {signer} voted in view {round} after timing out in it"
+            ));
+        }
+        match self.signed.insert((signer.0, kind, round), content) {
+            Some(before) if before != content => Some(format!(
+                "shadow equivocation: honest {signer} signed two different {} for round {round}",
+                names[kind as usize]
+            )),
+            _ => None,
+        }
+    }
 }
 
 impl<'a> Sim<'a> {
@@ -539,6 +628,7 @@ impl<'a> Sim<'a> {
                     // Twins start on opposite sides of a halves partition.
                     side: if copies == 2 { c == 1 } else { rng.chance(0.5) },
                     gst_height: 0,
+                    recovering: false,
                 });
             }
         }
@@ -568,10 +658,16 @@ impl<'a> Sim<'a> {
             trace: seed,
             gst_view: 0,
             done: false,
+            shadow: Shadow::default(),
         };
         sim.all_blocks.insert(genesis.id(), genesis.clone());
         for s in 0..sim.slots.len() {
-            sim.slots[s].disk.borrow_mut().head = Some((genesis.clone(), genesis_cert.clone()));
+            // As `phalanx init` does: a new validator's record exists and
+            // says it never signed; only a wipe removes it.
+            let mut disk = sim.slots[s].disk.borrow_mut();
+            disk.head = Some((genesis.clone(), genesis_cert.clone()));
+            disk.safety = Some(SafetyState::initial(genesis_cert.clone()));
+            drop(disk);
             sim.start(s);
         }
         sim.schedule(0, Ev::Submit);
@@ -582,6 +678,14 @@ impl<'a> Sim<'a> {
                 let at = sim.rng.range(100, cfg.gst_ms.saturating_sub(1500).max(101));
                 let slot = sim.rng.index(sim.slots.len());
                 sim.schedule(at, Ev::Crash { slot });
+            }
+        }
+        if cfg.wipes != Wipes::None {
+            let wipes = sim.rng.range(1, 3);
+            for _ in 0..wipes {
+                let at = sim.rng.range(800, cfg.gst_ms.saturating_sub(1000).max(801));
+                let slot = sim.rng.index(sim.slots.len());
+                sim.schedule(at, Ev::Wipe { slot });
             }
         }
         sim
@@ -609,12 +713,17 @@ impl<'a> Sim<'a> {
         let key = self.keys[self.slots[s].validator.as_usize()].clone();
         let disk = self.slots[s].disk.borrow().clone();
         let genesis = Block::genesis(&self.core_cfg.chain_id, 0);
-        let safety = match disk.safety {
-            Some(st) if !self.cfg.forget_safety_on_restart => st,
-            _ => SafetyState::initial(genesis_qc(&genesis)),
-        };
         let Some(head) = disk.head else {
             return;
+        };
+        let safety = match disk.safety {
+            Some(st) if !self.cfg.forget_safety_on_restart => st,
+            Some(_) => SafetyState::initial(genesis_qc(&genesis)),
+            // The record is gone: recover (P19) with a fresh nonce.
+            None => {
+                let nonce = Digest::of(&self.rng.next_u64().to_le_bytes());
+                SafetyState::recovering(head.1.clone(), nonce)
+            }
         };
         let restore = Restore {
             safety,
@@ -641,6 +750,7 @@ impl<'a> Sim<'a> {
             now,
         ) {
             Ok(driver) => {
+                self.slots[s].recovering = driver.core().quarantined();
                 self.slots[s].driver = Some(driver);
                 self.after_call(s, Ok(()));
             }
@@ -670,9 +780,12 @@ impl<'a> Sim<'a> {
                 .filter_map(|s| {
                     let h = self.slots[s].head_height();
                     let need = self.slots[s].gst_height + self.cfg.liveness_blocks;
-                    (h < need).then(|| {
-                        format!("{} at height {h} (needs {need})", self.slots[s].validator)
-                    })
+                    let v = self.slots[s].validator;
+                    if self.slots[s].recovering {
+                        Some(format!("{v} still quarantined at height {h}"))
+                    } else {
+                        (h < need).then(|| format!("{v} at height {h} (needs {need})"))
+                    }
                 })
                 .collect();
             self.violations.push(format!(
@@ -739,6 +852,22 @@ impl<'a> Sim<'a> {
                 if self.slots[slot].driver.is_none() {
                     self.mix(3000 + slot as u64);
                     self.start(slot);
+                }
+            }
+            Ev::Wipe { slot } => {
+                // One lost record at a time: two validators recovering at
+                // once are two faults.
+                // A recovered validator counts until the cluster has passed
+                // its floor: it cannot help certify views up to it.
+                let recovering = self.slots.iter().any(|s| {
+                    s.recovering
+                        || s.driver.as_ref().is_some_and(|d| {
+                            let floor = d.core().safety().floor;
+                            floor > View(0) && d.core().view() <= floor
+                        })
+                });
+                if self.honest(slot) && self.pre_gst() && self.down_count() == 0 && !recovering {
+                    self.wipe(slot);
                 }
             }
             Ev::Submit => {
@@ -813,6 +942,54 @@ impl<'a> Sim<'a> {
         self.schedule(back, Ev::Restart { slot: s });
     }
 
+    /// The validator dies and its data is wiped; it comes back with a
+    /// peer's committed state (its head, or its stable checkpoint), as a
+    /// state sync gives it, and with its safety record only if
+    /// [`Wipes::Store`].
+    fn wipe(&mut self, s: usize) {
+        let peers: Vec<usize> = (0..self.slots.len())
+            .filter(|&p| p != s && self.honest(p) && self.slots[p].driver.is_some())
+            .collect();
+        if peers.is_empty() {
+            return;
+        }
+        let peer = peers[self.rng.index(peers.len())];
+        let from = self.slots[peer].disk.borrow().clone();
+        let Some(mut head) = from.head.clone() else {
+            return;
+        };
+        let mut root = from.root;
+        // Half the time, the checkpoint (older than the head): the restored
+        // view is then further behind the views this validator signed in.
+        if self.rng.chance(0.5)
+            && let Some(cp) = &from.stable
+            && let Some(b) = from.chain.get(&cp.payload.height.0)
+            && let Some(child) = from.chain.get(&(cp.payload.height.0 + 1))
+        {
+            head = (b.clone(), child.header.justify.clone());
+            root = cp.payload.state_root;
+        }
+        self.stats.wipes += 1;
+        self.crash(s);
+        let keep_safety = self.cfg.wipes == Wipes::Store;
+        let mut disk = self.slots[s].disk.borrow_mut();
+        let h = head.0.height().0;
+        let id = head.0.id();
+        *disk = Disk {
+            safety: if keep_safety {
+                disk.safety.take()
+            } else {
+                None
+            },
+            root,
+            stable: from.stable.filter(|c| c.payload.height.0 <= h),
+            blocks: BTreeMap::new(),
+            chain: BTreeMap::from([(h, head.0.clone())]),
+            chain_ids: HashMap::from([(id, h)]),
+            head: Some(head),
+        };
+    }
+
     fn link_up(&self, a: usize, b: usize) -> bool {
         if !self.pre_gst() {
             return true;
@@ -874,6 +1051,7 @@ impl<'a> Sim<'a> {
         self.stats.delivered += std::mem::take(&mut d.ports_mut().delivered);
         self.stats.rejected += std::mem::take(&mut d.ports_mut().rejected);
         let deadline = d.next_deadline();
+        let quarantined = d.core().quarantined();
         if std::env::var_os("SIM_DEBUG").is_some() {
             let c = d.core();
             for (to, msg) in &out {
@@ -891,6 +1069,10 @@ impl<'a> Sim<'a> {
                 c.stats(),
                 c.committed().0
             );
+        }
+        if self.slots[s].recovering && !quarantined {
+            self.slots[s].recovering = false;
+            self.stats.recoveries += 1;
         }
         // Whatever was sent before a failing port call has left.
         for (to, msg) in out {
@@ -1105,8 +1287,10 @@ impl<'a> Sim<'a> {
         if self.pre_gst() {
             return;
         }
+        // A recovering validator counts as live once it signs again.
         let all = (0..self.slots.len()).filter(|&s| self.honest(s)).all(|s| {
             self.slots[s].head_height() >= self.slots[s].gst_height + self.cfg.liveness_blocks
+                && !self.slots[s].recovering
         });
         if all {
             let views = self.max_honest_view().saturating_sub(self.gst_view);
@@ -1122,6 +1306,11 @@ impl<'a> Sim<'a> {
     }
 
     fn send(&mut self, s: usize, to: Option<ValidatorIndex>, msg: Message) {
+        if self.honest(s)
+            && let Some(v) = self.shadow.record(self.slots[s].validator, &msg)
+        {
+            self.violations.push(v);
+        }
         match self.slots[s].byz {
             None | Some(Behaviour::Twins) => self.transmit(s, to, &msg),
             Some(Behaviour::Silent) => {}
@@ -1332,7 +1521,8 @@ fn corrupt(msg: &mut Message) {
         Message::Vote(v) => v.signature.0[7] ^= 0x40,
         Message::Timeout(t) => t.signature.0[7] ^= 0x40,
         Message::Checkpoint(c) => c.signature.0[7] ^= 0x40,
-        Message::BlockRequest(_) | Message::BlockResponse(_) => {}
+        Message::ViewReport(r) => r.signature.0[7] ^= 0x40,
+        Message::BlockRequest(_) | Message::BlockResponse(_) | Message::RecoveryQuery(_) => {}
     }
 }
 
