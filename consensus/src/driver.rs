@@ -21,10 +21,10 @@
 //!   `Persist` (safety state) returns only once durable, so it completes
 //!   before any later `Send` or `Broadcast` of the same list.
 //! * **D2 — a block before the signature that names it.** A block written
-//!   by `PersistBlock` is durable before any later vote, proposal or
-//!   timeout of the same list leaves: the safety state's synced write covers
-//!   it, and where no safety write came between them the driver asks the
-//!   block store to sync first.
+//!   by `PersistBlock` is durable before any later safety write, vote,
+//!   proposal or timeout of the same list: the driver asks the block store
+//!   to sync first. (The safety record has its own durable path, so its
+//!   write does not cover the blocks.)
 //! * **D3 — one list at a time.** Actions caused by performing an action
 //!   (a payload handed over at once) are performed after the rest of the
 //!   current list, never interleaved with it.
@@ -172,7 +172,8 @@ pub enum DriverError {
 }
 
 /// The durable safety record. `persist_safety` returns only once the state
-/// is durable (synced), and makes every earlier block write durable too.
+/// is durable (synced). It need not make block writes durable: the driver
+/// syncs them first (D2).
 pub trait SafetyStore {
     /// Writes the safety state durably.
     fn persist_safety(&mut self, state: &SafetyState) -> Result<(), PortError>;
@@ -650,8 +651,11 @@ impl<P: Ports> Driver<P> {
     fn perform(&mut self, now: Time, a: Action) -> Result<(), PortError> {
         match a {
             Action::Persist(s) => {
+                if self.unsynced_blocks {
+                    self.ports.sync_blocks()?;
+                    self.unsynced_blocks = false;
+                }
                 self.ports.persist_safety(&s)?;
-                self.unsynced_blocks = false;
             }
             Action::PersistBlock(b) => {
                 self.ports.persist_block(&b)?;

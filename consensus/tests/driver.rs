@@ -309,13 +309,14 @@ struct Case {
 fn the_driver_performs_each_input_as_the_contract_says() {
     let cases = vec![
         Case {
-            desc: "D1/D2: a proposal: the block, then the safety state, then the vote",
+            desc: "D1/D2: a proposal: the block, synced, then the safety state, then the vote",
             input: |n, d| {
                 let b1 = n.chain(1).remove(0);
                 d.on_bytes(Time(T0 + 1), ValidatorIndex(1), &n.proposal(b1))
             },
             expected: vec![
                 PersistBlock(1),
+                SyncBlocks,
                 PersistSafety { voted: 1 },
                 Send {
                     to: 2,
@@ -348,12 +349,14 @@ fn the_driver_performs_each_input_as_the_contract_says() {
             },
             expected: vec![
                 PersistBlock(1),
+                SyncBlocks,
                 PersistSafety { voted: 1 },
                 Send {
                     to: 2,
                     kind: "vote",
                 },
                 PersistBlock(2),
+                SyncBlocks,
                 PersistSafety { voted: 2 },
                 Send {
                     to: 3,
@@ -363,6 +366,7 @@ fn the_driver_performs_each_input_as_the_contract_says() {
                 // sits in the view before it: block 1 commits first.
                 Execute(1),
                 PersistBlock(3),
+                SyncBlocks,
                 PersistSafety { voted: 3 },
             ],
         },

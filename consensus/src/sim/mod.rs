@@ -14,10 +14,10 @@
 //! a failure names the seed, which replays it exactly.
 //!
 //! Each validator runs the same [`Driver`] as the node, over in-memory
-//! ports: its disk keeps block writes unsynced until the next safety write
-//! or sync and loses them at a crash, execution is asynchronous (results
-//! come back after a random delay), and a crash can strike between any two
-//! port calls of an action list.
+//! ports: its disk keeps block writes unsynced until the next sync and
+//! loses them at a crash, the safety record is a durable path of its own,
+//! execution is asynchronous (results come back after a random delay), and
+//! a crash can strike between any two port calls of an action list.
 //!
 //! Fakes live only here: the clock, the network and a disk that is a struct.
 
@@ -322,8 +322,8 @@ impl SimPorts {
 
 impl SafetyStore for SimPorts {
     fn persist_safety(&mut self, state: &SafetyState) -> Result<(), PortError> {
+        // Its own durable path: block writes are not synced by it (D2).
         self.call("safety store")?;
-        self.sync();
         self.disk.borrow_mut().safety = Some(state.clone());
         Ok(())
     }
