@@ -12,10 +12,11 @@ use std::process::ExitCode;
 use std::time::Instant;
 
 use phalanx_consensus::Flaw;
-use phalanx_consensus::sim::{Behaviour, SimConfig, run_many};
+use phalanx_consensus::sim::{Behaviour, SimConfig, Wipes, run_many};
 
 const USAGE: &str = "usage: simulate --validators N --byzantine F --seeds S --seed-start X \
-[--threads T] [--behaviour NAME]... [--flaw commit-on-single-qc|vote-ignores-lock|vote-twice-in-view|forget-safety] [--no-crashes] [--verbose]";
+[--threads T] [--behaviour NAME]... [--flaw commit-on-single-qc|vote-ignores-lock|vote-twice-in-view|forget-safety|recovery-without-quarantine] \
+[--wipes store|everything] [--no-crashes] [--verbose]";
 
 struct Args {
     n: usize,
@@ -26,6 +27,7 @@ struct Args {
     behaviours: Vec<Behaviour>,
     flaw: Option<String>,
     crashes: bool,
+    wipes: Option<String>,
     verbose: bool,
 }
 
@@ -39,6 +41,7 @@ fn parse() -> Result<Args, String> {
         behaviours: vec![],
         flaw: None,
         crashes: true,
+        wipes: None,
         verbose: false,
     };
     let mut it = std::env::args().skip(1);
@@ -61,6 +64,7 @@ fn parse() -> Result<Args, String> {
             }
             "--flaw" => a.flaw = Some(val()?),
             "--no-crashes" => a.crashes = false,
+            "--wipes" => a.wipes = Some(val()?),
             "--verbose" => a.verbose = true,
             "-h" | "--help" => return Err(USAGE.into()),
             other => return Err(format!("unknown argument {other}\n{USAGE}")),
@@ -92,11 +96,21 @@ fn main() -> ExitCode {
         Some("vote-ignores-lock") => cfg.flaw = Some(Flaw::VoteIgnoresLock),
         Some("vote-twice-in-view") => cfg.flaw = Some(Flaw::VoteTwiceInView),
         Some("forget-safety") => cfg.forget_safety_on_restart = true,
+        Some("recovery-without-quarantine") => cfg.flaw = Some(Flaw::RecoveryWithoutQuarantine),
         Some(other) => {
             eprintln!("unknown flaw {other}\n{USAGE}");
             return ExitCode::from(2);
         }
     }
+    cfg.wipes = match args.wipes.as_deref() {
+        None => Wipes::None,
+        Some("store") => Wipes::Store,
+        Some("everything") => Wipes::Everything,
+        Some(other) => {
+            eprintln!("unknown --wipes {other}\n{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
     let started = Instant::now();
     let outcomes = run_many(&cfg, args.start, args.seeds, args.threads);
     let mut failed = 0;
@@ -119,6 +133,9 @@ fn main() -> ExitCode {
             }
             if !args.crashes {
                 replay.push_str(" --no-crashes");
+            }
+            if let Some(w) = &args.wipes {
+                replay.push_str(&format!(" --wipes {w}"));
             }
             println!(
                 "FAIL seed {}: {} | replay: {replay}",

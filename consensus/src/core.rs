@@ -588,8 +588,12 @@ impl Core {
             // (same signature), with the current highest TC attached.
             let mut t = t.clone();
             t.payload.high_tc = self.high_tc.clone();
-            let msg = Message::Timeout(t);
-            self.out.push(Action::Broadcast(msg));
+            self.out
+                .push(Action::Broadcast(Message::Timeout(t.clone())));
+            // After a restart the aggregation sets are empty: count this
+            // validator's own timeout again, or a view in which every
+            // honest validator restarted can never form its certificate.
+            self.on_timeout_msg(Verified::trusted(t));
             return;
         }
         if self.safety.last_voted_view > view || !self.safety.may_sign_in(view) {

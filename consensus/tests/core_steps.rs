@@ -567,6 +567,47 @@ fn timer_fires_a_persisted_timeout_and_no_vote_follows_in_that_view() {
 }
 
 #[test]
+fn a_restarted_validator_counts_its_own_stored_timeout_towards_the_certificate() {
+    // Timed out in view 1, then restarted: its aggregation sets are empty.
+    // The two other timeouts plus its own re-sent one are a quorum.
+    let mut n = net();
+    let mut c = n.core(0);
+    c.handle(Time(9_000), Event::TimerFired { view: View(1) });
+    let safety = c.safety().clone();
+    assert_eq!(
+        safety.last_timeout.as_ref().map(|t| t.payload.view),
+        Some(View(1))
+    );
+    let g = n.genesis();
+    let restore = Restore {
+        safety,
+        committed: (g.clone(), genesis_qc(&g)),
+        stable: None,
+        blocks: vec![],
+    };
+    let (mut c, _) = Core::restore(
+        n.cfg.clone(),
+        n.keys[0].clone(),
+        Box::new(AcceptAll),
+        restore,
+        Time(10_000),
+    )
+    .unwrap();
+    for i in [1u16, 2] {
+        n.deliver(&mut c, i, n.timeout(i, 1), 10_100);
+    }
+    assert_eq!(c.view(), View(1), "two timeouts are not a quorum");
+    let out = c.handle(Time(20_000), Event::TimerFired { view: View(1) });
+    assert!(
+        out.iter().any(
+            |a| matches!(a, Action::Broadcast(Message::Timeout(t)) if t.signer == ValidatorIndex(0))
+        ),
+        "its stored timeout is re-sent"
+    );
+    assert_eq!(c.view(), View(2), "and counted: the certificate forms");
+}
+
+#[test]
 fn a_validator_that_joins_a_timeout_backs_off_as_p13_says() {
     // P13: f + 1 timeouts for a view make a validator join with
     // local_timeout() (P14), which backs its timer off like its own timeout.

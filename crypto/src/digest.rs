@@ -29,6 +29,14 @@ impl Digest {
         Digest(h.finalize().into())
     }
 
+    /// 32 bytes from the operating system's random source: a nonce no one
+    /// can have seen or predicted.
+    pub fn random() -> Result<Digest, CryptoError> {
+        let mut out = [0u8; 32];
+        getrandom::fill(&mut out).map_err(|e| CryptoError::Random(e.to_string()))?;
+        Ok(Digest(out))
+    }
+
     /// The raw bytes.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0

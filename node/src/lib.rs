@@ -13,5 +13,6 @@ pub mod metrics;
 pub mod net;
 pub mod rpc;
 pub mod runtime;
+pub mod safety;
 pub mod shared;
 pub mod statesync;

@@ -21,8 +21,9 @@ use phalanx_node::metrics::{self, Metrics};
 use phalanx_node::net::{self, NetConfig};
 use phalanx_node::rpc;
 use phalanx_node::runtime::{Runtime, Status, run_instrumented};
+use phalanx_node::safety::StartState;
 use phalanx_node::shared::{COMMIT_CHANNEL, Shared};
-use phalanx_storage::{Store, StoreOptions};
+use phalanx_storage::{SafetyRecord, Store, StoreOptions};
 use tokio::sync::{broadcast, mpsc, watch};
 use tracing::{error, info, warn};
 
@@ -94,6 +95,12 @@ enum Cmd {
         /// Log format override: "human" or "json".
         #[arg(long)]
         log_format: Option<String>,
+        /// Rejoin after the safety record was lost (a data directory kept
+        /// but its `safety.record` deleted or damaged): the validator signs
+        /// nothing until a quorum of the others has shown which views are
+        /// safe. A wiped data directory recovers without it.
+        #[arg(long)]
+        recover: bool,
     },
 }
 
@@ -119,7 +126,11 @@ fn main() -> std::process::ExitCode {
             &peers,
             json,
         ),
-        Cmd::Start { home, log_format } => start(&home, log_format),
+        Cmd::Start {
+            home,
+            log_format,
+            recover,
+        } => start(&home, log_format, recover),
         Cmd::Keys(k) => wallet::keys(k),
         Cmd::Tx(t) => wallet::tx(t),
         Cmd::Account { address, rpc, json } => wallet::account(&address, &rpc, json),
@@ -187,6 +198,11 @@ fn init(
         .with_context(|| format!("writing {}", key_path.display()))?;
     std::fs::write(&config_path, cfg.template())
         .with_context(|| format!("writing {}", config_path.display()))?;
+    // The record of a validator that has never signed: without it, a start
+    // could not tell a new validator from one whose data was wiped.
+    let data = Config::resolve(home, &cfg.data_dir);
+    phalanx_node::safety::create_fresh(&data)
+        .with_context(|| format!("writing the safety record in {}", data.display()))?;
     let public = key.public().to_hex();
     if json {
         println!(
@@ -224,7 +240,7 @@ fn init_logging(cfg: &Config, format: Option<String>) -> Result<()> {
     Ok(())
 }
 
-fn start(home: &Path, log_format: Option<String>) -> Result<()> {
+fn start(home: &Path, log_format: Option<String>, recover: bool) -> Result<()> {
     let cfg = Config::load(&home.join("config.toml"))?;
     init_logging(&cfg, log_format)?;
 
@@ -262,6 +278,9 @@ fn start(home: &Path, log_format: Option<String>) -> Result<()> {
         height = store.head().height,
         "store open"
     );
+    let genesis_block =
+        phalanx_consensus::Block::genesis(&genesis.chain_id, genesis.genesis_time_ms);
+    let (record, start_state) = phalanx_node::safety::open(&data, &store, &genesis_block, recover)?;
 
     let mut builder = tokio::runtime::Builder::new_multi_thread();
     if cfg.runtime_threads > 0 {
@@ -271,7 +290,7 @@ fn start(home: &Path, log_format: Option<String>) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let res = rt.block_on(run_node(cfg, genesis, key, store));
+    let res = rt.block_on(run_node(cfg, genesis, key, store, record, start_state));
     // Stop background tasks (which hold the store) before the lock goes.
     rt.shutdown_timeout(Duration::from_secs(5));
     drop(lock);
@@ -282,7 +301,14 @@ fn start(home: &Path, log_format: Option<String>) -> Result<()> {
     res
 }
 
-async fn run_node(cfg: Config, genesis: Genesis, key: KeyPair, store: Store) -> Result<()> {
+async fn run_node(
+    cfg: Config,
+    genesis: Genesis,
+    key: KeyPair,
+    store: Store,
+    record: SafetyRecord,
+    start_state: StartState,
+) -> Result<()> {
     let listen: Multiaddr = cfg.listen.parse().context("listen")?;
     let mut peers = Vec::new();
     for p in &cfg.peers {
@@ -354,6 +380,8 @@ async fn run_node(cfg: Config, genesis: Genesis, key: KeyPair, store: Store) -> 
         &genesis,
         key,
         store.clone(),
+        record,
+        start_state,
         network,
         delay,
         shared.clone(),

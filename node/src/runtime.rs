@@ -24,12 +24,13 @@ use phalanx_consensus::{
 };
 use phalanx_crypto::{Digest, KeyPair, ValidatorIndex, encode};
 use phalanx_ledger::{Genesis, decode_payload, encode_payload, prepare_payload_trusting};
-use phalanx_storage::{StorageError, Store};
+use phalanx_storage::{SafetyRecord, StorageError, Store};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::metrics::{self, Metrics, StorageOp, VerifyWhat};
 use crate::net::{Inbound, Network};
+use crate::safety::StartState;
 use crate::shared::{CommitNotice, Shared};
 
 /// Runtime failures: all fatal (the node stops rather than run on).
@@ -153,10 +154,14 @@ struct Executed {
 /// The driver's ports in the node.
 struct NodePorts {
     store: Arc<Store>,
+    /// The safety record: a file of its own (see `phalanx_storage::SafetyRecord`).
+    record: SafetyRecord,
     net: Network,
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
     max_block_txs: usize,
+    /// The last safety state written was in recovery (P19).
+    quarantined: bool,
     /// Blocks persisted and not yet executed, by id.
     seen: HashMap<Digest, SeenBlock>,
     jobs: std_mpsc::Sender<Job>,
@@ -169,10 +174,23 @@ fn port_err(port: &'static str) -> impl Fn(StorageError) -> PortError {
 impl SafetyStore for NodePorts {
     fn persist_safety(&mut self, state: &SafetyState) -> Result<(), PortError> {
         let t = Instant::now();
+        let was_quarantined = self.quarantined;
+        self.record
+            .write_state(state)
+            .map_err(port_err("safety store"))?;
+        // Unsynced: it reaches the disk with the next synced write, and lets
+        // the next start refuse a record file older than the store.
         self.store
-            .put_safety(state)
+            .note_safety_counter(self.record.counter())
             .map_err(port_err("safety store"))?;
         self.metrics.storage(StorageOp::SafetyWrite, t.elapsed());
+        self.quarantined = state.quarantine.is_some();
+        if was_quarantined && !self.quarantined {
+            warn!(
+                floor = state.floor.0,
+                "recovery (P19) complete: signing again in views above the floor"
+            );
+        }
         Ok(())
     }
 }
@@ -505,10 +523,15 @@ impl Runtime {
     /// off), starts the executor thread and performs the core's first
     /// actions. `status` is where the rest of the node reads consensus
     /// status from.
+    // One call builds the shell from everything it needs; a builder would
+    // only move the list elsewhere.
+    #[allow(clippy::too_many_arguments)]
     pub fn new(
         genesis: &Genesis,
         key: KeyPair,
         store: Arc<Store>,
+        record: SafetyRecord,
+        start: StartState,
         net: Network,
         empty_block_delay: Duration,
         shared: Arc<Shared>,
@@ -529,14 +552,22 @@ impl Runtime {
                 what: "head certificate",
                 height: head.height,
             })?;
-        let safety = match store.load_safety()? {
-            Some(s) => s,
-            // Never signed from this store: a new validator, or one whose
-            // data was wiped and state-synced (its highest certificate is
-            // then the commit certificate of the restored checkpoint).
-            None if head.height > 0 => SafetyState::initial(cert.clone()),
-            None => SafetyState::initial(genesis_qc(&genesis_block)),
+        let safety = match start {
+            // Never signed: a new validator, perhaps state-synced (its
+            // highest certificate is then the restored checkpoint's commit
+            // certificate).
+            StartState::Fresh if head.height > 0 => SafetyState::initial(cert.clone()),
+            StartState::Fresh => SafetyState::initial(genesis_qc(&genesis_block)),
+            StartState::Resume(mut s) => {
+                // A recovering validator's record was made before its state
+                // sync: follow on from what the store holds now.
+                if s.quarantine.is_some() && cert.payload.view > s.high_qc.payload.view {
+                    s.high_qc = cert.clone();
+                }
+                *s
+            }
         };
+        let quarantined = safety.quarantine.is_some();
         let restore = Restore {
             safety,
             committed: (block, cert),
@@ -558,6 +589,8 @@ impl Runtime {
         };
         let ports = NodePorts {
             store,
+            record,
+            quarantined,
             net,
             shared: shared.clone(),
             metrics: metrics.clone(),

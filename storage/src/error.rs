@@ -24,9 +24,11 @@ pub enum StorageError {
     #[error("corrupted store: {0}")]
     Corrupt(String),
     /// The safety-state record cannot be trusted. A validator must never sign
-    /// from it: restore it from a backup or start a new validator identity.
+    /// from it: delete it and recover (`phalanx start --recover`), which
+    /// signs nothing until peers show which views are safe.
     #[error(
-        "consensus safety state is damaged ({0}); refusing to start, since signing from it could equivocate"
+        "consensus safety state is damaged ({0}); refusing to start, since signing from it could equivocate. \
+         Delete the record and start with `phalanx start --recover` to rejoin in recovery"
     )]
     SafetyStateCorrupt(String),
     /// A block that does not extend the head.
@@ -55,6 +57,23 @@ pub enum StorageError {
     /// A checkpoint that does not match this store's chain.
     #[error("checkpoint mismatch: {0}")]
     Checkpoint(String),
+    /// A file outside RocksDB (the safety record) could not be read or
+    /// written.
+    #[error("i/o: {0}")]
+    Io(String),
+    /// The safety record is older than the store: it was restored from a
+    /// backup or copied in. Signing from it could equivocate.
+    #[error(
+        "the safety record {path} is older than the store (record write {record}, store has seen write {store});          refusing to start, since signing from it could equivocate. If the record was restored from a backup,          delete it and start with `phalanx start --recover`"
+    )]
+    SafetyRolledBack {
+        /// The record.
+        path: PathBuf,
+        /// The record's counter.
+        record: u64,
+        /// The counter the store noted.
+        store: u64,
+    },
     /// The ledger failed (state tree or execution).
     #[error("ledger: {0}")]
     Ledger(#[from] phalanx_ledger::LedgerError),

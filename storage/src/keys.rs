@@ -32,6 +32,8 @@ pub const META_FORMAT: &[u8] = b"format_version";
 /// Present while a state restore is under way (removed by its last batch).
 pub const META_RESTORING: &[u8] = b"restoring";
 pub const SAFETY_KEY: &[u8] = b"state";
+/// The counter of the last safety record written (see `crate::safety`).
+pub const SAFETY_COUNTER_KEY: &[u8] = b"counter";
 
 /// The on-disk format version this code writes and reads.
 pub const FORMAT_VERSION: u32 = 2;

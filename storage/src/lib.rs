@@ -5,15 +5,16 @@
 //! transactions and receipts, account versions, the state root and the new
 //! head in one `WriteBatch`), the in-memory state tree rebuilt from the
 //! account versions at open, the sync policy, the consensus safety state
-//! (fail closed when damaged), checkpoint snapshots served in verifiable
+//! (its own file, fail closed when damaged), checkpoint snapshots served in verifiable
 //! chunks, and pruning. It is the only crate that links RocksDB.
 //!
 //! Sync policy:
-//! * the safety state is written with `sync = true` before the message it
-//!   guards may leave the process ([`Store::put_safety`]);
+//! * the safety state is a file of its own ([`SafetyRecord`]), replaced
+//!   atomically and synced before the message it guards may leave the
+//!   process; RocksDB's log recovery can never take it back in time;
 //! * blocks persisted for consensus ([`Store::put_pending_block`]) are
-//!   written without sync: they always precede a safety-state write in the
-//!   same action list, whose WAL sync makes them durable too;
+//!   written without sync; the driver syncs the log ([`Store::sync_wal`])
+//!   before the safety write or message that depends on them;
 //! * a committed block is written with `sync = true` before it may be
 //!   acknowledged to any client ([`Store::apply_block`]);
 //! * the WAL is always on, recovering to the last complete write batch
@@ -27,12 +28,14 @@ mod accounts;
 pub mod crashtest;
 mod error;
 mod keys;
+mod safety;
 mod snapshot;
 mod store;
 #[cfg(feature = "testkit")]
 pub mod testkit;
 
 pub use error::StorageError;
+pub use safety::{SAFETY_FILE, SafetyBody, SafetyRecord, record_bytes};
 pub use snapshot::{
     MAX_CHUNK_ACCOUNTS, MAX_MANIFEST_DEPTH, SnapshotManifest, StateChunk, StateRestore,
     TARGET_BUCKET_ACCOUNTS,

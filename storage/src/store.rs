@@ -26,7 +26,35 @@ use crate::snapshot::SnapshotManifest;
 /// Largest stored record decoded, bytes.
 const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 /// Magic prefix of the safety-state record.
-const SAFETY_MAGIC: &[u8; 4] = b"PXS1";
+/// The header of the safety record older versions kept in the store.
+const LEGACY_SAFETY_MAGIC: &[u8; 4] = b"PXS1";
+
+/// The safety state as older versions wrote it (before recovery added
+/// `floor` and `quarantine`).
+#[derive(serde::Deserialize)]
+struct LegacySafetyState {
+    last_voted_view: phalanx_consensus::View,
+    high_qc: phalanx_consensus::QuorumCert,
+    last_vote: Option<phalanx_crypto::Signed<phalanx_consensus::Vote>>,
+    last_timeout: Option<phalanx_crypto::Signed<phalanx_consensus::Timeout>>,
+    last_proposed_view: phalanx_consensus::View,
+    high_tc: Option<phalanx_consensus::TimeoutCert>,
+}
+
+impl LegacySafetyState {
+    fn into_current(self) -> SafetyState {
+        SafetyState {
+            last_voted_view: self.last_voted_view,
+            high_qc: self.high_qc,
+            last_vote: self.last_vote,
+            last_timeout: self.last_timeout,
+            last_proposed_view: self.last_proposed_view,
+            high_tc: self.high_tc,
+            floor: phalanx_consensus::View(0),
+            quarantine: None,
+        }
+    }
+}
 
 /// Tuning knobs of the store.
 #[derive(Clone, Debug)]
@@ -651,37 +679,48 @@ impl Store {
 
     // ----- consensus safety state and pending blocks -------------------------
 
-    /// Writes the safety state, synced, as a checksummed record. Returns only
-    /// once it is durable.
-    pub fn put_safety(&self, state: &SafetyState) -> Result<(), StorageError> {
-        let payload = encode(state);
-        let mut rec = Vec::with_capacity(payload.len() + 40);
-        rec.extend_from_slice(SAFETY_MAGIC);
-        rec.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        rec.extend_from_slice(&payload);
-        rec.extend_from_slice(&Digest::of(&payload).0);
-        self.put_safety_raw(&rec)
-    }
-
-    /// Writes raw bytes as the safety record (for tests of damaged records).
-    #[doc(hidden)]
-    pub fn put_safety_raw(&self, rec: &[u8]) -> Result<(), StorageError> {
-        let mut w = WriteOptions::default();
-        w.set_sync(true);
-        self.db
-            .put_cf_opt(self.cf(CF_SAFETY)?, SAFETY_KEY, rec, &w)?;
+    /// Notes the counter of the safety record just written (unsynced: it
+    /// reaches the disk with the next synced write). The store can then
+    /// tell a record file older than itself (see [`crate::SafetyRecord`]).
+    pub fn note_safety_counter(&self, counter: u64) -> Result<(), StorageError> {
+        self.db.put_cf(
+            self.cf(CF_SAFETY)?,
+            SAFETY_COUNTER_KEY,
+            counter.to_be_bytes(),
+        )?;
         Ok(())
     }
 
-    /// Reads the safety state: `None` for a validator that never signed;
-    /// an error, never a default, for a record that is truncated, altered or
-    /// undecodable (fail closed).
-    pub fn load_safety(&self) -> Result<Option<SafetyState>, StorageError> {
+    /// The last safety record counter noted (0 if none).
+    pub fn safety_counter(&self) -> Result<u64, StorageError> {
+        Ok(
+            match self.db.get_cf(self.cf(CF_SAFETY)?, SAFETY_COUNTER_KEY)? {
+                Some(b) if b.len() == 8 => u64::from_be_bytes(
+                    b.as_slice()
+                        .try_into()
+                        .map_err(|_| StorageError::Corrupt("safety counter".into()))?,
+                ),
+                Some(_) => return Err(StorageError::Corrupt("safety counter".into())),
+                None => 0,
+            },
+        )
+    }
+
+    /// True if the store holds anything beyond genesis: committed blocks or
+    /// blocks persisted for consensus.
+    pub fn holds_data(&self) -> Result<bool, StorageError> {
+        Ok(self.head_height().0 > 0 || !self.pending_blocks()?.is_empty())
+    }
+
+    /// Reads the safety state that older versions kept inside the store
+    /// (`None` if there is none); an error, never a default, for a record
+    /// that is damaged (fail closed). Used once, to move it to its own file.
+    pub fn legacy_safety(&self) -> Result<Option<SafetyState>, StorageError> {
         let Some(rec) = self.db.get_cf(self.cf(CF_SAFETY)?, SAFETY_KEY)? else {
             return Ok(None);
         };
-        let bad = |why: &str| StorageError::SafetyStateCorrupt(why.to_string());
-        if rec.len() < 8 + 32 || &rec[..4] != SAFETY_MAGIC {
+        let bad = |why: &str| StorageError::SafetyStateCorrupt(format!("in the store: {why}"));
+        if rec.len() < 8 + 32 || &rec[..4] != LEGACY_SAFETY_MAGIC {
             return Err(bad("bad header or truncated"));
         }
         let len = u32::from_be_bytes([rec[4], rec[5], rec[6], rec[7]]) as usize;
@@ -692,9 +731,27 @@ impl Store {
         if Digest::of(payload).0 != rec[8 + len..] {
             return Err(bad("checksum mismatch"));
         }
-        decode::<SafetyState>(payload, MAX_RECORD_BYTES)
-            .map(Some)
+        decode::<LegacySafetyState>(payload, MAX_RECORD_BYTES)
+            .map(|l| Some(l.into_current()))
             .map_err(|e| bad(&format!("undecodable: {e}")))
+    }
+
+    /// Deletes the store's legacy safety state (after it was moved), synced.
+    pub fn delete_legacy_safety(&self) -> Result<(), StorageError> {
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        self.db.delete_cf_opt(self.cf(CF_SAFETY)?, SAFETY_KEY, &w)?;
+        Ok(())
+    }
+
+    /// Writes a legacy safety record's raw bytes (for tests of the move).
+    #[doc(hidden)]
+    pub fn put_legacy_safety_raw(&self, rec: &[u8]) -> Result<(), StorageError> {
+        let mut w = WriteOptions::default();
+        w.set_sync(true);
+        self.db
+            .put_cf_opt(self.cf(CF_SAFETY)?, SAFETY_KEY, rec, &w)?;
+        Ok(())
     }
 
     /// Persists an uncommitted block for consensus (see the sync policy).

@@ -10,7 +10,8 @@ use phalanx_crypto::{ChainId, Digest};
 use phalanx_ledger::{TxStatus, verify_account_proof};
 use phalanx_storage::testkit::{account_key, genesis, next_block, transfers};
 use phalanx_storage::{
-    PENDING_WRITE_BUFFER_BYTES, StateRestore, StorageError, Store, StoreOptions,
+    PENDING_WRITE_BUFFER_BYTES, SAFETY_FILE, SafetyBody, SafetyRecord, StateRestore, StorageError,
+    Store, StoreOptions, record_bytes,
 };
 
 const ACCOUNTS: u64 = 200;
@@ -134,52 +135,202 @@ fn safety() -> SafetyState {
 }
 
 #[test]
-fn safety_state_round_trips_and_fails_closed_when_damaged() {
+fn the_safety_record_round_trips_counts_its_writes_and_fails_closed_when_damaged() {
     let dir = tempfile::tempdir().unwrap();
-    let s = open(dir.path());
-    assert_eq!(s.load_safety().unwrap(), None, "a new validator has none");
-    s.put_safety(&safety()).unwrap();
-    drop(s);
-    let s = open(dir.path());
-    assert_eq!(s.load_safety().unwrap(), Some(safety()));
+    let (mut r, body) = SafetyRecord::open(dir.path()).unwrap();
+    assert_eq!(body, None, "no record yet");
+    r.write(&SafetyBody::Fresh).unwrap();
+    let (_, body) = SafetyRecord::open(dir.path()).unwrap();
+    assert_eq!(body, Some(SafetyBody::Fresh));
+    r.write_state(&safety()).unwrap();
+    drop(r);
+    let (r, body) = SafetyRecord::open(dir.path()).unwrap();
+    assert_eq!(body, Some(SafetyBody::State(Box::new(safety()))));
+    assert_eq!(r.counter(), 2);
 
-    // Rebuild the record's bytes, then damage them in each way.
-    let good = {
-        let payload = phalanx_crypto::encode(&safety());
-        let mut r = b"PXS1".to_vec();
-        r.extend_from_slice(&(payload.len() as u32).to_be_bytes());
-        r.extend_from_slice(&payload);
-        r.extend_from_slice(&Digest::of(&payload).0);
-        r
-    };
-    s.put_safety_raw(&good).unwrap();
+    // A write that never reached its rename leaves a temporary file: it is
+    // ignored and removed.
+    let path = SafetyRecord::path_in(dir.path());
+    let tmp = dir.path().join(format!("{SAFETY_FILE}.tmp"));
+    std::fs::write(&tmp, b"half a record").unwrap();
+    let (_, body) = SafetyRecord::open(dir.path()).unwrap();
+    assert_eq!(body, Some(SafetyBody::State(Box::new(safety()))));
+    assert!(!tmp.exists());
+
+    let good = record_bytes(2, &SafetyBody::State(Box::new(safety())));
     assert_eq!(
-        s.load_safety().unwrap(),
-        Some(safety()),
+        std::fs::read(&path).unwrap(),
+        good,
         "the format is as documented"
     );
     let mut flipped = good.clone();
-    flipped[12] ^= 1;
+    flipped[20] ^= 1;
+    let mut counter = good.clone();
+    counter[11] ^= 1;
     let truncated = good[..good.len() - 5].to_vec();
+    let mut extended = good.clone();
+    extended.push(0);
     let mut bad_magic = good.clone();
     bad_magic[0] = b'X';
     for (what, bytes) in [
         ("flipped byte", flipped),
+        ("altered counter", counter),
         ("truncated", truncated),
+        ("extended", extended),
         ("bad magic", bad_magic),
         ("empty", vec![]),
     ] {
-        s.put_safety_raw(&bytes).unwrap();
-        let err = s
-            .load_safety()
+        std::fs::write(&path, &bytes).unwrap();
+        let err = SafetyRecord::open(dir.path())
             .err()
             .unwrap_or_else(|| panic!("{what} accepted"));
         assert!(
             matches!(err, StorageError::SafetyStateCorrupt(_)),
             "{what}: {err}"
         );
-        assert!(err.to_string().contains("refusing to start"));
+        let msg = err.to_string();
+        assert!(
+            msg.contains("refusing to start") && msg.contains("--recover"),
+            "{msg}"
+        );
+        assert!(msg.contains(SAFETY_FILE), "names the file: {msg}");
     }
+}
+
+/// Flips one byte in the middle of the store's oldest WAL file: a damaged
+/// record with intact, synced records after it.
+fn corrupt_wal_middle(dir: &Path) {
+    let logs = wal_files(dir);
+    let wal = logs.first().expect("a WAL file");
+    let mut bytes = std::fs::read(wal).unwrap();
+    assert!(bytes.len() > 4096, "the log holds the writes");
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x5a;
+    std::fs::write(wal, bytes).unwrap();
+}
+
+#[test]
+fn a_damaged_log_record_cannot_take_the_safety_record_back_in_time() {
+    // Writes alternate with synced store writes, as on a validator; then a
+    // record in the middle of the store's log is damaged. The store's
+    // recovery drops every batch after it. The safety record lives outside
+    // the log: it still holds the last vote, or the node refuses to start.
+    let dir = tempfile::tempdir().unwrap();
+    let g = phalanx_consensus::Block::genesis(&ChainId::new("x").unwrap(), 0);
+    let state = |v: u64| {
+        let mut s = SafetyState::initial(genesis_qc(&g));
+        s.last_voted_view = phalanx_consensus::View(v);
+        s
+    };
+    // The legacy layout (the state inside the store) next to the file, as
+    // a control: the same damage must take that copy back.
+    let legacy = |v: u64| {
+        #[derive(serde::Serialize)]
+        struct Old {
+            last_voted_view: phalanx_consensus::View,
+            high_qc: phalanx_consensus::QuorumCert,
+            last_vote: Option<()>,
+            last_timeout: Option<()>,
+            last_proposed_view: phalanx_consensus::View,
+            high_tc: Option<()>,
+        }
+        let payload = phalanx_crypto::encode(&Old {
+            last_voted_view: phalanx_consensus::View(v),
+            high_qc: genesis_qc(&g),
+            last_vote: None,
+            last_timeout: None,
+            last_proposed_view: phalanx_consensus::View(0),
+            high_tc: None,
+        });
+        let mut r = b"PXS1".to_vec();
+        r.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+        r.extend_from_slice(&payload);
+        r.extend_from_slice(&Digest::of(&payload).0);
+        r
+    };
+    const LAST: u64 = 200;
+    {
+        let s = open(dir.path());
+        let (mut rec, _) = SafetyRecord::open(dir.path()).unwrap();
+        let blocks = (1..=LAST).map(|_| {
+            let txs = transfers(&s, s.chain_id(), ACCOUNTS, 1, 7, 20).unwrap();
+            next_block(&s, &txs).0
+        });
+        for (v, mut b) in (1..=LAST).zip(blocks) {
+            b.header.view = phalanx_consensus::View(v);
+            s.put_pending_block(&b).unwrap();
+            s.sync_wal().unwrap();
+            rec.write_state(&state(v)).unwrap();
+            s.note_safety_counter(rec.counter()).unwrap();
+            s.put_legacy_safety_raw(&legacy(v)).unwrap();
+        }
+    }
+    corrupt_wal_middle(dir.path());
+    let reopened = Store::open(dir.path(), &genesis(ACCOUNTS), StoreOptions::default());
+    let (rec, body) = SafetyRecord::open(dir.path()).unwrap();
+    assert_eq!(
+        body,
+        Some(SafetyBody::State(Box::new(state(LAST)))),
+        "the record keeps the last vote whatever the log lost"
+    );
+    if let Ok(s) = reopened {
+        rec.check_against(&s)
+            .expect("a record newer than the store is fine");
+        let old = s.legacy_safety().unwrap().map(|x| x.last_voted_view.0);
+        assert!(
+            old.is_some_and(|v| v < LAST),
+            "control: the damage took the in-store copy back (it says {old:?})"
+        );
+    }
+}
+
+#[test]
+fn a_safety_record_older_than_the_store_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let (mut rec, _) = SafetyRecord::open(dir.path()).unwrap();
+    let path = rec.path().to_path_buf();
+    let mut backup = Vec::new();
+    for v in 1..=3 {
+        let mut st = safety();
+        st.last_voted_view = phalanx_consensus::View(v);
+        rec.write_state(&st).unwrap();
+        s.note_safety_counter(rec.counter()).unwrap();
+        s.sync_wal().unwrap();
+        if v == 1 {
+            backup = std::fs::read(&path).unwrap();
+        }
+    }
+    rec.check_against(&s).unwrap();
+    std::fs::write(&path, &backup).unwrap();
+    let (old, _) = SafetyRecord::open(dir.path()).unwrap();
+    let err = old.check_against(&s).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            StorageError::SafetyRolledBack {
+                record: 1,
+                store: 3,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert!(err.to_string().contains("--recover"));
+}
+
+#[test]
+fn the_legacy_in_store_safety_state_is_read_and_deleted() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    assert_eq!(s.legacy_safety().unwrap(), None);
+    s.put_legacy_safety_raw(b"PXS1junk").unwrap();
+    assert!(matches!(
+        s.legacy_safety().unwrap_err(),
+        StorageError::SafetyStateCorrupt(_)
+    ));
+    s.delete_legacy_safety().unwrap();
+    assert_eq!(s.legacy_safety().unwrap(), None);
 }
 
 #[test]

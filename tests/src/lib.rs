@@ -284,6 +284,11 @@ impl Cluster {
 
     /// Starts node `i` (appending to its log).
     pub fn start(&mut self, i: usize) {
+        self.start_with(i, &[]);
+    }
+
+    /// Starts node `i` with extra `phalanx start` arguments.
+    pub fn start_with(&mut self, i: usize, args: &[&str]) {
         let n = &mut self.nodes[i];
         assert!(n.child.is_none(), "node {i} is already running");
         let log = std::fs::OpenOptions::new()
@@ -297,6 +302,7 @@ impl Cluster {
             .arg("--home")
             .arg(&n.home)
             .args(["--log-format", "json"])
+            .args(args)
             .stdin(Stdio::null())
             .stdout(Stdio::from(log))
             .stderr(Stdio::from(err))
@@ -393,6 +399,23 @@ impl Cluster {
             .rposition(|r| r["message"] == "store open")
             .unwrap_or(0);
         all[from..].to_vec()
+    }
+
+    /// Deletes node `i`'s safety record, keeping the rest of its data (it
+    /// must be stopped).
+    pub fn delete_safety_record(&mut self, i: usize) {
+        assert!(self.nodes[i].child.is_none(), "stop node {i} first");
+        // `phalanx_storage::SAFETY_FILE`, named here so that this crate
+        // does not link the store.
+        let rec = self.nodes[i].home.join("data").join("safety.record");
+        std::fs::remove_file(&rec).expect("removing the safety record");
+    }
+
+    /// The sum over every running node of a counter's value.
+    pub fn metric_sum(&self, series: &str) -> f64 {
+        (0..self.nodes.len())
+            .filter_map(|i| self.metric(i, series))
+            .sum()
     }
 
     /// Deletes node `i`'s data directory (it must be stopped).

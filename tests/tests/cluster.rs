@@ -246,6 +246,14 @@ fn a_wiped_validator_state_syncs_from_a_checkpoint_and_rejoins() {
     c.kill(3);
     c.wipe_data(3);
     c.start(3);
+    // Its record went with the data: it recovers (P19) by itself.
+    c.wait_until("the wiped validator starts in recovery", |c| {
+        c.records_since_start(3).iter().any(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("no safety record: recovering"))
+        })
+    });
     c.wait_until("the wiped validator state-syncs", |c| {
         c.records_since_start(3)
             .iter()
@@ -285,5 +293,47 @@ fn a_wiped_validator_state_syncs_from_a_checkpoint_and_rejoins() {
         }
     }
     assert!(compared > 0);
+    // It left quarantine, and nobody holds evidence against it: it never
+    // signed twice in a view.
+    c.wait_until("its recovery completes", |c| {
+        c.records_since_start(3).iter().any(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("recovery (P19) complete"))
+        })
+    });
+    assert_eq!(c.metric_sum("phalanx_equivocations_total"), 0.0);
+    assert_agreement(&c);
+}
+
+#[test]
+fn a_lost_safety_record_with_data_kept_refuses_to_start_until_told_to_recover() {
+    let mut c = Cluster::new(ClusterOptions {
+        extra_config: "empty_block_delay_ms = 50".into(),
+        ..ClusterOptions::default()
+    });
+    c.start_all();
+    c.wait_until("every node commits height 8", |c| {
+        (0..4).all(|i| c.height(i) >= 8)
+    });
+    c.kill(2);
+    c.delete_safety_record(2);
+    let (code, out) = c.start_again(2);
+    assert_ne!(code, Some(0), "{out}");
+    assert!(
+        out.contains("safety record") && out.contains("--recover"),
+        "the error names the way out: {out}"
+    );
+    c.start_with(2, &["--recover"]);
+    c.wait_until("it recovers", |c| {
+        c.records_since_start(2).iter().any(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("recovery (P19) complete"))
+        })
+    });
+    let target = (0..4).map(|i| c.height(i)).max().unwrap() + 3;
+    c.wait_until("it commits with the others", |c| c.height(2) >= target);
+    assert_eq!(c.metric_sum("phalanx_equivocations_total"), 0.0);
     assert_agreement(&c);
 }
