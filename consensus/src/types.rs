@@ -118,9 +118,13 @@ impl Block {
     }
 
     /// The genesis block of `chain`: height 0, view 0, no parent. Its id
-    /// differs per chain id and genesis time.
+    /// differs per chain id, genesis time and, for a chain id bound to its
+    /// genesis ([`ChainId::bound_to`]), per genesis hash.
     pub fn genesis(chain: &ChainId, timestamp_ms: u64) -> Block {
-        let payload = chain.as_str().as_bytes().to_vec();
+        let mut payload = chain.as_str().as_bytes().to_vec();
+        if let Some(g) = chain.genesis() {
+            payload.extend_from_slice(&g.0);
+        }
         Block {
             header: BlockHeader {
                 parent: Digest::ZERO,

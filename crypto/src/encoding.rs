@@ -11,7 +11,7 @@ use std::fmt;
 
 use serde::{Deserialize, Serialize, de::DeserializeOwned};
 
-use crate::CryptoError;
+use crate::{CryptoError, Digest};
 
 /// Longest chain id accepted, in bytes.
 pub const MAX_CHAIN_ID_LEN: usize = 64;
@@ -19,6 +19,10 @@ pub const MAX_CHAIN_ID_LEN: usize = 64;
 /// Prefix of every signed byte string; versioned so that a future format can
 /// never be confused with this one.
 const SIGNING_PREFIX: &[u8] = b"PHALANX-SIG-V1\0";
+/// Prefix of signatures under a chain id bound to its genesis: the genesis
+/// hash follows the chain id. A different prefix, so that no byte string is
+/// both a bound and an unbound signing input.
+const SIGNING_PREFIX_BOUND: &[u8] = b"PHALANX-SIG-V2\0";
 
 /// The purpose a signature was made for. Each signed message kind has its own
 /// domain, so a signature made for one kind can never verify as another.
@@ -41,9 +45,17 @@ pub trait SignedPayload: Serialize {
 /// signed for one chain is never valid on another.
 ///
 /// 1 to [`MAX_CHAIN_ID_LEN`] bytes of ASCII letters, digits, `-`, `_` or `.`.
+/// Consensus signs with the id **bound to the genesis hash**
+/// ([`ChainId::bound_to`]): two chains that share a name and validator keys
+/// but differ in anything their genesis holds never accept each other's
+/// signatures. The binding is not part of the id's encoding (a transaction
+/// carries the name only).
 #[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
 #[serde(try_from = "String", into = "String")]
-pub struct ChainId(String);
+pub struct ChainId {
+    id: String,
+    genesis: Option<Digest>,
+}
 
 impl ChainId {
     /// Validates and wraps a chain id.
@@ -63,13 +75,24 @@ impl ChainId {
         };
         match reason {
             Some(reason) => Err(CryptoError::InvalidChainId { id, reason }),
-            None => Ok(ChainId(id)),
+            None => Ok(ChainId { id, genesis: None }),
         }
     }
 
     /// The id as text.
     pub fn as_str(&self) -> &str {
-        &self.0
+        &self.id
+    }
+
+    /// The same id bound to the hash of its chain's genesis.
+    pub fn bound_to(mut self, genesis: Digest) -> ChainId {
+        self.genesis = Some(genesis);
+        self
+    }
+
+    /// The genesis hash this id is bound to, if any.
+    pub fn genesis(&self) -> Option<&Digest> {
+        self.genesis.as_ref()
     }
 }
 
@@ -82,19 +105,22 @@ impl TryFrom<String> for ChainId {
 
 impl From<ChainId> for String {
     fn from(c: ChainId) -> String {
-        c.0
+        c.id
     }
 }
 
 impl fmt::Debug for ChainId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "ChainId({})", self.0)
+        match &self.genesis {
+            Some(g) => write!(f, "ChainId({}@{})", self.id, g.short()),
+            None => write!(f, "ChainId({})", self.id),
+        }
     }
 }
 
 impl fmt::Display for ChainId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
+        f.write_str(&self.id)
     }
 }
 
@@ -167,10 +193,15 @@ pub fn signing_bytes<T: SignedPayload + ?Sized>(chain: &ChainId, payload: &T) ->
 /// from a canonical encoding, say), rather than encoding the payload again.
 pub fn signing_bytes_of(domain: Domain, chain: &ChainId, body: &[u8]) -> Vec<u8> {
     let domain = domain.0.as_bytes();
+    let genesis = chain.genesis().copied();
     let chain = chain.as_str().as_bytes();
-    let mut out =
-        Vec::with_capacity(SIGNING_PREFIX.len() + 2 + domain.len() + chain.len() + body.len());
-    out.extend_from_slice(SIGNING_PREFIX);
+    let mut out = Vec::with_capacity(
+        SIGNING_PREFIX_BOUND.len() + 2 + domain.len() + chain.len() + 32 + body.len(),
+    );
+    out.extend_from_slice(match genesis {
+        Some(_) => SIGNING_PREFIX_BOUND,
+        None => SIGNING_PREFIX,
+    });
     // Both lengths fit in a byte: domains are short constants and chain ids
     // are at most 64 bytes (checked by `ChainId::new`).
     debug_assert!(domain.len() < 256 && chain.len() <= MAX_CHAIN_ID_LEN);
@@ -178,6 +209,9 @@ pub fn signing_bytes_of(domain: Domain, chain: &ChainId, body: &[u8]) -> Vec<u8>
     out.extend_from_slice(domain);
     out.push(chain.len() as u8);
     out.extend_from_slice(chain);
+    if let Some(g) = genesis {
+        out.extend_from_slice(&g.0);
+    }
     out.extend_from_slice(body);
     out
 }
@@ -228,6 +262,21 @@ mod tests {
         assert_ne!(signing_bytes(&c1, &A(7)), signing_bytes(&c1, &B(7)));
         assert_ne!(signing_bytes(&c1, &A(7)), signing_bytes(&c2, &A(7)));
         assert_eq!(signing_bytes(&c1, &A(7)), signing_bytes(&c1, &A(7)));
+    }
+
+    #[test]
+    fn a_chain_id_bound_to_a_genesis_separates_signatures_and_keeps_its_encoding() {
+        let c = ChainId::new("one").unwrap();
+        let g1 = c.clone().bound_to(Digest::of(b"genesis 1"));
+        let g2 = c.clone().bound_to(Digest::of(b"genesis 2"));
+        let a = signing_bytes(&c, &A(7));
+        assert_ne!(a, signing_bytes(&g1, &A(7)));
+        assert_ne!(signing_bytes(&g1, &A(7)), signing_bytes(&g2, &A(7)));
+        // A bound input never equals an unbound one, whatever the body: the
+        // prefixes differ.
+        assert_ne!(signing_bytes(&g1, &A(7))[..15], a[..15]);
+        assert_eq!(encode(&g1), encode(&c), "the binding is not encoded");
+        assert_eq!(g1.as_str(), "one");
     }
 
     #[test]

@@ -145,6 +145,14 @@ impl Genesis {
     pub fn hash(&self) -> Digest {
         Digest::of_parts(&[b"phalanx/genesis", &encode(self)])
     }
+
+    /// The chain id consensus signs with: bound to this genesis's hash, so
+    /// that chains differing in validators, accounts or parameters (or a
+    /// chain relaunched with the same name and keys) never accept each
+    /// other's blocks or certificates.
+    pub fn consensus_chain(&self) -> ChainId {
+        self.chain_id.clone().bound_to(self.hash())
+    }
 }
 
 #[cfg(test)]

@@ -279,7 +279,7 @@ fn start(home: &Path, log_format: Option<String>, recover: bool) -> Result<()> {
         "store open"
     );
     let genesis_block =
-        phalanx_consensus::Block::genesis(&genesis.chain_id, genesis.genesis_time_ms);
+        phalanx_consensus::Block::genesis(&genesis.consensus_chain(), genesis.genesis_time_ms);
     let (record, start_state) = phalanx_node::safety::open(&data, &store, &genesis_block, recover)?;
 
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -324,6 +324,7 @@ async fn run_node(
         reconnect_base: Duration::from_millis(cfg.reconnect_base_ms),
         reconnect_max: Duration::from_millis(cfg.reconnect_max_ms),
         metrics: metrics.clone(),
+        genesis: genesis.hash(),
     })?;
     // Metrics first: a state sync is worth watching.
     let metrics_addr = metrics::serve(cfg.metrics_listen, metrics.clone())

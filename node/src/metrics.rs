@@ -30,7 +30,7 @@ use tracing::debug;
 
 /// Why an inbound consensus message (or stream, or gossip batch) was
 /// dropped.
-pub const INVALID_REASONS: [&str; 11] = [
+pub const INVALID_REASONS: [&str; 12] = [
     "undecodable",
     "bad_signature",
     "wrong_proposer",
@@ -42,6 +42,7 @@ pub const INVALID_REASONS: [&str; 11] = [
     "oversized_frame",
     "non_validator_stream",
     "bad_gossip_batch",
+    "genesis_mismatch",
 ];
 
 /// The kind label of a transaction gossip batch, beside the consensus

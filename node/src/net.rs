@@ -31,7 +31,9 @@ use libp2p::swarm::dial_opts::DialOpts;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identity, noise, tcp, yamux};
 use phalanx_consensus::MAX_MESSAGE_BYTES;
-use phalanx_crypto::{KeyPair, PublicKey, ValidatorIndex, decode_byte_list, encode_byte_list};
+use phalanx_crypto::{
+    Digest, KeyPair, PublicKey, ValidatorIndex, decode_byte_list, encode_byte_list,
+};
 use phalanx_ledger::MAX_TX_BYTES;
 use tokio::sync::mpsc;
 use tracing::{debug, info, warn};
@@ -91,6 +93,9 @@ pub struct NetConfig {
     pub reconnect_max: Duration,
     /// Where counts go.
     pub metrics: Arc<Metrics>,
+    /// The hash of this chain's genesis: every stream opens with it, and a
+    /// peer's stream that opens with another is refused.
+    pub genesis: Digest,
 }
 
 /// Errors starting the network.
@@ -220,11 +225,13 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
     let metrics = cfg.metrics.clone();
     let mut control = swarm.behaviour().stream.new_control();
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
+    let genesis = cfg.genesis;
     accept_streams(
         &mut control,
         CONSENSUS_PROTOCOL,
         &index_of,
         &metrics,
+        genesis,
         move |from, stream, metrics| consensus_reader(from, stream, in_tx.clone(), metrics),
     )?;
     let (gossip_in_tx, gossip_in_rx) = mpsc::channel(INBOUND_TX_BATCHES);
@@ -233,6 +240,7 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
         TX_PROTOCOL,
         &index_of,
         &metrics,
+        genesis,
         move |from, stream, metrics| tx_reader(from, stream, gossip_in_tx.clone(), metrics),
     )?;
 
@@ -244,6 +252,7 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
             peer,
             protocol,
             rx,
+            hello(&cfg.genesis),
             cfg.reconnect_base,
             cfg.reconnect_max,
         ));
@@ -383,17 +392,33 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
     }
 }
 
+/// The first frame of every stream: a tag and the genesis hash.
+fn hello(genesis: &Digest) -> Vec<u8> {
+    let mut h = HELLO_TAG.to_vec();
+    h.extend_from_slice(&genesis.0);
+    h
+}
+
+const HELLO_TAG: &[u8; 8] = b"PHXGEN1\0";
+/// The hello frame's size.
+const HELLO_BYTES: usize = HELLO_TAG.len() + 32;
+/// How long to wait for a stream's hello.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// At most one log line per peer this often for refused hellos.
+const HELLO_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
 /// Accepts inbound streams of `protocol` from now on: validators only,
-/// one `reader` task each.
+/// whose first frame names this chain's genesis; one `reader` task each.
 fn accept_streams<F, R>(
     control: &mut libp2p_stream::Control,
     protocol: StreamProtocol,
     index_of: &HashMap<PeerId, ValidatorIndex>,
     metrics: &Arc<Metrics>,
+    genesis: Digest,
     reader: F,
 ) -> Result<(), NetError>
 where
-    F: Fn(ValidatorIndex, libp2p::Stream, Arc<Metrics>) -> R + Send + 'static,
+    F: Fn(ValidatorIndex, libp2p::Stream, Arc<Metrics>) -> R + Send + Sync + 'static,
     R: std::future::Future<Output = ()> + Send + 'static,
 {
     let mut incoming = control
@@ -401,14 +426,47 @@ where
         .map_err(|e| NetError::Transport(e.to_string()))?;
     let index_of = index_of.clone();
     let metrics = metrics.clone();
+    let reader = Arc::new(reader);
+    let warned: Arc<std::sync::Mutex<HashMap<ValidatorIndex, std::time::Instant>>> = Arc::default();
     tokio::spawn(async move {
-        while let Some((peer, stream)) = incoming.next().await {
+        while let Some((peer, mut stream)) = incoming.next().await {
             let Some(idx) = index_of.get(&peer).copied() else {
                 metrics.invalid(None, "non_validator_stream");
                 warn!(%peer, %protocol, "stream from a key outside the validator set refused");
                 continue;
             };
-            tokio::spawn(reader(idx, stream, metrics.clone()));
+            let (reader, metrics, warned) = (reader.clone(), metrics.clone(), warned.clone());
+            tokio::spawn(async move {
+                let first = tokio::time::timeout(
+                    HELLO_TIMEOUT,
+                    read_frame(idx, &mut stream, HELLO_BYTES, &metrics),
+                )
+                .await
+                .ok()
+                .flatten();
+                match first {
+                    Some(h) if h == hello(&genesis) => reader(idx, stream, metrics).await,
+                    other => {
+                        metrics.invalid(Some(idx.0), "genesis_mismatch");
+                        let theirs = other
+                            .filter(|h| h.len() == HELLO_BYTES && h.starts_with(HELLO_TAG))
+                            .map_or_else(|| "none".to_string(), |h| hex::encode(&h[8..]));
+                        let now = std::time::Instant::now();
+                        let mut w = warned.lock().unwrap_or_else(|e| e.into_inner());
+                        if w.get(&idx)
+                            .is_none_or(|t| now.duration_since(*t) >= HELLO_WARN_INTERVAL)
+                        {
+                            w.insert(idx, now);
+                            warn!(
+                                peer = idx.0,
+                                theirs,
+                                ours = %genesis.to_hex(),
+                                "peer runs a different genesis; its streams are refused (every validator must use the same genesis file)"
+                            );
+                        }
+                    }
+                }
+            });
         }
     });
     Ok(())
@@ -513,17 +571,26 @@ async fn writer(
     peer: PeerId,
     protocol: StreamProtocol,
     mut rx: mpsc::Receiver<Arc<Vec<u8>>>,
+    hello: Vec<u8>,
     base: Duration,
     max: Duration,
 ) {
     let mut delay = base;
     let mut buf: Vec<u8> = Vec::new();
+    let mut opened_at: Option<tokio::time::Instant> = None;
     loop {
-        let mut stream = match control.open_stream(peer, protocol.clone()).await {
-            Ok(s) => {
+        if let Some(at) = opened_at.take() {
+            // A stream that broke soon after it opened (a peer refusing
+            // this chain's genesis, say) is retried with backoff.
+            if at.elapsed() < STABLE_STREAM {
+                tokio::time::sleep(delay).await;
+                delay = next_backoff(delay, max);
+            } else {
                 delay = base;
-                s
             }
+        }
+        let mut stream = match control.open_stream(peer, protocol.clone()).await {
+            Ok(s) => s,
             Err(e) => {
                 debug!(%peer, "open stream: {e}");
                 tokio::time::sleep(delay).await;
@@ -531,6 +598,12 @@ async fn writer(
                 continue;
             }
         };
+        opened_at = Some(tokio::time::Instant::now());
+        buf.clear();
+        push_frame(&mut buf, &hello);
+        if stream.write_all(&buf).await.is_err() || stream.flush().await.is_err() {
+            continue;
+        }
         loop {
             let Some(first) = rx.recv().await else {
                 return;
@@ -553,6 +626,10 @@ async fn writer(
         }
     }
 }
+
+/// A stream that lasted this long broke for reasons of its own; one that
+/// broke sooner is retried with backoff.
+const STABLE_STREAM: Duration = Duration::from_secs(5);
 
 fn push_frame(buf: &mut Vec<u8>, frame: &[u8]) {
     debug_assert!(frame.len() <= MAX_MESSAGE_BYTES);
@@ -581,6 +658,11 @@ mod tests {
 
     /// Starts validator `i` of `keys`, dialling the validators in `dial`.
     fn node(keys: &[KeyPair], ports: &[u16], i: usize, dial: &[usize]) -> Node {
+        node_of(keys, ports, i, dial, b"net test genesis")
+    }
+
+    /// [`node`] for the chain whose genesis hashes from `genesis`.
+    fn node_of(keys: &[KeyPair], ports: &[u16], i: usize, dial: &[usize], genesis: &[u8]) -> Node {
         let addr =
             |j: usize| -> Multiaddr { format!("/ip4/127.0.0.1/tcp/{}", ports[j]).parse().unwrap() };
         let metrics = Arc::new(Metrics::new(keys.len(), &[]));
@@ -593,6 +675,7 @@ mod tests {
             reconnect_base: Duration::from_millis(50),
             reconnect_max: Duration::from_millis(500),
             metrics: metrics.clone(),
+            genesis: Digest::of(genesis),
         })
         .unwrap();
         Node {
@@ -615,6 +698,25 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_peer_with_another_genesis_is_refused_when_its_stream_opens() {
+        let keys: Vec<KeyPair> = (0..2u8).map(|i| KeyPair::from_seed([i + 1; 32])).collect();
+        let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+        let mut a = node_of(&keys, &ports, 0, &[], b"genesis A");
+        let b = node_of(&keys, &ports, 1, &[0], b"genesis B");
+        let refused = "phalanx_invalid_messages_total{peer=\"1\",reason=\"genesis_mismatch\"}";
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while series(&a.metrics, refused) < 1.0 {
+            assert!(tokio::time::Instant::now() < deadline, "never refused");
+            let _ = b.gossip.outbound.send(vec![7u8; 50]).await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            a.gossip.inbound.try_recv().is_err(),
+            "nothing from the other chain gets through"
+        );
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -674,6 +776,7 @@ mod tests {
             .await
             .unwrap();
         let mut frame = Vec::new();
+        push_frame(&mut frame, &hello(&Digest::of(b"net test genesis")));
         push_frame(&mut frame, b"not a batch");
         s.write_all(&frame).await.unwrap();
         s.flush().await.unwrap();

@@ -99,7 +99,7 @@ fn now() -> Time {
 /// The consensus configuration of a chain, from its genesis.
 pub fn core_config(genesis: &Genesis) -> Result<CoreConfig, RuntimeError> {
     let mut cfg = CoreConfig::new(
-        genesis.chain_id.clone(),
+        genesis.consensus_chain(),
         genesis.validator_set()?,
         genesis.genesis_time_ms,
     );
@@ -538,7 +538,7 @@ impl Runtime {
         status: watch::Sender<Status>,
     ) -> Result<Runtime, RuntimeError> {
         let cfg = core_config(genesis)?;
-        let genesis_block = Block::genesis(&genesis.chain_id, genesis.genesis_time_ms);
+        let genesis_block = Block::genesis(&genesis.consensus_chain(), genesis.genesis_time_ms);
         let head = store.head();
         let block = store
             .block(Height(head.height))?

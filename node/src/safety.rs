@@ -13,7 +13,7 @@ use std::path::{Path, PathBuf};
 use phalanx_consensus::{SafetyState, genesis_qc};
 use phalanx_crypto::Digest;
 use phalanx_storage::{SafetyBody, SafetyRecord, StorageError, Store};
-use tracing::{info, warn};
+use tracing::warn;
 
 /// Why the safety state cannot be opened.
 #[derive(Debug, thiserror::Error)]
@@ -93,14 +93,6 @@ pub fn open(
             }
         });
     }
-    // Older versions kept the record inside the store: move it out.
-    if let Some(s) = store.legacy_safety()? {
-        rec.write_state(&s)?;
-        store.note_safety_counter(rec.counter())?;
-        store.delete_legacy_safety()?;
-        info!(path = %rec.path().display(), "safety record moved out of the store");
-        return Ok((rec, StartState::Resume(Box::new(s))));
-    }
     if store.holds_data()? && !recover {
         return Err(SafetyError::Missing {
             record: rec.path().to_path_buf(),
@@ -148,7 +140,7 @@ mod tests {
 
     fn block() -> Block {
         let g = genesis();
-        Block::genesis(&g.chain_id, g.genesis_time_ms)
+        Block::genesis(&g.consensus_chain(), g.genesis_time_ms)
     }
 
     fn pending_child(store: &Store) {

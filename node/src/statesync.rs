@@ -212,7 +212,7 @@ fn check_offer(offer: &Offer, genesis: &Genesis, verifier: &mut Verifier) -> Res
     let set = genesis.validator_set().map_err(|e| e.to_string())?;
     offer
         .cert
-        .verify(&set, &genesis.chain_id)
+        .verify(&set, &genesis.consensus_chain())
         .map_err(|e| format!("checkpoint certificate: {e}"))?;
     let id = offer.block.id();
     if id != offer.cert.payload.block_id || offer.block.height() != offer.cert.payload.height {
@@ -243,13 +243,13 @@ pub async fn sync_if_fresh(
     if store.head().height != 0 || peers.is_empty() {
         return Ok(store);
     }
-    let genesis_block = Block::genesis(&genesis.chain_id, genesis.genesis_time_ms);
+    let genesis_block = Block::genesis(&genesis.consensus_chain(), genesis.genesis_time_ms);
     let set = genesis
         .validator_set()
         .map_err(|e| StateSyncError::Failed(e.to_string()))?;
     let mut verifier = Verifier::new(
         set,
-        genesis.chain_id.clone(),
+        genesis.consensus_chain(),
         &genesis_block,
         genesis.params.max_block_bytes as usize,
     );

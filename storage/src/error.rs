@@ -39,6 +39,19 @@ pub enum StorageError {
         /// The block's height.
         got: u64,
     },
+    /// A store written by an older version, whose chain this version
+    /// cannot continue.
+    #[error(
+        "store at {path} has format {found}, written by an older version whose consensus signatures do not bind \
+         the genesis; this version cannot continue that chain. Start a new chain (a new genesis) with empty data \
+         directories, or keep running the older version"
+    )]
+    OldFormat {
+        /// The data directory.
+        path: PathBuf,
+        /// The format found.
+        found: u32,
+    },
     /// A state restore was interrupted; the partial state is unusable.
     #[error(
         "store at {path} holds an interrupted state restore; delete the directory and let the node state-sync again"

@@ -31,12 +31,14 @@ pub const META_STABLE: &[u8] = b"stable_checkpoint";
 pub const META_FORMAT: &[u8] = b"format_version";
 /// Present while a state restore is under way (removed by its last batch).
 pub const META_RESTORING: &[u8] = b"restoring";
-pub const SAFETY_KEY: &[u8] = b"state";
 /// The counter of the last safety record written (see `crate::safety`).
 pub const SAFETY_COUNTER_KEY: &[u8] = b"counter";
 
-/// The on-disk format version this code writes and reads.
-pub const FORMAT_VERSION: u32 = 2;
+/// The on-disk format version this code writes and reads. 3: the genesis
+/// block and every consensus signature bind the genesis hash, and the
+/// safety record is a file of its own; a store of format 2 holds a chain
+/// whose signatures this version does not accept.
+pub const FORMAT_VERSION: u32 = 3;
 
 pub fn height_key(h: u64) -> [u8; 8] {
     h.to_be_bytes()

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use phalanx_consensus::{Block, CheckpointCert, Height, QuorumCert, SafetyState, genesis_qc};
+use phalanx_consensus::{Block, CheckpointCert, Height, QuorumCert, genesis_qc};
 use phalanx_crypto::{ChainId, Digest, PublicKey, decode, encode};
 use phalanx_ledger::{
     Account, AccountProof, Genesis, LedgerError, PreparedPayload, Receipt, StateTree, StateView,
@@ -26,35 +26,6 @@ use crate::snapshot::SnapshotManifest;
 /// Largest stored record decoded, bytes.
 const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
 /// Magic prefix of the safety-state record.
-/// The header of the safety record older versions kept in the store.
-const LEGACY_SAFETY_MAGIC: &[u8; 4] = b"PXS1";
-
-/// The safety state as older versions wrote it (before recovery added
-/// `floor` and `quarantine`).
-#[derive(serde::Deserialize)]
-struct LegacySafetyState {
-    last_voted_view: phalanx_consensus::View,
-    high_qc: phalanx_consensus::QuorumCert,
-    last_vote: Option<phalanx_crypto::Signed<phalanx_consensus::Vote>>,
-    last_timeout: Option<phalanx_crypto::Signed<phalanx_consensus::Timeout>>,
-    last_proposed_view: phalanx_consensus::View,
-    high_tc: Option<phalanx_consensus::TimeoutCert>,
-}
-
-impl LegacySafetyState {
-    fn into_current(self) -> SafetyState {
-        SafetyState {
-            last_voted_view: self.last_voted_view,
-            high_qc: self.high_qc,
-            last_vote: self.last_vote,
-            last_timeout: self.last_timeout,
-            last_proposed_view: self.last_proposed_view,
-            high_tc: self.high_tc,
-            floor: phalanx_consensus::View(0),
-            quarantine: None,
-        }
-    }
-}
 
 /// Tuning knobs of the store.
 #[derive(Clone, Debug)]
@@ -271,6 +242,12 @@ impl Store {
                 }
                 match db.get_cf(meta, META_FORMAT)? {
                     Some(v) if v.as_slice() == FORMAT_VERSION.to_be_bytes() => {}
+                    Some(v) if v.as_slice() < FORMAT_VERSION.to_be_bytes().as_slice() => {
+                        return Err(StorageError::OldFormat {
+                            path: path.to_path_buf(),
+                            found: v.as_slice().try_into().map_or(0, u32::from_be_bytes),
+                        });
+                    }
                     other => {
                         return Err(corrupt(
                             "format version",
@@ -321,7 +298,7 @@ impl Store {
             .collect();
         let mut tree = StateTree::new();
         let root = tree.apply(0, &accounts);
-        let block = Block::genesis(&genesis.chain_id, genesis.genesis_time_ms);
+        let block = Block::genesis(&genesis.consensus_chain(), genesis.genesis_time_ms);
         let head = Head {
             height: 0,
             block_id: block.id(),
@@ -710,48 +687,6 @@ impl Store {
     /// blocks persisted for consensus.
     pub fn holds_data(&self) -> Result<bool, StorageError> {
         Ok(self.head_height().0 > 0 || !self.pending_blocks()?.is_empty())
-    }
-
-    /// Reads the safety state that older versions kept inside the store
-    /// (`None` if there is none); an error, never a default, for a record
-    /// that is damaged (fail closed). Used once, to move it to its own file.
-    pub fn legacy_safety(&self) -> Result<Option<SafetyState>, StorageError> {
-        let Some(rec) = self.db.get_cf(self.cf(CF_SAFETY)?, SAFETY_KEY)? else {
-            return Ok(None);
-        };
-        let bad = |why: &str| StorageError::SafetyStateCorrupt(format!("in the store: {why}"));
-        if rec.len() < 8 + 32 || &rec[..4] != LEGACY_SAFETY_MAGIC {
-            return Err(bad("bad header or truncated"));
-        }
-        let len = u32::from_be_bytes([rec[4], rec[5], rec[6], rec[7]]) as usize;
-        if rec.len() != 8 + len + 32 {
-            return Err(bad("length mismatch (truncated or extended)"));
-        }
-        let payload = &rec[8..8 + len];
-        if Digest::of(payload).0 != rec[8 + len..] {
-            return Err(bad("checksum mismatch"));
-        }
-        decode::<LegacySafetyState>(payload, MAX_RECORD_BYTES)
-            .map(|l| Some(l.into_current()))
-            .map_err(|e| bad(&format!("undecodable: {e}")))
-    }
-
-    /// Deletes the store's legacy safety state (after it was moved), synced.
-    pub fn delete_legacy_safety(&self) -> Result<(), StorageError> {
-        let mut w = WriteOptions::default();
-        w.set_sync(true);
-        self.db.delete_cf_opt(self.cf(CF_SAFETY)?, SAFETY_KEY, &w)?;
-        Ok(())
-    }
-
-    /// Writes a legacy safety record's raw bytes (for tests of the move).
-    #[doc(hidden)]
-    pub fn put_legacy_safety_raw(&self, rec: &[u8]) -> Result<(), StorageError> {
-        let mut w = WriteOptions::default();
-        w.set_sync(true);
-        self.db
-            .put_cf_opt(self.cf(CF_SAFETY)?, SAFETY_KEY, rec, &w)?;
-        Ok(())
     }
 
     /// Persists an uncommitted block for consensus (see the sync policy).

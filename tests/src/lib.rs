@@ -275,6 +275,20 @@ impl Cluster {
         self.nodes.len() - 1
     }
 
+    /// Gives node `i` a genesis of its own: the chain's, changed by `edit`
+    /// (before it first starts).
+    pub fn give_own_genesis(&mut self, i: usize, edit: impl FnOnce(&mut Genesis)) {
+        let mut g = self.genesis.clone();
+        edit(&mut g);
+        let name = format!("genesis-node{i}.json");
+        std::fs::write(
+            self.dir.path().join(&name),
+            serde_json::to_string_pretty(&g).expect("genesis JSON"),
+        )
+        .expect("writing genesis");
+        self.nodes[i].configure(&format!("genesis = \"../{name}\""), "");
+    }
+
     /// Starts every node.
     pub fn start_all(&mut self) {
         for i in 0..self.nodes.len() {

@@ -337,3 +337,33 @@ fn a_lost_safety_record_with_data_kept_refuses_to_start_until_told_to_recover() 
     assert_eq!(c.metric_sum("phalanx_equivocations_total"), 0.0);
     assert_agreement(&c);
 }
+
+#[test]
+fn a_validator_with_another_genesis_is_refused_by_name_and_signs_nothing_that_counts() {
+    // Same chain id, same keys, one balance different: a different chain.
+    let mut c = Cluster::new(ClusterOptions::default());
+    c.give_own_genesis(3, |g| g.accounts[0].balance += 1);
+    c.start_all();
+    c.wait_until("the three others commit height 3", |c| {
+        (0..3).all(|i| c.height(i) >= 3)
+    });
+    let names_it = |c: &Cluster, i: usize| {
+        c.log_records(i).iter().any(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("peer runs a different genesis"))
+        })
+    };
+    c.wait_until("a validator names the mismatch", |c| names_it(c, 0));
+    c.wait_until("the odd one names it too", |c| names_it(c, 3));
+    assert!(
+        c.metric(
+            0,
+            "phalanx_invalid_messages_total{peer=\"3\",reason=\"genesis_mismatch\"}"
+        )
+        .unwrap_or(0.0)
+            >= 1.0
+    );
+    assert_eq!(c.height(3), 0, "it commits nothing of the others' chain");
+    assert_agreement(&c);
+}
