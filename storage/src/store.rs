@@ -25,7 +25,6 @@ use crate::snapshot::SnapshotManifest;
 
 /// Largest stored record decoded, bytes.
 const MAX_RECORD_BYTES: usize = 64 * 1024 * 1024;
-/// Magic prefix of the safety-state record.
 
 /// Tuning knobs of the store.
 #[derive(Clone, Debug)]
