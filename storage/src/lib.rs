@@ -37,8 +37,8 @@ pub mod testkit;
 pub use error::StorageError;
 pub use safety::{SAFETY_FILE, SafetyBody, SafetyRecord, record_bytes};
 pub use snapshot::{
-    MAX_CHUNK_ACCOUNTS, MAX_MANIFEST_DEPTH, SnapshotManifest, StateChunk, StateRestore,
-    TARGET_BUCKET_ACCOUNTS,
+    MAX_BUCKET_ACCOUNTS, MAX_CHUNK_ACCOUNTS, MAX_MANIFEST_DEPTH, SnapshotManifest, StateChunk,
+    StateRestore, TARGET_BUCKET_ACCOUNTS,
 };
 pub use store::{
     ApplyResult, ApplyTimings, DEFAULT_MAX_WAL_BYTES, Head, PENDING_WRITE_BUFFER_BYTES, Store,

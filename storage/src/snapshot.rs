@@ -35,6 +35,10 @@ pub const MAX_CHUNK_ACCOUNTS: usize = 4096;
 pub const MAX_MANIFEST_DEPTH: u8 = 12;
 /// Accounts a bucket is sized for.
 pub const TARGET_BUCKET_ACCOUNTS: usize = 1024;
+/// Most accounts a restore holds for one bucket before it can check them:
+/// a peer that never ends a bucket is cut off here. (At the deepest split,
+/// this allows a state of about 268 million accounts.)
+pub const MAX_BUCKET_ACCOUNTS: usize = 64 * 1024;
 
 /// The buckets of a snapshot and what each must hash to.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -114,19 +118,39 @@ fn next_key(k: &KeyHash) -> Option<KeyHash> {
 
 impl Store {
     /// The manifest of the latest stable checkpoint's snapshot (`None`
-    /// before the first). Built by one scan of the accounts on first use
-    /// after each checkpoint (about a second per million accounts), then
-    /// cached.
+    /// before the first).
     pub fn snapshot_manifest(&self) -> Result<Option<Arc<SnapshotManifest>>, StorageError> {
         let Some(cp) = self.stable_checkpoint()? else {
             return Ok(None);
         };
+        self.snapshot_manifest_at(&cp).map(Some)
+    }
+
+    /// The checkpoints whose snapshots this store serves: the latest stable
+    /// one and the one before it, so that a peer's sync that outlasts one
+    /// checkpoint interval still completes.
+    pub fn served_snapshots(&self) -> Result<Vec<CheckpointCert>, StorageError> {
+        let Some(cp) = self.stable_checkpoint()? else {
+            return Ok(Vec::new());
+        };
+        let mut out = vec![cp.clone()];
+        if let Some(prev) = self.checkpoint_before(cp.payload.height.0)? {
+            out.push(prev);
+        }
+        Ok(out)
+    }
+
+    /// The manifest of the snapshot at checkpoint `cp` (one this store
+    /// serves). Built by one scan of the accounts on first use (about a
+    /// second per million accounts), then cached.
+    pub fn snapshot_manifest_at(
+        &self,
+        cp: &CheckpointCert,
+    ) -> Result<Arc<SnapshotManifest>, StorageError> {
         let height = cp.payload.height.0;
         let mut cache = self.manifest.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(m) = cache.as_ref()
-            && m.height == height
-        {
-            return Ok(Some(m.clone()));
+        if let Some(m) = cache.iter().find(|m| m.height == height) {
+            return Ok(m.clone());
         }
         let mut leaves: Vec<(KeyHash, [u8; 32])> = Vec::new();
         accounts::scan_at(
@@ -164,13 +188,18 @@ impl Store {
                 "the accounts at checkpoint {height} do not give its state root"
             )));
         }
-        *cache = Some(m.clone());
-        Ok(Some(m))
+        // Two served snapshots: keep the newest two manifests.
+        cache.retain(|c| c.height != height);
+        cache.push(m.clone());
+        cache.sort_by_key(|c| std::cmp::Reverse(c.height));
+        cache.truncate(2);
+        Ok(m)
     }
 
     /// Up to `max` (at most [`MAX_CHUNK_ACCOUNTS`]) accounts of `bucket` of
-    /// the snapshot at `height` (the latest stable checkpoint), starting
-    /// after key hash `after` (`None`: from the bucket's start).
+    /// the snapshot at `height` (a checkpoint of
+    /// [`Store::served_snapshots`]), starting after key hash `after`
+    /// (`None`: from the bucket's start).
     pub fn snapshot_chunk(
         &self,
         height: u64,
@@ -179,8 +208,11 @@ impl Store {
         after: Option<KeyHash>,
         max: usize,
     ) -> Result<StateChunk, StorageError> {
-        let stable = self.stable_checkpoint()?.map(|c| c.payload.height.0);
-        if stable != Some(height) {
+        if !self
+            .served_snapshots()?
+            .iter()
+            .any(|c| c.payload.height.0 == height)
+        {
             return Err(StorageError::NotRetained(height));
         }
         if depth > MAX_MANIFEST_DEPTH || u64::from(bucket) >= 1u64 << depth {
@@ -228,8 +260,11 @@ impl Store {
 /// Rebuilds the state of a stable checkpoint into a fresh store, verifying
 /// every bucket against the manifest and the manifest against the
 /// checkpoint's state root. The caller verifies the checkpoint certificate's
-/// signatures first. A failed verification poisons the restore: wipe the
-/// store and start again (from another peer).
+/// signatures first. A bucket's accounts are held in memory (at most
+/// [`MAX_BUCKET_ACCOUNTS`]) until the bucket is complete and matches the
+/// manifest, and only then written: nothing unverified reaches the store.
+/// A chunk that fails a check is refused and the bucket starts over, so the
+/// restore goes on with another peer.
 pub struct StateRestore {
     store: Store,
     checkpoint: CheckpointCert,
@@ -238,8 +273,12 @@ pub struct StateRestore {
     bucket: Option<u32>,
     cursor: Option<KeyHash>,
     leaves: Vec<(KeyHash, [u8; 32])>,
-    failed: bool,
+    /// The bucket's accounts, held until the bucket verifies.
+    held: Vec<([u8; 32], Account)>,
     accounts: u64,
+    /// Buckets complete, and bytes of accounts received.
+    buckets_done: usize,
+    bytes: u64,
 }
 
 impl StateRestore {
@@ -264,8 +303,10 @@ impl StateRestore {
             bucket: None,
             cursor: None,
             leaves: Vec::new(),
-            failed: false,
+            held: Vec::new(),
             accounts: 0,
+            buckets_done: 0,
+            bytes: 0,
         };
         r.bucket = r.first_nonempty(0);
         Ok(r)
@@ -288,64 +329,106 @@ impl StateRestore {
         self.accounts
     }
 
-    /// Verifies and writes one chunk, which must answer
-    /// [`StateRestore::next_request`].
+    /// Buckets complete so far, and the number of non-empty buckets.
+    pub fn progress(&self) -> (usize, usize) {
+        let total = self
+            .manifest
+            .buckets
+            .iter()
+            .filter(|b| **b != Subtree::Empty)
+            .count();
+        (self.buckets_done, total)
+    }
+
+    /// Bytes of verified accounts received so far.
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    /// The checkpoint being restored.
+    pub fn checkpoint(&self) -> &CheckpointCert {
+        &self.checkpoint
+    }
+
+    /// Forgets what was received of the current bucket (its sender failed):
+    /// the next request starts the bucket again.
+    pub fn restart_bucket(&mut self) {
+        self.cursor = None;
+        self.leaves.clear();
+        self.held.clear();
+    }
+
+    /// Checks one chunk, which must answer [`StateRestore::next_request`],
+    /// and writes its bucket once the bucket is complete and matches the
+    /// manifest. A chunk that fails a check is refused and its bucket
+    /// starts over (ask another peer).
     pub fn add_chunk(&mut self, chunk: StateChunk) -> Result<(), StorageError> {
-        let fail = |this: &mut StateRestore, why: String| {
-            this.failed = true;
-            Err(StorageError::Checkpoint(format!("chunk refused: {why}")))
-        };
-        if self.failed {
-            return fail(self, "an earlier chunk failed; start again".into());
+        match self.check_chunk(chunk) {
+            Ok(()) => Ok(()),
+            Err(why) => {
+                self.restart_bucket();
+                Err(StorageError::Checkpoint(format!("chunk refused: {why}")))
+            }
         }
+    }
+
+    fn check_chunk(&mut self, chunk: StateChunk) -> Result<(), String> {
         let Some(bucket) = self.bucket else {
-            return fail(self, "every bucket is already complete".into());
+            return Err("every bucket is already complete".into());
         };
         if chunk.height != self.manifest.height || chunk.bucket != bucket {
-            return fail(
-                self,
-                format!(
-                    "for height {} bucket {}, expected height {} bucket {bucket}",
-                    chunk.height, chunk.bucket, self.manifest.height
-                ),
-            );
+            return Err(format!(
+                "for height {} bucket {}, expected height {} bucket {bucket}",
+                chunk.height, chunk.bucket, self.manifest.height
+            ));
         }
         if chunk.accounts.len() > MAX_CHUNK_ACCOUNTS {
-            return fail(self, format!("{} accounts", chunk.accounts.len()));
+            return Err(format!("{} accounts", chunk.accounts.len()));
         }
         if chunk.accounts.is_empty() && !chunk.bucket_done {
-            return fail(self, "empty but not the bucket's end".into());
+            return Err("empty but not the bucket's end".into());
+        }
+        if self.held.len() + chunk.accounts.len() > MAX_BUCKET_ACCOUNTS {
+            return Err(format!(
+                "bucket {bucket} runs past {MAX_BUCKET_ACCOUNTS} accounts"
+            ));
         }
         let (start, end) = bucket_range(self.manifest.depth, bucket);
-        let mut wb = WriteBatch::default();
-        let accounts_cf = cf(self.store.db(), CF_ACCOUNTS)?;
-        let h = self.manifest.height;
         for (addr, account) in &chunk.accounts {
             let (key, leaf) = leaf_of_bytes(addr, account);
             let in_order = self.cursor.is_none_or(|c| key > c);
             let in_bucket = key >= start && end.is_none_or(|e| key < e);
             if !in_order || !in_bucket {
-                return fail(self, "accounts out of order or outside the bucket".into());
+                return Err("accounts out of order or outside the bucket".into());
             }
             self.cursor = Some(key);
             self.leaves.push((key, leaf));
-            wb.put_cf(
-                accounts_cf,
-                account_key(&key, h),
-                encode_record(addr, account),
-            );
         }
-        self.store.db().write(wb)?;
-        self.accounts += chunk.accounts.len() as u64;
-        if chunk.bucket_done {
-            let got = summarise_accounts(self.manifest.depth as usize, &self.leaves)?;
-            if got != self.manifest.buckets[bucket as usize] {
-                return fail(self, format!("bucket {bucket} does not match the manifest"));
-            }
-            self.leaves.clear();
-            self.cursor = None;
-            self.bucket = self.first_nonempty(bucket + 1);
+        self.held.extend(chunk.accounts);
+        if !chunk.bucket_done {
+            return Ok(());
         }
+        let got = summarise_accounts(self.manifest.depth as usize, &self.leaves)
+            .map_err(|e| e.to_string())?;
+        if got != self.manifest.buckets[bucket as usize] {
+            return Err(format!("bucket {bucket} does not match the manifest"));
+        }
+        // Verified: write it.
+        let mut wb = WriteBatch::default();
+        let accounts_cf = cf(self.store.db(), CF_ACCOUNTS).map_err(|e| e.to_string())?;
+        let h = self.manifest.height;
+        let mut bytes = 0u64;
+        for ((key, _), (addr, account)) in self.leaves.iter().zip(&self.held) {
+            let rec = encode_record(addr, account);
+            bytes += rec.len() as u64;
+            wb.put_cf(accounts_cf, account_key(key, h), rec);
+        }
+        self.store.db().write(wb).map_err(|e| e.to_string())?;
+        self.accounts += self.held.len() as u64;
+        self.bytes += bytes;
+        self.buckets_done += 1;
+        self.restart_bucket();
+        self.bucket = self.first_nonempty(bucket + 1);
         Ok(())
     }
 
@@ -353,10 +436,8 @@ impl StateRestore {
     /// records the checkpoint's block (with its certificate) as the head.
     pub fn finish(self, block: &Block, cert: &QuorumCert) -> Result<Store, StorageError> {
         let cp = &self.checkpoint.payload;
-        if self.failed || self.bucket.is_some() {
-            return Err(StorageError::Checkpoint(
-                "restore incomplete or failed".into(),
-            ));
+        if self.bucket.is_some() {
+            return Err(StorageError::Checkpoint("restore incomplete".into()));
         }
         if block.id() != cp.block_id || cert.payload.block_id != cp.block_id {
             return Err(StorageError::Checkpoint(

@@ -136,7 +136,8 @@ pub struct Store {
     /// Set when a commit's write failed after the in-memory tree moved on:
     /// memory and disk disagree, so nothing more is committed.
     poisoned: AtomicBool,
-    pub(crate) manifest: Mutex<Option<Arc<SnapshotManifest>>>,
+    /// The manifests of the served snapshots, newest first (at most two).
+    pub(crate) manifest: Mutex<Vec<Arc<SnapshotManifest>>>,
     /// Superseded account versions not yet pruned, oldest first.
     stale: Mutex<Vec<accounts::Stale>>,
     opts: StoreOptions,
@@ -271,7 +272,7 @@ impl Store {
             live: RwLock::new(Live { head, tree }),
             apply_lock: Mutex::new(()),
             poisoned: AtomicBool::new(false),
-            manifest: Mutex::new(None),
+            manifest: Mutex::new(Vec::new()),
             stale: Mutex::new(stale),
             opts,
         };
@@ -745,15 +746,44 @@ impl Store {
                 "state root at height {h} differs from the checkpoint's"
             )));
         }
+        let previous = self.stable_checkpoint()?.map(|c| c.payload.height.0);
         let mut wb = WriteBatch::default();
         wb.put_cf(self.cf(CF_CHECKPOINTS)?, height_key(h), encode(cert));
         wb.put_cf(self.cf(CF_META)?, META_STABLE, encode(cert));
         let mut w = WriteOptions::default();
         w.set_sync(true);
         self.db.write_opt(wb, &w)?;
-        *self.manifest.lock().unwrap_or_else(|e| e.into_inner()) = None;
-        self.prune(h)?;
+        self.manifest
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|m| Some(m.height) == previous || m.height == h);
+        // Account versions stay readable at the previous checkpoint too:
+        // its snapshot is still served.
+        self.prune(h, previous.filter(|p| *p < h).unwrap_or(0))?;
         Ok(())
+    }
+
+    /// The checkpoint certificate recorded below `height`, if any.
+    pub fn checkpoint_before(&self, height: u64) -> Result<Option<CheckpointCert>, StorageError> {
+        let mut it = self.db.iterator_cf(
+            self.cf(CF_CHECKPOINTS)?,
+            IteratorMode::From(
+                &height_key(height.saturating_sub(1)),
+                rocksdb::Direction::Reverse,
+            ),
+        );
+        match it.next() {
+            Some(item) => {
+                let (k, v) = item?;
+                if k.as_ref() >= height_key(height).as_slice() {
+                    return Ok(None);
+                }
+                Ok(Some(
+                    decode(&v, MAX_RECORD_BYTES).map_err(|e| corrupt("checkpoint", e))?,
+                ))
+            }
+            None => Ok(None),
+        }
     }
 
     /// The latest stable checkpoint.
@@ -761,12 +791,14 @@ impl Store {
         self.read_record(CF_META, META_STABLE, "stable checkpoint")
     }
 
-    /// Prunes below the stable checkpoint at `stable`.
-    fn prune(&self, stable: u64) -> Result<(), StorageError> {
+    /// Prunes below the stable checkpoint at `stable`: account versions
+    /// no longer visible at `keep_state` (the previous checkpoint), blocks
+    /// older than the retention window.
+    fn prune(&self, stable: u64, keep_state: u64) -> Result<(), StorageError> {
         accounts::prune(
             &self.db,
             &mut self.stale.lock().unwrap_or_else(|e| e.into_inner()),
-            stable,
+            keep_state,
         )?;
         let keep_from = stable.saturating_sub(self.opts.retained_blocks);
         if keep_from > 1 {

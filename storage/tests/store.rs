@@ -10,8 +10,8 @@ use phalanx_crypto::{ChainId, Digest};
 use phalanx_ledger::{TxStatus, verify_account_proof};
 use phalanx_storage::testkit::{account_key, genesis, next_block, transfers};
 use phalanx_storage::{
-    PENDING_WRITE_BUFFER_BYTES, SAFETY_FILE, SafetyBody, SafetyRecord, StateRestore, StorageError,
-    Store, StoreOptions, record_bytes,
+    MAX_BUCKET_ACCOUNTS, MAX_CHUNK_ACCOUNTS, PENDING_WRITE_BUFFER_BYTES, SAFETY_FILE, SafetyBody,
+    SafetyRecord, StateRestore, StorageError, Store, StoreOptions, record_bytes,
 };
 
 const ACCOUNTS: u64 = 200;
@@ -513,7 +513,16 @@ fn a_checkpoint_snapshot_restores_in_verified_chunks() {
     evil.accounts[1].1.balance += 1;
     let err = r.add_chunk(evil).unwrap_err().to_string();
     assert!(err.contains("does not match the manifest"), "{err}");
-    assert!(r.next_request().is_some());
+    // Nothing of it was written, and the bucket starts over: the honest
+    // chunk from another peer completes it.
+    assert_eq!(r.accounts(), 0);
+    assert_eq!(r.next_request(), Some((h, depth, bucket, None)));
+    let honest = s.snapshot_chunk(h, depth, bucket, None, 4096).unwrap();
+    let n = honest.accounts.len() as u64;
+    r.add_chunk(honest).unwrap();
+    assert_eq!(r.accounts(), n);
+    assert_eq!(r.progress().0, 1);
+
     // An account from another bucket is refused at once.
     let d = tempfile::tempdir().unwrap();
     let mut r = StateRestore::new(open(d.path()), cp.clone(), (*manifest).clone()).unwrap();
@@ -551,6 +560,91 @@ fn a_checkpoint_snapshot_restores_in_verified_chunks() {
         restored.head().state_root,
         s.state_root_at(Height(5)).unwrap()
     );
+}
+
+#[test]
+fn a_bucket_that_never_ends_is_cut_off_at_its_bound() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    commit_n(&s, 2);
+    let cp = checkpoint(&s, 2);
+    s.put_stable_checkpoint(&cp).unwrap();
+    let manifest = (*s.snapshot_manifest().unwrap().unwrap()).clone();
+    assert_eq!(manifest.depth, 0, "one bucket: every key belongs to it");
+    let template = s.snapshot_chunk(2, 0, 0, None, 1).unwrap().accounts[0].1;
+    // Accounts in key order, in full chunks that never end the bucket.
+    let mut accounts: Vec<([u8; 32], phalanx_ledger::Account)> = (0..MAX_BUCKET_ACCOUNTS as u32
+        + 1)
+        .map(|i| {
+            let mut a = [7u8; 32];
+            a[..4].copy_from_slice(&i.to_be_bytes());
+            (a, template)
+        })
+        .collect();
+    accounts.sort_by_key(|(a, acct)| phalanx_ledger::leaf_of_bytes(a, acct).0);
+    let d = tempfile::tempdir().unwrap();
+    let mut r = StateRestore::new(open(d.path()), cp, manifest).unwrap();
+    let mut refused = None;
+    for (i, part) in accounts.chunks(MAX_CHUNK_ACCOUNTS).enumerate() {
+        let chunk = phalanx_storage::StateChunk {
+            height: 2,
+            bucket: 0,
+            accounts: part.to_vec(),
+            bucket_done: false,
+        };
+        if let Err(e) = r.add_chunk(chunk) {
+            refused = Some((i, e.to_string()));
+            break;
+        }
+    }
+    let (at, why) = refused.expect("an endless bucket must be refused");
+    assert_eq!(
+        at,
+        MAX_BUCKET_ACCOUNTS / MAX_CHUNK_ACCOUNTS,
+        "at the bound, not before"
+    );
+    assert!(why.contains("runs past"), "{why}");
+    assert_eq!(r.accounts(), 0, "nothing of it was written");
+}
+
+#[test]
+fn the_previous_checkpoint_snapshot_is_still_served_so_a_slow_restore_completes() {
+    let dir = tempfile::tempdir().unwrap();
+    let s = open_small_buckets(dir.path());
+    commit_n(&s, 3);
+    let cp3 = checkpoint(&s, 3);
+    s.put_stable_checkpoint(&cp3).unwrap();
+    let manifest = (*s.snapshot_manifest().unwrap().unwrap()).clone();
+    let block3 = s.block(Height(3)).unwrap().unwrap();
+    let cert3 = s.cert(Height(3)).unwrap().unwrap();
+    // A restore of checkpoint 3 starts…
+    let new_dir = tempfile::tempdir().unwrap();
+    let mut r = StateRestore::new(open(new_dir.path()), cp3.clone(), manifest).unwrap();
+    let (h, depth, bucket, after) = r.next_request().unwrap();
+    r.add_chunk(s.snapshot_chunk(h, depth, bucket, after, 4096).unwrap())
+        .unwrap();
+    // …the server moves on to checkpoint 6…
+    commit_n(&s, 4);
+    let cp6 = checkpoint(&s, 6);
+    s.put_stable_checkpoint(&cp6).unwrap();
+    let served: Vec<u64> = s
+        .served_snapshots()
+        .unwrap()
+        .iter()
+        .map(|c| c.payload.height.0)
+        .collect();
+    assert_eq!(served, vec![6, 3]);
+    // …and the restore of 3 still completes, with the state of height 3.
+    serve(&s, &mut r, 4096);
+    let restored = r.finish(&block3, &cert3).unwrap();
+    assert_eq!(restored.head().state_root, cp3.payload.state_root);
+    // Two checkpoints on, 3 is no longer served.
+    commit_n(&s, 3);
+    s.put_stable_checkpoint(&checkpoint(&s, 9)).unwrap();
+    assert!(matches!(
+        s.snapshot_chunk(3, depth, bucket, None, 10),
+        Err(StorageError::NotRetained(3))
+    ));
 }
 
 #[test]
