@@ -62,8 +62,11 @@ pub struct Config {
     pub genesis: PathBuf,
     /// The validator key file.
     pub key_file: PathBuf,
-    /// The data directory (RocksDB).
+    /// The data directory: the store (`db/`) and the safety record.
     pub data_dir: PathBuf,
+    /// Committed blocks kept below the stable checkpoint, for peers that
+    /// block-sync; a peer further behind state-syncs instead.
+    pub retained_blocks: u64,
     /// The libp2p listen address.
     pub listen: String,
     /// The other validators.
@@ -104,6 +107,7 @@ impl Default for Config {
             genesis: PathBuf::from("genesis.json"),
             key_file: PathBuf::from("validator.key"),
             data_dir: PathBuf::from("data"),
+            retained_blocks: 1000,
             listen: "/ip4/0.0.0.0/tcp/26656".into(),
             peers: Vec::new(),
             rpc_listen: SocketAddr::from(([127, 0, 0, 1], 8545)),
@@ -173,6 +177,9 @@ impl Config {
                 format!("`{}` is not a log filter", self.log_level),
             );
         }
+        if self.retained_blocks == 0 {
+            return bad("retained_blocks", "must be at least 1".into());
+        }
         if self.peer_queue == 0 || self.peer_queue > 1 << 20 {
             return bad("peer_queue", "must be between 1 and 1048576".into());
         }
@@ -230,8 +237,11 @@ impl Config {
 genesis = "{genesis}"
 # This validator's key (mode 0600; never share it).
 key_file = "{key}"
-# Where the RocksDB store lives.
+# The data directory: the RocksDB store (db/) and the safety record.
 data_dir = "{data}"
+# Committed blocks kept below the stable checkpoint for peers that catch up
+# by block sync; a peer further behind state-syncs instead.
+retained_blocks = {retained}
 # libp2p listen address (TCP + noise + yamux).
 listen = "{listen}"
 # JSON-RPC (HTTP and WebSocket on one port).
@@ -267,6 +277,7 @@ runtime_threads = {rt}
             genesis = self.genesis.display(),
             key = self.key_file.display(),
             data = self.data_dir.display(),
+            retained = self.retained_blocks,
             listen = self.listen,
             rpc = self.rpc_listen,
             metrics = self.metrics_listen,

@@ -271,7 +271,21 @@ fn start(home: &Path, log_format: Option<String>, recover: bool) -> Result<()> {
     }
     let data = Config::resolve(home, &cfg.data_dir);
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-    let store = Store::open(&data, &genesis, StoreOptions::default())?;
+    phalanx_node::statesync::settle(&data).with_context(|| {
+        format!(
+            "settling an interrupted state restore in {}",
+            data.display()
+        )
+    })?;
+    let store_options = StoreOptions {
+        retained_blocks: cfg.retained_blocks,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(
+        &data.join(phalanx_node::statesync::DB_DIR),
+        &genesis,
+        store_options.clone(),
+    )?;
     info!(
         chain = %genesis.chain_id,
         validator = %key.public().to_hex(),
@@ -290,7 +304,15 @@ fn start(home: &Path, log_format: Option<String>, recover: bool) -> Result<()> {
         .enable_all()
         .build()
         .context("starting the async runtime")?;
-    let res = rt.block_on(run_node(cfg, genesis, key, store, record, start_state));
+    let res = rt.block_on(run_node(
+        cfg,
+        genesis,
+        key,
+        store,
+        record,
+        start_state,
+        (data, store_options),
+    ));
     // Stop background tasks (which hold the store) before the lock goes.
     rt.shutdown_timeout(Duration::from_secs(5));
     drop(lock);
@@ -308,6 +330,7 @@ async fn run_node(
     store: Store,
     record: SafetyRecord,
     start_state: StartState,
+    (data, store_options): (PathBuf, StoreOptions),
 ) -> Result<()> {
     let listen: Multiaddr = cfg.listen.parse().context("listen")?;
     let mut peers = Vec::new();
@@ -337,13 +360,15 @@ async fn run_node(
         Arc::new(network.validator_peer_ids()),
         store_ready,
     ));
-    // A fresh (or wiped) validator restores the latest stable checkpoint
-    // from its peers before consensus starts.
-    let store = phalanx_node::statesync::sync_if_fresh(
+    // A fresh (or wiped) validator, or one further behind than its peers
+    // keep blocks, restores the latest stable checkpoint from its peers
+    // before consensus starts.
+    let store = phalanx_node::statesync::catch_up(
         network.control(),
         network.other_validators(),
         &genesis,
         store,
+        (&data, &store_options),
         &metrics,
     )
     .await?;

@@ -233,7 +233,10 @@ pub struct Metrics {
     checkpoint_height: Gauge,
     sync_target_height: Gauge,
     state_sync_buckets_remaining: Gauge,
+    state_sync_buckets_total: Gauge,
+    state_sync_bytes: Counter,
     state_sync_accounts: Counter,
+    state_sync_peer_drops: Family<Reason, Counter>,
     rpc_requests: Family<RpcCall, Counter>,
     rpc_seconds: HistogramFamily<RpcCall>,
     equivocations: Counter,
@@ -274,7 +277,10 @@ impl Metrics {
             checkpoint_height: Gauge::default(),
             sync_target_height: Gauge::default(),
             state_sync_buckets_remaining: Gauge::default(),
+            state_sync_buckets_total: Gauge::default(),
+            state_sync_bytes: Counter::default(),
             state_sync_accounts: Counter::default(),
+            state_sync_peer_drops: Family::default(),
             rpc_requests: Family::default(),
             rpc_seconds: Family::new_with_constructor(seconds_histogram),
             equivocations: Counter::default(),
@@ -412,9 +418,25 @@ impl Metrics {
             m.state_sync_buckets_remaining.clone(),
         );
         r.register(
+            "state_sync_buckets_total",
+            "Non-empty snapshot buckets of the running state sync",
+            m.state_sync_buckets_total.clone(),
+        );
+        r.register(
             "state_sync_accounts",
             "Accounts restored by state sync",
             m.state_sync_accounts.clone(),
+        );
+        r.register_with_unit(
+            "state_sync",
+            "Verified snapshot bytes restored by state sync",
+            Unit::Bytes,
+            m.state_sync_bytes.clone(),
+        );
+        r.register(
+            "state_sync_peer_drops",
+            "Peers a state sync stopped asking, by reason (junk, stalled, not_retained)",
+            m.state_sync_peer_drops.clone(),
         );
         r.register(
             "rpc_requests",
@@ -627,11 +649,21 @@ impl Metrics {
             .fetch_max(height as i64, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// State sync progress: buckets left, and accounts just restored.
-    pub fn state_sync(&self, buckets_remaining: usize, accounts: usize) {
+    /// State sync progress: buckets done of `total`, and accounts and
+    /// bytes just restored.
+    pub fn state_sync(&self, done: usize, total: usize, accounts: u64, bytes: u64) {
         self.state_sync_buckets_remaining
-            .set(buckets_remaining as i64);
-        self.state_sync_accounts.inc_by(accounts as u64);
+            .set(total.saturating_sub(done) as i64);
+        self.state_sync_buckets_total.set(total as i64);
+        self.state_sync_accounts.inc_by(accounts);
+        self.state_sync_bytes.inc_by(bytes);
+    }
+
+    /// A state sync stopped asking a peer.
+    pub fn state_sync_peer_drop(&self, reason: &'static str) {
+        self.state_sync_peer_drops
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     /// One JSON-RPC call of `method` finished.

@@ -1,15 +1,25 @@
-//! State sync: a new or wiped validator fetches the latest stable
-//! checkpoint and its state snapshot from peers, verifying everything,
-//! before consensus starts; block sync then brings it to the tip.
+//! State sync: a new or wiped validator, or one that fell further behind
+//! than its peers keep blocks, fetches the latest stable checkpoint and its
+//! state snapshot from peers, verifying everything, before consensus
+//! starts; block sync then brings it to the tip.
 //!
-//! This module owns the `/phalanx/state/1` protocol (one request and one
+//! This module owns the `/phalanx/state/2` protocol (one request and one
 //! response per stream, both length-prefixed and bounded) and both sides of
 //! it. A checkpoint is trusted only with a quorum certificate of the
 //! validator set, its block only if the block's id matches and its own
 //! commit certificate verifies, the snapshot manifest only if it folds to
 //! the certified state root, and each bucket of accounts only if it gives
-//! the manifest's summary (`phalanx_storage::StateRestore`).
+//! the manifest's summary (`phalanx_storage::StateRestore`), before any of
+//! it is written. A peer that sends junk, stalls or cannot serve the
+//! snapshot is dropped (log line and metric) and the sync goes on with the
+//! others.
+//!
+//! The restore is built in its own directory (`db.restore`, next to the
+//! store's `db`) and swapped in only when complete, so a validator that
+//! stops mid-restore keeps its store and starts the restore again by
+//! itself; [`settle`] finishes or discards an interrupted swap at start.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,19 +28,32 @@ use libp2p::{PeerId, StreamProtocol};
 use phalanx_consensus::{Block, CheckpointCert, QuorumCert, Verifier};
 use phalanx_crypto::{decode, encode};
 use phalanx_ledger::{Genesis, KeyHash};
-use phalanx_storage::{MAX_CHUNK_ACCOUNTS, SnapshotManifest, StateChunk, StateRestore, Store};
+use phalanx_storage::{
+    MAX_CHUNK_ACCOUNTS, SnapshotManifest, StateChunk, StateRestore, Store, StoreOptions,
+};
 use serde::{Deserialize, Serialize};
 use tracing::{debug, info, warn};
 
 /// The state sync protocol.
-pub const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/phalanx/state/1");
+pub const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/phalanx/state/2");
 /// Largest request, bytes.
 const MAX_REQUEST_BYTES: usize = 1024;
 /// Largest response, bytes (a chunk of 4096 accounts is about 250 KiB; an
 /// offer carries a block of up to 4 MiB and a manifest of up to 135 KiB).
 const MAX_RESPONSE_BYTES: usize = 16 << 20;
-/// How long one request may take.
-const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long one request may take; a peer slower than this is dropped as
+/// stalled.
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// Rounds of asking every peer again after all were dropped.
+const MAX_ROUNDS: usize = 5;
+/// Progress is logged this often.
+const PROGRESS_EVERY: Duration = Duration::from_secs(5);
+/// The store's directory inside the data directory.
+pub const DB_DIR: &str = "db";
+/// Where a restore is built.
+const RESTORE_DIR: &str = "db.restore";
+/// Where the replaced store waits to be deleted.
+const OLD_DIR: &str = "db.old";
 /// How long to look for peers' checkpoints before giving up on state sync.
 const DISCOVERY: Duration = Duration::from_secs(20);
 
@@ -63,6 +86,9 @@ pub struct Offer {
     pub qc: QuorumCert,
     /// The snapshot's manifest.
     pub manifest: SnapshotManifest,
+    /// The lowest height above genesis whose block the peer still serves:
+    /// a validator whose head is below it cannot block-sync from this peer.
+    pub retained_from: u64,
 }
 
 /// A response.
@@ -115,6 +141,7 @@ fn answer(store: &Store, req: StateRequest) -> StateResponse {
                     block,
                     qc,
                     manifest: (*manifest).clone(),
+                    retained_from: store.first_retained_block()?.0,
                 }))))
             }
             StateRequest::Chunk {
@@ -230,44 +257,77 @@ fn check_offer(offer: &Offer, genesis: &Genesis, verifier: &mut Verifier) -> Res
         .map_err(|e| e.to_string())
 }
 
-/// If this store is fresh (only genesis) and a peer holds a stable
-/// checkpoint, restores it; returns the store either way. `peers` are the
-/// other validators' peer ids.
-pub async fn sync_if_fresh(
-    mut control: libp2p_stream::Control,
-    peers: Vec<PeerId>,
-    genesis: &Genesis,
-    store: Store,
-    metrics: &crate::metrics::Metrics,
-) -> Result<Store, StateSyncError> {
-    if store.head().height != 0 || peers.is_empty() {
-        return Ok(store);
-    }
-    let genesis_block = Block::genesis(&genesis.consensus_chain(), genesis.genesis_time_ms);
-    let set = genesis
-        .validator_set()
-        .map_err(|e| StateSyncError::Failed(e.to_string()))?;
-    let mut verifier = Verifier::new(
-        set,
-        genesis.consensus_chain(),
-        &genesis_block,
-        genesis.params.max_block_bytes as usize,
+/// Finishes or discards what an interrupted restore left in data
+/// directory `data`, before the store is opened: a complete restore whose
+/// swap was cut short is put in place; a restore that was still running is
+/// deleted (the next sync starts it again).
+pub fn settle(data: &Path) -> std::io::Result<()> {
+    let (db, restore, old) = (
+        data.join(DB_DIR),
+        data.join(RESTORE_DIR),
+        data.join(OLD_DIR),
     );
-    // Ask every peer until one answers with a verified offer, or all have
-    // answered without one, or time runs out.
+    if restore.exists() {
+        if db.exists() {
+            warn!(path = %restore.display(), "an interrupted state restore is discarded; it starts again");
+            std::fs::remove_dir_all(&restore)?;
+        } else {
+            // Cut between the two renames of the swap: the restore was
+            // complete (its last batch was written before the swap began).
+            info!("completing an interrupted state restore swap");
+            std::fs::rename(&restore, &db)?;
+        }
+    }
+    if old.exists() {
+        std::fs::remove_dir_all(&old)?;
+    }
+    Ok(())
+}
+
+/// Why a peer was dropped from a sync.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Drop {
+    /// It sent a chunk that failed verification, or an answer of the
+    /// wrong kind.
+    Junk,
+    /// It did not answer in time (or the stream failed).
+    Stalled,
+    /// It no longer serves the snapshot being restored.
+    NotRetained,
+}
+
+impl Drop {
+    fn label(self) -> &'static str {
+        match self {
+            Drop::Junk => "junk",
+            Drop::Stalled => "stalled",
+            Drop::NotRetained => "not_retained",
+        }
+    }
+}
+
+/// Asks every peer for its latest stable checkpoint until one answers with
+/// a verified offer, or all have answered, or time runs out; returns the
+/// highest verified offer and who made it.
+async fn discover(
+    control: &mut libp2p_stream::Control,
+    peers: &[PeerId],
+    genesis: &Genesis,
+    verifier: &mut Verifier,
+) -> Option<(PeerId, Offer)> {
     let deadline = tokio::time::Instant::now() + DISCOVERY;
     let mut best: Option<(PeerId, Offer)> = None;
     let mut answered = std::collections::HashSet::new();
     while tokio::time::Instant::now() < deadline && answered.len() < peers.len() {
-        for p in &peers {
+        for p in peers {
             if answered.contains(p) {
                 continue;
             }
-            match request(&mut control, *p, &StateRequest::Checkpoint).await {
+            match request(control, *p, &StateRequest::Checkpoint).await {
                 Some(StateResponse::Checkpoint(offer)) => {
                     answered.insert(*p);
                     if let Some(o) = offer {
-                        match check_offer(&o, genesis, &mut verifier) {
+                        match check_offer(&o, genesis, verifier) {
                             Ok(()) => {
                                 let h = o.cert.payload.height;
                                 if best.as_ref().is_none_or(|(_, b)| b.cert.payload.height < h) {
@@ -286,65 +346,201 @@ pub async fn sync_if_fresh(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    let Some((first, offer)) = best else {
-        info!("no stable checkpoint offered; starting from genesis");
+    best
+}
+
+/// Restores a peer's latest stable checkpoint if this store needs it: a
+/// store at genesis, or one whose head is below the lowest block the peer
+/// still serves (it cannot block-sync that gap). Returns the store to run
+/// on: `store` itself, or the restored one, swapped in at `data`/`db`.
+/// `peers` are the other validators' peer ids.
+pub async fn catch_up(
+    mut control: libp2p_stream::Control,
+    peers: Vec<PeerId>,
+    genesis: &Genesis,
+    store: Store,
+    (data, options): (&Path, &StoreOptions),
+    metrics: &crate::metrics::Metrics,
+) -> Result<Store, StateSyncError> {
+    if peers.is_empty() {
         return Ok(store);
-    };
-    let h = offer.cert.payload.height.0;
-    info!(
-        height = h,
-        accounts = offer.manifest.accounts,
-        "state sync starting"
+    }
+    let genesis_block = Block::genesis(&genesis.consensus_chain(), genesis.genesis_time_ms);
+    let set = genesis
+        .validator_set()
+        .map_err(|e| StateSyncError::Failed(e.to_string()))?;
+    let mut verifier = Verifier::new(
+        set,
+        genesis.consensus_chain(),
+        &genesis_block,
+        genesis.params.max_block_bytes as usize,
     );
-    let mut restore = StateRestore::new(store, offer.cert.clone(), offer.manifest.clone())?;
-    // Chunks from the offering peer first, then the others in turn.
+    let head = store.head().height;
+    let mut attempts = 0;
+    let restored = loop {
+        attempts += 1;
+        let Some((first, offer)) = discover(&mut control, &peers, genesis, &mut verifier).await
+        else {
+            if head == 0 {
+                info!("no stable checkpoint offered; starting from genesis");
+            }
+            return Ok(store);
+        };
+        let h = offer.cert.payload.height.0;
+        let behind = head + 1 < offer.retained_from;
+        if h <= head || !(head == 0 || behind) {
+            return Ok(store);
+        }
+        info!(
+            height = h,
+            head,
+            accounts = offer.manifest.accounts,
+            reason = if head == 0 {
+                "new store"
+            } else {
+                "peers no longer keep the blocks after this head"
+            },
+            "state sync starting"
+        );
+        let target = (genesis, data, options);
+        match restore_offer(&mut control, &peers, first, &offer, target, metrics).await {
+            Ok(r) => break (r, offer),
+            Err(e) if attempts < MAX_ROUNDS => {
+                warn!("state sync of checkpoint {h} failed ({e}); asking for a newer checkpoint");
+            }
+            Err(e) => return Err(e),
+        }
+    };
+    let (restored, offer) = restored;
+    let h = offer.cert.payload.height.0;
+    // Swap: the old store out, the restored one in.
+    drop(store);
+    drop(restored);
+    let (db, restore, old) = (
+        data.join(DB_DIR),
+        data.join(RESTORE_DIR),
+        data.join(OLD_DIR),
+    );
+    let io = |e: std::io::Error| StateSyncError::Failed(format!("swapping in the restore: {e}"));
+    std::fs::rename(&db, &old).map_err(io)?;
+    std::fs::rename(&restore, &db).map_err(io)?;
+    std::fs::remove_dir_all(&old).map_err(io)?;
+    let store = Store::open(&db, genesis, options.clone())?;
+    info!(height = h, "state sync complete");
+    Ok(store)
+}
+
+/// Restores `offer` into a new store in `data`/`db.restore`, asking `first`
+/// first and the other peers in turn, dropping peers that fail.
+async fn restore_offer(
+    control: &mut libp2p_stream::Control,
+    peers: &[PeerId],
+    first: PeerId,
+    offer: &Offer,
+    (genesis, data, options): (&Genesis, &Path, &StoreOptions),
+    metrics: &crate::metrics::Metrics,
+) -> Result<Store, StateSyncError> {
+    let dir = data.join(RESTORE_DIR);
+    if dir.exists() {
+        std::fs::remove_dir_all(&dir)
+            .map_err(|e| StateSyncError::Failed(format!("clearing {}: {e}", dir.display())))?;
+    }
+    let fresh = Store::open(&dir, genesis, options.clone())?;
+    let mut restore = StateRestore::new(fresh, offer.cert.clone(), offer.manifest.clone())?;
     let mut order = vec![first];
     order.extend(peers.iter().copied().filter(|p| *p != first));
+    let mut dropped: std::collections::HashMap<PeerId, Drop> = Default::default();
     let mut which = 0usize;
-    let mut failures = 0usize;
-    let mut remaining = offer
-        .manifest
-        .buckets
-        .iter()
-        .filter(|b| **b != phalanx_ledger::Subtree::Empty)
-        .count();
-    metrics.state_sync(remaining, 0);
+    let mut rounds = 0usize;
+    let started = std::time::Instant::now();
+    let mut last_log = started;
+    let (_, total) = restore.progress();
+    metrics.state_sync(0, total, 0, 0);
     while let Some((height, depth, bucket, after)) = restore.next_request() {
-        let peer = order[which % order.len()];
+        let live: Vec<PeerId> = order
+            .iter()
+            .copied()
+            .filter(|p| !dropped.contains_key(p))
+            .collect();
+        if live.is_empty() {
+            rounds += 1;
+            if rounds >= MAX_ROUNDS {
+                return Err(StateSyncError::Failed(format!(
+                    "every peer failed to serve checkpoint {height} ({} rounds)",
+                    MAX_ROUNDS
+                )));
+            }
+            if dropped.values().all(|d| *d == Drop::NotRetained) {
+                return Err(StateSyncError::Failed(format!(
+                    "no peer serves checkpoint {height} any more"
+                )));
+            }
+            warn!(
+                round = rounds,
+                "every peer was dropped; asking them all again"
+            );
+            dropped.clear();
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            continue;
+        }
+        let peer = live[which % live.len()];
         let req = StateRequest::Chunk {
             height,
             depth,
             bucket,
             after,
         };
-        match request(&mut control, peer, &req).await {
-            Some(StateResponse::Chunk(chunk)) => {
-                // A chunk that fails verification poisons the restore: the
-                // node stops and asks for a clean data directory rather
-                // than trust anything half-written.
-                let n = chunk.accounts.len();
-                let bucket_done = chunk.bucket_done;
-                restore.add_chunk(chunk)?;
-                if bucket_done {
-                    remaining = remaining.saturating_sub(1);
-                }
-                metrics.state_sync(remaining, n);
+        let (accounts0, bytes0) = (restore.accounts(), restore.bytes());
+        let outcome = match request(control, peer, &req).await {
+            Some(StateResponse::Chunk(chunk)) => match restore.add_chunk(chunk) {
+                Ok(()) => None,
+                Err(e) => Some((Drop::Junk, e.to_string())),
+            },
+            Some(StateResponse::Error(e)) if e.contains("nothing retained") => {
+                Some((Drop::NotRetained, e))
             }
-            other => {
-                failures += 1;
-                which += 1;
-                debug!(peer = %peer, "chunk request failed: {other:?}");
-                if failures > 20 * order.len() {
-                    return Err(StateSyncError::Failed(
-                        "peers stopped serving the snapshot".into(),
-                    ));
-                }
-                tokio::time::sleep(Duration::from_millis(200)).await;
-            }
+            Some(other) => Some((Drop::Junk, format!("unexpected answer {other:?}"))),
+            None => Some((Drop::Stalled, "no answer in time".into())),
+        };
+        if let Some((why, detail)) = outcome {
+            // The bucket starts over with the next peer (add_chunk forgot
+            // what this peer sent of it).
+            restore.restart_bucket();
+            metrics.state_sync_peer_drop(why.label());
+            warn!(peer = %peer, reason = why.label(), "state sync peer dropped: {detail}");
+            dropped.insert(peer, why);
+            which += 1;
+            continue;
+        }
+        let (done, total) = restore.progress();
+        metrics.state_sync(
+            done,
+            total,
+            restore.accounts() - accounts0,
+            restore.bytes() - bytes0,
+        );
+        if last_log.elapsed() >= PROGRESS_EVERY {
+            last_log = std::time::Instant::now();
+            let secs = started.elapsed().as_secs_f64().max(0.001);
+            info!(
+                buckets_done = done,
+                buckets_total = total,
+                bytes = restore.bytes(),
+                bytes_per_second = (restore.bytes() as f64 / secs) as u64,
+                "state sync progress"
+            );
         }
     }
     let accounts = restore.accounts();
+    let (done, total) = restore.progress();
     let store = restore.finish(&offer.block, &offer.qc)?;
-    info!(height = h, accounts, "state sync complete");
+    info!(
+        height = offer.cert.payload.height.0,
+        accounts,
+        buckets_done = done,
+        buckets_total = total,
+        secs = started.elapsed().as_secs_f64(),
+        "state restored"
+    );
     Ok(store)
 }

@@ -283,9 +283,47 @@ pub async fn node_status(n: &NodeInfo) -> Value {
                 Err(e) => json!(format!("not ready: {e}")),
             };
         }
-        Err(e) => v["health"] = json!(format!("unreachable: {e}")),
+        Err(e) => {
+            // RPC starts after a state sync: show the sync's progress from
+            // the metrics, which are served from the start.
+            v["health"] = match state_sync_progress(&n.metrics_url).await {
+                Some((done, total, bytes)) => {
+                    v["state_sync"] =
+                        json!({"buckets_done": done, "buckets_total": total, "bytes": bytes});
+                    json!(format!(
+                        "state sync: {done}/{total} buckets, {:.1} MiB",
+                        bytes as f64 / (1024.0 * 1024.0)
+                    ))
+                }
+                None => json!(format!("unreachable: {e}")),
+            };
+        }
     }
     v
+}
+
+/// A running state sync's buckets done and total and bytes, from a node's
+/// metrics (`None` when no sync is running or the metrics do not answer).
+async fn state_sync_progress(metrics_url: &str) -> Option<(u64, u64, u64)> {
+    let url = metrics_url.to_string();
+    let (code, text) = tokio::task::spawn_blocking(move || {
+        crate::client::http_get(&url, Duration::from_secs(2)).ok()
+    })
+    .await
+    .ok()??;
+    if code != 200 {
+        return None;
+    }
+    let value = |name: &str| -> Option<u64> {
+        text.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(' '))
+            .and_then(|v| v.trim().parse::<f64>().ok())
+            .map(|v| v as u64)
+    };
+    let total = value("phalanx_state_sync_buckets_total")?;
+    let remaining = value("phalanx_state_sync_buckets_remaining")?;
+    let bytes = value("phalanx_state_sync_bytes_total").unwrap_or(0);
+    (total > 0).then(|| (total.saturating_sub(remaining), total, bytes))
 }
 
 /// Every node's status.

@@ -367,3 +367,122 @@ fn a_validator_with_another_genesis_is_refused_by_name_and_signs_nothing_that_co
     assert_eq!(c.height(3), 0, "it commits nothing of the others' chain");
     assert_agreement(&c);
 }
+
+#[test]
+fn a_validator_behind_what_its_peers_keep_state_syncs_and_rejoins_by_itself_under_load() {
+    use phalanx_tests::{account, transfer_hex};
+    use serde_json::json;
+    const RETAINED: u64 = 10;
+    let mut c = Cluster::new(ClusterOptions {
+        extra_config: format!("empty_block_delay_ms = 10\nretained_blocks = {RETAINED}"),
+        params: phalanx_ledger::Params {
+            checkpoint_interval: 10,
+            base_timeout_ms: 250,
+            max_timeout_ms: 2000,
+            ..phalanx_ledger::Params::default()
+        },
+        ..ClusterOptions::default()
+    });
+    c.start_all();
+    c.wait_until("every node serves RPC", |c| {
+        (0..4).all(|i| c.rpc(i, "ledger_status", vec![]).is_ok())
+    });
+    let chain = c.genesis.chain_id.clone();
+    let senders = 8u64;
+    let mut nonces = vec![0u64; senders as usize];
+    let mut submitted = 0u64;
+    // Load: each poll submits a few transfers to a live validator.
+    let mut load = |c: &Cluster, to: usize| {
+        for _ in 0..4 {
+            let from = submitted % senders;
+            let tx = transfer_hex(
+                &chain,
+                from,
+                nonces[from as usize],
+                &account(30).public(),
+                1,
+            );
+            if c.rpc(
+                to,
+                "ledger_submitTransaction",
+                vec![json!(tx), json!("none")],
+            )
+            .is_ok()
+            {
+                nonces[from as usize] += 1;
+            }
+            submitted += 1;
+        }
+    };
+    c.kill(3);
+    let down_at = c.height(3);
+    c.wait_until(
+        "the others commit 5 × retained_blocks blocks under load",
+        |c| {
+            load(c, 0);
+            (0..3).all(|i| c.height(i) >= down_at + 5 * RETAINED + 2 * 10)
+        },
+    );
+    let started = std::time::Instant::now();
+    c.start(3);
+    c.wait_until("it state-syncs because its peers pruned past it", |c| {
+        load(c, 1);
+        c.records_since_start(3).iter().any(|r| {
+            r["message"] == "state sync starting"
+                && r["reason"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("peers no longer keep"))
+        })
+    });
+    let target = (0..3).map(|i| c.height(i)).max().unwrap();
+    c.wait_until("it reaches the others' height", |c| {
+        load(c, 2);
+        c.height(3) >= target
+    });
+    eprintln!(
+        "rejoined {} blocks behind in {:.1} s",
+        target - down_at,
+        started.elapsed().as_secs_f64()
+    );
+    // Agreement, the same state roots, and the supply on every node.
+    let final_target = (0..4).map(|i| c.rpc_height(i)).max().unwrap();
+    c.wait_until("all at one height", |c| {
+        (0..4).all(|i| c.rpc_height(i) >= final_target)
+    });
+    assert_agreement(&c);
+    let (r0, r3) = (c.roots(0), c.roots(3));
+    let compared = r3
+        .iter()
+        .filter(|(h, root)| {
+            r0.get(h).is_some_and(|o| {
+                assert_eq!(o, *root, "state root at {h}");
+                true
+            })
+        })
+        .count();
+    assert!(compared > 0);
+    let supply: u128 = c.genesis.accounts.iter().map(|a| a.balance as u128).sum();
+    for i in 0..4 {
+        let total: u128 = c
+            .genesis
+            .accounts
+            .iter()
+            .map(|a| {
+                c.rpc(i, "ledger_getAccount", vec![json!(a.address.to_hex())])
+                    .unwrap()["balance"]
+                    .as_u64()
+                    .unwrap() as u128
+            })
+            .sum::<u128>()
+            + c.rpc(
+                i,
+                "ledger_getAccount",
+                vec![json!(account(30).public().to_hex())],
+            )
+            .unwrap()["balance"]
+                .as_u64()
+                .unwrap_or(0) as u128;
+        assert_eq!(total, supply, "supply on node {i}");
+    }
+    assert_eq!(c.metric_sum("phalanx_equivocations_total"), 0.0);
+}
