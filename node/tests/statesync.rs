@@ -1,0 +1,240 @@
+//! State sync over real libp2p sockets: honest peers serve real RocksDB
+//! stores with the node's own server; a Byzantine peer answers chunk
+//! requests with junk, or not at all. The sync must complete from the
+//! honest ones, dropping the liar.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
+use libp2p::Multiaddr;
+use phalanx_consensus::{CheckpointCert, CheckpointVote, QuorumCert};
+use phalanx_crypto::{Certificate, KeyPair, ValidatorIndex, Verified, decode, encode};
+use phalanx_ledger::Genesis;
+use phalanx_node::metrics::Metrics;
+use phalanx_node::net::{NetConfig, Network, peer_id_of, start};
+use phalanx_node::statesync::{
+    DB_DIR, Offer, STATE_PROTOCOL, StateRequest, StateResponse, catch_up, serve,
+};
+use phalanx_storage::testkit::{genesis, next_block, transfers};
+use phalanx_storage::{Store, StoreOptions};
+
+const ACCOUNTS: u64 = 300;
+const CHECKPOINT: u64 = 10;
+
+fn validator_key(i: u8) -> KeyPair {
+    KeyPair::from_seed([0xf0 + i; 32])
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A quorum's signatures over `payload`, under the chain's consensus id.
+fn quorum<T: phalanx_crypto::SignedPayload + Clone + Eq>(
+    g: &Genesis,
+    payload: T,
+) -> Certificate<T> {
+    let chain = g.consensus_chain();
+    let votes: Vec<_> = (0..3u8)
+        .map(|i| {
+            Verified::sign(
+                &validator_key(i),
+                ValidatorIndex(i as u16),
+                &chain,
+                payload.clone(),
+            )
+        })
+        .collect();
+    Certificate::aggregate(&votes, &g.validator_set().unwrap()).unwrap()
+}
+
+/// A store that committed `CHECKPOINT + 2` blocks of transfers, each with a
+/// real quorum certificate, and holds a real stable checkpoint.
+fn source_store(dir: &Path, g: &Genesis) -> Store {
+    let s = Store::open(dir, g, StoreOptions::default()).unwrap();
+    let chain = s.chain_id().clone();
+    for _ in 0..CHECKPOINT + 2 {
+        let h = s.head().height + 1;
+        let txs = transfers(&s, &chain, ACCOUNTS, h, 11, 40).unwrap();
+        let (b, stand_in) = next_block(&s, &txs);
+        let qc: QuorumCert = quorum(g, stand_in.payload);
+        s.apply_block(&b, &qc).unwrap();
+    }
+    let h = phalanx_consensus::Height(CHECKPOINT);
+    let cp: CheckpointCert = quorum(
+        g,
+        CheckpointVote {
+            height: h,
+            block_id: s.block(h).unwrap().unwrap().id(),
+            state_root: s.state_root_at(h).unwrap(),
+        },
+    );
+    s.put_stable_checkpoint(&cp).unwrap();
+    s
+}
+
+fn addr(port: u16) -> Multiaddr {
+    format!("/ip4/127.0.0.1/tcp/{port}").parse().unwrap()
+}
+
+/// Validator `i` on `ports[i]`, dialling the validators in `dial`.
+fn node(g: &Genesis, ports: &[u16], i: usize, dial: &[usize]) -> (Network, Arc<Metrics>) {
+    let metrics = Arc::new(Metrics::new(4, &[]));
+    let (net, _inbound, _gossip) = start(NetConfig {
+        key: validator_key(i as u8),
+        listen: addr(ports[i]),
+        validators: g.validators.clone(),
+        peers: dial
+            .iter()
+            .map(|&j| (validator_key(j as u8).public(), addr(ports[j])))
+            .collect(),
+        peer_queue: 64,
+        reconnect_base: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(500),
+        metrics: metrics.clone(),
+        genesis: g.hash(),
+    })
+    .unwrap();
+    (net, metrics)
+}
+
+#[derive(Clone, Copy, PartialEq, Debug)]
+enum Lie {
+    /// Every chunk claims to end its bucket, with one balance changed.
+    Junk,
+    /// Chunk requests are never answered.
+    Stall,
+}
+
+/// The offer an honest server makes from `store`.
+fn honest_offer(store: &Store) -> StateResponse {
+    let cert = store.stable_checkpoint().unwrap().unwrap();
+    let h = cert.payload.height;
+    StateResponse::Checkpoint(Some(Box::new(Offer {
+        block: store.block(h).unwrap().unwrap(),
+        qc: store.cert(h).unwrap().unwrap(),
+        manifest: (*store.snapshot_manifest().unwrap().unwrap()).clone(),
+        retained_from: store.first_retained_block().unwrap().0,
+        cert,
+    })))
+}
+
+/// Makes honest offers from `store` but lies about its chunks.
+fn liar(net: &Network, store: Arc<Store>, lie: Lie) {
+    let mut incoming = net.control().accept(STATE_PROTOCOL).unwrap();
+    tokio::spawn(async move {
+        while let Some((_, mut s)) = incoming.next().await {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut len = [0u8; 4];
+                if s.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let mut req = vec![0u8; u32::from_be_bytes(len) as usize];
+                if s.read_exact(&mut req).await.is_err() {
+                    return;
+                }
+                let req: StateRequest = decode(&req, 1024).unwrap();
+                let resp = match req {
+                    StateRequest::Checkpoint => honest_offer(&store),
+                    StateRequest::Chunk { .. } if lie == Lie::Stall => {
+                        tokio::time::sleep(Duration::from_secs(3600)).await;
+                        return;
+                    }
+                    StateRequest::Chunk {
+                        height,
+                        depth,
+                        bucket,
+                        after,
+                    } => {
+                        let mut c = store
+                            .snapshot_chunk(height, depth, bucket, after, 4096)
+                            .unwrap();
+                        c.bucket_done = true;
+                        if let Some(a) = c.accounts.first_mut() {
+                            a.1.balance += 1;
+                        }
+                        StateResponse::Chunk(c)
+                    }
+                };
+                let bytes = encode(&resp);
+                let _ = s.write_all(&(bytes.len() as u32).to_be_bytes()).await;
+                let _ = s.write_all(&bytes).await;
+                let _ = s.flush().await;
+                let _ = s.close().await;
+            });
+        }
+    });
+}
+
+async fn sync_past(lie: Lie) {
+    let g = genesis(ACCOUNTS);
+    let src_dir = tempfile::tempdir().unwrap();
+    let src = Arc::new(source_store(src_dir.path(), &g));
+    let ports: Vec<u16> = (0..4).map(|_| free_port()).collect();
+    // Validator 0 lies; 1 and 2 serve honestly; 3 syncs.
+    let (liar_net, _) = node(&g, &ports, 0, &[]);
+    liar(&liar_net, src.clone(), lie);
+    let mut servers = Vec::new();
+    for i in [1, 2] {
+        let (net, _) = node(&g, &ports, i, &[]);
+        let (tx, rx) = tokio::sync::watch::channel(Some(src.clone()));
+        tokio::spawn(serve(net.control(), Arc::new(net.validator_peer_ids()), rx));
+        servers.push((net, tx));
+    }
+    let (client, metrics) = node(&g, &ports, 3, &[0, 1, 2]);
+    let data = tempfile::tempdir().unwrap();
+    let opts = StoreOptions::default();
+    let fresh = Store::open(&data.path().join(DB_DIR), &g, opts.clone()).unwrap();
+    // The liar first: its offer is taken and it is asked first.
+    let liar_id = peer_id_of(&validator_key(0).public()).unwrap();
+    let mut peers = client.other_validators();
+    peers.sort_by_key(|p| *p != liar_id);
+    let restored = tokio::time::timeout(
+        Duration::from_secs(120),
+        catch_up(
+            client.control(),
+            peers,
+            &g,
+            fresh,
+            (data.path(), &opts),
+            &metrics,
+        ),
+    )
+    .await
+    .expect("the sync completes in time")
+    .expect("the sync completes");
+    let cp = src.stable_checkpoint().unwrap().unwrap();
+    assert_eq!(restored.head().height, CHECKPOINT);
+    assert_eq!(restored.head().state_root, cp.payload.state_root);
+    let reason = if lie == Lie::Junk { "junk" } else { "stalled" };
+    let text = metrics.encode();
+    let drops = format!("phalanx_state_sync_peer_drops_total{{reason=\"{reason}\"}} 1");
+    assert!(
+        text.contains(&drops),
+        "the liar is dropped, once: {}",
+        text.lines()
+            .filter(|l| l.contains("state_sync"))
+            .collect::<Vec<_>>()
+            .join("\n")
+    );
+    assert!(!data.path().join("db.restore").exists(), "swapped in");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_sync_fed_junk_by_one_peer_completes_from_the_others() {
+    sync_past(Lie::Junk).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_state_sync_stalled_by_one_peer_completes_from_the_others() {
+    sync_past(Lie::Stall).await;
+}
