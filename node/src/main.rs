@@ -318,6 +318,18 @@ fn start(home: &Path, log_format: Option<String>, recover: bool) -> Result<()> {
     drop(lock);
     match &res {
         Ok(()) => info!("stopped"),
+        Err(e) if fell_behind(e) => {
+            // Block sync cannot close the gap: start again, as a process
+            // does, and state-sync at start (`statesync::catch_up`). Every
+            // file is closed on exec; nothing unsynced mattered (a crash
+            // loses the same).
+            warn!("{e:#}; restarting to state-sync");
+            let exe = std::env::current_exe().context("finding this executable")?;
+            let err = std::os::unix::process::CommandExt::exec(
+                std::process::Command::new(exe).args(std::env::args_os().skip(1)),
+            );
+            return Err(err).context("restarting");
+        }
         Err(e) => error!("stopped on error: {e:#}"),
     }
     res
@@ -402,7 +414,7 @@ async fn run_node(
         best_seen_height: std::sync::atomic::AtomicU64::new(store.head().height),
         last_commit_ms: std::sync::atomic::AtomicU64::new(0),
     });
-    let runtime = Runtime::new(
+    let mut runtime = Runtime::new(
         &genesis,
         key,
         store.clone(),
@@ -447,10 +459,18 @@ async fn run_node(
         info!("signal received; shutting down");
         let _ = stop_tx.send(true);
     });
+    runtime.set_catch_up_limit(cfg.retained_blocks);
     let res = run_instrumented(runtime, inbound, stop_rx).await;
     let _ = rpc_handle.stop();
     res?;
     Ok(())
+}
+
+fn fell_behind(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<phalanx_node::runtime::RuntimeError>(),
+        Some(phalanx_node::runtime::RuntimeError::FellBehind { .. })
+    )
 }
 
 async fn wait_for_signal() {

@@ -418,7 +418,7 @@ impl Metrics {
             m.state_sync_buckets_remaining.clone(),
         );
         r.register(
-            "state_sync_buckets_total",
+            "state_sync_buckets",
             "Non-empty snapshot buckets of the running state sync",
             m.state_sync_buckets_total.clone(),
         );

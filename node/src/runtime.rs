@@ -62,6 +62,20 @@ pub enum RuntimeError {
     /// The executor thread ended without being asked to.
     #[error("the executor stopped")]
     ExecutorStopped,
+    /// Certified blocks are further ahead than peers keep blocks, and no
+    /// block has committed for a while: block sync cannot close the gap.
+    /// The node restarts to state-sync.
+    #[error(
+        "fell behind: committed height {committed}, peers certify height {seen}, nothing committed for {secs} s"
+    )]
+    FellBehind {
+        /// This validator's executed height.
+        committed: u64,
+        /// The height peers' certificates show.
+        seen: u64,
+        /// Seconds without a commit.
+        secs: u64,
+    },
 }
 
 /// What the rest of the node can see of consensus.
@@ -299,10 +313,12 @@ impl Monitor for NodePorts {
     fn received(&mut self, _from: ValidatorIndex, msg: &VerifiedMessage, bytes: usize) {
         self.metrics.received(msg.kind(), bytes);
         if let VerifiedMessage::Proposal(p) = msg {
-            // The chain's tip as peers see it (a proposal runs two blocks
-            // ahead of commits), for readiness.
-            self.shared
-                .note_seen(p.payload.block.height().0.saturating_sub(2));
+            // The chain's tip as peers see it, for readiness and for giving
+            // up on block sync: the height the proposal's verified
+            // certificate certifies, less the one block a commit lags (the
+            // block's own height is the proposer's word only).
+            let certified = p.payload.block.header.justify.payload.height.0;
+            self.shared.note_seen(certified.saturating_sub(1));
         }
     }
 
@@ -516,7 +532,19 @@ pub struct Runtime {
     status: watch::Sender<Status>,
     metrics: Arc<Metrics>,
     shared: Arc<Shared>,
+    /// Blocks peers keep below their stable checkpoint (`None`: never
+    /// give up on block sync).
+    catch_up_limit: Option<u64>,
+    /// The executed height and when it last moved.
+    progress: (u64, Instant),
 }
+
+/// The event loop wakes at least this often (to check [`FELL_BEHIND_AFTER`]).
+const BEHIND_CHECK_EVERY: Duration = Duration::from_secs(1);
+
+/// How long a validator further behind than peers keep blocks waits for a
+/// commit before it restarts to state-sync.
+pub const FELL_BEHIND_AFTER: Duration = Duration::from_secs(20);
 
 impl Runtime {
     /// Builds the driver from the store (resuming where the store left
@@ -622,6 +650,8 @@ impl Runtime {
             status,
             metrics,
             shared,
+            catch_up_limit: None,
+            progress: (head.height, Instant::now()),
         };
         rt.publish();
         Ok(rt)
@@ -661,12 +691,45 @@ impl Runtime {
         result
     }
 
+    /// Gives up on block sync (returning [`RuntimeError::FellBehind`])
+    /// when peers certify blocks more than `blocks` ahead of this
+    /// validator's executed height and nothing has committed for
+    /// [`FELL_BEHIND_AFTER`]: peers no longer keep the blocks in between.
+    pub fn set_catch_up_limit(&mut self, blocks: u64) {
+        self.catch_up_limit = Some(blocks);
+    }
+
+    fn check_behind(&mut self) -> Result<(), RuntimeError> {
+        let executed = self.driver.executed_height().0;
+        if executed != self.progress.0 {
+            self.progress = (executed, Instant::now());
+            return Ok(());
+        }
+        let Some(limit) = self.catch_up_limit else {
+            return Ok(());
+        };
+        let seen = self
+            .shared
+            .best_seen_height
+            .load(std::sync::atomic::Ordering::Relaxed);
+        let stalled = self.progress.1.elapsed();
+        if seen > executed.saturating_add(limit) && stalled >= FELL_BEHIND_AFTER {
+            return Err(RuntimeError::FellBehind {
+                committed: executed,
+                seen,
+                secs: stalled.as_secs(),
+            });
+        }
+        Ok(())
+    }
+
     async fn event_loop(
         &mut self,
         mut inbound: mpsc::Receiver<Inbound>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), RuntimeError> {
         loop {
+            self.check_behind()?;
             let wait = match self.driver.next_deadline() {
                 Some(at) => Duration::from_millis(at.0.saturating_sub(now().0)),
                 None => Duration::from_secs(3600),
@@ -708,7 +771,7 @@ impl Runtime {
                     }
                 }
                 _ = new_txs => self.driver.payload_available(now())?,
-                _ = tokio::time::sleep(wait) => self.driver.tick(now())?,
+                _ = tokio::time::sleep(wait.min(BEHIND_CHECK_EVERY)) => self.driver.tick(now())?,
             }
             self.publish();
         }

@@ -320,7 +320,7 @@ async fn state_sync_progress(metrics_url: &str) -> Option<(u64, u64, u64)> {
             .and_then(|v| v.trim().parse::<f64>().ok())
             .map(|v| v as u64)
     };
-    let total = value("phalanx_state_sync_buckets_total")?;
+    let total = value("phalanx_state_sync_buckets")?;
     let remaining = value("phalanx_state_sync_buckets_remaining")?;
     let bytes = value("phalanx_state_sync_bytes_total").unwrap_or(0);
     (total > 0).then(|| (total.saturating_sub(remaining), total, bytes))

@@ -382,6 +382,18 @@ impl Cluster {
         }
     }
 
+    /// Freezes (`SIGSTOP`) or thaws (`SIGCONT`) node `i`'s process: its
+    /// sockets stay open, its state stays in memory.
+    pub fn freeze(&self, i: usize, frozen: bool) {
+        let pid = self.nodes[i].child.as_ref().expect("running").id();
+        let sig = if frozen { "-STOP" } else { "-CONT" };
+        let ok = Command::new("kill")
+            .args([sig, &pid.to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill {sig} {pid}");
+    }
+
     /// SIGTERMs node `i` and waits for it to exit; returns its exit code.
     pub fn stop(&mut self, i: usize) -> Option<i32> {
         let mut c = self.nodes[i].child.take()?;

@@ -486,3 +486,46 @@ fn a_validator_behind_what_its_peers_keep_state_syncs_and_rejoins_by_itself_unde
     }
     assert_eq!(c.metric_sum("phalanx_equivocations_total"), 0.0);
 }
+
+#[test]
+fn a_running_validator_left_behind_what_its_peers_keep_restarts_to_state_sync_by_itself() {
+    // Frozen, not killed: its process keeps its state and sockets, and
+    // wakes to certificates for blocks its peers no longer keep.
+    const RETAINED: u64 = 10;
+    let mut c = Cluster::new(ClusterOptions {
+        extra_config: format!("empty_block_delay_ms = 10\nretained_blocks = {RETAINED}"),
+        params: phalanx_ledger::Params {
+            checkpoint_interval: 10,
+            base_timeout_ms: 250,
+            max_timeout_ms: 2000,
+            ..phalanx_ledger::Params::default()
+        },
+        ..ClusterOptions::default()
+    });
+    c.start_all();
+    c.wait_until("every node commits height 5", |c| {
+        (0..4).all(|i| c.height(i) >= 5)
+    });
+    c.freeze(3, true);
+    let frozen_at = c.height(3);
+    c.wait_until("the others get far ahead", |c| {
+        (0..3).all(|i| c.height(i) >= frozen_at + 5 * RETAINED + 2 * 10)
+    });
+    c.freeze(3, false);
+    c.wait_until("it gives up on block sync and restarts", |c| {
+        c.log_records(3).iter().any(|r| {
+            r["message"]
+                .as_str()
+                .is_some_and(|m| m.contains("restarting to state-sync"))
+        })
+    });
+    c.wait_until("it state-syncs", |c| {
+        c.records_since_start(3)
+            .iter()
+            .any(|r| r["message"] == "state sync complete")
+    });
+    let target = (0..3).map(|i| c.height(i)).max().unwrap();
+    c.wait_until("it reaches the others' height", |c| c.height(3) >= target);
+    assert_agreement(&c);
+    assert_eq!(c.metric_sum("phalanx_equivocations_total"), 0.0);
+}
