@@ -20,7 +20,7 @@ use phalanx_node::mempool::{Mempool, MempoolLimits};
 use phalanx_node::metrics::{self, Metrics};
 use phalanx_node::net::{self, NetConfig};
 use phalanx_node::rpc;
-use phalanx_node::runtime::{Runtime, Status, run_instrumented};
+use phalanx_node::runtime::{LocalOptions, Runtime, Status, run_instrumented};
 use phalanx_node::safety::StartState;
 use phalanx_node::shared::{COMMIT_CHANNEL, Shared};
 use phalanx_storage::{SafetyRecord, Store, StoreOptions};
@@ -421,7 +421,10 @@ async fn run_node(
         record,
         start_state,
         network,
-        delay,
+        LocalOptions {
+            empty_block_delay: delay,
+            retained_blocks: cfg.retained_blocks,
+        },
         shared.clone(),
         status_tx,
     )?;

@@ -524,6 +524,16 @@ fn execute_one(
     })
 }
 
+/// A validator's own settings the runtime needs (from its config file).
+#[derive(Clone, Copy, Debug)]
+pub struct LocalOptions {
+    /// How long a leader with nothing to order waits before proposing an
+    /// empty block.
+    pub empty_block_delay: Duration,
+    /// Committed blocks kept below the stable checkpoint for peers.
+    pub retained_blocks: u64,
+}
+
 /// The consensus shell of one validator.
 pub struct Runtime {
     driver: Driver<NodePorts>,
@@ -561,11 +571,19 @@ impl Runtime {
         record: SafetyRecord,
         start: StartState,
         net: Network,
-        empty_block_delay: Duration,
+        local: LocalOptions,
         shared: Arc<Shared>,
         status: watch::Sender<Status>,
     ) -> Result<Runtime, RuntimeError> {
-        let cfg = core_config(genesis)?;
+        let mut cfg = core_config(genesis)?;
+        // What this validator keeps of committed blocks, in memory too: a
+        // peer further behind state-syncs (and the runtime gives up on
+        // block sync past it, see `check_behind`).
+        cfg.retained_blocks = cfg
+            .retained_blocks
+            .min(local.retained_blocks)
+            .max(cfg.checkpoint_interval);
+        let empty_block_delay = local.empty_block_delay;
         let genesis_block = Block::genesis(&genesis.consensus_chain(), genesis.genesis_time_ms);
         let head = store.head();
         let block = store

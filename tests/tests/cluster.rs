@@ -18,6 +18,28 @@ fn assert_agreement(c: &Cluster) {
     }
 }
 
+/// Node `i`'s stable checkpoint height (0 when unknown).
+fn stable(c: &Cluster, i: usize) -> u64 {
+    c.metric(i, "phalanx_stable_checkpoint_height")
+        .unwrap_or(0.0) as u64
+}
+
+/// A cluster whose chain moves fast (10 ms empty-block delay, short view
+/// timeouts, a checkpoint every 10 blocks) and whose validators keep
+/// `retained` blocks below their stable checkpoint.
+fn fast_cluster(retained: u64) -> Cluster {
+    Cluster::new(ClusterOptions {
+        extra_config: format!("empty_block_delay_ms = 10\nretained_blocks = {retained}"),
+        params: phalanx_ledger::Params {
+            checkpoint_interval: 10,
+            base_timeout_ms: 250,
+            max_timeout_ms: 2000,
+            ..phalanx_ledger::Params::default()
+        },
+        ..ClusterOptions::default()
+    })
+}
+
 #[test]
 fn four_validators_commit_the_same_blocks_and_survive_a_crash() {
     let mut c = Cluster::new(ClusterOptions::default());
@@ -373,16 +395,7 @@ fn a_validator_behind_what_its_peers_keep_state_syncs_and_rejoins_by_itself_unde
     use phalanx_tests::{account, transfer_hex};
     use serde_json::json;
     const RETAINED: u64 = 10;
-    let mut c = Cluster::new(ClusterOptions {
-        extra_config: format!("empty_block_delay_ms = 10\nretained_blocks = {RETAINED}"),
-        params: phalanx_ledger::Params {
-            checkpoint_interval: 10,
-            base_timeout_ms: 250,
-            max_timeout_ms: 2000,
-            ..phalanx_ledger::Params::default()
-        },
-        ..ClusterOptions::default()
-    });
+    let mut c = fast_cluster(RETAINED);
     c.start_all();
     c.wait_until("every node serves RPC", |c| {
         (0..4).all(|i| c.rpc(i, "ledger_status", vec![]).is_ok())
@@ -417,10 +430,12 @@ fn a_validator_behind_what_its_peers_keep_state_syncs_and_rejoins_by_itself_unde
     c.kill(3);
     let down_at = c.height(3);
     c.wait_until(
-        "the others commit 5 × retained_blocks blocks under load",
+        // Their stable checkpoints (which pruning follows, and which lag
+        // commits under load) must pass the gap, not just their heights.
+        "the others commit and checkpoint 5 × retained_blocks blocks under load",
         |c| {
             load(c, 0);
-            (0..3).all(|i| c.height(i) >= down_at + 5 * RETAINED + 2 * 10)
+            (0..3).all(|i| stable(c, i) >= down_at + 5 * RETAINED + 2 * 10)
         },
     );
     let started = std::time::Instant::now();
@@ -444,8 +459,16 @@ fn a_validator_behind_what_its_peers_keep_state_syncs_and_rejoins_by_itself_unde
         target - down_at,
         started.elapsed().as_secs_f64()
     );
-    // Agreement, the same state roots, and the supply on every node.
-    let final_target = (0..4).map(|i| c.rpc_height(i)).max().unwrap();
+    // Agreement, the same state roots, and the supply on every node, read
+    // once the load has drained (a transfer committing between two reads
+    // would be counted twice or not at all).
+    c.wait_until("every mempool drains", |c| {
+        (0..4).all(|i| {
+            c.rpc(i, "ledger_status", vec![])
+                .is_ok_and(|s| s["mempool"]["transactions"] == 0)
+        })
+    });
+    let final_target = (0..4).map(|i| c.rpc_height(i)).max().unwrap() + 3;
     c.wait_until("all at one height", |c| {
         (0..4).all(|i| c.rpc_height(i) >= final_target)
     });
@@ -492,24 +515,15 @@ fn a_running_validator_left_behind_what_its_peers_keep_restarts_to_state_sync_by
     // Frozen, not killed: its process keeps its state and sockets, and
     // wakes to certificates for blocks its peers no longer keep.
     const RETAINED: u64 = 10;
-    let mut c = Cluster::new(ClusterOptions {
-        extra_config: format!("empty_block_delay_ms = 10\nretained_blocks = {RETAINED}"),
-        params: phalanx_ledger::Params {
-            checkpoint_interval: 10,
-            base_timeout_ms: 250,
-            max_timeout_ms: 2000,
-            ..phalanx_ledger::Params::default()
-        },
-        ..ClusterOptions::default()
-    });
+    let mut c = fast_cluster(RETAINED);
     c.start_all();
     c.wait_until("every node commits height 5", |c| {
         (0..4).all(|i| c.height(i) >= 5)
     });
     c.freeze(3, true);
     let frozen_at = c.height(3);
-    c.wait_until("the others get far ahead", |c| {
-        (0..3).all(|i| c.height(i) >= frozen_at + 5 * RETAINED + 2 * 10)
+    c.wait_until("the others checkpoint far ahead", |c| {
+        (0..3).all(|i| stable(c, i) >= frozen_at + 5 * RETAINED + 2 * 10)
     });
     c.freeze(3, false);
     c.wait_until("it gives up on block sync and restarts", |c| {
