@@ -499,6 +499,13 @@ impl Core {
         &self.cfg
     }
 
+    /// Signed messages held for equivocation detection (P16): at most
+    /// `3 · window` views' worth per signer and kind, plus checkpoint
+    /// heights within the checkpoint horizon.
+    pub fn evidence_memory(&self) -> usize {
+        self.seen.len()
+    }
+
     /// True while recovering a lost safety record (P19): nothing is signed.
     pub fn quarantined(&self) -> bool {
         self.safety.quarantine.is_some()
@@ -741,6 +748,13 @@ impl Core {
         signer: ValidatorIndex,
         msg: Message,
     ) -> bool {
+        // Rounds older than the evidence window are not remembered: a
+        // peer replaying validly signed messages of long-past views would
+        // otherwise grow this map without bound while a view lasts.
+        let floor = self.view.0.saturating_sub(2 * self.cfg.future_view_window);
+        if kind != Kind::Checkpoint && round < floor {
+            return true;
+        }
         let content = match &msg {
             Message::Proposal(p) => {
                 Digest::of(&phalanx_crypto::SignedPayload::signed_bytes(&p.payload))

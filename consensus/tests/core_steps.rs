@@ -608,6 +608,44 @@ fn a_restarted_validator_counts_its_own_stored_timeout_towards_the_certificate()
 }
 
 #[test]
+fn validly_signed_messages_of_long_past_views_do_not_grow_the_evidence_memory() {
+    // A validator in view 50 (window 10): views below 30 are beyond the
+    // evidence window. A peer sends a signed vote for each of them.
+    let mut n = net();
+    let g = n.genesis();
+    let mut safety = SafetyState::initial(genesis_qc(&g));
+    safety.last_voted_view = View(50);
+    let restore = Restore {
+        safety,
+        committed: (g.clone(), genesis_qc(&g)),
+        stable: None,
+        blocks: vec![],
+    };
+    let (mut c, _) = Core::restore(
+        n.cfg.clone(),
+        n.keys[0].clone(),
+        Box::new(AcceptAll),
+        restore,
+        Time(2_000),
+    )
+    .unwrap();
+    assert_eq!(c.view(), View(50));
+    for v in 1..30u64 {
+        let vote = Vote {
+            view: View(v),
+            height: Height(v),
+            block_id: Digest::of(&v.to_le_bytes()),
+        };
+        let signed = Verified::sign(&n.keys[1], ValidatorIndex(1), &n.cfg.chain_id, vote);
+        n.deliver(&mut c, 1, Message::Vote(signed.into_signed()), 2_100);
+    }
+    assert_eq!(c.evidence_memory(), 0, "nothing of long-past views is kept");
+    // Inside the window, messages are still remembered.
+    n.deliver(&mut c, 1, n.timeout(1, 49), 2_200);
+    assert_eq!(c.evidence_memory(), 1);
+}
+
+#[test]
 fn a_validator_that_joins_a_timeout_backs_off_as_p13_says() {
     // P13: f + 1 timeouts for a view make a validator join with
     // local_timeout() (P14), which backs its timer off like its own timeout.
