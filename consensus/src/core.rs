@@ -331,7 +331,9 @@ pub struct Core {
     seen: BTreeMap<(u64, Kind, ValidatorIndex), (Digest, Message)>,
     reported: BTreeSet<(u64, Kind, ValidatorIndex)>,
     pending: BTreeMap<View, Verified<Proposal>>,
-    wanted: BTreeMap<Digest, View>,
+    /// Blocks being fetched: the view of the first request and of the
+    /// last one.
+    wanted: BTreeMap<Digest, (View, View)>,
     pending_commit: Option<Digest>,
     awaiting_payload: Option<View>,
     checkpoint_votes: BTreeMap<Height, BTreeMap<ValidatorIndex, Verified<CheckpointVote>>>,
@@ -549,6 +551,10 @@ impl Core {
         self.reported
             .retain(|(round, kind, _)| *kind == Kind::Checkpoint || *round >= evidence_from);
         self.pending = self.pending.split_off(&view);
+        // A block wanted for a whole window of views is abandoned; a
+        // certificate that needs it again asks again.
+        let wanted_from = View(view.0.saturating_sub(self.cfg.future_view_window));
+        self.wanted.retain(|_, (first, _)| *first >= wanted_from);
         self.maybe_propose();
         self.retry_pending();
     }
@@ -1198,12 +1204,28 @@ impl Core {
         if self.blocks.contains_key(&id) {
             return;
         }
-        match self.wanted.get(&id) {
-            Some(v) if *v == self.view && !retry => return,
-            None if self.wanted.len() >= MAX_WANTED => return,
-            _ => {}
+        if !retry && self.wanted.get(&id).map(|(_, last)| *last) == Some(self.view) {
+            return;
         }
-        self.wanted.insert(id, self.view);
+        if !self.wanted.contains_key(&id) && self.wanted.len() >= MAX_WANTED {
+            // Full: the request wanted longest gives way. Abandoned requests
+            // (a block nobody serves any more) must not lock fetching out.
+            if let Some(oldest) = self
+                .wanted
+                .iter()
+                .min_by_key(|(_, (first, _))| *first)
+                .map(|(id, _)| *id)
+            {
+                self.wanted.remove(&oldest);
+            }
+        }
+        // The view of the first request stays: retries do not keep an
+        // entry young.
+        let view = self.view;
+        self.wanted
+            .entry(id)
+            .and_modify(|(_, last)| *last = view)
+            .or_insert((view, view));
         let peer = if peer == self.me {
             self.other_holder(&id)
         } else {

@@ -646,6 +646,57 @@ fn validly_signed_messages_of_long_past_views_do_not_grow_the_evidence_memory() 
 }
 
 #[test]
+fn abandoned_block_requests_never_lock_fetching_out() {
+    // Timeouts carrying certificates for blocks nobody serves: each makes
+    // the validator ask for its block. Past the bound of 64, the oldest
+    // request gives way and a new block is still asked for.
+    let mut n = net();
+    let mut c = n.core(0);
+    let set = n.verifier_set().clone();
+    let qc_for = |n: &Net, k: u64| {
+        let vote = Vote {
+            view: View(0),
+            height: Height(5),
+            block_id: Digest::of(&k.to_le_bytes()),
+        };
+        let votes: Vec<_> = (1..4u16)
+            .map(|i| {
+                Verified::sign(
+                    &n.keys[i as usize],
+                    ValidatorIndex(i),
+                    &n.cfg.chain_id,
+                    vote,
+                )
+            })
+            .collect();
+        phalanx_crypto::Certificate::aggregate(&votes, &set).unwrap()
+    };
+    let requested = |out: &[Action], k: u64| {
+        out.iter().any(|a| {
+            matches!(a, Action::Send { msg: Message::BlockRequest(r), .. }
+                if r.id == Digest::of(&k.to_le_bytes()))
+        })
+    };
+    for k in 0..70u64 {
+        let t = Message::Timeout(
+            Verified::sign(
+                &n.keys[1],
+                ValidatorIndex(1),
+                &n.cfg.chain_id,
+                Timeout {
+                    view: View(1),
+                    high_qc: qc_for(&n, k),
+                    high_tc: None,
+                },
+            )
+            .into_signed(),
+        );
+        let out = n.deliver(&mut c, 1, t, 2_100);
+        assert!(requested(&out, k), "block {k} is asked for");
+    }
+}
+
+#[test]
 fn a_validator_that_joins_a_timeout_backs_off_as_p13_says() {
     // P13: f + 1 timeouts for a view make a validator join with
     // local_timeout() (P14), which backs its timer off like its own timeout.
