@@ -297,7 +297,9 @@ impl Verifier {
         if *qc == self.genesis_qc {
             return Ok(());
         }
-        let key = Digest::of(&encode(qc));
+        // Keys name the kind: a timeout certificate's bytes that also
+        // decoded as a quorum certificate must not pass as verified.
+        let key = Digest::of_parts(&[b"qc", &encode(qc)]);
         if self.certs.contains(&key) {
             return Ok(());
         }
@@ -311,7 +313,7 @@ impl Verifier {
     /// signature over `(view, their high_qc view)`, and a carried certificate
     /// whose view is the highest among the entries.
     pub fn verify_tc(&mut self, tc: &TimeoutCert) -> Result<(), VerifyError> {
-        let key = Digest::of(&encode(tc));
+        let key = Digest::of_parts(&[b"tc", &encode(tc)]);
         if self.certs.contains(&key) {
             return Ok(());
         }
