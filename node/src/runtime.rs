@@ -14,7 +14,7 @@
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::mpsc as std_mpsc;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use phalanx_consensus::{
     Block, BlockStore, CheckpointCert, Config as CoreConfig, Driver, DriverConfig, DriverError,
@@ -102,12 +102,9 @@ impl PayloadValidator for LedgerPayloads {
     }
 }
 
+/// The core's clock: steady (see [`crate::shared::now_ms`]).
 fn now() -> Time {
-    let ms = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0);
-    Time(ms)
+    Time(crate::shared::now_ms())
 }
 
 /// The consensus configuration of a chain, from its genesis.

@@ -7,7 +7,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use phalanx_crypto::{ChainId, Digest, PublicKey};
 use phalanx_ledger::Receipt;
@@ -105,10 +105,63 @@ impl Shared {
     }
 }
 
-/// Wall-clock milliseconds since the Unix epoch.
+/// The node's clock, in milliseconds since the Unix epoch: the wall clock
+/// read once, at the first call, moved on by the monotonic clock. A step of
+/// the system clock (an operator's `date`, a jump at NTP sync) then neither
+/// stalls the core's timers nor fires them all at once, nor makes a node
+/// look unready; block timestamps stay within the drift between the two
+/// clocks since the process started.
 pub fn now_ms() -> u64 {
+    static CLOCK: std::sync::OnceLock<SteadyClock> = std::sync::OnceLock::new();
+    CLOCK.get_or_init(|| SteadyClock::new(wall_ms())).now()
+}
+
+struct SteadyClock {
+    wall_at_start: u64,
+    start: Instant,
+}
+
+impl SteadyClock {
+    fn new(wall_ms: u64) -> SteadyClock {
+        SteadyClock {
+            wall_at_start: wall_ms,
+            start: Instant::now(),
+        }
+    }
+
+    fn at(&self, since_start: Duration) -> u64 {
+        self.wall_at_start
+            .saturating_add(since_start.as_millis() as u64)
+    }
+
+    fn now(&self) -> u64 {
+        self.at(self.start.elapsed())
+    }
+}
+
+fn wall_ms() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_millis() as u64)
         .unwrap_or(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_node_clock_follows_elapsed_time_not_the_wall_clock() {
+        // Read once at the start; later readings depend only on the time
+        // elapsed, so a step of the system clock cannot reach them.
+        let c = SteadyClock::new(1_000_000);
+        assert_eq!(c.at(Duration::ZERO), 1_000_000);
+        assert_eq!(c.at(Duration::from_millis(1_500)), 1_001_500);
+        let a = c.now();
+        assert!(c.now() >= a, "never goes back");
+        assert!(
+            now_ms().abs_diff(wall_ms()) < 60_000,
+            "starts at the wall clock"
+        );
+    }
 }
