@@ -182,22 +182,7 @@ fn restart_resends_the_stored_vote_and_never_signs_a_conflicting_one() {
     let safety = c.safety().clone();
     drop(c);
 
-    let g = n.genesis();
-    let restore = Restore {
-        safety,
-        committed: (g.clone(), genesis_qc(&g)),
-        stable: None,
-        blocks: vec![],
-    };
-    let mut c = Core::restore(
-        n.cfg.clone(),
-        n.keys[0].clone(),
-        Box::new(AcceptAll),
-        restore,
-        Time(3_000),
-    )
-    .unwrap()
-    .0;
+    let mut c = n.restarted(0, safety, 3_000).0;
     assert_eq!(c.view(), View(1), "resumes in the view it voted in");
     // The leader equivocates: a different block for view 1. No vote.
     let other = n.proposal(b"other", 2_100);
@@ -213,11 +198,12 @@ fn restart_resends_the_stored_vote_and_never_signs_a_conflicting_one() {
 }
 
 impl Net {
-    /// Validator `i` restarted with its record lost: recovering with `nonce`.
-    fn recovering(&self, i: usize, nonce: Digest) -> (Core, Vec<Action>) {
+    /// Validator `i` restarted at time `now` from `safety`, with genesis
+    /// committed and nothing else stored.
+    fn restarted(&self, i: usize, safety: SafetyState, now: u64) -> (Core, Vec<Action>) {
         let g = self.genesis();
         let restore = Restore {
-            safety: SafetyState::recovering(genesis_qc(&g), nonce),
+            safety,
             committed: (g.clone(), genesis_qc(&g)),
             stable: None,
             blocks: vec![],
@@ -227,9 +213,15 @@ impl Net {
             self.keys[i].clone(),
             Box::new(AcceptAll),
             restore,
-            Time(2_000),
+            Time(now),
         )
         .unwrap()
+    }
+
+    /// Validator `i` restarted with its record lost: recovering with `nonce`.
+    fn recovering(&self, i: usize, nonce: Digest) -> (Core, Vec<Action>) {
+        let g = self.genesis();
+        self.restarted(i, SafetyState::recovering(genesis_qc(&g), nonce), 2_000)
     }
 }
 
@@ -578,21 +570,7 @@ fn a_restarted_validator_counts_its_own_stored_timeout_towards_the_certificate()
         safety.last_timeout.as_ref().map(|t| t.payload.view),
         Some(View(1))
     );
-    let g = n.genesis();
-    let restore = Restore {
-        safety,
-        committed: (g.clone(), genesis_qc(&g)),
-        stable: None,
-        blocks: vec![],
-    };
-    let (mut c, _) = Core::restore(
-        n.cfg.clone(),
-        n.keys[0].clone(),
-        Box::new(AcceptAll),
-        restore,
-        Time(10_000),
-    )
-    .unwrap();
+    let (mut c, _) = n.restarted(0, safety, 10_000);
     for i in [1u16, 2] {
         n.deliver(&mut c, i, n.timeout(i, 1), 10_100);
     }
@@ -615,20 +593,7 @@ fn validly_signed_messages_of_long_past_views_do_not_grow_the_evidence_memory() 
     let g = n.genesis();
     let mut safety = SafetyState::initial(genesis_qc(&g));
     safety.last_voted_view = View(50);
-    let restore = Restore {
-        safety,
-        committed: (g.clone(), genesis_qc(&g)),
-        stable: None,
-        blocks: vec![],
-    };
-    let (mut c, _) = Core::restore(
-        n.cfg.clone(),
-        n.keys[0].clone(),
-        Box::new(AcceptAll),
-        restore,
-        Time(2_000),
-    )
-    .unwrap();
+    let (mut c, _) = n.restarted(0, safety, 2_000);
     assert_eq!(c.view(), View(50));
     for v in 1..30u64 {
         let vote = Vote {
