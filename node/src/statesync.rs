@@ -123,27 +123,31 @@ async fn write_frame(s: &mut libp2p::Stream, bytes: &[u8]) -> Option<()> {
     Some(())
 }
 
+/// The offer `store` makes: its latest stable checkpoint with what
+/// restoring it needs (`None` before the first).
+pub fn offer(store: &Store) -> Result<Option<Offer>, phalanx_storage::StorageError> {
+    let Some(cert) = store.stable_checkpoint()? else {
+        return Ok(None);
+    };
+    let h = cert.payload.height;
+    let (Some(block), Some(qc), Some(manifest)) =
+        (store.block(h)?, store.cert(h)?, store.snapshot_manifest()?)
+    else {
+        return Ok(None);
+    };
+    Ok(Some(Offer {
+        cert,
+        block,
+        qc,
+        manifest: (*manifest).clone(),
+        retained_from: store.first_retained_block()?.0,
+    }))
+}
+
 fn answer(store: &Store, req: StateRequest) -> StateResponse {
     let res = (|| -> Result<StateResponse, phalanx_storage::StorageError> {
         match req {
-            StateRequest::Checkpoint => {
-                let Some(cert) = store.stable_checkpoint()? else {
-                    return Ok(StateResponse::Checkpoint(None));
-                };
-                let h = cert.payload.height;
-                let (Some(block), Some(qc), Some(manifest)) =
-                    (store.block(h)?, store.cert(h)?, store.snapshot_manifest()?)
-                else {
-                    return Ok(StateResponse::Checkpoint(None));
-                };
-                Ok(StateResponse::Checkpoint(Some(Box::new(Offer {
-                    cert,
-                    block,
-                    qc,
-                    manifest: (*manifest).clone(),
-                    retained_from: store.first_retained_block()?.0,
-                }))))
-            }
+            StateRequest::Checkpoint => Ok(StateResponse::Checkpoint(offer(store)?.map(Box::new))),
             StateRequest::Chunk {
                 height,
                 depth,
@@ -286,7 +290,7 @@ pub fn settle(data: &Path) -> std::io::Result<()> {
 
 /// Why a peer was dropped from a sync.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Drop {
+enum PeerFault {
     /// It sent a chunk that failed verification, or an answer of the
     /// wrong kind.
     Junk,
@@ -296,12 +300,12 @@ enum Drop {
     NotRetained,
 }
 
-impl Drop {
+impl PeerFault {
     fn label(self) -> &'static str {
         match self {
-            Drop::Junk => "junk",
-            Drop::Stalled => "stalled",
-            Drop::NotRetained => "not_retained",
+            PeerFault::Junk => "junk",
+            PeerFault::Stalled => "stalled",
+            PeerFault::NotRetained => "not_retained",
         }
     }
 }
@@ -449,7 +453,7 @@ async fn restore_offer(
     let mut restore = StateRestore::new(fresh, offer.cert.clone(), offer.manifest.clone())?;
     let mut order = vec![first];
     order.extend(peers.iter().copied().filter(|p| *p != first));
-    let mut dropped: std::collections::HashMap<PeerId, Drop> = Default::default();
+    let mut dropped: std::collections::HashMap<PeerId, PeerFault> = Default::default();
     let mut which = 0usize;
     let mut rounds = 0usize;
     let started = std::time::Instant::now();
@@ -470,7 +474,7 @@ async fn restore_offer(
                     MAX_ROUNDS
                 )));
             }
-            if dropped.values().all(|d| *d == Drop::NotRetained) {
+            if dropped.values().all(|d| *d == PeerFault::NotRetained) {
                 return Err(StateSyncError::Failed(format!(
                     "no peer serves checkpoint {height} any more"
                 )));
@@ -494,17 +498,17 @@ async fn restore_offer(
         let outcome = match request(control, peer, &req).await {
             Some(StateResponse::Chunk(chunk)) => match restore.add_chunk(chunk) {
                 Ok(()) => None,
-                Err(e) => Some((Drop::Junk, e.to_string())),
+                Err(e) => Some((PeerFault::Junk, e.to_string())),
             },
             Some(StateResponse::Error(e)) if e.contains("nothing retained") => {
-                Some((Drop::NotRetained, e))
+                Some((PeerFault::NotRetained, e))
             }
-            Some(other) => Some((Drop::Junk, format!("unexpected answer {other:?}"))),
-            None => Some((Drop::Stalled, "no answer in time".into())),
+            Some(other) => Some((PeerFault::Junk, format!("unexpected answer {other:?}"))),
+            None => Some((PeerFault::Stalled, "no answer in time".into())),
         };
         if let Some((why, detail)) = outcome {
-            // The bucket starts over with the next peer (add_chunk forgot
-            // what this peer sent of it).
+            // The bucket starts over with the next peer: nothing this peer
+            // sent of it is kept.
             restore.restart_bucket();
             metrics.state_sync_peer_drop(why.label());
             warn!(peer = %peer, reason = why.label(), "state sync peer dropped: {detail}");

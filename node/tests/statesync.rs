@@ -17,7 +17,7 @@ use phalanx_ledger::Genesis;
 use phalanx_node::metrics::Metrics;
 use phalanx_node::net::{NetConfig, Network, peer_id_of, start};
 use phalanx_node::statesync::{
-    DB_DIR, Offer, STATE_PROTOCOL, StateRequest, StateResponse, catch_up, serve,
+    DB_DIR, STATE_PROTOCOL, StateRequest, StateResponse, catch_up, offer, serve,
 };
 use phalanx_storage::testkit::{genesis, next_block, transfers};
 use phalanx_storage::{Store, StoreOptions};
@@ -114,19 +114,6 @@ enum Lie {
     Stall,
 }
 
-/// The offer an honest server makes from `store`.
-fn honest_offer(store: &Store) -> StateResponse {
-    let cert = store.stable_checkpoint().unwrap().unwrap();
-    let h = cert.payload.height;
-    StateResponse::Checkpoint(Some(Box::new(Offer {
-        block: store.block(h).unwrap().unwrap(),
-        qc: store.cert(h).unwrap().unwrap(),
-        manifest: (*store.snapshot_manifest().unwrap().unwrap()).clone(),
-        retained_from: store.first_retained_block().unwrap().0,
-        cert,
-    })))
-}
-
 /// Makes honest offers from `store` but lies about its chunks.
 fn liar(net: &Network, store: Arc<Store>, lie: Lie) {
     let mut incoming = net.control().accept(STATE_PROTOCOL).unwrap();
@@ -144,7 +131,9 @@ fn liar(net: &Network, store: Arc<Store>, lie: Lie) {
                 }
                 let req: StateRequest = decode(&req, 1024).unwrap();
                 let resp = match req {
-                    StateRequest::Checkpoint => honest_offer(&store),
+                    StateRequest::Checkpoint => {
+                        StateResponse::Checkpoint(offer(&store).unwrap().map(Box::new))
+                    }
                     StateRequest::Chunk { .. } if lie == Lie::Stall => {
                         tokio::time::sleep(Duration::from_secs(3600)).await;
                         return;
