@@ -16,7 +16,8 @@ use crate::{Account, LedgerError, SignedTransfer, decode_payload, verify_signatu
 pub trait StateView {
     /// An account, or `None` if it never received anything.
     fn account(&self, addr: &PublicKey) -> Result<Option<Account>, LedgerError>;
-    /// Whether a transaction with this hash is already in a committed block.
+    /// Whether a transaction with this hash was applied in a committed
+    /// block (a failure receipt under the hash does not count).
     fn tx_committed(&self, hash: &Digest) -> Result<bool, LedgerError>;
 
     /// [`StateView::tx_committed`] for many hashes at once (a store can
@@ -62,6 +63,14 @@ pub enum TxStatus {
     },
     /// The legs' sum or a recipient's balance would overflow.
     Overflow,
+    /// A leg would create an account with less than the chain's minimum
+    /// balance.
+    BelowMinimumBalance {
+        /// The leg's position in the transfer.
+        leg: u32,
+        /// The chain's minimum for a new account.
+        minimum: u64,
+    },
 }
 
 impl TxStatus {
@@ -77,14 +86,28 @@ impl TxStatus {
             TxStatus::NonceTooHigh { .. } => "nonce_too_high",
             TxStatus::InsufficientFunds { .. } => "insufficient_funds",
             TxStatus::Overflow => "overflow",
+            TxStatus::BelowMinimumBalance { .. } => "below_minimum_balance",
         }
     }
+}
+
+/// The chain-wide rules execution applies, fixed at genesis.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Rules {
+    /// The chain transfers must be signed for.
+    pub chain: ChainId,
+    /// Least amount a leg may move into an account that does not exist
+    /// yet: creating state costs the creator funds, so the number of
+    /// accounts (each held in memory by every validator) is bounded by the
+    /// supply over this minimum.
+    pub min_account_balance: u64,
 }
 
 /// One transaction's receipt.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Receipt {
-    /// The transaction hash (for a malformed item: SHA-256 of its bytes).
+    /// The transaction hash (for a malformed item or one whose signature
+    /// fails: SHA-256 of its exact bytes).
     pub tx_hash: Digest,
     /// What happened.
     pub status: TxStatus,
@@ -191,18 +214,27 @@ pub fn prepare_payload_trusting(
 /// Decodes, batch-verifies and executes a block payload.
 pub fn execute_block(
     view: &impl StateView,
-    chain: &ChainId,
+    rules: &Rules,
     payload: &[u8],
 ) -> Result<BlockOutput, LedgerError> {
-    execute_prepared(view, chain, prepare_payload(payload))
+    execute_prepared(view, rules, prepare_payload(payload))
 }
 
 /// Executes a prepared payload.
+///
+/// A refused item is harmless to the genuine transaction it may copy: an
+/// item whose signature fails gets the hash of its exact bytes as its
+/// receipt's hash, never the transfer's (only the sender can sign the
+/// transfer, so a copy with a bad signature is not the sender's
+/// transaction); and [`StateView::tx_committed`] answers only for applied
+/// transactions, so a correctly signed item refused for its nonce or funds
+/// leaves its hash free to apply later.
 pub fn execute_prepared(
     view: &impl StateView,
-    chain: &ChainId,
+    rules: &Rules,
     prepared: PreparedPayload,
 ) -> Result<BlockOutput, LedgerError> {
+    let chain = &rules.chain;
     let PreparedPayload { items, checked } = prepared;
     debug_assert_eq!(items.len(), checked.len());
     // One batched lookup for every hash that could apply.
@@ -253,10 +285,14 @@ pub fn execute_prepared(
             });
             continue;
         };
+        if !sig_ok {
+            receipts.push(Receipt {
+                tx_hash: Digest::of(bytes),
+                status: TxStatus::BadSignature,
+            });
+            continue;
+        }
         let status = 'status: {
-            if !sig_ok {
-                break 'status TxStatus::BadSignature;
-            }
             let t = &tx.transfer;
             if t.chain_id != *chain {
                 break 'status TxStatus::WrongChain;
@@ -296,12 +332,20 @@ pub fn execute_prepared(
                     nonce: sender.nonce + 1,
                 },
             ));
-            for leg in &t.legs {
+            for (i, leg) in t.legs.iter().enumerate() {
                 let pos = staged.iter().position(|(k, _)| **k == leg.to);
                 let cur = match pos {
                     Some(i) => staged[i].1,
                     None => load(&leg.to, &mut overlay)?,
                 };
+                // An account exists once it has a balance or has sent; a
+                // leg creating one must bring the minimum.
+                if cur == Account::default() && leg.amount < rules.min_account_balance {
+                    break 'status TxStatus::BelowMinimumBalance {
+                        leg: i as u32,
+                        minimum: rules.min_account_balance,
+                    };
+                }
                 let Some(balance) = cur.balance.checked_add(leg.amount) else {
                     break 'status TxStatus::Overflow;
                 };

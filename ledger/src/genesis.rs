@@ -35,6 +35,18 @@ pub struct Params {
     pub base_timeout_ms: u64,
     /// Longest view timeout, ms. Default 30000.
     pub max_timeout_ms: u64,
+    /// Least amount a leg may move into an account that does not exist
+    /// yet. Default 1000.
+    pub min_account_balance: u64,
+    /// How long a transaction may wait in a mempool before it is dropped,
+    /// ms. Default 600000 (10 minutes).
+    pub mempool_ttl_ms: u64,
+    /// Most transactions one sender may have waiting behind a nonce gap in
+    /// a mempool. Default 16.
+    pub mempool_future_per_sender: u32,
+    /// Share of a mempool's capacity that transactions waiting behind a
+    /// nonce gap may take, percent. Default 10.
+    pub mempool_future_share_percent: u8,
 }
 
 impl Default for Params {
@@ -45,6 +57,10 @@ impl Default for Params {
             max_block_bytes: 4 * 1024 * 1024,
             base_timeout_ms: 1000,
             max_timeout_ms: 30_000,
+            min_account_balance: 1000,
+            mempool_ttl_ms: 600_000,
+            mempool_future_per_sender: 16,
+            mempool_future_share_percent: 10,
         }
     }
 }
@@ -126,7 +142,24 @@ impl Genesis {
         if p.base_timeout_ms == 0 || p.max_timeout_ms < p.base_timeout_ms {
             return bad("params: need 0 < base_timeout_ms <= max_timeout_ms".into());
         }
+        if p.min_account_balance == 0 {
+            return bad("params.min_account_balance: must be at least 1".into());
+        }
+        if p.mempool_ttl_ms < 1000 {
+            return bad("params.mempool_ttl_ms: must be at least 1000".into());
+        }
+        if p.mempool_future_share_percent > 100 {
+            return bad("params.mempool_future_share_percent: must be at most 100".into());
+        }
         Ok(())
+    }
+
+    /// The rules execution applies on this chain.
+    pub fn rules(&self) -> crate::Rules {
+        crate::Rules {
+            chain: self.chain_id.clone(),
+            min_account_balance: self.params.min_account_balance,
+        }
     }
 
     /// The validator set.

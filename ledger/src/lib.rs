@@ -18,8 +18,8 @@ mod tx;
 pub use account::Account;
 pub use error::LedgerError;
 pub use exec::{
-    BlockOutput, PreparedPayload, Receipt, StateView, TxStatus, execute_block, execute_prepared,
-    prepare_payload, prepare_payload_trusting,
+    BlockOutput, PreparedPayload, Receipt, Rules, StateView, TxStatus, execute_block,
+    execute_prepared, prepare_payload, prepare_payload_trusting,
 };
 pub use genesis::{Genesis, GenesisAccount, Params};
 pub use state::{

@@ -26,9 +26,10 @@ pub struct Leg {
 }
 
 /// A transfer from one sender to one or more recipients, applied all or
-/// nothing. There is no fee: spam is bounded by the mempool's per-sender and
-/// total limits and by the nonce rule, which lets each sender have one
-/// transaction applied per nonce.
+/// nothing. There is no fee: every leg moves at least 1, so only a funded
+/// sender gets anything applied; a leg that creates an account moves at
+/// least the genesis minimum balance; and the mempool bounds what each
+/// sender may queue and for how long (see the README's "Economics").
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Transfer {
     /// The chain this transfer is for.
@@ -114,9 +115,12 @@ impl SignedTransfer {
             Err(n) => return Err(legs_error(usize::try_from(n).unwrap_or(usize::MAX))),
         };
         let mut legs = Vec::with_capacity(n);
-        for _ in 0..n {
+        for i in 0..n {
             let to = r.key()?;
             let amount = r.varint()?;
+            if amount == 0 {
+                return Err(zero_leg_error(i));
+            }
             legs.push(Leg { to, amount });
         }
         let signature = Signature(r.array::<SIGNATURE_BYTES>()?);
@@ -147,11 +151,16 @@ impl SignedTransfer {
         self.transfer.hash()
     }
 
-    /// Format rules that do not need state: leg count.
+    /// Format rules that do not need state: the leg count, and no leg of
+    /// amount 0 (a zero leg moves nothing, and would let an unfunded key
+    /// get transactions applied and accounts created for free).
     pub fn check_shape(&self) -> Result<(), LedgerError> {
         let n = self.transfer.legs.len();
         if n == 0 || n > MAX_LEGS {
             return Err(legs_error(n));
+        }
+        if let Some(i) = self.transfer.legs.iter().position(|l| l.amount == 0) {
+            return Err(zero_leg_error(i));
         }
         Ok(())
     }
@@ -266,6 +275,12 @@ pub fn decode_payload(payload: &[u8]) -> Result<Vec<Vec<u8>>, LedgerError> {
         )));
     }
     Ok(txs)
+}
+
+fn zero_leg_error(i: usize) -> LedgerError {
+    LedgerError::Malformed(format!(
+        "leg {i} moves an amount of 0; every leg moves at least 1"
+    ))
 }
 
 fn legs_error(n: usize) -> LedgerError {

@@ -7,8 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use phalanx_crypto::{ChainId, Digest, KeyPair, PublicKey};
 use phalanx_ledger::{
-    Account, EncodedTransfer, LedgerError, Leg, SignedTransfer, StateTree, StateView, Transfer,
-    TxStatus, encode_payload, execute_block, verify_account_proof, verify_encoded,
+    Account, EncodedTransfer, LedgerError, Leg, Rules, SignedTransfer, StateTree, StateView,
+    Transfer, TxStatus, encode_payload, execute_block, verify_account_proof, verify_encoded,
     verify_signatures,
 };
 use proptest::prelude::*;
@@ -16,6 +16,7 @@ use proptest::prelude::*;
 /// A ledger held in memory: accounts, committed hashes and the tree.
 struct Ledger {
     chain: ChainId,
+    rules: Rules,
     accounts: BTreeMap<PublicKey, Account>,
     committed: BTreeSet<Digest>,
     tree: StateTree,
@@ -48,8 +49,13 @@ impl Ledger {
             })
             .collect();
         let root = tree.apply(0, &accounts);
+        let chain = ChainId::new("ledger-test").unwrap();
         Ledger {
-            chain: ChainId::new("ledger-test").unwrap(),
+            rules: Rules {
+                chain: chain.clone(),
+                min_account_balance: 1,
+            },
+            chain,
             accounts,
             committed: BTreeSet::new(),
             tree,
@@ -59,7 +65,7 @@ impl Ledger {
     }
 
     fn apply(&mut self, txs: &[Vec<u8>]) -> Vec<TxStatus> {
-        let out = execute_block(self, &self.chain.clone(), &encode_payload(txs)).unwrap();
+        let out = execute_block(self, &self.rules.clone(), &encode_payload(txs)).unwrap();
         self.version += 1;
         self.root = self
             .tree
@@ -67,8 +73,8 @@ impl Ledger {
         for (k, a) in &out.changes {
             self.accounts.insert(*k, *a);
         }
-        self.committed
-            .extend(out.receipts.iter().map(|r| r.tx_hash));
+        // As the store: only applied transactions count as committed.
+        self.committed.extend(out.applied().copied());
         out.receipts.into_iter().map(|r| r.status).collect()
     }
 
@@ -201,11 +207,76 @@ fn each_rule_has_its_receipt() {
     assert_eq!(l.accounts[&key(2).public()].balance, 10);
 }
 
+/// A Byzantine leader's burn: a copy of a pending transfer with one
+/// signature bit flipped, and the sender's next nonce put after the one
+/// above it. Neither refused item consumes the genuine transaction: both
+/// apply in a later block.
+#[test]
+fn refused_copies_and_out_of_order_nonces_leave_the_genuine_transactions_free_to_apply() {
+    let mut l = Ledger::new(&[(key(0).public(), 100), (key(1).public(), 100)]);
+    let c = l.chain.clone();
+    let first = transfer(&c, &key(0), 0, &[(1, 5)]);
+    let second = transfer(&c, &key(0), 1, &[(1, 6)]);
+    let mut copy = first.clone();
+    let last = copy.len() - 1;
+    copy[last] ^= 1;
+    let burnt = l.apply(&[copy.clone(), second.clone()]);
+    assert_eq!(burnt[0], TxStatus::BadSignature);
+    assert_eq!(
+        burnt[1],
+        TxStatus::NonceTooHigh {
+            expected: 0,
+            got: 1
+        }
+    );
+    // The bad copy's receipt is filed under its own bytes' hash.
+    let out = execute_block(&l, &l.rules, &encode_payload(std::slice::from_ref(&copy))).unwrap();
+    assert_eq!(out.receipts[0].tx_hash, Digest::of(&copy));
+    assert_ne!(
+        out.receipts[0].tx_hash,
+        SignedTransfer::decode(&first).unwrap().hash()
+    );
+    assert_eq!(
+        l.apply(&[first, second]),
+        vec![TxStatus::Applied, TxStatus::Applied]
+    );
+    assert_eq!(l.accounts[&key(1).public()].balance, 111);
+}
+
+#[test]
+fn a_leg_creating_an_account_must_bring_the_minimum_and_zero_legs_do_not_decode() {
+    let mut l = Ledger::new(&[(key(0).public(), 10_000), (key(1).public(), 1)]);
+    l.rules.min_account_balance = 1000;
+    let c = l.chain.clone();
+    let statuses = l.apply(&[
+        // Key 2 does not exist: 999 is short of the minimum.
+        transfer(&c, &key(0), 0, &[(1, 5), (2, 999)]),
+        transfer(&c, &key(0), 0, &[(1, 5), (2, 1000)]),
+        // Key 1 exists: any amount is fine.
+        transfer(&c, &key(0), 1, &[(1, 1)]),
+    ]);
+    assert_eq!(
+        statuses,
+        vec![
+            TxStatus::BelowMinimumBalance {
+                leg: 1,
+                minimum: 1000
+            },
+            TxStatus::Applied,
+            TxStatus::Applied
+        ]
+    );
+    assert_eq!(l.accounts[&key(2).public()].balance, 1000);
+    let zero = transfer(&c, &key(0), 2, &[(1, 0)]);
+    let err = SignedTransfer::decode(&zero).unwrap_err().to_string();
+    assert!(err.contains("amount of 0"), "{err}");
+    assert_eq!(l.apply(&[zero]), vec![TxStatus::Malformed]);
+}
+
 #[test]
 fn a_garbage_payload_executes_to_no_receipts() {
     let mut l = Ledger::new(&[(key(0).public(), 1)]);
-    let chain = l.chain.clone();
-    let out = execute_block(&l, &chain, &[0xff, 0xff, 0xff, 0xff, 0x0f]).unwrap();
+    let out = execute_block(&l, &l.rules, &[0xff, 0xff, 0xff, 0xff, 0x0f]).unwrap();
     assert!(out.receipts.is_empty() && out.changes.is_empty());
     assert!(l.apply(&[]).is_empty());
 }
@@ -277,13 +348,13 @@ fn items_vouched_for_by_a_mempool_execute_as_if_decoded_and_verified() {
     let n = forged.len();
     forged[n - 1] ^= 1; // the signature no longer verifies
     let payload = encode_payload(&[good.clone(), forged.clone(), vec![0xff]]);
-    let plain = execute_prepared(&l, &l.chain, prepare_payload(&payload)).unwrap();
+    let plain = execute_prepared(&l, &l.rules, prepare_payload(&payload)).unwrap();
     // The mempool vouches for the good item only, handing over its decoding.
     let decoded = SignedTransfer::decode(&good).unwrap();
     let hash = decoded.hash();
     let trusted = execute_prepared(
         &l,
-        &l.chain,
+        &l.rules,
         prepare_payload_trusting(&payload, |i| {
             (i == 0).then(|| (std::sync::Arc::new(decoded.clone()), hash))
         }),

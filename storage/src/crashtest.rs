@@ -170,11 +170,17 @@ pub fn verify(dir: &Path, acks: &[(u64, String)]) -> Result<(), String> {
         }
         // Every transaction of the block is indexed: no half-written block.
         for item in phalanx_ledger::decode_payload(&block.payload).map_err(|e| e.to_string())? {
-            let hash = match phalanx_ledger::SignedTransfer::decode(&item) {
-                Ok(t) => t.hash(),
-                Err(_) => phalanx_crypto::Digest::of(&item),
-            };
-            if !store.tx_committed(&hash).map_err(|e| e.to_string())? {
+            // Filed under the transfer's hash, or under the bytes' hash
+            // (malformed, bad signature).
+            let mut keys = vec![phalanx_crypto::Digest::of(&item)];
+            if let Ok(t) = phalanx_ledger::SignedTransfer::decode(&item) {
+                keys.push(t.hash());
+            }
+            let mut filed = false;
+            for k in &keys {
+                filed |= store.transaction(k).map_err(|e| e.to_string())?.is_some();
+            }
+            if !filed {
                 return Err(format!("transaction of block {h} missing from the index"));
             }
         }
@@ -239,14 +245,13 @@ impl Replay {
     }
 
     fn apply(&mut self, g: &phalanx_ledger::Genesis, payload: &[u8]) -> phalanx_crypto::Digest {
-        let out = execute_block(&*self, &g.chain_id, payload).unwrap();
+        let out = execute_block(&*self, &g.rules(), payload).unwrap();
         self.version += 1;
         let root = self
             .tree
             .apply(self.version, out.changes.iter().map(|(k, a)| (k, a)));
+        self.committed.extend(out.applied().copied());
         self.accounts.extend(out.changes);
-        self.committed
-            .extend(out.receipts.iter().map(|r| r.tx_hash));
         root
     }
 }

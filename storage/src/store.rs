@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use phalanx_consensus::{Block, CheckpointCert, Height, QuorumCert, genesis_qc};
 use phalanx_crypto::{ChainId, Digest, PublicKey, decode, encode};
 use phalanx_ledger::{
-    Account, AccountProof, Genesis, LedgerError, PreparedPayload, Receipt, StateTree, StateView,
-    TxStatus, execute_prepared, prepare_payload,
+    Account, AccountProof, Genesis, LedgerError, PreparedPayload, Receipt, Rules, SignedTransfer,
+    StateTree, StateView, TxStatus, decode_payload, execute_prepared, prepare_payload,
 };
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, DBRecoveryMode,
@@ -125,6 +125,8 @@ pub struct Store {
     db: Arc<DB>,
     path: PathBuf,
     chain: ChainId,
+    /// Execution rules, from genesis.
+    rules: Rules,
     checkpoint_interval: u64,
     live: RwLock<Live>,
     /// The head's height, readable without waiting for a commit that holds
@@ -267,6 +269,7 @@ impl Store {
             db,
             path: path.to_path_buf(),
             chain: genesis.chain_id.clone(),
+            rules: genesis.rules(),
             checkpoint_interval: genesis.params.checkpoint_interval,
             head_height: AtomicU64::new(head.height),
             live: RwLock::new(Live { head, tree }),
@@ -444,7 +447,7 @@ impl Store {
                 db: &self.db,
                 txs: self.cf(CF_TXS)?,
             };
-            let out = execute_prepared(&view, &self.chain, prepared)?;
+            let out = execute_prepared(&view, &self.rules, prepared)?;
             let previous: Vec<Option<u64>> = out
                 .changes
                 .iter()
@@ -464,24 +467,25 @@ impl Store {
         // inserts several times cheaper than random ones.
         let mut records: Vec<(&Digest, u32, &Receipt)> = Vec::with_capacity(out.receipts.len());
         for (i, r) in out.receipts.iter().enumerate() {
-            // The first record of a hash wins: a duplicate keeps pointing at
-            // the block that applied it. Execution already looked up every
-            // hash that got past the signature and chain checks; only the
-            // items refused before that need a look here.
-            let unchecked = matches!(
-                r.status,
-                TxStatus::Malformed | TxStatus::BadSignature | TxStatus::WrongChain
-            );
-            if r.status == TxStatus::Duplicate
-                || (unchecked && self.db.get_pinned_cf(txs, r.tx_hash.0)?.is_some())
+            // An applied transaction's record is final (execution refuses
+            // its hash from then on). A failure is filed only where nothing
+            // is filed yet: it never hides the block that applied the
+            // transaction, and an applied transaction later overwrites it.
+            // Execution looked up applied records only, so a failure needs
+            // a look of its own (failures are few: honest validators vote
+            // only for blocks whose items they expect to apply).
+            if r.status != TxStatus::Applied
+                && (r.status == TxStatus::Duplicate
+                    || self.db.get_pinned_cf(txs, r.tx_hash.0)?.is_some())
             {
                 continue;
             }
             records.push((&r.tx_hash, i as u32, r));
         }
-        // Stable sort: of equal hashes (the same malformed bytes twice), the
-        // first in the block keeps its record.
-        records.sort_by_key(|(hash, _, _)| **hash);
+        // Stable sort, applied first among equal hashes: of a hash's items
+        // in this block, the one that applied keeps the record, else the
+        // first.
+        records.sort_by_key(|(hash, _, r)| (**hash, r.status != TxStatus::Applied));
         records.dedup_by_key(|(hash, _, _)| **hash);
         for (hash, index, receipt) in records {
             let rec = TxRecord {
@@ -635,9 +639,13 @@ impl Store {
         }
     }
 
-    /// Whether a transaction with this hash is in a committed block.
+    /// Whether a transaction with this hash was applied in a retained
+    /// committed block (a failure receipt filed under it does not count).
     pub fn tx_committed(&self, hash: &Digest) -> Result<bool, StorageError> {
-        Ok(self.db.get_pinned_cf(self.cf(CF_TXS)?, hash.0)?.is_some())
+        match self.db.get_pinned_cf(self.cf(CF_TXS)?, hash.0)? {
+            None => Ok(false),
+            Some(v) => applied_record(&v),
+        }
     }
 
     fn read_record<T: serde::de::DeserializeOwned>(
@@ -804,9 +812,22 @@ impl Store {
         if keep_from > 1 {
             // Genesis (height 0) is always kept: every validator has it.
             let mut wb = WriteBatch::default();
+            let txs = self.cf(CF_TXS)?;
             for h in self.first_retained_block()?.0..keep_from {
                 if let Some(b) = self.block(Height(h))? {
                     wb.delete_cf(self.cf(CF_BLOCK_INDEX)?, b.id().0);
+                    // The block's transaction records go with it: those
+                    // filed at this height (a hash may since be filed at a
+                    // later height, where it applied).
+                    for key in tx_keys(&b.payload) {
+                        if let Some(v) = self.db.get_pinned_cf(txs, key.0)? {
+                            let rec: TxRecord = decode(&v, MAX_RECORD_BYTES)
+                                .map_err(|e| corrupt("transaction record", e))?;
+                            if rec.height == h {
+                                wb.delete_cf(txs, key.0);
+                            }
+                        }
+                    }
                 }
                 wb.delete_cf(self.cf(CF_BLOCKS)?, height_key(h));
                 wb.delete_cf(self.cf(CF_CERTS)?, height_key(h));
@@ -881,22 +902,52 @@ impl StateView for ExecView<'_> {
     }
 
     fn tx_committed(&self, hash: &Digest) -> Result<bool, LedgerError> {
-        self.db
+        match self
+            .db
             .get_pinned_cf(self.txs, hash.0)
-            .map(|v| v.is_some())
-            .map_err(|e| LedgerError::Read(e.to_string()))
+            .map_err(|e| LedgerError::Read(e.to_string()))?
+        {
+            None => Ok(false),
+            Some(v) => applied_record(&v).map_err(|e| LedgerError::Read(e.to_string())),
+        }
     }
 
     fn txs_committed(&self, hashes: &[Digest]) -> Result<Vec<bool>, LedgerError> {
         self.db
             .batched_multi_get_cf(self.txs, hashes.iter().map(|h| &h.0[..]), true)
             .into_iter()
-            .map(|r| {
-                r.map(|v| v.is_some())
-                    .map_err(|e| LedgerError::Read(e.to_string()))
+            .map(|r| match r.map_err(|e| LedgerError::Read(e.to_string()))? {
+                None => Ok(false),
+                Some(v) => applied_record(&v).map_err(|e| LedgerError::Read(e.to_string())),
             })
             .collect()
     }
+}
+
+/// The keys a block's items may be filed under in the transaction index:
+/// each item's transfer hash if it decodes, and the hash of its exact
+/// bytes (malformed items and bad signatures).
+fn tx_keys(payload: &[u8]) -> Vec<Digest> {
+    let Ok(items) = decode_payload(payload) else {
+        return Vec::new();
+    };
+    let mut keys = Vec::with_capacity(items.len() * 2);
+    for item in &items {
+        keys.push(Digest::of(item));
+        if let Ok(t) = SignedTransfer::decode(item) {
+            keys.push(t.hash());
+        }
+    }
+    keys.sort_unstable();
+    keys.dedup();
+    keys
+}
+
+/// Whether an encoded transaction record is an applied one.
+fn applied_record(bytes: &[u8]) -> Result<bool, StorageError> {
+    let rec: TxRecord =
+        decode(bytes, MAX_RECORD_BYTES).map_err(|e| corrupt("transaction record", e))?;
+    Ok(rec.receipt.status == TxStatus::Applied)
 }
 
 fn hex_of(b: &[u8]) -> String {

@@ -112,6 +112,59 @@ fn a_transaction_is_applied_once_and_keeps_its_first_receipt() {
     assert_eq!(rec.receipt.status, TxStatus::Applied);
 }
 
+/// A Byzantine leader's burn, committed: a copy of transfer `a` with a
+/// flipped signature bit, and `b` (the sender's next nonce after `a`) put
+/// first. Neither takes the genuine hashes: both apply in the next block,
+/// and the index then points at the block that applied them.
+#[test]
+fn failure_receipts_never_take_the_genuine_hash() {
+    use phalanx_ledger::{Leg, Transfer};
+    let dir = tempfile::tempdir().unwrap();
+    let s = open(dir.path());
+    let chain = s.chain_id().clone();
+    let key = account_key(3);
+    let tx = |nonce| {
+        Transfer {
+            chain_id: chain.clone(),
+            sender: key.public(),
+            nonce,
+            legs: vec![Leg {
+                to: account_key(4).public(),
+                amount: 1,
+            }],
+        }
+        .sign(&key)
+    };
+    let (a, b) = (tx(0), tx(1));
+    let mut copy = a.encode();
+    let last = copy.len() - 1;
+    copy[last] ^= 1;
+    let (blk, cert) = next_block(&s, &[copy.clone(), b.encode()]);
+    let burnt = s.apply_block(&blk, &cert).unwrap();
+    assert_eq!(burnt.receipts[0].status, TxStatus::BadSignature);
+    assert_eq!(burnt.receipts[0].tx_hash, Digest::of(&copy));
+    assert!(s.transaction(&a.hash()).unwrap().is_none());
+    let filed = s.transaction(&b.hash()).unwrap().unwrap();
+    assert!(matches!(
+        filed.receipt.status,
+        TxStatus::NonceTooHigh { .. }
+    ));
+    assert!(!s.tx_committed(&b.hash()).unwrap());
+    let (blk, cert) = next_block(&s, &[a.encode(), b.encode()]);
+    let out = s.apply_block(&blk, &cert).unwrap();
+    assert!(out.receipts.iter().all(|r| r.status == TxStatus::Applied));
+    for t in [&a, &b] {
+        let rec = s.transaction(&t.hash()).unwrap().unwrap();
+        assert_eq!((rec.height, rec.receipt.status), (2, TxStatus::Applied));
+        assert!(s.tx_committed(&t.hash()).unwrap());
+    }
+    // Once applied, a later failure under the hash files nothing.
+    let (blk, cert) = next_block(&s, &[a.encode()]);
+    let again = s.apply_block(&blk, &cert).unwrap();
+    assert_eq!(again.receipts[0].status, TxStatus::Duplicate);
+    assert_eq!(s.transaction(&a.hash()).unwrap().unwrap().height, 2);
+}
+
 #[test]
 fn account_proofs_verify_against_the_head_root() {
     let dir = tempfile::tempdir().unwrap();
@@ -685,6 +738,18 @@ fn pruning_keeps_the_checkpoint_state_and_retained_blocks() {
     )
     .unwrap();
     commit_n(&s, 6);
+    let filed_at = |s: &Store, h: u64| -> Vec<Digest> {
+        let b = s.block(Height(h)).unwrap().unwrap();
+        phalanx_ledger::decode_payload(&b.payload)
+            .unwrap()
+            .iter()
+            .filter_map(|i| phalanx_ledger::SignedTransfer::decode(i).ok())
+            .map(|t| t.hash())
+            .filter(|t| s.transaction(t).unwrap().is_some_and(|r| r.height == h))
+            .collect()
+    };
+    let (early, late) = (filed_at(&s, 3), filed_at(&s, 4));
+    assert!(!early.is_empty() && !late.is_empty());
     let at6: Vec<_> = (0..ACCOUNTS)
         .map(|i| s.account(&account_key(i).public()).unwrap().unwrap())
         .collect();
@@ -693,6 +758,13 @@ fn pruning_keeps_the_checkpoint_state_and_retained_blocks() {
     s.put_stable_checkpoint(&cp).unwrap();
     assert_eq!(s.first_retained_block().unwrap(), Height(4));
     assert!(s.block(Height(3)).unwrap().is_none() && s.block(Height(0)).unwrap().is_some());
+    // The transaction index is pruned with the blocks.
+    for t in &early {
+        assert!(s.transaction(t).unwrap().is_none(), "pruned with block 3");
+    }
+    for t in &late {
+        assert_eq!(s.transaction(t).unwrap().unwrap().height, 4, "kept");
+    }
     assert!(matches!(
         s.state_root_at(Height(3)),
         Err(StorageError::NotRetained(3))
