@@ -24,19 +24,24 @@ use crate::types::{
 };
 use crate::verify::{MAX_SYNC_BLOCKS, VerifiedMessage};
 
-/// Decides whether a block payload may be voted for. The node checks
-/// transaction encoding and signatures; the simulator checks that payloads
-/// came from its clients. Must be pure and deterministic.
+/// Decides whether a block's payload may be voted for: the validity rule
+/// (P6). The node refuses a block holding any item that execution would
+/// refuse for a reason the proposer can check (see PROTOCOL.md,
+/// "Validity"); the simulator checks that items came from its clients, in
+/// each sender's order. It may read state the validator has committed, but
+/// its answer for a block must not depend on anything else: an honest
+/// leader's block must be valid at every honest validator.
 pub trait PayloadValidator {
-    /// True if honest validators may vote for a block carrying `payload`.
-    fn is_valid(&self, payload: &[u8]) -> bool;
+    /// True if honest validators may vote for `block` (already checked to
+    /// be well formed relative to its parent, which this validator holds).
+    fn is_valid(&self, block: &Block) -> bool;
 }
 
 /// Accepts every payload.
 pub struct AcceptAll;
 
 impl PayloadValidator for AcceptAll {
-    fn is_valid(&self, _: &[u8]) -> bool {
+    fn is_valid(&self, _: &Block) -> bool {
         true
     }
 }
@@ -56,6 +61,9 @@ pub enum Flaw {
     /// A validator recovering a lost safety record skips the quarantine
     /// (P19) and signs at once, as if it were new.
     RecoveryWithoutQuarantine,
+    /// Vote without the validity rule: any payload within the size bound
+    /// is acceptable.
+    VoteWithoutValidity,
 }
 
 /// Protocol parameters. Every validator of a chain must use the same values
@@ -868,8 +876,12 @@ impl Core {
             && h.height == parent.height().next()
             && h.timestamp_ms > parent.header.timestamp_ms
             && h.timestamp_ms <= self.now.0.saturating_add(self.cfg.max_clock_skew_ms)
-            && block.payload.len() <= self.cfg.max_payload_bytes
-            && self.payload_check.is_valid(&block.payload);
+            && block.payload.len() <= self.cfg.max_payload_bytes;
+        #[cfg(feature = "sim")]
+        let well_formed = well_formed
+            && (self.flaw(Flaw::VoteWithoutValidity) || self.payload_check.is_valid(block));
+        #[cfg(not(feature = "sim"))]
+        let well_formed = well_formed && self.payload_check.is_valid(block);
         if !well_formed {
             self.stats.proposals_refused += 1;
             return;

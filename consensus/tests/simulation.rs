@@ -164,6 +164,26 @@ fn shadow_checker_catches_recovery_without_quarantine() {
     assert!(found.1.contains("shadow equivocation"), "{found:?}");
 }
 
+/// A leader that burns pending items (a broken copy, a sender's items out
+/// of order) gets no votes from honest validators; with the validity rule
+/// switched off, the validity checker sees both burns committed.
+#[test]
+fn validity_checker_catches_voting_for_burnt_payloads() {
+    let mut cfg = SimConfig::new(4, 1);
+    cfg.behaviours = vec![Behaviour::Burn];
+    cfg.flaw = Some(Flaw::VoteWithoutValidity);
+    let found = failures(&cfg, 40);
+    let all: Vec<&str> = found.iter().map(|(_, v)| v.as_str()).collect();
+    assert!(
+        all.iter().any(|v| v.contains("no client submitted")),
+        "broken copies committed unseen: {all:?}"
+    );
+    assert!(
+        all.iter().any(|v| v.contains("out of order")),
+        "reordered items committed unseen: {all:?}"
+    );
+}
+
 #[test]
 fn more_than_f_byzantine_breaks_agreement_on_some_seeds() {
     // Negative control: two twin pairs at n = 4 (f = 1).

@@ -66,11 +66,15 @@ pub enum Behaviour {
     /// Two honest instances sharing this validator's key, placed in
     /// different partitions.
     Twins,
+    /// As leader, tries to burn pending items: proposes a copy of one with
+    /// its authentication broken, and a sender's items out of order (the
+    /// validity rule must refuse the block).
+    Burn,
 }
 
 impl Behaviour {
     /// Every behaviour.
-    pub const ALL: [Behaviour; 8] = [
+    pub const ALL: [Behaviour; 9] = [
         Behaviour::Silent,
         Behaviour::Equivocate,
         Behaviour::DoubleVote,
@@ -79,6 +83,7 @@ impl Behaviour {
         Behaviour::FutureFlood,
         Behaviour::StaleFork,
         Behaviour::Twins,
+        Behaviour::Burn,
     ];
 }
 
@@ -236,13 +241,32 @@ fn parse_items(payload: &[u8]) -> Option<Vec<u64>> {
         .collect()
 }
 
+/// Clients the items belong to: item `id` is its sender's item number
+/// `id / SENDERS`, and a sender's items apply in that order (the
+/// simulator's stand-in for nonces).
+const SENDERS: u64 = 4;
+
+/// True if no item repeats and each sender's items come in increasing
+/// order, as an honest leader proposes them (the simulator's stand-in for
+/// "every nonce executable in block order").
+fn in_sender_order(ids: &[u64]) -> bool {
+    let mut last: [Option<u64>; SENDERS as usize] = [None; SENDERS as usize];
+    ids.iter().all(|id| {
+        let slot = &mut last[(id % SENDERS) as usize];
+        let ok = slot.is_none_or(|prev| prev < *id);
+        *slot = Some(*id);
+        ok
+    })
+}
+
 /// Honest validators vote only for payloads made of client-authenticated
-/// items: a Byzantine leader cannot invent one.
+/// items in each sender's order: a Byzantine leader can neither invent an
+/// item nor burn one by breaking its copy or its order.
 struct ClientItems;
 
 impl PayloadValidator for ClientItems {
-    fn is_valid(&self, payload: &[u8]) -> bool {
-        parse_items(payload).is_some()
+    fn is_valid(&self, block: &Block) -> bool {
+        parse_items(&block.payload).is_some_and(|ids| in_sender_order(&ids))
     }
 }
 
@@ -1184,9 +1208,17 @@ impl<'a> Sim<'a> {
                 }
             ));
         }
-        // Validity: every item was submitted by a client.
+        // Validity: every item was submitted by a client, each sender's in
+        // order (a broken copy or an item out of order would burn the
+        // genuine one).
         match parse_items(&block.payload) {
-            Some(ids) if ids.iter().all(|i| *i < self.next_item) => {}
+            Some(ids) if ids.iter().all(|i| *i < self.next_item) => {
+                if honest && !in_sender_order(&ids) {
+                    self.violations.push(format!(
+                        "validity: {who} committed a sender's items out of order at height {h}"
+                    ));
+                }
+            }
             _ => {
                 if honest {
                     self.violations.push(format!(
@@ -1364,6 +1396,15 @@ impl<'a> Sim<'a> {
                     self.transmit(s, None, &Message::Vote(signed));
                 }
             }
+            Some(Behaviour::Burn) => {
+                if let Message::Proposal(p) = &msg
+                    && let Some(alt) = self.burn(s, &p.payload)
+                {
+                    self.transmit(s, to, &Message::Proposal(alt));
+                    return;
+                }
+                self.transmit(s, to, &msg);
+            }
             Some(Behaviour::StaleFork) => {
                 if let Message::Proposal(p) = &msg
                     && let Some(alt) = self.stale_fork(s, &p.payload)
@@ -1397,8 +1438,14 @@ impl<'a> Sim<'a> {
             return;
         };
         let mut alt = p.payload.clone();
-        let items: Vec<&[u8]> = alt.block.payload.chunks(ITEM_BYTES).rev().collect();
-        let mut payload: Vec<u8> = items.concat();
+        // Another valid block: the same items less the first (a sender's
+        // items stay in order, so honest validators may vote for either).
+        let mut payload: Vec<u8> = alt
+            .block
+            .payload
+            .get(ITEM_BYTES..)
+            .unwrap_or_default()
+            .to_vec();
         if payload == alt.block.payload || self.rng.chance(0.3) {
             // A forged item no client submitted.
             let mut forged = make_item(u64::MAX - self.rng.range(0, 1000));
@@ -1426,6 +1473,28 @@ impl<'a> Sim<'a> {
                 self.transmit(s, target, second);
             }
         }
+    }
+
+    /// The proposal with its payload burnt: the items reversed, which puts
+    /// a sender's later item first when the block holds two of its items,
+    /// and at even heights one item's authentication broken too (a mutated
+    /// copy).
+    fn burn(&self, s: usize, p: &Proposal) -> Option<phalanx_crypto::Signed<Proposal>> {
+        let mut items: Vec<[u8; ITEM_BYTES]> = p
+            .block
+            .payload
+            .chunks(ITEM_BYTES)
+            .filter_map(|c| c.try_into().ok())
+            .collect();
+        if p.block.height().0 % 2 == 0 {
+            let first = items.first_mut()?;
+            first[ITEM_BYTES - 1] ^= 1;
+        }
+        items.reverse();
+        let mut alt = p.clone();
+        alt.block.payload = items.concat();
+        alt.block.header.payload_digest = Digest::of(&alt.block.payload);
+        Some(self.sign_as(s, alt))
     }
 
     fn stale_fork(&self, s: usize, p: &Proposal) -> Option<phalanx_crypto::Signed<Proposal>> {
