@@ -7,6 +7,12 @@ pub enum LedgerError {
     /// A transaction that cannot be decoded or breaks a format rule.
     #[error("malformed transaction: {0}")]
     Malformed(String),
+    /// A transfer leg that moves nothing.
+    #[error("leg {leg} moves an amount of 0; every leg moves at least 1")]
+    ZeroAmount {
+        /// The leg's position.
+        leg: usize,
+    },
     /// The state tree or its storage failed.
     #[error("state tree: {0}")]
     State(String),

@@ -9,7 +9,7 @@
 use std::sync::Arc;
 
 use phalanx_crypto::Digest;
-use phalanx_ledger::{EncodedTransfer, MAX_TX_BYTES, verify_encoded};
+use phalanx_ledger::{EncodedTransfer, LedgerError, MAX_TX_BYTES, TxStatus, verify_encoded};
 use phalanx_storage::TxRecord;
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, warn};
@@ -83,6 +83,26 @@ pub enum SubmitError {
     /// The signature does not verify.
     #[error("bad signature")]
     BadSignature,
+    /// A leg moves nothing.
+    #[error("leg {leg} moves an amount of 0; every leg moves at least 1")]
+    ZeroAmount {
+        /// The leg's position.
+        leg: usize,
+    },
+    /// A leg would create an account with less than the chain's minimum.
+    #[error(
+        "leg {leg} would create account {to} with {amount}, below the chain's minimum balance of {minimum}; send at least {minimum} to a new account"
+    )]
+    BelowMinimumBalance {
+        /// The leg's position.
+        leg: usize,
+        /// The recipient (hex).
+        to: String,
+        /// The leg's amount.
+        amount: u64,
+        /// The chain's minimum.
+        minimum: u64,
+    },
     /// The mempool refused it.
     #[error(transparent)]
     Rejected(#[from] Rejection),
@@ -104,6 +124,8 @@ pub fn reject_reason(e: &SubmitError) -> &'static str {
         SubmitError::Malformed(_) => "malformed",
         SubmitError::WrongChain { .. } => "wrong_chain",
         SubmitError::BadSignature => "bad_signature",
+        SubmitError::ZeroAmount { .. } => "zero_amount",
+        SubmitError::BelowMinimumBalance { .. } => "below_minimum_balance",
         SubmitError::Internal(_) => "internal",
         SubmitError::Rejected(r) => match r {
             Rejection::Full { .. } => "mempool_full",
@@ -111,6 +133,8 @@ pub fn reject_reason(e: &SubmitError) -> &'static str {
             Rejection::NonceTooHigh { .. } => "nonce_too_high",
             Rejection::NonceTaken { .. } => "nonce_taken",
             Rejection::InsufficientFunds { .. } => "insufficient_funds",
+            Rejection::FutureLimit { .. } => "future_limit",
+            Rejection::FutureFull { .. } => "future_full",
         },
     }
 }
@@ -195,9 +219,15 @@ pub async fn run(
                     continue;
                 }
             };
+            if let Err(e) = account_minimum(&shared, c.tx.tx()) {
+                answer(&shared, c.origin, Err(e));
+                continue;
+            }
             let gossip = matches!(c.origin, Origin::Rpc(_)).then(|| c.tx.bytes().to_vec());
             let (tx, bytes) = c.tx.into_parts();
-            let res = shared.pool().insert(tx, bytes, c.hash, sender);
+            let res = shared
+                .pool()
+                .insert(tx, bytes, c.hash, sender, crate::shared::now_ms());
             match res {
                 Ok(Admitted::New) => {
                     added += 1;
@@ -219,6 +249,34 @@ pub async fn run(
     }
 }
 
+/// Refuses a leg that would create an account (by the committed state)
+/// with less than the chain's minimum balance: it would fail at execution.
+fn account_minimum(
+    shared: &Shared,
+    tx: &phalanx_ledger::SignedTransfer,
+) -> Result<(), SubmitError> {
+    let minimum = shared.min_account_balance;
+    for (leg, l) in tx.transfer.legs.iter().enumerate() {
+        if l.amount >= minimum || l.to == tx.transfer.sender {
+            continue;
+        }
+        let exists = shared
+            .store
+            .account(&l.to)
+            .map_err(|e| SubmitError::Internal(e.to_string()))?
+            .is_some_and(|a| a != phalanx_ledger::Account::default());
+        if !exists {
+            return Err(SubmitError::BelowMinimumBalance {
+                leg,
+                to: l.to.to_string(),
+                amount: l.amount,
+                minimum,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// Size, decoding, chain, and the by-hash lookups; answers what fails or is
 /// already known, returns the rest for signature checks.
 fn cheap_checks(shared: &Shared, batch: Vec<Submission>) -> Vec<Checked> {
@@ -231,6 +289,10 @@ fn cheap_checks(shared: &Shared, batch: Vec<Submission>) -> Vec<Checked> {
         }
         let tx = match EncodedTransfer::decode(s.bytes) {
             Ok(t) => t,
+            Err(LedgerError::ZeroAmount { leg }) => {
+                answer(shared, s.origin, Err(SubmitError::ZeroAmount { leg }));
+                continue;
+            }
             Err(e) => {
                 answer(shared, s.origin, Err(SubmitError::Malformed(e.to_string())));
                 continue;
@@ -253,8 +315,13 @@ fn cheap_checks(shared: &Shared, batch: Vec<Submission>) -> Vec<Checked> {
         // before: a peer's copy of one is refused by the mempool's nonce
         // rule, or at worst ordered again and executed as a duplicate. The
         // index lookup is about a quarter of admission's cost.
+        // A failure receipt is not final (the transaction may still
+        // apply): only an applied record answers for it.
         let committed = match s.origin {
-            Origin::Rpc(_) => shared.store.transaction(&hash),
+            Origin::Rpc(_) => shared
+                .store
+                .transaction(&hash)
+                .map(|r| r.filter(|r| r.receipt.status == TxStatus::Applied)),
             Origin::Gossip => Ok(None),
         };
         match committed {

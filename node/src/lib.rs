@@ -16,3 +16,4 @@ pub mod runtime;
 pub mod safety;
 pub mod shared;
 pub mod statesync;
+pub mod validity;

@@ -402,11 +402,13 @@ async fn run_node(
         chain: genesis.chain_id.clone(),
         validator,
         validators: genesis.validators.len(),
-        mempool: std::sync::Mutex::new(Mempool::new(MempoolLimits {
-            max_txs: cfg.mempool_max_txs,
-            max_bytes: cfg.mempool_max_bytes,
-            max_nonce_gap: cfg.mempool_max_nonce_gap,
-        })),
+        mempool: std::sync::Mutex::new(Mempool::new(MempoolLimits::new(
+            cfg.mempool_max_txs,
+            cfg.mempool_max_bytes,
+            cfg.mempool_max_nonce_gap,
+            &genesis.params,
+        ))),
+        min_account_balance: genesis.params.min_account_balance,
         new_txs: tokio::sync::Notify::new(),
         status,
         commits,

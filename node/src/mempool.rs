@@ -3,10 +3,20 @@
 //! This module owns admission (chain, nonce window, funds, bounds by count
 //! and by bytes, deduplication by hash), the choice of what a leader
 //! proposes (arrival order, each sender's transactions in nonce order), and
-//! eviction (committed, stale). Signatures are checked before a transaction
-//! gets here, once; entries are indexed by the hash of their exact bytes too,
-//! so that execution can skip re-verifying a block's transactions the pool
-//! already verified. It never touches the network or the disk.
+//! eviction (applied, stale, expired, displaced). Signatures are checked
+//! before a transaction gets here, once; entries are indexed by the hash of
+//! their exact bytes too, so that execution can skip re-verifying a block's
+//! transactions the pool already verified. It never touches the network or
+//! the disk.
+//!
+//! The economics (genesis parameters, see the README): a transaction
+//! waiting behind a nonce gap ("future") can never be proposed until the
+//! gap closes, so it is what spam costs least to send: each sender may
+//! have at most `future_per_sender` of them, all together at most
+//! `future_max`, and a full pool evicts them first to admit a transaction
+//! that can be proposed now. Every entry leaves after `ttl_ms`, proposed
+//! or not. A refused execution (a failure receipt) does not evict: only an
+//! applied transaction, or the sender's nonce moving past it, does.
 
 use std::collections::{BTreeMap, HashSet};
 use std::sync::Arc;
@@ -29,15 +39,37 @@ pub struct MempoolLimits {
     pub max_bytes: usize,
     /// How far beyond a sender's next nonce a transaction may be.
     pub max_nonce_gap: u64,
+    /// Most transactions one sender may have waiting behind a nonce gap.
+    pub future_per_sender: usize,
+    /// Most transactions waiting behind a nonce gap, all senders together.
+    pub future_max: usize,
+    /// How long an entry may stay, ms.
+    pub ttl_ms: u64,
+}
+
+impl MempoolLimits {
+    /// The limits for a node's configured bounds and the chain's genesis
+    /// parameters.
+    pub fn new(
+        max_txs: usize,
+        max_bytes: usize,
+        max_nonce_gap: u64,
+        params: &phalanx_ledger::Params,
+    ) -> MempoolLimits {
+        MempoolLimits {
+            max_txs,
+            max_bytes,
+            max_nonce_gap,
+            future_per_sender: params.mempool_future_per_sender as usize,
+            future_max: max_txs * params.mempool_future_share_percent as usize / 100,
+            ttl_ms: params.mempool_ttl_ms,
+        }
+    }
 }
 
 impl Default for MempoolLimits {
     fn default() -> Self {
-        MempoolLimits {
-            max_txs: 100_000,
-            max_bytes: 64 << 20,
-            max_nonce_gap: 64,
-        }
+        MempoolLimits::new(100_000, 64 << 20, 64, &phalanx_ledger::Params::default())
     }
 }
 
@@ -86,6 +118,24 @@ pub enum Rejection {
         /// The legs' sum (or `u64::MAX` on overflow).
         needed: u64,
     },
+    /// The sender already has the most transactions waiting behind a nonce
+    /// gap that one sender may have.
+    #[error(
+        "this sender has {limit} transactions waiting behind a nonce gap, the most allowed; send the missing nonce first"
+    )]
+    FutureLimit {
+        /// The per-sender limit.
+        limit: usize,
+    },
+    /// The pool's share for transactions waiting behind a nonce gap is
+    /// full.
+    #[error(
+        "the mempool holds its limit of {limit} transactions waiting behind a nonce gap; send the missing nonce first"
+    )]
+    FutureFull {
+        /// The limit, all senders together.
+        limit: usize,
+    },
 }
 
 struct Entry {
@@ -94,6 +144,10 @@ struct Entry {
     bytes: Vec<u8>,
     raw: Digest,
     seq: u64,
+    /// When admitted (the node's steady clock, ms).
+    added_ms: u64,
+    /// Waiting behind a nonce gap: in `Mempool::future`.
+    gapped: bool,
     /// The uncommitted block carrying it, if any.
     in_flight: Option<InFlight>,
 }
@@ -120,6 +174,11 @@ pub struct Mempool {
     /// commit visits only those rather than the whole pool (which under a
     /// backlog holds tens of thousands).
     flights: BTreeMap<u64, Vec<Digest>>,
+    /// Each sender's committed nonce, as last learnt (at admission or at a
+    /// commit): where its run of proposable nonces starts.
+    base: HashMap<[u8; 32], u64>,
+    /// Entries waiting behind a nonce gap, by arrival.
+    future: BTreeMap<u64, Digest>,
     next_seq: u64,
     bytes: usize,
 }
@@ -144,9 +203,16 @@ impl Mempool {
             arrival: BTreeMap::new(),
             in_blocks: HashMap::new(),
             flights: BTreeMap::new(),
+            base: HashMap::new(),
+            future: BTreeMap::new(),
             next_seq: 0,
             bytes: 0,
         }
+    }
+
+    /// Entries waiting behind a nonce gap.
+    pub fn future_len(&self) -> usize {
+        self.future.len()
     }
 
     /// Transactions held.
@@ -194,14 +260,17 @@ impl Mempool {
     }
 
     /// Admits a transaction whose signature and chain were checked, given
-    /// its sender's committed account.
+    /// its sender's committed account, at `now_ms` (the node's steady
+    /// clock).
     pub fn insert(
         &mut self,
         tx: SignedTransfer,
         bytes: Vec<u8>,
         hash: Digest,
         sender: Account,
+        now_ms: u64,
     ) -> Result<Admitted, Rejection> {
+        self.expire(now_ms);
         if self.entries.contains_key(&hash) {
             return Ok(Admitted::Known);
         }
@@ -234,14 +303,41 @@ impl Mempool {
         {
             return Err(Rejection::NonceTaken { nonce: t.nonce });
         }
-        if self.entries.len() >= self.limits.max_txs
+        let base = self.base.get(&key).copied().unwrap_or(0).max(sender.nonce);
+        let gapped = t.nonce > self.run_end(&key, base);
+        if gapped {
+            let mine = self
+                .by_sender
+                .get(&key)
+                .map_or(0, |m| m.values().filter(|h| self.is_gapped(h)).count());
+            if mine >= self.limits.future_per_sender {
+                return Err(Rejection::FutureLimit {
+                    limit: self.limits.future_per_sender,
+                });
+            }
+            if self.future.len() >= self.limits.future_max {
+                return Err(Rejection::FutureFull {
+                    limit: self.limits.future_max,
+                });
+            }
+        }
+        // A transaction that can be proposed now displaces the oldest ones
+        // waiting behind a gap rather than be refused.
+        while self.entries.len() >= self.limits.max_txs
             || self.bytes + bytes.len() > self.limits.max_bytes
         {
-            return Err(Rejection::Full {
-                txs: self.entries.len(),
-                bytes: self.bytes,
-            });
+            let victim = match self.future.first_key_value() {
+                Some((_, h)) if !gapped => *h,
+                _ => {
+                    return Err(Rejection::Full {
+                        txs: self.entries.len(),
+                        bytes: self.bytes,
+                    });
+                }
+            };
+            self.remove_and_reclassify(&victim);
         }
+        self.base.insert(key, base);
         let seq = self.next_seq;
         self.next_seq += 1;
         let raw = Digest::of(&bytes);
@@ -260,25 +356,104 @@ impl Mempool {
                 bytes,
                 raw,
                 seq,
+                added_ms: now_ms,
+                gapped: false,
                 in_flight,
             },
         );
+        self.reclassify(&key);
         Ok(Admitted::New)
+    }
+
+    /// The first nonce from `base` on that the sender has no entry for.
+    fn run_end(&self, key: &[u8; 32], base: u64) -> u64 {
+        let mut n = base;
+        if let Some(m) = self.by_sender.get(key) {
+            for (nonce, _) in m.range(base..) {
+                if *nonce != n {
+                    break;
+                }
+                n += 1;
+            }
+        }
+        n
+    }
+
+    fn is_gapped(&self, hash: &Digest) -> bool {
+        self.entries.get(hash).is_some_and(|e| e.gapped)
+    }
+
+    /// Marks which of a sender's entries wait behind a nonce gap (those
+    /// after the run of consecutive nonces from its committed nonce).
+    fn reclassify(&mut self, key: &[u8; 32]) {
+        let base = self.base.get(key).copied().unwrap_or(0);
+        let end = self.run_end(key, base);
+        let Some(m) = self.by_sender.get(key) else {
+            self.base.remove(key);
+            return;
+        };
+        for (nonce, hash) in m {
+            if let Some(e) = self.entries.get_mut(hash) {
+                let gapped = *nonce > end;
+                if gapped != e.gapped {
+                    e.gapped = gapped;
+                    if gapped {
+                        self.future.insert(e.seq, *hash);
+                    } else {
+                        self.future.remove(&e.seq);
+                    }
+                }
+            }
+        }
+        debug_assert!(self.future.len() <= self.entries.len());
+    }
+
+    /// Drops entries older than the time to live; returns how many.
+    pub fn expire(&mut self, now_ms: u64) -> usize {
+        let mut gone = 0;
+        while let Some((_, h)) = self.arrival.first_key_value() {
+            let h = *h;
+            let Some(e) = self.entries.get(&h) else {
+                break;
+            };
+            if e.added_ms.saturating_add(self.limits.ttl_ms) > now_ms {
+                break;
+            }
+            self.remove_and_reclassify(&h);
+            gone += 1;
+        }
+        gone
+    }
+
+    fn remove_and_reclassify(&mut self, hash: &Digest) {
+        let Some(key) = self
+            .entries
+            .get(hash)
+            .map(|e| e.tx.transfer.sender.to_bytes())
+        else {
+            return;
+        };
+        self.remove(hash);
+        self.reclassify(&key);
     }
 
     /// Chooses up to `max_txs` transactions and `max_bytes` bytes for a
     /// block at `height`, oldest first, each sender's in nonce order
-    /// starting at its committed nonce (`nonce_of`) and past those already
-    /// in the new block's uncommitted ancestors (`ancestors`; a transaction
-    /// in a block off that chain, which can never commit, is proposed
-    /// again). The chosen are marked in flight.
+    /// starting at its committed nonce (`account_of` gives the committed
+    /// account) and past those already in the new block's uncommitted
+    /// ancestors (`ancestors`; a transaction in a block off that chain,
+    /// which can never commit, is proposed again). A sender's run stops at
+    /// the first gap, at an entry in flight once the run has begun (so its
+    /// nonces in the block are consecutive, as the validity rule demands),
+    /// and where the committed balance no longer pays. The chosen are
+    /// marked in flight.
     pub fn select(
         &mut self,
         height: u64,
         max_txs: usize,
         max_bytes: usize,
         ancestors: &HashSet<Digest>,
-        nonce_of: impl Fn(&SignedTransfer) -> u64,
+        account_of: impl Fn(&SignedTransfer) -> Account,
     ) -> Vec<Vec<u8>> {
         // In flight on the chain being extended: never proposed twice.
         let blocked = |f: &Option<InFlight>| match f {
@@ -288,7 +463,7 @@ impl Mempool {
                 block: Some(id), ..
             }) => ancestors.contains(id),
         };
-        let mut next: HashMap<[u8; 32], u64> = HashMap::new();
+        let mut done: HashSet<[u8; 32]> = HashSet::new();
         let mut chosen: Vec<Digest> = Vec::new();
         let mut bytes = 0usize;
         'outer: for h in self.arrival.values() {
@@ -299,29 +474,40 @@ impl Mempool {
                 continue;
             }
             let key = e.tx.transfer.sender.to_bytes();
+            if !done.insert(key) {
+                continue;
+            }
             let Some(by_nonce) = self.by_sender.get(&key) else {
                 continue;
             };
-            let mut n = match next.get(&key) {
-                Some(n) => *n,
-                None => nonce_of(&e.tx),
-            };
+            let account = account_of(&e.tx);
+            let mut n = account.nonce;
+            let mut funds = account.balance;
+            let mut begun = false;
             // Take this sender's run of consecutive nonces from `n`.
             while let Some(hash) = by_nonce.get(&n) {
                 let Some(cand) = self.entries.get(hash) else {
                     break;
                 };
-                if !blocked(&cand.in_flight) {
+                if blocked(&cand.in_flight) {
+                    if begun {
+                        break;
+                    }
+                } else {
+                    let Some(rest) = cand.tx.transfer.total().and_then(|t| funds.checked_sub(t))
+                    else {
+                        break;
+                    };
                     if chosen.len() == max_txs || bytes + cand.bytes.len() > max_bytes {
-                        next.insert(key, n);
                         break 'outer;
                     }
+                    funds = rest;
+                    begun = true;
                     bytes += cand.bytes.len();
                     chosen.push(*hash);
                 }
                 n += 1;
             }
-            next.insert(key, n);
         }
         let mut out = Vec::with_capacity(chosen.len());
         for h in chosen {
@@ -357,19 +543,23 @@ impl Mempool {
         }
     }
 
-    /// A block at `height` committed with these transaction hashes: they
-    /// leave the pool; transactions of touched senders whose nonce is now
-    /// used leave too (`nonce_of` gives committed nonces); and transactions
-    /// in flight in blocks at or below `height` that did not commit are
-    /// proposable again.
+    /// A block at `height` committed, applying the transactions with
+    /// these hashes: they leave the pool; transactions of touched senders
+    /// whose nonce is now used leave too (`nonce_of` gives committed
+    /// nonces); entries past their time to live at `now_ms` leave; and
+    /// transactions in flight in blocks at or below `height` that did not
+    /// apply are proposable again. (An item refused at execution, such as
+    /// a Byzantine leader's copy with a broken signature, names no entry
+    /// here and evicts nothing.)
     pub fn committed(
         &mut self,
         height: u64,
-        hashes: &[Digest],
+        applied: &[Digest],
         nonce_of: impl Fn(&[u8; 32]) -> u64,
+        now_ms: u64,
     ) {
         let mut senders: Vec<[u8; 32]> = Vec::new();
-        for h in hashes {
+        for h in applied {
             if let Some(e) = self.entries.get(h) {
                 senders.push(e.tx.transfer.sender.to_bytes());
             }
@@ -387,7 +577,13 @@ impl Mempool {
             for h in stale {
                 self.remove(&h);
             }
+            if self.by_sender.contains_key(&s) {
+                let base = self.base.entry(s).or_default();
+                *base = (*base).max(floor);
+            }
+            self.reclassify(&s);
         }
+        self.expire(now_ms);
         let later = self.flights.split_off(&(height + 1));
         for h in std::mem::replace(&mut self.flights, later)
             .into_values()
@@ -414,6 +610,7 @@ impl Mempool {
         };
         self.bytes -= e.bytes.len();
         self.arrival.remove(&e.seq);
+        self.future.remove(&e.seq);
         self.by_raw.remove(&e.raw);
         let key = e.tx.transfer.sender.to_bytes();
         if let Some(m) = self.by_sender.get_mut(&key) {
@@ -462,7 +659,7 @@ mod tests {
 
     fn add(p: &mut Mempool, from: u8, nonce: u64) -> Result<Admitted, Rejection> {
         let (t, b, h) = tx(from, nonce, 1);
-        p.insert(t, b, h, acct(100, 0))
+        p.insert(t, b, h, acct(100, 0), 0)
     }
 
     #[test]
@@ -471,22 +668,23 @@ mod tests {
             max_txs: 3,
             max_bytes: 1 << 20,
             max_nonce_gap: 4,
+            ..MempoolLimits::default()
         };
         let mut p = Mempool::new(limits);
         let (t, b, h) = tx(1, 0, 10);
         assert_eq!(
-            p.insert(t.clone(), b.clone(), h, acct(100, 0)),
+            p.insert(t.clone(), b.clone(), h, acct(100, 0), 0),
             Ok(Admitted::New)
         );
-        assert_eq!(p.insert(t, b, h, acct(100, 0)), Ok(Admitted::Known));
+        assert_eq!(p.insert(t, b, h, acct(100, 0), 0), Ok(Admitted::Known));
         let (t, b, h) = tx(1, 0, 11);
         assert_eq!(
-            p.insert(t, b, h, acct(100, 0)),
+            p.insert(t, b, h, acct(100, 0), 0),
             Err(Rejection::NonceTaken { nonce: 0 })
         );
         let (t, b, h) = tx(2, 0, 1);
         assert!(matches!(
-            p.insert(t, b, h, acct(100, 1)),
+            p.insert(t, b, h, acct(100, 1), 0),
             Err(Rejection::NonceTooLow {
                 expected: 1,
                 got: 0
@@ -494,12 +692,12 @@ mod tests {
         ));
         let (t, b, h) = tx(2, 9, 1);
         assert!(matches!(
-            p.insert(t, b, h, acct(100, 0)),
+            p.insert(t, b, h, acct(100, 0), 0),
             Err(Rejection::NonceTooHigh { .. })
         ));
         let (t, b, h) = tx(2, 0, 500);
         assert!(matches!(
-            p.insert(t, b, h, acct(100, 0)),
+            p.insert(t, b, h, acct(100, 0), 0),
             Err(Rejection::InsufficientFunds {
                 balance: 100,
                 needed: 500
@@ -522,15 +720,18 @@ mod tests {
         add(&mut p, 2, 0).unwrap();
         add(&mut p, 1, 0).unwrap();
         add(&mut p, 1, 3).unwrap(); // gap: not proposable yet
-        let block = p.select(1, 100, 1 << 20, &none(), |_| 0);
+        let block = p.select(1, 100, 1 << 20, &none(), |_| acct(100, 0));
         assert_eq!(block.len(), 3, "1/0, 1/1 and 2/0; 1/3 waits for 1/2");
         // In flight: nothing more to propose at the next height.
-        assert!(p.select(2, 100, 1 << 20, &none(), |_| 0).is_empty());
+        assert!(
+            p.select(2, 100, 1 << 20, &none(), |_| acct(100, 0))
+                .is_empty()
+        );
         // The block at 1 never commits: at the commit of height 1 by another
         // block, they are proposable again.
-        p.committed(1, &[], |_| 0);
+        p.committed(1, &[], |_| 0, 0);
         assert_eq!(
-            p.select(2, 2, 1 << 20, &none(), |_| 0).len(),
+            p.select(2, 2, 1 << 20, &none(), |_| acct(100, 0)).len(),
             2,
             "bounded by count"
         );
@@ -540,15 +741,15 @@ mod tests {
     fn commits_evict_included_and_stale_transactions() {
         let mut p = Mempool::new(MempoolLimits::default());
         let (t0, b0, h0) = tx(1, 0, 1);
-        p.insert(t0, b0, h0, acct(100, 0)).unwrap();
+        p.insert(t0, b0, h0, acct(100, 0), 0).unwrap();
         add(&mut p, 1, 1).unwrap();
         add(&mut p, 1, 2).unwrap();
         assert_eq!(p.len(), 3);
         // Block committed h0, and the sender's nonce is now 2 (another
         // node's copy of nonce 1 made it in under another hash).
-        p.committed(5, &[h0], |_| 2);
+        p.committed(5, &[h0], |_| 2, 0);
         assert_eq!(p.len(), 1, "only nonce 2 remains");
-        assert_eq!(p.select(6, 10, 1 << 20, &none(), |_| 2).len(), 1);
+        assert_eq!(p.select(6, 10, 1 << 20, &none(), |_| acct(100, 2)).len(), 1);
     }
 
     #[test]
@@ -558,7 +759,7 @@ mod tests {
             max_bytes: b.len() * 2,
             ..MempoolLimits::default()
         });
-        p.insert(t, b.clone(), h, acct(100, 0)).unwrap();
+        p.insert(t, b.clone(), h, acct(100, 0), 0).unwrap();
         assert!(p.holds_bytes(&Digest::of(&b)));
         add(&mut p, 2, 0).unwrap();
         assert!(matches!(add(&mut p, 3, 0), Err(Rejection::Full { .. })));
@@ -570,20 +771,172 @@ mod tests {
         // In flight on the chain being extended: skipped; in a block off
         // that chain: proposed again.
         let on_chain: HashSet<Digest> = [block].into();
-        assert_eq!(p.select(5, 10, 1 << 20, &on_chain, |_| 0).len(), 1);
-        p.committed(4, &[], |_| 0);
+        assert_eq!(
+            p.select(5, 10, 1 << 20, &on_chain, |_| acct(100, 0)).len(),
+            1
+        );
+        p.committed(4, &[], |_| 0, 0);
         let (t2, b2, h2) = tx(7, 0, 1);
         let mut q = Mempool::new(MempoolLimits::default());
         q.mark_in_flight(&[Digest::of(&b2)], 9, block);
-        q.insert(t2, b2, h2, acct(100, 0)).unwrap();
+        q.insert(t2, b2, h2, acct(100, 0), 0).unwrap();
         assert!(
-            q.select(10, 10, 1 << 20, &on_chain, |_| 0).is_empty(),
+            q.select(10, 10, 1 << 20, &on_chain, |_| acct(100, 0))
+                .is_empty(),
             "marked on arrival"
         );
         assert_eq!(
-            q.select(10, 10, 1 << 20, &none(), |_| 0).len(),
+            q.select(10, 10, 1 << 20, &none(), |_| acct(100, 0)).len(),
             1,
             "dead block: proposed again"
         );
+    }
+
+    fn limits(max_txs: usize, per_sender: usize, future_max: usize) -> MempoolLimits {
+        MempoolLimits {
+            max_txs,
+            future_per_sender: per_sender,
+            future_max,
+            ..MempoolLimits::default()
+        }
+    }
+
+    fn add_at(p: &mut Mempool, from: u8, nonce: u64, now: u64) -> Result<Admitted, Rejection> {
+        let (t, b, h) = tx(from, nonce, 1);
+        p.insert(t, b, h, acct(100, 0), now)
+    }
+
+    #[test]
+    fn waiting_behind_a_gap_is_capped_per_sender_and_in_total() {
+        let mut p = Mempool::new(limits(1000, 3, 5));
+        // Sender 1: nonce 0 is missing, so 1, 2, 3 wait; a fourth is one
+        // too many for one sender.
+        for n in 1..=3 {
+            add_at(&mut p, 1, n, 0).unwrap();
+        }
+        assert_eq!(
+            add_at(&mut p, 1, 4, 0),
+            Err(Rejection::FutureLimit { limit: 3 })
+        );
+        assert_eq!(p.future_len(), 3);
+        add_at(&mut p, 2, 1, 0).unwrap();
+        add_at(&mut p, 2, 2, 0).unwrap();
+        assert_eq!(
+            add_at(&mut p, 3, 1, 0),
+            Err(Rejection::FutureFull { limit: 5 })
+        );
+        // Proposable transactions are not counted: sender 3's nonce 0 is.
+        add_at(&mut p, 3, 0, 0).unwrap();
+        // The missing nonce closes sender 1's gap: its run is proposable
+        // and no longer counts against either cap.
+        add_at(&mut p, 1, 0, 0).unwrap();
+        assert_eq!(p.future_len(), 2);
+        add_at(&mut p, 1, 4, 0).unwrap();
+        assert_eq!(
+            p.select(1, 100, 1 << 20, &none(), |_| acct(100, 0)).len(),
+            6,
+            "1/0-4 and 3/0; sender 2 waits for its nonce 0"
+        );
+    }
+
+    #[test]
+    fn a_full_pool_displaces_what_waits_behind_a_gap_for_what_can_be_proposed() {
+        let mut p = Mempool::new(limits(4, 4, 4));
+        add_at(&mut p, 1, 0, 0).unwrap();
+        add_at(&mut p, 2, 5, 0).unwrap(); // waits (oldest such)
+        add_at(&mut p, 3, 5, 0).unwrap(); // waits
+        add_at(&mut p, 4, 0, 0).unwrap();
+        // Full: another gapped one is refused …
+        assert!(matches!(
+            add_at(&mut p, 5, 5, 0),
+            Err(Rejection::Full { .. })
+        ));
+        // … a proposable one displaces the oldest gapped one.
+        assert_eq!(add_at(&mut p, 6, 0, 0), Ok(Admitted::New));
+        assert_eq!(p.len(), 4);
+        assert_eq!(p.future_len(), 1);
+        assert!(!p.contains(&tx(2, 5, 1).2) && p.contains(&tx(3, 5, 1).2));
+        assert_eq!(add_at(&mut p, 7, 0, 0), Ok(Admitted::New));
+        // Nothing left to displace: full.
+        assert!(matches!(
+            add_at(&mut p, 8, 0, 0),
+            Err(Rejection::Full { .. })
+        ));
+    }
+
+    #[test]
+    fn every_entry_leaves_after_its_time_to_live() {
+        let ttl = MempoolLimits::default().ttl_ms;
+        let mut p = Mempool::new(MempoolLimits::default());
+        add_at(&mut p, 1, 0, 1_000).unwrap();
+        add_at(&mut p, 2, 3, 2_000).unwrap();
+        add_at(&mut p, 3, 0, 5_000).unwrap();
+        assert_eq!(p.expire(1_000 + ttl - 1), 0);
+        assert_eq!(p.expire(2_000 + ttl), 2, "the two oldest");
+        assert_eq!(p.len(), 1);
+        assert_eq!(p.future_len(), 0);
+        // Admission and commits expire too.
+        add_at(&mut p, 4, 0, 5_000 + ttl).unwrap();
+        assert!(!p.contains(&tx(3, 0, 1).2));
+        p.committed(1, &[], |_| 0, 5_000 + 2 * ttl);
+        assert!(p.is_empty());
+    }
+
+    /// The flood: 200 fresh keys each queueing 64 future-nonce
+    /// transfers, funded keys doing the same, and zero-amount transfers
+    /// from unfunded keys, then an honest funded transfer.
+    #[test]
+    fn a_flood_of_future_nonces_never_shuts_out_a_funded_transfer() {
+        let mut p = Mempool::new(MempoolLimits::new(
+            2_000,
+            64 << 20,
+            64,
+            &phalanx_ledger::Params::default(),
+        ));
+        let (mut refused, mut admitted) = (0, 0);
+        for k in 0..200u32 {
+            let mut seed = [7u8; 32];
+            seed[..4].copy_from_slice(&k.to_le_bytes());
+            let fresh = KeyPair::from_seed(seed);
+            // Unfunded: refused, whatever the nonce.
+            for n in 1..=64 {
+                let t = Transfer {
+                    chain_id: ChainId::new("c").unwrap(),
+                    sender: fresh.public(),
+                    nonce: n,
+                    legs: vec![Leg {
+                        to: key(99).public(),
+                        amount: 1,
+                    }],
+                }
+                .sign(&fresh);
+                let (b, h) = (encode(&t), t.hash());
+                match p.insert(t.clone(), b.clone(), h, acct(0, 0), 0) {
+                    Err(Rejection::InsufficientFunds { .. }) => refused += 1,
+                    other => panic!("unfunded admitted: {other:?}"),
+                }
+                // The same key, funded: only the per-sender cap gets in,
+                // and only until the total share is full.
+                if p.insert(t, b, h, acct(1_000, 0), 0).is_ok() {
+                    admitted += 1;
+                }
+            }
+        }
+        assert_eq!(refused, 200 * 64);
+        // 10 % of 2,000, from the first 13 senders (16 each).
+        let share = 200;
+        assert_eq!(admitted, share);
+        assert_eq!(p.future_len(), share);
+        // The honest transfer is admitted and proposed.
+        let (t, b, h) = tx(42, 0, 5);
+        assert_eq!(p.insert(t, b, h, acct(100, 0), 0), Ok(Admitted::New));
+        let block = p.select(1, 10_000, 1 << 24, &none(), |t| {
+            if t.transfer.sender == key(42).public() {
+                acct(100, 0)
+            } else {
+                acct(1_000, 0)
+            }
+        });
+        assert_eq!(block.len(), 1);
     }
 }

@@ -59,21 +59,40 @@ pub fn message_kinds() -> impl Iterator<Item = &'static str> {
 }
 
 /// Why a submitted transaction was refused at admission.
-pub const REJECT_REASONS: [&str; 10] = [
+pub const REJECT_REASONS: [&str; 14] = [
     "too_large",
     "malformed",
     "wrong_chain",
     "bad_signature",
+    "zero_amount",
+    "below_minimum_balance",
     "mempool_full",
     "nonce_too_low",
     "nonce_too_high",
     "nonce_taken",
     "insufficient_funds",
+    "future_limit",
+    "future_full",
     "internal",
 ];
 
+/// Why proposals were refused by the validity rule
+/// (`crate::validity::Refusal::name`).
+pub const REFUSAL_REASONS: [&str; 10] = [
+    "payload",
+    "malformed",
+    "wrong_chain",
+    "bad_signature",
+    "duplicate",
+    "committed",
+    "nonce_order",
+    "nonce_too_low",
+    "nonce_too_high",
+    "read",
+];
+
 /// Receipt statuses of committed transactions (`TxStatus::name`).
-pub const TX_STATUSES: [&str; 9] = [
+pub const TX_STATUSES: [&str; 10] = [
     "applied",
     "malformed",
     "bad_signature",
@@ -83,6 +102,7 @@ pub const TX_STATUSES: [&str; 9] = [
     "nonce_too_high",
     "insufficient_funds",
     "overflow",
+    "below_minimum_balance",
 ];
 
 /// A timed storage operation (label `op`).
@@ -227,6 +247,7 @@ pub struct Metrics {
     mempool_capacity_txs: Gauge,
     mempool_capacity_bytes: Gauge,
     txs_rejected: Family<Reason, Counter>,
+    proposals_refused: Family<Reason, Counter>,
     peers: Gauge,
     verify_seconds: HistogramFamily<What>,
     storage_seconds: HistogramFamily<Op>,
@@ -271,6 +292,7 @@ impl Metrics {
             mempool_capacity_txs: Gauge::default(),
             mempool_capacity_bytes: Gauge::default(),
             txs_rejected: Family::default(),
+            proposals_refused: Family::default(),
             peers: Gauge::default(),
             verify_seconds: Family::new_with_constructor(fast_seconds_histogram),
             storage_seconds: Family::new_with_constructor(fast_seconds_histogram),
@@ -385,6 +407,11 @@ impl Metrics {
             m.mempool_capacity_bytes.clone(),
         );
         r.register(
+            "proposals_refused",
+            "Proposals this validator did not vote for because an item breaks the validity rule, by reason",
+            m.proposals_refused.clone(),
+        );
+        r.register(
             "transactions_rejected",
             "Submitted transactions refused at admission, by reason",
             m.txs_rejected.clone(),
@@ -478,6 +505,9 @@ impl Metrics {
         }
         for status in TX_STATUSES {
             m.txs_committed.get_or_create_owned(&Status { status });
+        }
+        for reason in REFUSAL_REASONS {
+            m.proposals_refused.get_or_create_owned(&Reason { reason });
         }
         for op in StorageOp::ALL {
             m.storage_seconds
@@ -601,6 +631,15 @@ impl Metrics {
     pub fn rejected(&self, reason: &'static str) {
         debug_assert!(REJECT_REASONS.contains(&reason));
         self.txs_rejected.get_or_create(&Reason { reason }).inc();
+    }
+
+    /// A proposal refused by the validity rule for `reason` (one of
+    /// [`REFUSAL_REASONS`]).
+    pub fn block_refused(&self, reason: &'static str) {
+        debug_assert!(REFUSAL_REASONS.contains(&reason));
+        self.proposals_refused
+            .get_or_create(&Reason { reason })
+            .inc();
     }
 
     /// Mempool occupancy and bounds.

@@ -78,6 +78,14 @@ pub mod codes {
     pub const NOT_READY: i32 = 1014;
     /// A local failure.
     pub const INTERNAL: i32 = 1015;
+    /// A transfer leg of amount 0.
+    pub const ZERO_AMOUNT: i32 = 1016;
+    /// A leg would create an account below the chain's minimum balance.
+    pub const BELOW_MINIMUM_BALANCE: i32 = 1017;
+    /// The sender has the most transactions waiting behind a nonce gap.
+    pub const FUTURE_LIMIT: i32 = 1018;
+    /// The mempool's share for transactions behind a nonce gap is full.
+    pub const FUTURE_FULL: i32 = 1019;
 }
 
 fn err(code: i32, msg: impl Into<String>) -> ErrorObjectOwned {
@@ -90,6 +98,8 @@ fn submit_error(e: SubmitError) -> ErrorObjectOwned {
         SubmitError::Malformed(_) => codes::MALFORMED,
         SubmitError::WrongChain { .. } => codes::WRONG_CHAIN,
         SubmitError::BadSignature => codes::BAD_SIGNATURE,
+        SubmitError::ZeroAmount { .. } => codes::ZERO_AMOUNT,
+        SubmitError::BelowMinimumBalance { .. } => codes::BELOW_MINIMUM_BALANCE,
         SubmitError::Internal(_) => codes::INTERNAL,
         SubmitError::Rejected(r) => match r {
             Rejection::Full { .. } => codes::MEMPOOL_FULL,
@@ -97,6 +107,8 @@ fn submit_error(e: SubmitError) -> ErrorObjectOwned {
             Rejection::NonceTooHigh { .. } => codes::NONCE_TOO_HIGH,
             Rejection::NonceTaken { .. } => codes::NONCE_TAKEN,
             Rejection::InsufficientFunds { .. } => codes::INSUFFICIENT_FUNDS,
+            Rejection::FutureLimit { .. } => codes::FUTURE_LIMIT,
+            Rejection::FutureFull { .. } => codes::FUTURE_FULL,
         },
     };
     err(code, e.to_string())
@@ -138,6 +150,10 @@ pub fn receipt_json(r: &Receipt) -> Value {
         TxStatus::InsufficientFunds { balance, needed } => {
             v["balance"] = json!(balance);
             v["needed"] = json!(needed);
+        }
+        TxStatus::BelowMinimumBalance { leg, minimum } => {
+            v["leg"] = json!(leg);
+            v["minimum"] = json!(minimum);
         }
         _ => {}
     }
@@ -326,15 +342,40 @@ fn module(
     method(&mut m, "ledger_getTransaction", |params, ctx| {
         let (hash,): (String,) = params.parse()?;
         let hash = digest_param(&hash)?;
-        if let Some(rec) = ctx.shared.store.transaction(&hash).map_err(internal)? {
-            return Ok(committed_json(&hash, &rec));
+        let store = &ctx.shared.store;
+        let rec = store.transaction(&hash).map_err(internal)?;
+        if let Some(rec) = &rec
+            && rec.receipt.status == TxStatus::Applied
+        {
+            return Ok(committed_json(&hash, rec));
         }
-        let status = if ctx.shared.pool().contains(&hash) {
-            "pending"
-        } else {
-            "unknown"
-        };
-        Ok(json!({ "hash": hash.to_hex(), "status": status }))
+        // A failure receipt is not final while the transaction is pending
+        // again (a leader may have put it out of nonce order).
+        if ctx.shared.pool().contains(&hash) {
+            let mut v = json!({ "hash": hash.to_hex(), "status": "pending" });
+            if let Some(rec) = &rec {
+                v["last_failure"] = committed_json(&hash, rec);
+            }
+            return Ok(v);
+        }
+        if let Some(rec) = &rec {
+            return Ok(committed_json(&hash, rec));
+        }
+        // Records go with their blocks: with history pruned, an unknown
+        // hash may be one committed below what this node keeps.
+        let from = store.first_retained_block().map_err(internal)?.0;
+        if from > 1 {
+            return Ok(json!({
+                "hash": hash.to_hex(),
+                "status": "not_retained",
+                "retained_from": from,
+                "message": format!(
+                    "not pending and not in the blocks this node keeps (heights {from} on); \
+                     a transaction committed below them has been pruned"
+                ),
+            }));
+        }
+        Ok(json!({ "hash": hash.to_hex(), "status": "unknown" }))
     })?;
 
     method(&mut m, "ledger_getBlock", |params, ctx| {

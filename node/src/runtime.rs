@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use phalanx_consensus::{
     Block, BlockStore, CheckpointCert, Config as CoreConfig, Driver, DriverConfig, DriverError,
-    Evidence, Executor, Height, Message, Monitor, Outbox, PayloadRequest, PayloadSource,
-    PayloadValidator, PortError, QuorumCert, Restore, SafetyState, SafetyStore, Time,
-    VerifiedMessage, VerifyError, View, genesis_qc,
+    Evidence, Executor, Height, Message, Monitor, Outbox, PayloadRequest, PayloadSource, PortError,
+    QuorumCert, Restore, SafetyState, SafetyStore, Time, VerifiedMessage, VerifyError, View,
+    genesis_qc,
 };
 use phalanx_crypto::{Digest, KeyPair, ValidatorIndex, encode};
 use phalanx_ledger::{Genesis, decode_payload, encode_payload, prepare_payload_trusting};
@@ -32,6 +32,7 @@ use crate::metrics::{self, Metrics, StorageOp, VerifyWhat};
 use crate::net::{Inbound, Network};
 use crate::safety::StartState;
 use crate::shared::{CommitNotice, Shared};
+use crate::validity::LedgerValidity;
 
 /// Runtime failures: all fatal (the node stops rather than run on).
 #[derive(Debug, thiserror::Error)]
@@ -87,19 +88,6 @@ pub struct Status {
     pub view: View,
     /// Leader of the current view.
     pub leader: ValidatorIndex,
-}
-
-/// A payload is votable if it decodes as a list of at most
-/// `MAX_TXS_PER_BLOCK` transactions. Transactions that then fail (bad
-/// signature, bad nonce…) get failure receipts: execution is total, so a
-/// block of them is harmless to the ledger's consistency, and checking
-/// signatures here would verify each twice.
-struct LedgerPayloads;
-
-impl PayloadValidator for LedgerPayloads {
-    fn is_valid(&self, payload: &[u8]) -> bool {
-        decode_payload(payload).is_ok()
-    }
 }
 
 /// The core's clock: steady (see [`crate::shared::now_ms`]).
@@ -175,6 +163,8 @@ struct NodePorts {
     quarantined: bool,
     /// Blocks persisted and not yet executed, by id.
     seen: HashMap<Digest, SeenBlock>,
+    /// The validity rule's handle, told of every block persisted.
+    validity: LedgerValidity,
     jobs: std_mpsc::Sender<Job>,
 }
 
@@ -213,6 +203,7 @@ impl BlockStore for NodePorts {
             .put_pending_block(b)
             .map_err(port_err("block store"))?;
         self.metrics.storage(StorageOp::BlockWrite, t.elapsed());
+        self.validity.note_block(b);
         let raw = self.track_block(b);
         if !raw.is_empty() {
             self.shared
@@ -297,7 +288,7 @@ impl PayloadSource for NodePorts {
                         .account(&t.transfer.sender)
                         .ok()
                         .flatten()
-                        .map_or(0, |a| a.nonce)
+                        .unwrap_or_default()
                 });
         if !txs.is_empty() {
             debug!(view = req.view.0, txs = txs.len(), "proposing");
@@ -487,17 +478,21 @@ fn execute_one(
         res.receipts.iter().map(|r| r.status.name()),
     );
     *last_commit_at = Some(now_at);
-    let hashes: Vec<Digest> = res.receipts.iter().map(|r| r.tx_hash).collect();
-    shared.pool().committed(h.0, &hashes, |sender| {
-        store.account_by_address(sender).map_or(0, |a| a.nonce)
-    });
-    shared.note_commit(h.0);
-    shared.publish_mempool();
-    let applied = res
+    let applied: Vec<Digest> = res
         .receipts
         .iter()
         .filter(|r| r.status == phalanx_ledger::TxStatus::Applied)
-        .count();
+        .map(|r| r.tx_hash)
+        .collect();
+    shared.pool().committed(
+        h.0,
+        &applied,
+        |sender| store.account_by_address(sender).map_or(0, |a| a.nonce),
+        crate::shared::now_ms(),
+    );
+    shared.note_commit(h.0);
+    shared.publish_mempool();
+    let applied = applied.len();
     info!(
         height = h.0,
         block = %id.to_hex(),
@@ -611,11 +606,12 @@ impl Runtime {
             }
         };
         let quarantined = safety.quarantine.is_some();
+        let pending = store.pending_blocks()?;
         let restore = Restore {
             safety,
             committed: (block, cert),
             stable: store.stable_checkpoint()?,
-            blocks: store.pending_blocks()?,
+            blocks: pending.clone(),
         };
         let metrics = net.metrics().clone();
         if let Some(cp) = &restore.stable {
@@ -630,7 +626,14 @@ impl Runtime {
                 .spawn(move || execute_loop(store, shared, metrics, jobs_rx, done_tx))
                 .map_err(RuntimeError::Spawn)?
         };
-        let ports = NodePorts {
+        let validity = LedgerValidity::new(
+            store.clone(),
+            shared.clone(),
+            genesis.chain_id.clone(),
+            genesis.params.max_block_txs as usize,
+        );
+        let mut ports = NodePorts {
+            validity: validity.clone(),
             store,
             record,
             quarantined,
@@ -641,13 +644,20 @@ impl Runtime {
             seen: HashMap::new(),
             jobs: jobs_tx,
         };
+        // Blocks persisted before a restart: a leader must know them as
+        // ancestors (never propose their transactions again) and the
+        // validity rule must see through them.
+        for b in &pending {
+            ports.validity.note_block(b);
+            ports.track_block(b);
+        }
         let driver_cfg = DriverConfig {
             empty_block_delay_ms: empty_block_delay.as_millis() as u64,
         };
         let driver = Driver::start(
             cfg,
             key,
-            Box::new(LedgerPayloads),
+            Box::new(validity),
             restore,
             ports,
             driver_cfg,

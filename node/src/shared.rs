@@ -46,6 +46,8 @@ pub struct Shared {
     pub validators: usize,
     /// The mempool.
     pub mempool: Mutex<Mempool>,
+    /// Least amount a leg may move into a new account (genesis).
+    pub min_account_balance: u64,
     /// Signalled when transactions enter the mempool.
     pub new_txs: Notify,
     /// Consensus status.
