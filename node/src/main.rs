@@ -16,15 +16,15 @@ use phalanx_crypto::KeyPair;
 use phalanx_ledger::Genesis;
 use phalanx_node::config::{Config, Peer};
 use phalanx_node::ingress::{self, Origin, Submission};
-use phalanx_node::mempool::{Mempool, MempoolLimits};
+use phalanx_node::mempool::MempoolLimits;
 use phalanx_node::metrics::{self, Metrics};
 use phalanx_node::net::{self, NetConfig};
 use phalanx_node::rpc;
-use phalanx_node::runtime::{LocalOptions, Runtime, Status, run_instrumented};
+use phalanx_node::runtime::{LocalOptions, Runtime, run_instrumented};
 use phalanx_node::safety::StartState;
-use phalanx_node::shared::{COMMIT_CHANNEL, Shared};
+use phalanx_node::shared::Shared;
 use phalanx_storage::{SafetyRecord, Store, StoreOptions};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{mpsc, watch};
 use tracing::{error, info, warn};
 
 #[derive(Parser)]
@@ -395,27 +395,19 @@ async fn run_node(
     }
     let delay = Duration::from_millis(cfg.empty_block_delay_ms);
     let validator = key.public();
-    let (status_tx, status) = watch::channel(Status::default());
-    let (commits, _) = broadcast::channel(COMMIT_CHANNEL);
-    let shared = Arc::new(Shared {
-        store: store.clone(),
-        chain: genesis.chain_id.clone(),
+    let (shared, status_tx) = Shared::new(
+        store.clone(),
+        &genesis,
         validator,
-        validators: genesis.validators.len(),
-        mempool: std::sync::Mutex::new(Mempool::new(MempoolLimits::new(
+        MempoolLimits::new(
             cfg.mempool_max_txs,
             cfg.mempool_max_bytes,
             cfg.mempool_max_nonce_gap,
             &genesis.params,
-        ))),
-        min_account_balance: genesis.params.min_account_balance,
-        new_txs: tokio::sync::Notify::new(),
-        status,
-        commits,
-        metrics: metrics.clone(),
-        best_seen_height: std::sync::atomic::AtomicU64::new(store.head().height),
-        last_commit_ms: std::sync::atomic::AtomicU64::new(0),
-    });
+        ),
+        metrics.clone(),
+    );
+    let shared = Arc::new(shared);
     let mut runtime = Runtime::new(
         &genesis,
         key,

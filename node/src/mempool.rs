@@ -442,17 +442,19 @@ impl Mempool {
     /// starting at its committed nonce (`account_of` gives the committed
     /// account) and past those already in the new block's uncommitted
     /// ancestors (`ancestors`; a transaction in a block off that chain,
-    /// which can never commit, is proposed again). A sender's run stops at
-    /// the first gap, at an entry in flight once the run has begun (so its
-    /// nonces in the block are consecutive, as the validity rule demands),
-    /// and where the committed balance no longer pays. The chosen are
-    /// marked in flight.
+    /// which can never commit, is proposed again) and past the nonces those
+    /// ancestors' items take whoever signed them (`taken`, a range per
+    /// sender). A sender's run stops at the first gap, at an entry in
+    /// flight or a taken nonce once the run has begun (so its nonces in the
+    /// block are consecutive, as the validity rule demands), and where the
+    /// committed balance no longer pays. The chosen are marked in flight.
     pub fn select(
         &mut self,
         height: u64,
         max_txs: usize,
         max_bytes: usize,
         ancestors: &HashSet<Digest>,
+        taken: &std::collections::HashMap<[u8; 32], (u64, u64)>,
         account_of: impl Fn(&SignedTransfer) -> Account,
     ) -> Vec<Vec<u8>> {
         // In flight on the chain being extended: never proposed twice.
@@ -484,8 +486,21 @@ impl Mempool {
             let mut n = account.nonce;
             let mut funds = account.balance;
             let mut begun = false;
+            let taken = taken.get(&key).copied();
             // Take this sender's run of consecutive nonces from `n`.
-            while let Some(hash) = by_nonce.get(&n) {
+            loop {
+                if let Some((lo, hi)) = taken
+                    && (lo..=hi).contains(&n)
+                {
+                    if begun {
+                        break;
+                    }
+                    n = hi.saturating_add(1);
+                    continue;
+                }
+                let Some(hash) = by_nonce.get(&n) else {
+                    break;
+                };
                 let Some(cand) = self.entries.get(hash) else {
                     break;
                 };
@@ -653,6 +668,10 @@ mod tests {
         HashSet::new()
     }
 
+    fn no_taken() -> std::collections::HashMap<[u8; 32], (u64, u64)> {
+        std::collections::HashMap::new()
+    }
+
     fn acct(balance: u64, nonce: u64) -> Account {
         Account { balance, nonce }
     }
@@ -720,18 +739,19 @@ mod tests {
         add(&mut p, 2, 0).unwrap();
         add(&mut p, 1, 0).unwrap();
         add(&mut p, 1, 3).unwrap(); // gap: not proposable yet
-        let block = p.select(1, 100, 1 << 20, &none(), |_| acct(100, 0));
+        let block = p.select(1, 100, 1 << 20, &none(), &no_taken(), |_| acct(100, 0));
         assert_eq!(block.len(), 3, "1/0, 1/1 and 2/0; 1/3 waits for 1/2");
         // In flight: nothing more to propose at the next height.
         assert!(
-            p.select(2, 100, 1 << 20, &none(), |_| acct(100, 0))
+            p.select(2, 100, 1 << 20, &none(), &no_taken(), |_| acct(100, 0))
                 .is_empty()
         );
         // The block at 1 never commits: at the commit of height 1 by another
         // block, they are proposable again.
         p.committed(1, &[], |_| 0, 0);
         assert_eq!(
-            p.select(2, 2, 1 << 20, &none(), |_| acct(100, 0)).len(),
+            p.select(2, 2, 1 << 20, &none(), &no_taken(), |_| acct(100, 0))
+                .len(),
             2,
             "bounded by count"
         );
@@ -749,7 +769,11 @@ mod tests {
         // node's copy of nonce 1 made it in under another hash).
         p.committed(5, &[h0], |_| 2, 0);
         assert_eq!(p.len(), 1, "only nonce 2 remains");
-        assert_eq!(p.select(6, 10, 1 << 20, &none(), |_| acct(100, 2)).len(), 1);
+        assert_eq!(
+            p.select(6, 10, 1 << 20, &none(), &no_taken(), |_| acct(100, 2))
+                .len(),
+            1
+        );
     }
 
     #[test]
@@ -772,7 +796,8 @@ mod tests {
         // that chain: proposed again.
         let on_chain: HashSet<Digest> = [block].into();
         assert_eq!(
-            p.select(5, 10, 1 << 20, &on_chain, |_| acct(100, 0)).len(),
+            p.select(5, 10, 1 << 20, &on_chain, &no_taken(), |_| acct(100, 0))
+                .len(),
             1
         );
         p.committed(4, &[], |_| 0, 0);
@@ -781,12 +806,13 @@ mod tests {
         q.mark_in_flight(&[Digest::of(&b2)], 9, block);
         q.insert(t2, b2, h2, acct(100, 0), 0).unwrap();
         assert!(
-            q.select(10, 10, 1 << 20, &on_chain, |_| acct(100, 0))
+            q.select(10, 10, 1 << 20, &on_chain, &no_taken(), |_| acct(100, 0))
                 .is_empty(),
             "marked on arrival"
         );
         assert_eq!(
-            q.select(10, 10, 1 << 20, &none(), |_| acct(100, 0)).len(),
+            q.select(10, 10, 1 << 20, &none(), &no_taken(), |_| acct(100, 0))
+                .len(),
             1,
             "dead block: proposed again"
         );
@@ -833,7 +859,8 @@ mod tests {
         assert_eq!(p.future_len(), 2);
         add_at(&mut p, 1, 4, 0).unwrap();
         assert_eq!(
-            p.select(1, 100, 1 << 20, &none(), |_| acct(100, 0)).len(),
+            p.select(1, 100, 1 << 20, &none(), &no_taken(), |_| acct(100, 0))
+                .len(),
             6,
             "1/0-4 and 3/0; sender 2 waits for its nonce 0"
         );
@@ -930,7 +957,7 @@ mod tests {
         // The honest transfer is admitted and proposed.
         let (t, b, h) = tx(42, 0, 5);
         assert_eq!(p.insert(t, b, h, acct(100, 0), 0), Ok(Admitted::New));
-        let block = p.select(1, 10_000, 1 << 24, &none(), |t| {
+        let block = p.select(1, 10_000, 1 << 24, &none(), &no_taken(), |t| {
             if t.transfer.sender == key(42).public() {
                 acct(100, 0)
             } else {
@@ -938,5 +965,28 @@ mod tests {
             }
         });
         assert_eq!(block.len(), 1);
+    }
+
+    /// A sender that signed two transfers with one nonce: the leader whose
+    /// pool holds the one its block's ancestors do not carry skips that
+    /// nonce, and a run stops at a taken nonce once begun.
+    #[test]
+    fn selection_skips_nonces_the_ancestors_take() {
+        let mut p = Mempool::new(MempoolLimits::default());
+        for n in 0..3 {
+            add(&mut p, 1, n).unwrap();
+        }
+        let sender = key(1).public().to_bytes();
+        let taken: std::collections::HashMap<[u8; 32], (u64, u64)> = [(sender, (0, 0))].into();
+        let block = p.select(1, 10, 1 << 20, &none(), &taken, |_| acct(100, 0));
+        let nonces: Vec<u64> = block
+            .iter()
+            .map(|b| SignedTransfer::decode(b).unwrap().transfer.nonce)
+            .collect();
+        assert_eq!(nonces, [1, 2]);
+        p.committed(1, &[], |_| 0, 0);
+        let taken: std::collections::HashMap<[u8; 32], (u64, u64)> = [(sender, (1, 1))].into();
+        let block = p.select(2, 10, 1 << 20, &none(), &taken, |_| acct(100, 0));
+        assert_eq!(block.len(), 1, "nonce 0 only: 1 is taken, 2 would skip it");
     }
 }

@@ -78,13 +78,12 @@ pub const REJECT_REASONS: [&str; 14] = [
 
 /// Why proposals were refused by the validity rule
 /// (`crate::validity::Refusal::name`).
-pub const REFUSAL_REASONS: [&str; 10] = [
+pub const REFUSAL_REASONS: [&str; 9] = [
     "payload",
     "malformed",
     "wrong_chain",
     "bad_signature",
     "duplicate",
-    "committed",
     "nonce_order",
     "nonce_too_low",
     "nonce_too_high",

@@ -280,16 +280,21 @@ impl PayloadSource for NodePorts {
         let store = &self.store;
         // Room for the payload's own length prefixes.
         let budget = req.max_bytes.saturating_sub(64);
-        let txs =
-            self.shared
-                .pool()
-                .select(req.height.0, self.max_block_txs, budget, &ancestors, |t| {
-                    store
-                        .account(&t.transfer.sender)
-                        .ok()
-                        .flatten()
-                        .unwrap_or_default()
-                });
+        let taken = self.validity.taken_nonces(req.parent);
+        let txs = self.shared.pool().select(
+            req.height.0,
+            self.max_block_txs,
+            budget,
+            &ancestors,
+            &taken,
+            |t| {
+                store
+                    .account(&t.transfer.sender)
+                    .ok()
+                    .flatten()
+                    .unwrap_or_default()
+            },
+        );
         if !txs.is_empty() {
             debug!(view = req.view.0, txs = txs.len(), "proposing");
         }

@@ -63,6 +63,36 @@ pub struct Shared {
 }
 
 impl Shared {
+    /// The handles for a node on `store` of the chain `genesis`, with its
+    /// mempool bounded by `limits`; returns the sender side of the status
+    /// channel too.
+    pub fn new(
+        store: Arc<Store>,
+        genesis: &phalanx_ledger::Genesis,
+        validator: PublicKey,
+        limits: crate::mempool::MempoolLimits,
+        metrics: Arc<Metrics>,
+    ) -> (Shared, watch::Sender<Status>) {
+        let (status_tx, status) = watch::channel(Status::default());
+        let (commits, _) = broadcast::channel(COMMIT_CHANNEL);
+        let best = store.head().height;
+        let shared = Shared {
+            store,
+            chain: genesis.chain_id.clone(),
+            validator,
+            validators: genesis.validators.len(),
+            mempool: Mutex::new(Mempool::new(limits)),
+            min_account_balance: genesis.params.min_account_balance,
+            new_txs: Notify::new(),
+            status,
+            commits,
+            metrics,
+            best_seen_height: AtomicU64::new(best),
+            last_commit_ms: AtomicU64::new(0),
+        };
+        (shared, status_tx)
+    }
+
     /// The mempool, locked. A panic while holding the lock leaves a pool
     /// whose maps may disagree; the node stops on panics, so the poison is
     /// not inherited by anything that matters.

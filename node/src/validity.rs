@@ -3,22 +3,28 @@
 //!
 //! A block is refused if any item is one execution would certainly refuse
 //! for a reason its proposer could check: it does not decode, is signed for
-//! another chain, has a bad signature, repeats another item's hash, was
-//! already applied, or has a nonce that cannot be executable in block order
-//! (a sender's nonces not consecutive within the block, the first below the
-//! sender's committed nonce, or above what the uncommitted ancestors can
-//! have advanced it to). The rule must never refuse an honest leader's
-//! block, so every state check is one-sided: it uses the committed state,
-//! which only grows along the chain the block extends, and an upper bound
-//! for the uncommitted blocks in between (each carries a sender's nonce up
-//! by at most its item count). Items that fail on funds or an account
+//! another chain, has a bad signature, repeats another item's hash, or has
+//! a nonce that cannot be executable in block order (a sender's nonces not
+//! consecutive within the block, the first below the sender's committed
+//! nonce, or above what the uncommitted ancestors can have advanced it
+//! to). An already applied transaction needs no lookup: its nonce is below
+//! its sender's committed nonce. The rule must never refuse an honest
+//! leader's block, so every state check is one-sided: it uses the
+//! committed state, which only grows along the chain the block extends,
+//! and an upper bound for the blocks in between (each carries a sender's
+//! nonce up by at most its item count; the last [`RECENT_BLOCKS`] executed
+//! blocks count too, for a leader whose executor lags). A leader in turn
+//! never proposes a nonce its block's ancestors take (see
+//! [`LedgerValidity::taken_nonces`]). Items that fail on funds or an account
 //! minimum are not refused here: their outcome depends on the ancestors'
 //! execution, and such a receipt takes nothing from the genuine
 //! transaction (see `phalanx_ledger::execute_prepared`).
 //!
-//! This module owns the per-block summaries that bound (sender → item
-//! count, for blocks above the executed height). It never writes the store
-//! and never blocks on the network.
+//! This module owns the per-block summaries the bound needs (each
+//! sender's item count and nonce range, for blocks down to
+//! [`RECENT_BLOCKS`] below the executed height), which also tell a leader
+//! which nonces its block's ancestors take. It never writes the store and
+//! never blocks on the network.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::{Arc, Mutex};
@@ -31,16 +37,46 @@ use tracing::debug;
 
 use crate::shared::Shared;
 
-/// Most block summaries kept (blocks validated and not yet executed); the
-/// lowest go first. Honest chains hold a handful above the executed height.
+/// Most block summaries kept; the lowest go first. Honest chains hold
+/// [`RECENT_BLOCKS`] executed ones and a handful above.
 pub const MAX_SUMMARIES: usize = 1024;
 
-/// What the nonce bound needs of a validated block.
+/// Executed blocks whose items still count towards the nonce bound. A
+/// leader whose executor lags this validator's by up to this many blocks
+/// counts an ancestor's item as possibly applied where this validator has
+/// seen it fail; counting the items of these blocks keeps such a leader's
+/// block within the bound.
+pub const RECENT_BLOCKS: u64 = 32;
+
+/// A sender's items in one block.
+#[derive(Clone, Copy, Debug)]
+struct Span {
+    count: u64,
+    min: u64,
+    max: u64,
+}
+
+impl Span {
+    fn of(nonce: u64) -> Span {
+        Span {
+            count: 1,
+            min: nonce,
+            max: nonce,
+        }
+    }
+
+    fn add(&mut self, nonce: u64) {
+        self.count += 1;
+        self.min = self.min.min(nonce);
+        self.max = self.max.max(nonce);
+    }
+}
+
+/// What the nonce bound and a leader's choice need of a block.
 struct Summary {
     parent: Digest,
     height: u64,
-    /// Items per sender.
-    senders: HashMap<[u8; 32], u64>,
+    senders: HashMap<[u8; 32], Span>,
 }
 
 /// The ledger's validity rule, as the core's [`PayloadValidator`]. Clones
@@ -68,8 +104,6 @@ pub enum Refusal {
     BadSignature,
     /// Two items share a hash.
     Duplicate,
-    /// An item was applied in a committed block.
-    Committed,
     /// A sender's nonces are not consecutive in the block.
     NonceOrder,
     /// A sender's first nonce is below its committed nonce.
@@ -89,7 +123,6 @@ impl Refusal {
             Refusal::WrongChain => "wrong_chain",
             Refusal::BadSignature => "bad_signature",
             Refusal::Duplicate => "duplicate",
-            Refusal::Committed => "committed",
             Refusal::NonceOrder => "nonce_order",
             Refusal::NonceTooLow => "nonce_too_low",
             Refusal::NonceTooHigh => "nonce_too_high",
@@ -159,23 +192,23 @@ impl LedgerValidity {
             return Err(Refusal::Duplicate);
         }
         // Each sender's nonces: consecutive, in block order.
-        let mut runs: HashMap<[u8; 32], (u64, u64, usize)> = HashMap::new();
+        let mut runs: HashMap<[u8; 32], (Span, usize)> = HashMap::new();
         for (i, (t, _)) in txs.iter().enumerate() {
             let key = t.transfer.sender.to_bytes();
             let n = t.transfer.nonce;
             match runs.get_mut(&key) {
                 None => {
-                    runs.insert(key, (n, n, i));
+                    runs.insert(key, (Span::of(n), i));
                 }
-                Some((_, last, _)) if last.checked_add(1) == Some(n) => *last = n,
+                Some((span, _)) if span.max.checked_add(1) == Some(n) => span.add(n),
                 Some(_) => return Err(Refusal::NonceOrder),
             }
         }
         // Against the committed state: read the head first, so that every
         // later read is of that state or a later one on the same chain.
         let head = self.store.head();
-        let added = self.ancestors_added(block.header.parent, head.block_id, head.height);
-        for (key, (first, _, i)) in &runs {
+        let added = self.ancestors_added(block.header.parent, head.height);
+        for (key, (Span { min: first, .. }, i)) in &runs {
             let committed = self
                 .store
                 .account(&txs[*i].0.transfer.sender)
@@ -191,15 +224,7 @@ impl LedgerValidity {
                 }
             }
         }
-        for (_, h) in &txs {
-            if self.store.tx_committed(h).map_err(|_| Refusal::Read)? {
-                return Err(Refusal::Committed);
-            }
-        }
-        let senders = runs
-            .iter()
-            .map(|(k, (first, last, _))| (*k, last - first + 1))
-            .collect();
+        let senders = runs.iter().map(|(k, (span, _))| (*k, *span)).collect();
         self.remember(block, senders, head.height);
         Ok(())
     }
@@ -219,59 +244,94 @@ impl LedgerValidity {
         let Ok(items) = decode_payload(&block.payload) else {
             return;
         };
-        let known: Vec<Option<[u8; 32]>> = {
+        let known: Vec<Option<([u8; 32], u64)>> = {
             let pool = self.shared.pool();
             items
                 .iter()
                 .map(|i| {
                     pool.verified_by_bytes(&Digest::of(i))
-                        .map(|(t, _)| t.transfer.sender.to_bytes())
+                        .map(|(t, _)| (t.transfer.sender.to_bytes(), t.transfer.nonce))
                 })
                 .collect()
         };
-        let mut senders: HashMap<[u8; 32], u64> = HashMap::new();
+        let mut senders: HashMap<[u8; 32], Span> = HashMap::new();
         for (item, known) in items.iter().zip(known) {
-            let key = match known {
+            let (key, nonce) = match known {
                 Some(k) => k,
                 None => match SignedTransfer::decode(item) {
-                    Ok(t) => t.transfer.sender.to_bytes(),
+                    Ok(t) => (t.transfer.sender.to_bytes(), t.transfer.nonce),
                     Err(_) => continue,
                 },
             };
-            *senders.entry(key).or_default() += 1;
+            senders
+                .entry(key)
+                .and_modify(|s| s.add(nonce))
+                .or_insert_with(|| Span::of(nonce));
         }
         self.remember(block, senders, self.store.head().height);
     }
 
-    /// Items per sender in the blocks from `parent` down to the executed
-    /// head `head` (exclusive), if this validator holds a summary of each;
-    /// `None` if the chain in between is not fully known (then no upper
-    /// bound is applied: never refuse what might be honest).
-    fn ancestors_added(
-        &self,
-        parent: Digest,
-        head: Digest,
-        head_height: u64,
-    ) -> Option<HashMap<[u8; 32], u64>> {
+    /// Items per sender in the blocks from `parent` down to
+    /// [`RECENT_BLOCKS`] below the executed height `executed`, if this
+    /// validator holds a summary of each; `None` if the chain in between is
+    /// not fully known (then no upper bound is applied: never refuse what
+    /// might be honest).
+    fn ancestors_added(&self, parent: Digest, executed: u64) -> Option<HashMap<[u8; 32], u64>> {
+        let floor = executed.saturating_sub(RECENT_BLOCKS);
         let summaries = self.summaries.lock().unwrap_or_else(|e| e.into_inner());
         let mut added: HashMap<[u8; 32], u64> = HashMap::new();
         let mut id = parent;
-        while id != head {
-            let s = summaries.get(&id)?;
-            if s.height <= head_height {
-                return None;
+        loop {
+            match summaries.get(&id) {
+                Some(s) if s.height > floor => {
+                    for (k, span) in &s.senders {
+                        *added.entry(*k).or_default() += span.count;
+                    }
+                    id = s.parent;
+                }
+                Some(_) => return Some(added),
+                // Not summarised: fine only if committed at or below the
+                // floor (genesis, early in a chain).
+                None => {
+                    let h = self.store.height_of(&id).ok()??;
+                    return (h.0 <= floor).then_some(added);
+                }
             }
-            for (k, n) in &s.senders {
-                *added.entry(*k).or_default() += n;
+        }
+    }
+
+    /// The nonces each sender's items take in the blocks from `parent` down
+    /// to the executed height (as a range per sender): a leader extending
+    /// `parent` proposes none of them again, even signed otherwise (a
+    /// sender that signs two transfers with one nonce must not get an
+    /// honest leader's block refused).
+    pub fn taken_nonces(&self, parent: Digest) -> HashMap<[u8; 32], (u64, u64)> {
+        let executed = self.store.head().height;
+        let summaries = self.summaries.lock().unwrap_or_else(|e| e.into_inner());
+        let mut taken: HashMap<[u8; 32], (u64, u64)> = HashMap::new();
+        let mut id = parent;
+        while let Some(s) = summaries.get(&id) {
+            if s.height <= executed {
+                break;
+            }
+            for (k, span) in &s.senders {
+                taken
+                    .entry(*k)
+                    .and_modify(|(lo, hi)| {
+                        *lo = (*lo).min(span.min);
+                        *hi = (*hi).max(span.max);
+                    })
+                    .or_insert((span.min, span.max));
             }
             id = s.parent;
         }
-        Some(added)
+        taken
     }
 
-    fn remember(&self, block: &Block, senders: HashMap<[u8; 32], u64>, executed: u64) {
+    fn remember(&self, block: &Block, senders: HashMap<[u8; 32], Span>, executed: u64) {
+        let floor = executed.saturating_sub(RECENT_BLOCKS);
         let mut summaries = self.summaries.lock().unwrap_or_else(|e| e.into_inner());
-        summaries.retain(|_, s| s.height > executed);
+        summaries.retain(|_, s| s.height > floor);
         if summaries.len() >= MAX_SUMMARIES
             && let Some(lowest) = summaries
                 .iter()

@@ -1486,7 +1486,7 @@ impl<'a> Sim<'a> {
             .chunks(ITEM_BYTES)
             .filter_map(|c| c.try_into().ok())
             .collect();
-        if p.block.height().0 % 2 == 0 {
+        if p.block.height().0.is_multiple_of(2) {
             let first = items.first_mut()?;
             first[ITEM_BYTES - 1] ^= 1;
         }

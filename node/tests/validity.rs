@@ -1,0 +1,241 @@
+//! The validity rule (P6) against a real RocksDB store and mempool: a
+//! Byzantine leader's burnt blocks get no vote, an honest leader's block
+//! always does.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::sync::Arc;
+
+use phalanx_consensus::{Block, BlockHeader, Height, PayloadValidator, View};
+use phalanx_crypto::{ChainId, Digest, KeyPair, ValidatorIndex};
+use phalanx_ledger::{Genesis, Leg, SignedTransfer, Transfer, encode_payload};
+use phalanx_node::mempool::MempoolLimits;
+use phalanx_node::metrics::Metrics;
+use phalanx_node::shared::Shared;
+use phalanx_node::validity::{LedgerValidity, Refusal};
+use phalanx_storage::testkit::{account_key, genesis, next_block};
+use phalanx_storage::{Store, StoreOptions};
+
+const ACCOUNTS: u64 = 50;
+
+struct Fixture {
+    _dir: tempfile::TempDir,
+    g: Genesis,
+    store: Arc<Store>,
+    shared: Arc<Shared>,
+    rule: LedgerValidity,
+}
+
+fn fixture() -> Fixture {
+    let dir = tempfile::tempdir().unwrap();
+    let g = genesis(ACCOUNTS);
+    let store = Arc::new(Store::open(dir.path(), &g, StoreOptions::default()).unwrap());
+    let metrics = Arc::new(Metrics::new(4, &[]));
+    let (shared, _status) = Shared::new(
+        store.clone(),
+        &g,
+        KeyPair::from_seed([1; 32]).public(),
+        MempoolLimits::default(),
+        metrics,
+    );
+    let shared = Arc::new(shared);
+    let rule = LedgerValidity::new(
+        store.clone(),
+        shared.clone(),
+        g.chain_id.clone(),
+        g.params.max_block_txs as usize,
+    );
+    Fixture {
+        _dir: dir,
+        g,
+        store,
+        shared,
+        rule,
+    }
+}
+
+fn transfer_on(chain: &ChainId, from: u64, nonce: u64, amount: u64) -> SignedTransfer {
+    let key = account_key(from);
+    Transfer {
+        chain_id: chain.clone(),
+        sender: key.public(),
+        nonce,
+        legs: vec![Leg {
+            to: account_key(from + 1).public(),
+            amount,
+        }],
+    }
+    .sign(&key)
+}
+
+impl Fixture {
+    fn tx(&self, from: u64, nonce: u64) -> SignedTransfer {
+        transfer_on(&self.g.chain_id, from, nonce, 1)
+    }
+
+    /// A block on `parent` (at `height`) carrying `items`.
+    fn block_on(&self, parent: Digest, height: u64, items: &[Vec<u8>]) -> Block {
+        let (mut b, _) = next_block(&self.store, &[]);
+        b.payload = encode_payload(items);
+        b.header = BlockHeader {
+            parent,
+            height: Height(height),
+            view: View(height),
+            proposer: ValidatorIndex(0),
+            payload_digest: Digest::of(&b.payload),
+            ..b.header
+        };
+        b
+    }
+
+    /// A block on the executed head.
+    fn block(&self, items: &[Vec<u8>]) -> Block {
+        let head = self.store.head();
+        self.block_on(head.block_id, head.height + 1, items)
+    }
+
+    fn pool(&self, tx: &SignedTransfer) {
+        let acct = self.store.account(&tx.transfer.sender).unwrap().unwrap();
+        self.shared
+            .pool()
+            .insert(tx.clone(), tx.encode(), tx.hash(), acct, 0)
+            .unwrap();
+    }
+}
+
+#[test]
+fn an_honest_block_is_valid_whether_or_not_the_pool_holds_its_items() {
+    let f = fixture();
+    let (a0, a1, b0) = (f.tx(1, 0), f.tx(1, 1), f.tx(2, 0));
+    f.pool(&a0);
+    let block = f.block(&[a0.encode(), b0.encode(), a1.encode()]);
+    assert_eq!(f.rule.check(&block), Ok(()));
+    assert!(f.rule.is_valid(&block));
+    // A transfer that will fail on funds is not the proposer's to know
+    // (its ancestors may pay the sender): it is not refused.
+    let broke = transfer_on(&f.g.chain_id, 3, 0, u64::MAX / 2);
+    assert_eq!(f.rule.check(&f.block(&[broke.encode()])), Ok(()));
+}
+
+/// The burn: a copy of a pending transfer with one signature bit
+/// flipped, and a sender's nonces out of order. Without the rule such a
+/// block was voted for, and its receipts burnt the genuine transactions.
+#[test]
+fn a_burnt_block_gets_no_vote() {
+    let f = fixture();
+    let (a0, a1) = (f.tx(1, 0), f.tx(1, 1));
+    f.pool(&a0);
+    f.pool(&a1);
+    let mut copy = a0.encode();
+    let last = copy.len() - 1;
+    copy[last] ^= 1;
+    let burnt = f.block(&[copy, a1.encode()]);
+    assert_eq!(f.rule.check(&burnt), Err(Refusal::BadSignature));
+    assert!(!f.rule.is_valid(&burnt));
+    let reordered = f.block(&[a1.encode(), a0.encode()]);
+    assert_eq!(f.rule.check(&reordered), Err(Refusal::NonceOrder));
+    // The genuine pair in order is valid.
+    assert_eq!(f.rule.check(&f.block(&[a0.encode(), a1.encode()])), Ok(()));
+}
+
+#[test]
+fn each_certain_refusal_has_its_reason() {
+    let f = fixture();
+    let other = ChainId::new("another-chain").unwrap();
+    let a0 = f.tx(1, 0);
+    let cases: Vec<(Vec<Vec<u8>>, Refusal)> = vec![
+        (vec![vec![1, 2, 3]], Refusal::Malformed),
+        (
+            vec![transfer_on(&other, 1, 0, 1).encode()],
+            Refusal::WrongChain,
+        ),
+        (vec![a0.encode(), a0.encode()], Refusal::Duplicate),
+        (
+            vec![f.tx(1, 0).encode(), f.tx(1, 2).encode()],
+            Refusal::NonceOrder,
+        ),
+        // Nothing applied from sender 1 yet, and no ancestors: nonce 1 can
+        // never be executable here.
+        (vec![f.tx(1, 1).encode()], Refusal::NonceTooHigh),
+    ];
+    for (items, why) in cases {
+        assert_eq!(f.rule.check(&f.block(&items)), Err(why), "{why:?}");
+    }
+    let mut garbage = f.block(&[]);
+    garbage.payload = vec![0xff; 9];
+    assert_eq!(f.rule.check(&garbage), Err(Refusal::Payload));
+    // Applied in a block the store executed: its nonce is used.
+    let (b, c) = next_block(&f.store, &[a0.encode()]);
+    f.store.apply_block(&b, &c).unwrap();
+    assert_eq!(
+        f.rule.check(&f.block(&[a0.encode()])),
+        Err(Refusal::NonceTooLow)
+    );
+}
+
+/// The nonce bound sees through uncommitted ancestors the validator
+/// checked or persisted, and is not applied when one is unknown: never
+/// refuse what might be honest.
+#[test]
+fn the_nonce_bound_counts_uncommitted_ancestors() {
+    let f = fixture();
+    let head = f.store.head();
+    let a = f.block(&[f.tx(1, 0).encode()]);
+    assert_eq!(f.rule.check(&a), Ok(()));
+    // On top of `a`: sender 1's nonce 1 is executable, nonce 2 is not.
+    let ok = f.block_on(a.id(), head.height + 2, &[f.tx(1, 1).encode()]);
+    assert_eq!(f.rule.check(&ok), Ok(()));
+    let skip = f.block_on(a.id(), head.height + 2, &[f.tx(1, 2).encode()]);
+    assert_eq!(f.rule.check(&skip), Err(Refusal::NonceTooHigh));
+    // A parent this validator has not seen the items of: no upper bound.
+    let unknown = f.block_on(
+        Digest::of(b"elsewhere"),
+        head.height + 2,
+        &[f.tx(1, 2).encode()],
+    );
+    assert_eq!(f.rule.check(&unknown), Ok(()));
+    // A block the node persisted without checking (its own proposal) is
+    // noted, and counts.
+    let own = f.block_on(a.id(), head.height + 2, &[f.tx(1, 1).encode()]);
+    f.rule.note_block(&own);
+    let next = f.block_on(own.id(), head.height + 3, &[f.tx(1, 2).encode()]);
+    assert_eq!(f.rule.check(&next), Ok(()));
+}
+
+/// A leader whose executor lags counts an ancestor's item as possibly
+/// applied where this validator has executed it and seen it fail: its
+/// block stays within the bound. And a leader learns which nonces its
+/// block's ancestors take.
+#[test]
+fn a_lagging_leaders_block_stays_within_the_bound() {
+    let f = fixture();
+    // Sender 1 cannot pay this: it fails at execution, nonce unchanged.
+    let broke = transfer_on(&f.g.chain_id, 1, 0, u64::MAX / 2);
+    let a = f.block(&[broke.encode()]);
+    assert_eq!(f.rule.check(&a), Ok(()));
+    assert_eq!(
+        f.rule
+            .taken_nonces(a.id())
+            .get(&account_key(1).public().to_bytes()),
+        Some(&(0, 0))
+    );
+    let cert = next_block(&f.store, &[broke.encode()]).1;
+    let mut cert = cert;
+    cert.payload.block_id = a.id();
+    f.store.apply_block(&a, &cert).unwrap();
+    assert_eq!(
+        f.store
+            .account(&account_key(1).public())
+            .unwrap()
+            .unwrap()
+            .nonce,
+        0
+    );
+    // Executed: no longer taken.
+    assert!(f.rule.taken_nonces(a.id()).is_empty());
+    // The lagging leader skipped nonce 0 (in flight in `a`) and proposes 1.
+    let lagging = f.block_on(a.id(), 2, &[f.tx(1, 1).encode()]);
+    assert_eq!(f.rule.check(&lagging), Ok(()));
+    let beyond = f.block_on(a.id(), 2, &[f.tx(1, 2).encode()]);
+    assert_eq!(f.rule.check(&beyond), Err(Refusal::NonceTooHigh));
+}
