@@ -277,10 +277,8 @@ pub fn decode_payload(payload: &[u8]) -> Result<Vec<Vec<u8>>, LedgerError> {
     Ok(txs)
 }
 
-fn zero_leg_error(i: usize) -> LedgerError {
-    LedgerError::Malformed(format!(
-        "leg {i} moves an amount of 0; every leg moves at least 1"
-    ))
+fn zero_leg_error(leg: usize) -> LedgerError {
+    LedgerError::ZeroAmount { leg }
 }
 
 fn legs_error(n: usize) -> LedgerError {

@@ -146,11 +146,39 @@ async fn call(rpc: &str, method: &str, params: Vec<Value>) -> Result<Value> {
     }
     match client.request::<Value, _>(method, p).await {
         Ok(v) => Ok(v),
-        Err(jsonrpsee_core::ClientError::Call(e)) => {
-            bail!("{method}: error {}: {}", e.code(), e.message())
-        }
+        Err(jsonrpsee_core::ClientError::Call(e)) => match hint(e.code()) {
+            Some(h) => bail!("{method}: error {}: {}\n{h}", e.code(), e.message()),
+            None => bail!("{method}: error {}: {}", e.code(), e.message()),
+        },
         Err(e) => bail!("{method} at {rpc}: {e}"),
     }
+}
+
+/// What a user can do about a refusal, by its stable code
+/// (`phalanx_node::rpc::codes`).
+pub fn hint(code: i32) -> Option<&'static str> {
+    use crate::rpc::codes;
+    Some(match code {
+        codes::NONCE_TOO_LOW => {
+            "hint: that nonce is used; leave out --nonce to take the account's next one"
+        }
+        codes::NONCE_TOO_HIGH => "hint: send the transactions for the nonces before it first",
+        codes::INSUFFICIENT_FUNDS => {
+            "hint: the committed balance does not cover the amount; check it with `phalanx account`"
+        }
+        codes::MEMPOOL_FULL => "hint: the node is busy; retry in a few seconds",
+        codes::NONCE_TAKEN => {
+            "hint: a transaction with this nonce is already pending; wait for it to commit"
+        }
+        codes::ZERO_AMOUNT => "hint: every transfer moves at least 1",
+        codes::BELOW_MINIMUM_BALANCE => {
+            "hint: the recipient has no account yet; the first transfer to it must bring at least the chain's minimum balance"
+        }
+        codes::FUTURE_LIMIT | codes::FUTURE_FULL => {
+            "hint: this nonce is ahead of the account's next one; send the missing nonces first (`phalanx account` shows the next nonce)"
+        }
+        _ => return None,
+    })
 }
 
 fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
@@ -175,6 +203,9 @@ pub fn tx(cmd: TxCmd) -> Result<()> {
             nonce,
             chain_id,
         } => {
+            if amount == 0 {
+                bail!("--amount 0: every transfer moves at least 1");
+            }
             let key = load_key(&key)?;
             let chain =
                 ChainId::new(&chain_id).with_context(|| format!("chain id `{chain_id}`"))?;
@@ -200,6 +231,9 @@ pub fn tx(cmd: TxCmd) -> Result<()> {
         } => {
             let key = load_key(&key)?;
             let to = parse_address(&to)?;
+            if amount == 0 {
+                bail!("--amount 0: every transfer moves at least 1");
+            }
             block_on(async move {
                 let status = call(&rpc, "ledger_status", vec![]).await?;
                 let chain_id = status["chain_id"].as_str().unwrap_or_default().to_string();
@@ -232,10 +266,13 @@ pub fn tx(cmd: TxCmd) -> Result<()> {
                         r["status"].as_str().unwrap_or("")
                     );
                     if let Some(h) = r["height"].as_u64() {
-                        s.push_str(&format!(
-                            " at height {h}: {}",
-                            r["receipt"]["status"].as_str().unwrap_or("")
-                        ));
+                        let status = r["receipt"]["status"].as_str().unwrap_or("");
+                        s.push_str(&format!(" at height {h}: {status}"));
+                        if status != "applied" {
+                            s.push_str(
+                                "\n(a failure receipt is not final: the same transaction can still apply once its nonce and funds allow)",
+                            );
+                        }
                     }
                     s
                 });

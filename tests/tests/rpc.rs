@@ -151,10 +151,14 @@ fn code(c: &Cluster, method: &str, params: Vec<Value>) -> i32 {
 
 #[test]
 fn each_bad_input_gets_its_error_code_over_http() {
-    let mut c = Cluster::new(ClusterOptions {
-        extra_config: "mempool_max_txs = 3".into(),
+    let mut opts = ClusterOptions {
+        extra_config: "mempool_max_txs = 4".into(),
         ..ClusterOptions::default()
-    });
+    };
+    // Two may wait behind a nonce gap, per sender and all together.
+    opts.params.mempool_future_per_sender = 2;
+    opts.params.mempool_future_share_percent = 50;
+    let mut c = Cluster::new(opts);
     c.start_all();
     wait_rpc_up(&mut c);
     c.wait_until("node 0 is ready", |c| {
@@ -243,9 +247,27 @@ fn each_bad_input_gets_its_error_code_over_http() {
         ),
         1006
     );
-    // Mempool full: three transactions that cannot be proposed (nonce gap)
-    // fill a pool of three.
-    for nonce in 2..5 {
+    // No zero legs; a new account gets at least the minimum.
+    assert_eq!(
+        code(
+            &c,
+            "ledger_submitTransaction",
+            submit(transfer_hex(&chain, 4, 0, &to, 0))
+        ),
+        1016
+    );
+    let stranger = account(1_000_000).public();
+    assert_eq!(
+        code(
+            &c,
+            "ledger_submitTransaction",
+            submit(transfer_hex(&chain, 4, 0, &stranger, 999))
+        ),
+        1017
+    );
+    // Behind a nonce gap: two from sender 3, a third is one too many for
+    // it, and the pool's share (two) is full for sender 4.
+    for nonce in 2..4 {
         let tx = transfer_hex(&chain, 3, nonce, &to, 1);
         c.rpc(0, "ledger_submitTransaction", submit(tx)).unwrap();
     }
@@ -253,10 +275,41 @@ fn each_bad_input_gets_its_error_code_over_http() {
         code(
             &c,
             "ledger_submitTransaction",
-            submit(transfer_hex(&chain, 4, 0, &to, 1))
+            submit(transfer_hex(&chain, 3, 4, &to, 1))
+        ),
+        1018
+    );
+    assert_eq!(
+        code(
+            &c,
+            "ledger_submitTransaction",
+            submit(transfer_hex(&chain, 4, 2, &to, 1))
+        ),
+        1019
+    );
+    // Mempool full: with the other validators stopped nothing commits, so
+    // two proposable transfers and the two waiting ones fill a pool of
+    // four. Proposable transfers displace the waiting ones, then the pool
+    // is full.
+    for i in 1..4 {
+        c.freeze(i, true);
+    }
+    for from in 5..9 {
+        let tx = transfer_hex(&chain, from, 0, &to, 1);
+        let r = c.rpc(0, "ledger_submitTransaction", submit(tx)).unwrap();
+        assert_eq!(r["status"], "pending", "{r}");
+    }
+    assert_eq!(
+        code(
+            &c,
+            "ledger_submitTransaction",
+            submit(transfer_hex(&chain, 9, 0, &to, 1))
         ),
         1009
     );
+    for i in 1..4 {
+        c.freeze(i, false);
+    }
     // Many in one call: the list as a whole is checked.
     let none: Vec<String> = Vec::new();
     assert_eq!(
@@ -325,6 +378,32 @@ fn the_wallet_signs_offline_sends_and_reads_accounts() {
         &chain,
     ]);
     assert_eq!(code, Some(0), "{err}");
+    // `to` has no account yet: 5 is below the chain's minimum for a new
+    // account, and the node says what to do.
+    let min = c.genesis.params.min_account_balance;
+    let refused = c
+        .rpc(
+            1,
+            "ledger_submitTransaction",
+            vec![json!(signed.trim()), json!("none")],
+        )
+        .unwrap_err();
+    assert_eq!(refused.code, 1017, "{}", refused.message);
+    let (code, signed, err) = phalanx(&[
+        "tx",
+        "sign",
+        "--key",
+        funded.to_str().unwrap(),
+        "--to",
+        &to,
+        "--amount",
+        &min.to_string(),
+        "--nonce",
+        "0",
+        "--chain-id",
+        &chain,
+    ]);
+    assert_eq!(code, Some(0), "{err}");
     // Submitted to the node the wallet then asks: a commit answer means that
     // node has executed the transfer, while another node may not have yet.
     let r = c
@@ -358,7 +437,7 @@ fn the_wallet_signs_offline_sends_and_reads_accounts() {
     let (code, out, err) = phalanx(&["account", &to, "--rpc", &rpc, "--json"]);
     assert_eq!(code, Some(0), "{err}");
     let a: Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(a["balance"], 12);
+    assert_eq!(a["balance"], min + 7);
     let (code, out, _) = phalanx(&["status", "--rpc", &rpc]);
     assert_eq!(code, Some(0));
     assert!(out.contains("phalanx-local"), "{out}");
@@ -380,10 +459,136 @@ fn the_wallet_signs_offline_sends_and_reads_accounts() {
     ]);
     assert_eq!(code, Some(1));
     assert!(
-        err.contains("1006") && err.contains("nonce too low"),
+        err.contains("1006") && err.contains("nonce too low") && err.contains("hint:"),
         "{err}"
     );
+    // A new account below the minimum: refused with its code and a hint.
+    let (code, _, err) = phalanx(&[
+        "tx",
+        "send",
+        "--rpc",
+        &rpc,
+        "--key",
+        funded.to_str().unwrap(),
+        "--to",
+        &account(1_000_000).public().to_hex(),
+        "--amount",
+        "1",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(
+        err.contains("1017") && err.contains("minimum balance") && err.contains("hint:"),
+        "{err}"
+    );
+    let (code, _, err) = phalanx(&[
+        "tx",
+        "send",
+        "--rpc",
+        &rpc,
+        "--key",
+        funded.to_str().unwrap(),
+        "--to",
+        &to,
+        "--amount",
+        "0",
+    ]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("at least 1"), "{err}");
     let (code, _, err) = phalanx(&["account", "nothex", "--rpc", &rpc]);
     assert_eq!(code, Some(1));
     assert!(err.contains("address"), "{err}");
+}
+
+/// The flood, over HTTP to real nodes: 200 fresh keys each submit
+/// 64 future-nonce transfers and a zero-amount one, and every funded demo
+/// account queues 64 future nonces too. None of it stops an honest funded
+/// transfer from being admitted and committed, and no unfunded key gets an
+/// account.
+#[test]
+fn a_flood_of_future_nonces_and_zero_amounts_never_stops_a_funded_transfer() {
+    use phalanx_crypto::KeyPair;
+    use phalanx_ledger::{Leg, Transfer};
+    let mut c = Cluster::new(ClusterOptions::default());
+    c.start_all();
+    wait_rpc_up(&mut c);
+    let chain = c.genesis.chain_id.clone();
+    let to = account(1).public();
+    let sign = |key: &KeyPair, nonce: u64, amount: u64| {
+        hex_encode(
+            &Transfer {
+                chain_id: chain.clone(),
+                sender: key.public(),
+                nonce,
+                legs: vec![Leg { to, amount }],
+            }
+            .sign(key)
+            .encode(),
+        )
+    };
+    let mut flood: Vec<String> = Vec::new();
+    let fresh: Vec<KeyPair> = (0..200u32)
+        .map(|k| {
+            let mut seed = [0x5a; 32];
+            seed[..4].copy_from_slice(&k.to_le_bytes());
+            KeyPair::from_seed(seed)
+        })
+        .collect();
+    for key in &fresh {
+        flood.extend((1..=64).map(|n| sign(key, n, 1)));
+        flood.push(sign(key, 0, 0));
+    }
+    let funded = c.genesis.accounts.len() as u64;
+    for from in 2..funded {
+        flood.extend((2..66).map(|n| transfer_hex(&chain, from, n, &to, 1)));
+    }
+    let mut codes: std::collections::BTreeMap<String, usize> = Default::default();
+    for (i, part) in flood.chunks(500).enumerate() {
+        let r = c
+            .rpc(i % 4, "ledger_submitTransactions", vec![json!(part)])
+            .unwrap();
+        for one in r.as_array().unwrap() {
+            let k = match one["error"]["code"].as_i64() {
+                Some(code) => code.to_string(),
+                None => one["status"].as_str().unwrap_or("?").to_string(),
+            };
+            *codes.entry(k).or_default() += 1;
+        }
+    }
+    eprintln!("flood answers: {codes:?}");
+    assert_eq!(codes.get("1008"), Some(&(200 * 64)), "{codes:?}");
+    assert_eq!(codes.get("1016"), Some(&200), "{codes:?}");
+    // Funded senders (the demo accounts but 0 and 1): nonces 2 to 65 with
+    // 0 and 1 missing; 65 is beyond the 64-nonce window, and of the rest
+    // the first `mempool_future_per_sender` wait.
+    let per_sender = c.genesis.params.mempool_future_per_sender as usize;
+    let senders = funded as usize - 2;
+    assert_eq!(
+        codes.get("pending"),
+        Some(&(senders * per_sender)),
+        "{codes:?}"
+    );
+    assert_eq!(
+        codes.get("1018"),
+        Some(&(senders * (63 - per_sender))),
+        "{codes:?}"
+    );
+    assert_eq!(codes.get("1007"), Some(&senders), "{codes:?}");
+    // The honest transfer goes through.
+    let honest = transfer_hex(&chain, 0, 0, &to, 10);
+    let r = c
+        .rpc(
+            2,
+            "ledger_submitTransaction",
+            vec![json!(honest), json!("commit")],
+        )
+        .unwrap();
+    assert_eq!(r["receipt"]["status"], "applied", "{r}");
+    // No unfunded key has an account.
+    for key in fresh.iter().take(5) {
+        let a = c
+            .rpc(0, "ledger_getAccount", vec![json!(key.public().to_hex())])
+            .unwrap();
+        assert_eq!(a["nonce"], 0, "{a}");
+        assert_eq!(a["balance"], 0, "{a}");
+    }
 }
