@@ -662,6 +662,68 @@ fn abandoned_block_requests_never_lock_fetching_out() {
 }
 
 #[test]
+fn a_block_request_expires_after_a_window_of_views() {
+    // A certificate for a block nobody serves: asked for, asked again at
+    // the view's timer while the request is young, given up once the
+    // chain has moved a whole window of views on (a certificate that needs
+    // the block again asks again).
+    let mut n = net();
+    let mut c = n.core(0);
+    let set = n.verifier_set().clone();
+    let missing = Digest::of(b"a block nobody serves");
+    let vote = Vote {
+        view: View(0),
+        height: Height(5),
+        block_id: missing,
+    };
+    let votes: Vec<_> = (1..4u16)
+        .map(|i| {
+            Verified::sign(
+                &n.keys[i as usize],
+                ValidatorIndex(i),
+                &n.cfg.chain_id,
+                vote,
+            )
+        })
+        .collect();
+    let qc = phalanx_crypto::Certificate::aggregate(&votes, &set).unwrap();
+    let asks = |out: &[Action]| {
+        out.iter().any(
+            |a| matches!(a, Action::Send { msg: Message::BlockRequest(r), .. } if r.id == missing),
+        )
+    };
+    let t = Message::Timeout(
+        Verified::sign(
+            &n.keys[1],
+            ValidatorIndex(1),
+            &n.cfg.chain_id,
+            Timeout {
+                view: View(1),
+                high_qc: qc,
+                high_tc: None,
+            },
+        )
+        .into_signed(),
+    );
+    assert!(asks(&n.deliver(&mut c, 1, t, 2_100)));
+    let mut now = 3_000;
+    let mut to_view = |n: &mut Net, c: &mut Core, v: u64| {
+        for i in 1..4u16 {
+            now += 10;
+            n.deliver(c, i, n.timeout(i, v), now);
+        }
+        assert_eq!(c.view(), View(v + 1));
+    };
+    // (The test network's window is 10 views.)
+    to_view(&mut n, &mut c, 6);
+    let young = c.handle(Time(100_000), Event::TimerFired { view: View(7) });
+    assert!(asks(&young), "asked again while young");
+    to_view(&mut n, &mut c, 12);
+    let old = c.handle(Time(200_000), Event::TimerFired { view: View(13) });
+    assert!(!asks(&old), "abandoned a window of views later");
+}
+
+#[test]
 fn a_validator_that_joins_a_timeout_backs_off_as_p13_says() {
     // P13: f + 1 timeouts for a view make a validator join with
     // local_timeout() (P14), which backs its timer off like its own timeout.

@@ -90,6 +90,14 @@ pub struct Status {
     pub leader: ValidatorIndex,
 }
 
+/// The chain's tip as a proposal shows it, for readiness and for giving up
+/// on block sync: the height its verified certificate certifies, less the
+/// one block a commit lags. The block's own height is the proposer's word
+/// only: one Byzantine validator could make every node look behind.
+pub fn certified_tip(p: &phalanx_consensus::Proposal) -> u64 {
+    p.block.header.justify.payload.height.0.saturating_sub(1)
+}
+
 /// The core's clock: steady (see [`crate::shared::now_ms`]).
 fn now() -> Time {
     Time(crate::shared::now_ms())
@@ -306,12 +314,7 @@ impl Monitor for NodePorts {
     fn received(&mut self, _from: ValidatorIndex, msg: &VerifiedMessage, bytes: usize) {
         self.metrics.received(msg.kind(), bytes);
         if let VerifiedMessage::Proposal(p) = msg {
-            // The chain's tip as peers see it, for readiness and for giving
-            // up on block sync: the height the proposal's verified
-            // certificate certifies, less the one block a commit lags (the
-            // block's own height is the proposer's word only).
-            let certified = p.payload.block.header.justify.payload.height.0;
-            self.shared.note_seen(certified.saturating_sub(1));
+            self.shared.note_seen(certified_tip(&p.payload));
         }
     }
 
