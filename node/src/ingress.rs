@@ -206,20 +206,40 @@ pub async fn run(
                 continue;
             }
         };
+        // The committed accounts the batch needs (senders, and for clients
+        // the recipients of legs below the new-account minimum), read under
+        // one lock. A peer's transaction skips the recipients: the peer that
+        // admitted it checked them, and execution enforces the minimum
+        // anyway (the check is there to give a client a clear refusal).
+        let minimum = shared.min_account_balance;
+        let mut keys: Vec<phalanx_crypto::PublicKey> = Vec::with_capacity(checked.len());
+        for c in &checked {
+            let t = &c.tx.tx().transfer;
+            keys.push(t.sender);
+            if matches!(c.origin, Origin::Rpc(_)) {
+                keys.extend(t.legs.iter().filter(|l| l.amount < minimum).map(|l| l.to));
+            }
+        }
+        let accounts: std::collections::HashMap<[u8; 32], phalanx_ledger::Account> = shared
+            .store
+            .accounts(&keys)
+            .into_iter()
+            .zip(&keys)
+            .filter_map(|(a, k)| a.map(|a| (k.to_bytes(), a)))
+            .collect();
+        let account = |k: &phalanx_crypto::PublicKey| {
+            accounts.get(&k.to_bytes()).copied().unwrap_or_default()
+        };
         let mut added = 0usize;
         for (c, ok) in checked.into_iter().zip(sigs) {
             if !ok {
                 answer(&shared, c.origin, Err(SubmitError::BadSignature));
                 continue;
             }
-            let sender = match shared.store.account(&c.tx.tx().transfer.sender) {
-                Ok(a) => a.unwrap_or_default(),
-                Err(e) => {
-                    answer(&shared, c.origin, Err(SubmitError::Internal(e.to_string())));
-                    continue;
-                }
-            };
-            if let Err(e) = account_minimum(&shared, c.tx.tx()) {
+            let sender = account(&c.tx.tx().transfer.sender);
+            if matches!(c.origin, Origin::Rpc(_))
+                && let Err(e) = account_minimum(minimum, c.tx.tx(), account)
+            {
                 answer(&shared, c.origin, Err(e));
                 continue;
             }
@@ -249,23 +269,19 @@ pub async fn run(
     }
 }
 
-/// Refuses a leg that would create an account (by the committed state)
-/// with less than the chain's minimum balance: it would fail at execution.
+/// Refuses a leg that would create an account (by the committed state,
+/// `account`) with less than the chain's minimum balance: it would fail at
+/// execution.
 fn account_minimum(
-    shared: &Shared,
+    minimum: u64,
     tx: &phalanx_ledger::SignedTransfer,
+    account: impl Fn(&phalanx_crypto::PublicKey) -> phalanx_ledger::Account,
 ) -> Result<(), SubmitError> {
-    let minimum = shared.min_account_balance;
     for (leg, l) in tx.transfer.legs.iter().enumerate() {
         if l.amount >= minimum || l.to == tx.transfer.sender {
             continue;
         }
-        let exists = shared
-            .store
-            .account(&l.to)
-            .map_err(|e| SubmitError::Internal(e.to_string()))?
-            .is_some_and(|a| a != phalanx_ledger::Account::default());
-        if !exists {
+        if account(&l.to) == phalanx_ledger::Account::default() {
             return Err(SubmitError::BelowMinimumBalance {
                 leg,
                 to: l.to.to_string(),

@@ -78,7 +78,7 @@ pub const REJECT_REASONS: [&str; 14] = [
 
 /// Why proposals were refused by the validity rule
 /// (`crate::validity::Refusal::name`).
-pub const REFUSAL_REASONS: [&str; 9] = [
+pub const REFUSAL_REASONS: [&str; 7] = [
     "payload",
     "malformed",
     "wrong_chain",
@@ -86,8 +86,6 @@ pub const REFUSAL_REASONS: [&str; 9] = [
     "duplicate",
     "nonce_order",
     "nonce_too_low",
-    "nonce_too_high",
-    "read",
 ];
 
 /// Receipt statuses of committed transactions (`TxStatus::name`).
@@ -148,17 +146,25 @@ pub enum VerifyWhat {
     ConsensusMessage,
     /// A batch of transactions at admission.
     TransactionBatch,
+    /// The validity rule's check of a proposal (lookups, and a batch
+    /// verification of the items the mempool does not hold).
+    ProposalItems,
 }
 
 impl VerifyWhat {
     /// Every kind, for series that exist from the start.
-    pub const ALL: [VerifyWhat; 2] = [VerifyWhat::ConsensusMessage, VerifyWhat::TransactionBatch];
+    pub const ALL: [VerifyWhat; 3] = [
+        VerifyWhat::ConsensusMessage,
+        VerifyWhat::TransactionBatch,
+        VerifyWhat::ProposalItems,
+    ];
 
     /// The label value.
     pub fn as_str(self) -> &'static str {
         match self {
             VerifyWhat::ConsensusMessage => "consensus_message",
             VerifyWhat::TransactionBatch => "transaction_batch",
+            VerifyWhat::ProposalItems => "proposal_items",
         }
     }
 }
@@ -247,6 +253,8 @@ pub struct Metrics {
     mempool_capacity_bytes: Gauge,
     txs_rejected: Family<Reason, Counter>,
     proposals_refused: Family<Reason, Counter>,
+    validity_skipped: Counter,
+    items_verified_at_vote: Counter,
     peers: Gauge,
     verify_seconds: HistogramFamily<What>,
     storage_seconds: HistogramFamily<Op>,
@@ -292,6 +300,8 @@ impl Metrics {
             mempool_capacity_bytes: Gauge::default(),
             txs_rejected: Family::default(),
             proposals_refused: Family::default(),
+            validity_skipped: Counter::default(),
+            items_verified_at_vote: Counter::default(),
             peers: Gauge::default(),
             verify_seconds: Family::new_with_constructor(fast_seconds_histogram),
             storage_seconds: Family::new_with_constructor(fast_seconds_histogram),
@@ -409,6 +419,16 @@ impl Metrics {
             "proposals_refused",
             "Proposals this validator did not vote for because an item breaks the validity rule, by reason",
             m.proposals_refused.clone(),
+        );
+        r.register(
+            "validity_state_checks_skipped",
+            "Proposals whose nonce checks against the committed state were skipped because a commit was being written (the vote never waits for it)",
+            m.validity_skipped.clone(),
+        );
+        r.register(
+            "proposal_items_verified",
+            "Proposal items the mempool did not hold when the validity rule checked them, so verified then",
+            m.items_verified_at_vote.clone(),
         );
         r.register(
             "transactions_rejected",
@@ -639,6 +659,16 @@ impl Metrics {
         self.proposals_refused
             .get_or_create(&Reason { reason })
             .inc();
+    }
+
+    /// `n` proposal items verified by the validity rule (not in the pool).
+    pub fn items_verified_at_vote(&self, n: usize) {
+        self.items_verified_at_vote.inc_by(n as u64);
+    }
+
+    /// A proposal's state checks skipped while a commit was written.
+    pub fn validity_state_skipped(&self) {
+        self.validity_skipped.inc();
     }
 
     /// Mempool occupancy and bounds.

@@ -211,9 +211,11 @@ impl BlockStore for NodePorts {
             .put_pending_block(b)
             .map_err(port_err("block store"))?;
         self.metrics.storage(StorageOp::BlockWrite, t.elapsed());
-        self.validity.note_block(b);
+        // A block the validity rule checked had its items marked in flight
+        // then, under the same lock as its lookups.
+        let marked = self.validity.note_block(b);
         let raw = self.track_block(b);
-        if !raw.is_empty() {
+        if !raw.is_empty() && !marked {
             self.shared
                 .pool()
                 .mark_in_flight(&raw, b.height().0, b.id());
@@ -353,7 +355,11 @@ impl NodePorts {
     /// exact bytes (for the mempool, now and at execution); returns the
     /// hashes.
     fn track_block(&mut self, b: &Block) -> Arc<Vec<Digest>> {
-        let raw = Arc::new(raw_hashes(b));
+        // Hashed once per block: the validity rule did it at the check.
+        let raw = self
+            .validity
+            .raw_hashes(&b.id())
+            .unwrap_or_else(|| Arc::new(raw_hashes(b)));
         // A block persisted again (re-proposed, or fetched after a vote)
         // keeps its first time, which commit latency is measured from.
         let at = self.seen.get(&b.id()).map_or_else(Instant::now, |s| s.at);
@@ -656,7 +662,7 @@ impl Runtime {
         // ancestors (never propose their transactions again) and the
         // validity rule must see through them.
         for b in &pending {
-            ports.validity.note_block(b);
+            let _ = ports.validity.note_block(b);
             ports.track_block(b);
         }
         let driver_cfg = DriverConfig {

@@ -312,15 +312,18 @@ impl PeerFault {
 
 /// Asks every peer for its latest stable checkpoint until one answers with
 /// a verified offer, or all have answered, or time runs out; returns the
-/// highest verified offer and who made it.
+/// highest verified offer, who made it, and the highest `retained_from` any
+/// verified offer gave (one peer's low claim must not hide that the others
+/// no longer keep this node's gap).
 async fn discover(
     control: &mut libp2p_stream::Control,
     peers: &[PeerId],
     genesis: &Genesis,
     verifier: &mut Verifier,
-) -> Option<(PeerId, Offer)> {
+) -> Option<(PeerId, Offer, u64)> {
     let deadline = tokio::time::Instant::now() + DISCOVERY;
     let mut best: Option<(PeerId, Offer)> = None;
+    let mut retained_from = 0u64;
     let mut answered = std::collections::HashSet::new();
     while tokio::time::Instant::now() < deadline && answered.len() < peers.len() {
         for p in peers {
@@ -333,6 +336,7 @@ async fn discover(
                     if let Some(o) = offer {
                         match check_offer(&o, genesis, verifier) {
                             Ok(()) => {
+                                retained_from = retained_from.max(o.retained_from);
                                 let h = o.cert.payload.height;
                                 if best.as_ref().is_none_or(|(_, b)| b.cert.payload.height < h) {
                                     best = Some((*p, *o));
@@ -350,7 +354,15 @@ async fn discover(
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
-    best
+    best.map(|(p, o)| (p, o, retained_from))
+}
+
+/// Whether a store whose head is `head` restores a checkpoint at
+/// `checkpoint`: never backwards, and only for a store at genesis or one
+/// below the lowest block the peers still keep (`retained_from`, the
+/// highest any peer offered), which block sync cannot close.
+pub fn needs_restore(head: u64, checkpoint: u64, retained_from: u64) -> bool {
+    checkpoint > head && (head == 0 || head + 1 < retained_from)
 }
 
 /// Restores a peer's latest stable checkpoint if this store needs it: a
@@ -383,7 +395,8 @@ pub async fn catch_up(
     let mut attempts = 0;
     let restored = loop {
         attempts += 1;
-        let Some((first, offer)) = discover(&mut control, &peers, genesis, &mut verifier).await
+        let Some((first, offer, retained_from)) =
+            discover(&mut control, &peers, genesis, &mut verifier).await
         else {
             if head == 0 {
                 info!("no stable checkpoint offered; starting from genesis");
@@ -391,8 +404,7 @@ pub async fn catch_up(
             return Ok(store);
         };
         let h = offer.cert.payload.height.0;
-        let behind = head + 1 < offer.retained_from;
-        if h <= head || !(head == 0 || behind) {
+        if !needs_restore(head, h, retained_from) {
             return Ok(store);
         }
         info!(
@@ -547,4 +559,27 @@ async fn restore_offer(
         "state restored"
     );
     Ok(store)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::needs_restore;
+
+    #[test]
+    fn a_restore_is_decided_on_the_highest_retained_from_and_never_goes_back() {
+        // A new store restores any checkpoint.
+        assert!(needs_restore(0, 100, 0));
+        // Head 50; peers keep blocks from 200 on: only a restore closes it.
+        assert!(needs_restore(50, 300, 200));
+        // They keep block 51 on: block sync closes it.
+        assert!(!needs_restore(50, 300, 51));
+        // Never backwards.
+        assert!(!needs_restore(400, 300, 1000));
+        // `catch_up` passes the highest `retained_from` of all verified
+        // offers: one peer claiming to keep everything (1) cannot hold a
+        // far-behind node back when the others keep from 200.
+        let offers = [1u64, 200, 200];
+        let highest = offers.iter().copied().max().unwrap_or(0);
+        assert!(needs_restore(50, 300, highest));
+    }
 }

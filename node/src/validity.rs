@@ -4,29 +4,40 @@
 //! A block is refused if any item is one execution would certainly refuse
 //! for a reason its proposer could check: it does not decode, is signed for
 //! another chain, has a bad signature, repeats another item's hash, or has
-//! a nonce that cannot be executable in block order (a sender's nonces not
-//! consecutive within the block, the first below the sender's committed
-//! nonce, or above what the uncommitted ancestors can have advanced it
-//! to). An already applied transaction needs no lookup: its nonce is below
-//! its sender's committed nonce. The rule must never refuse an honest
-//! leader's block, so every state check is one-sided: it uses the
-//! committed state, which only grows along the chain the block extends,
-//! and an upper bound for the blocks in between (each carries a sender's
-//! nonce up by at most its item count; the last [`RECENT_BLOCKS`] executed
-//! blocks count too, for a leader whose executor lags). A leader in turn
-//! never proposes a nonce its block's ancestors take (see
-//! [`LedgerValidity::taken_nonces`]). Items that fail on funds or an account
-//! minimum are not refused here: their outcome depends on the ancestors'
-//! execution, and such a receipt takes nothing from the genuine
-//! transaction (see `phalanx_ledger::execute_prepared`).
+//! a nonce that is not executable in block order (a sender's nonces not
+//! consecutive within the block, or the first below the sender's committed
+//! nonce, which also covers an item already applied). The rule must never
+//! refuse an honest leader's block, so its one state check is one-sided:
+//! the committed nonce only grows along the chain the block extends, and
+//! an honest leader never proposes a nonce its block's ancestors take (see
+//! [`LedgerValidity::taken_nonces`]). What depends on the ancestors'
+//! execution (a first nonce above the committed one, funds, the account
+//! minimum) is not refused here: such an item's failure receipt takes
+//! nothing from the genuine transaction (see
+//! `phalanx_ledger::execute_prepared`), so a leader that includes one only
+//! spends its own block space.
 //!
-//! This module owns the per-block summaries the bound needs (each
-//! sender's item count and nonce range, for blocks down to
-//! [`RECENT_BLOCKS`] below the executed height), which also tell a leader
-//! which nonces its block's ancestors take. It never writes the store and
-//! never blocks on the network.
+//! The check runs on the vote's critical path: a lookup in the mempool's
+//! verified set for each item it holds, one batch verification for the
+//! rest, and a read of the committed state only for senders whose first
+//! item in the block the mempool does not hold (the mempool admits no
+//! nonce below the committed one and evicts what is applied or passed, so
+//! a replayed or stale item is one it does not hold), never waiting for a
+//! commit being written. The cluster runs near its CPU limit under load,
+//! where every per-block cost shows in latency many times over.
+//!
+//! This module owns the per-block summaries (each sender's nonce range,
+//! for blocks above the executed height) that tell a leader which nonces
+//! its block's ancestors take, and the hashes of each block's items, which
+//! the runtime reuses. It never writes the store and never blocks on the
+//! network.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap as StdHashMap;
+
+// Keys are senders' keys and hashes of clients' choosing: seeded foldhash
+// (as in the mempool) resists crafted collisions at a fraction of SipHash's
+// cost, and the check runs on every proposal before the vote.
+use foldhash::{HashMap, HashMapExt, HashSet, HashSetExt};
 use std::sync::{Arc, Mutex};
 
 use phalanx_consensus::{Block, PayloadValidator};
@@ -37,21 +48,13 @@ use tracing::debug;
 
 use crate::shared::Shared;
 
-/// Most block summaries kept; the lowest go first. Honest chains hold
-/// [`RECENT_BLOCKS`] executed ones and a handful above.
+/// Most block summaries kept; the lowest go first. Honest chains hold a
+/// handful above the executed height.
 pub const MAX_SUMMARIES: usize = 1024;
-
-/// Executed blocks whose items still count towards the nonce bound. A
-/// leader whose executor lags this validator's by up to this many blocks
-/// counts an ancestor's item as possibly applied where this validator has
-/// seen it fail; counting the items of these blocks keeps such a leader's
-/// block within the bound.
-pub const RECENT_BLOCKS: u64 = 32;
 
 /// A sender's items in one block.
 #[derive(Clone, Copy, Debug)]
 struct Span {
-    count: u64,
     min: u64,
     max: u64,
 }
@@ -59,24 +62,26 @@ struct Span {
 impl Span {
     fn of(nonce: u64) -> Span {
         Span {
-            count: 1,
             min: nonce,
             max: nonce,
         }
     }
 
     fn add(&mut self, nonce: u64) {
-        self.count += 1;
         self.min = self.min.min(nonce);
         self.max = self.max.max(nonce);
     }
 }
 
-/// What the nonce bound and a leader's choice need of a block.
+/// What a leader's choice needs of a block.
 struct Summary {
     parent: Digest,
     height: u64,
     senders: HashMap<[u8; 32], Span>,
+    /// Hashes of the items' exact bytes, in order.
+    raw: Arc<Vec<Digest>>,
+    /// The mempool marked the items in flight in this block at the check.
+    marked: bool,
 }
 
 /// The ledger's validity rule, as the core's [`PayloadValidator`]. Clones
@@ -108,10 +113,6 @@ pub enum Refusal {
     NonceOrder,
     /// A sender's first nonce is below its committed nonce.
     NonceTooLow,
-    /// A sender's first nonce is beyond what the ancestors can reach.
-    NonceTooHigh,
-    /// The store could not be read (the vote is withheld: never guess).
-    Read,
 }
 
 impl Refusal {
@@ -125,8 +126,6 @@ impl Refusal {
             Refusal::Duplicate => "duplicate",
             Refusal::NonceOrder => "nonce_order",
             Refusal::NonceTooLow => "nonce_too_low",
-            Refusal::NonceTooHigh => "nonce_too_high",
-            Refusal::Read => "read",
         }
     }
 }
@@ -151,22 +150,43 @@ impl LedgerValidity {
 
     /// Checks `block`; `Err` names the first reason found.
     pub fn check(&self, block: &Block) -> Result<(), Refusal> {
+        let started = std::time::Instant::now();
+        let out = self.check_timed(block);
+        self.shared
+            .metrics
+            .verified(crate::metrics::VerifyWhat::ProposalItems, started.elapsed());
+        out
+    }
+
+    fn check_timed(&self, block: &Block) -> Result<(), Refusal> {
         let items = decode_payload(&block.payload).map_err(|_| Refusal::Payload)?;
         if items.len() > self.max_block_txs {
             return Err(Refusal::Payload);
         }
         // Decode, taking what the mempool already verified (one lock for
         // the lookups; what it does not hold decodes after).
+        let raw: Vec<Digest> = items.iter().map(|i| Digest::of(i)).collect();
+        // One lock on the vote path, as before the rule: the lookups, and
+        // the in-flight marks the runtime would otherwise take it again for
+        // when it persists the block. (Marks for a block refused below are
+        // harmless: an item counts as in flight only in a block on the
+        // chain a leader extends, and marks go at the next commit of their
+        // height.)
         let known: Vec<Option<(Arc<SignedTransfer>, Digest)>> = {
-            let pool = self.shared.pool();
-            items
-                .iter()
-                .map(|item| pool.verified_by_bytes(&Digest::of(item)))
-                .collect()
+            let mut pool = self.shared.pool();
+            let known = raw.iter().map(|r| pool.verified_by_bytes(r)).collect();
+            if !raw.is_empty() {
+                pool.mark_in_flight(&raw, block.height().0, block.id());
+            }
+            known
         };
         let mut txs: Vec<(Arc<SignedTransfer>, Digest)> = Vec::with_capacity(items.len());
+        // Items the mempool holds: admitted with a nonce not below the
+        // committed one, and evicted once applied or passed.
+        let mut pooled: Vec<bool> = Vec::with_capacity(items.len());
         let mut unverified: Vec<EncodedTransfer> = Vec::new();
         for (item, known) in items.iter().zip(known) {
+            pooled.push(known.is_some());
             match known {
                 Some(k) => txs.push(k),
                 None => {
@@ -204,52 +224,65 @@ impl LedgerValidity {
                 Some(_) => return Err(Refusal::NonceOrder),
             }
         }
-        // Against the committed state: read the head first, so that every
-        // later read is of that state or a later one on the same chain.
-        let head = self.store.head();
-        let added = self.ancestors_added(block.header.parent, head.height);
-        for (key, (Span { min: first, .. }, i)) in &runs {
-            let committed = self
-                .store
-                .account(&txs[*i].0.transfer.sender)
-                .map_err(|_| Refusal::Read)?
-                .map_or(0, |a| a.nonce);
-            if *first < committed {
-                return Err(Refusal::NonceTooLow);
+        // Against the committed state, for runs whose first item the
+        // mempool does not hold (a replayed or stale item is one no pool
+        // holds; reading every sender's state cost the vote path more than
+        // the rest of the check). The vote never waits for a commit's
+        // synced write: while one is under way the check is skipped (the
+        // rule only refuses when certain, so skipping is always safe).
+        let executed = self.store.head_height().0;
+        for (Span { min: first, .. }, i) in runs.values() {
+            if pooled[*i] {
+                continue;
             }
-            if let Some(added) = &added {
-                let most = committed.saturating_add(added.get(key).copied().unwrap_or(0));
-                if *first > most {
-                    return Err(Refusal::NonceTooHigh);
-                }
+            let Some(account) = self.store.try_account(&txs[*i].0.transfer.sender) else {
+                self.shared.metrics.validity_state_skipped();
+                break;
+            };
+            if *first < account.map_or(0, |a| a.nonce) {
+                return Err(Refusal::NonceTooLow);
             }
         }
         let senders = runs.iter().map(|(k, (span, _))| (*k, *span)).collect();
-        self.remember(block, senders, head.height);
+        self.remember(block, senders, Arc::new(raw), true, executed);
         Ok(())
     }
 
+    /// The hashes of a checked or noted block's items' exact bytes, if this
+    /// validator still holds its summary (computed once per block).
+    pub fn raw_hashes(&self, id: &Digest) -> Option<Arc<Vec<Digest>>> {
+        self.summaries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .map(|s| s.raw.clone())
+    }
+
     /// Notes a block this validator persisted without checking it here (its
-    /// own proposal, a block fetched by id), so that the nonce bound can
-    /// see through it. Items the mempool does not hold are decoded.
-    pub fn note_block(&self, block: &Block) {
-        if self
+    /// own proposal, a block fetched by id), so that a leader extending it
+    /// knows the nonces it takes. Items the mempool does not hold are
+    /// decoded.
+    ///
+    /// Returns whether the check already marked the block's items in flight
+    /// in the mempool.
+    pub fn note_block(&self, block: &Block) -> bool {
+        if let Some(s) = self
             .summaries
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .contains_key(&block.id())
+            .get(&block.id())
         {
-            return;
+            return s.marked;
         }
         let Ok(items) = decode_payload(&block.payload) else {
-            return;
+            return false;
         };
+        let raw: Vec<Digest> = items.iter().map(|i| Digest::of(i)).collect();
         let known: Vec<Option<([u8; 32], u64)>> = {
             let pool = self.shared.pool();
-            items
-                .iter()
-                .map(|i| {
-                    pool.verified_by_bytes(&Digest::of(i))
+            raw.iter()
+                .map(|r| {
+                    pool.verified_by_bytes(r)
                         .map(|(t, _)| (t.transfer.sender.to_bytes(), t.transfer.nonce))
                 })
                 .collect()
@@ -268,36 +301,9 @@ impl LedgerValidity {
                 .and_modify(|s| s.add(nonce))
                 .or_insert_with(|| Span::of(nonce));
         }
-        self.remember(block, senders, self.store.head().height);
-    }
-
-    /// Items per sender in the blocks from `parent` down to
-    /// [`RECENT_BLOCKS`] below the executed height `executed`, if this
-    /// validator holds a summary of each; `None` if the chain in between is
-    /// not fully known (then no upper bound is applied: never refuse what
-    /// might be honest).
-    fn ancestors_added(&self, parent: Digest, executed: u64) -> Option<HashMap<[u8; 32], u64>> {
-        let floor = executed.saturating_sub(RECENT_BLOCKS);
-        let summaries = self.summaries.lock().unwrap_or_else(|e| e.into_inner());
-        let mut added: HashMap<[u8; 32], u64> = HashMap::new();
-        let mut id = parent;
-        loop {
-            match summaries.get(&id) {
-                Some(s) if s.height > floor => {
-                    for (k, span) in &s.senders {
-                        *added.entry(*k).or_default() += span.count;
-                    }
-                    id = s.parent;
-                }
-                Some(_) => return Some(added),
-                // Not summarised: fine only if committed at or below the
-                // floor (genesis, early in a chain).
-                None => {
-                    let h = self.store.height_of(&id).ok()??;
-                    return (h.0 <= floor).then_some(added);
-                }
-            }
-        }
+        let executed = self.store.head_height().0;
+        self.remember(block, senders, Arc::new(raw), false, executed);
+        false
     }
 
     /// The nonces each sender's items take in the blocks from `parent` down
@@ -305,10 +311,10 @@ impl LedgerValidity {
     /// `parent` proposes none of them again, even signed otherwise (a
     /// sender that signs two transfers with one nonce must not get an
     /// honest leader's block refused).
-    pub fn taken_nonces(&self, parent: Digest) -> HashMap<[u8; 32], (u64, u64)> {
-        let executed = self.store.head().height;
+    pub fn taken_nonces(&self, parent: Digest) -> StdHashMap<[u8; 32], (u64, u64)> {
+        let executed = self.store.head_height().0;
         let summaries = self.summaries.lock().unwrap_or_else(|e| e.into_inner());
-        let mut taken: HashMap<[u8; 32], (u64, u64)> = HashMap::new();
+        let mut taken: StdHashMap<[u8; 32], (u64, u64)> = StdHashMap::new();
         let mut id = parent;
         while let Some(s) = summaries.get(&id) {
             if s.height <= executed {
@@ -328,10 +334,16 @@ impl LedgerValidity {
         taken
     }
 
-    fn remember(&self, block: &Block, senders: HashMap<[u8; 32], Span>, executed: u64) {
-        let floor = executed.saturating_sub(RECENT_BLOCKS);
+    fn remember(
+        &self,
+        block: &Block,
+        senders: HashMap<[u8; 32], Span>,
+        raw: Arc<Vec<Digest>>,
+        marked: bool,
+        executed: u64,
+    ) {
         let mut summaries = self.summaries.lock().unwrap_or_else(|e| e.into_inner());
-        summaries.retain(|_, s| s.height > floor);
+        summaries.retain(|_, s| s.height > executed);
         if summaries.len() >= MAX_SUMMARIES
             && let Some(lowest) = summaries
                 .iter()
@@ -346,6 +358,8 @@ impl LedgerValidity {
                 parent: block.header.parent,
                 height: block.height().0,
                 senders,
+                raw,
+                marked,
             },
         );
     }

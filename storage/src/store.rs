@@ -9,8 +9,8 @@ use std::time::{Duration, Instant};
 use phalanx_consensus::{Block, CheckpointCert, Height, QuorumCert, genesis_qc};
 use phalanx_crypto::{ChainId, Digest, PublicKey, decode, encode};
 use phalanx_ledger::{
-    Account, AccountProof, Genesis, LedgerError, PreparedPayload, Receipt, Rules, SignedTransfer,
-    StateTree, StateView, TxStatus, decode_payload, execute_prepared, prepare_payload,
+    Account, AccountProof, Genesis, LedgerError, PreparedPayload, Receipt, Rules, StateTree,
+    StateView, TxStatus, execute_prepared, prepare_payload,
 };
 use rocksdb::{
     BlockBasedOptions, Cache, ColumnFamilyDescriptor, DB, DBCompressionType, DBRecoveryMode,
@@ -142,6 +142,10 @@ pub struct Store {
     pub(crate) manifest: Mutex<Vec<Arc<SnapshotManifest>>>,
     /// Superseded account versions not yet pruned, oldest first.
     stale: Mutex<Vec<accounts::Stale>>,
+    /// Transaction records filed below this height are pruned: reads
+    /// ignore them at once, and compaction drops them from disk (see
+    /// `cf_options`).
+    tx_floor: Arc<AtomicU64>,
     opts: StoreOptions,
 }
 
@@ -183,7 +187,7 @@ fn db_options(opts: &StoreOptions) -> Options {
 /// Per-family options: point lookups everywhere (bloom filters, one shared
 /// block cache); LZ4 only where data compresses (blocks, transactions);
 /// none for hashes and accounts, where it would only cost CPU.
-fn cf_options(name: &str, cache: &Cache) -> Options {
+fn cf_options(name: &str, cache: &Cache, tx_floor: &Arc<AtomicU64>) -> Options {
     let mut o = Options::default();
     let mut t = BlockBasedOptions::default();
     t.set_bloom_filter(10.0, false);
@@ -199,6 +203,18 @@ fn cf_options(name: &str, cache: &Cache) -> Options {
     if name == CF_TXS {
         o.set_memtable_whole_key_filtering(true);
         o.set_memtable_prefix_bloom_ratio(0.05);
+        // Pruning the index costs nothing at the checkpoint: records of
+        // pruned heights go when compaction next rewrites them (the index
+        // is keyed by hash, so there is no range to delete).
+        let floor = tx_floor.clone();
+        o.set_compaction_filter("phalanx-pruned-transactions", move |_, _, value: &[u8]| {
+            match record_height(value) {
+                Some(h) if h < floor.load(Ordering::Acquire) => {
+                    rocksdb::compaction_filter::Decision::Remove
+                }
+                _ => rocksdb::compaction_filter::Decision::Keep,
+            }
+        });
     }
     if matches!(name, CF_ACCOUNTS | CF_TXS) {
         o.set_write_buffer_size(4 << 20);
@@ -222,9 +238,10 @@ impl Store {
     /// is refused with an error naming the problem.
     pub fn open(path: &Path, genesis: &Genesis, opts: StoreOptions) -> Result<Store, StorageError> {
         let cache = Cache::new_lru_cache(BLOCK_CACHE_BYTES);
+        let tx_floor = Arc::new(AtomicU64::new(0));
         let cfs = ALL_CFS
             .iter()
-            .map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n, &cache)));
+            .map(|n| ColumnFamilyDescriptor::new(*n, cf_options(n, &cache, &tx_floor)));
         let db = Arc::new(DB::open_cf_descriptors(&db_options(&opts), path, cfs)?);
         let meta = cf(&db, CF_META)?;
         let want = genesis.hash();
@@ -277,9 +294,15 @@ impl Store {
             poisoned: AtomicBool::new(false),
             manifest: Mutex::new(Vec::new()),
             stale: Mutex::new(stale),
+            tx_floor,
             opts,
         };
         store.check_head()?;
+        // Blocks below the first retained one were pruned: so were their
+        // transaction records.
+        store
+            .tx_floor
+            .store(store.first_retained_block()?.0, Ordering::Release);
         Ok(store)
     }
 
@@ -446,6 +469,7 @@ impl Store {
                 tree: &live.tree,
                 db: &self.db,
                 txs: self.cf(CF_TXS)?,
+                floor: self.tx_floor.load(Ordering::Acquire),
             };
             let out = execute_prepared(&view, &self.rules, prepared)?;
             let previous: Vec<Option<u64>> = out
@@ -475,8 +499,7 @@ impl Store {
             // a look of its own (failures are few: honest validators vote
             // only for blocks whose items they expect to apply).
             if r.status != TxStatus::Applied
-                && (r.status == TxStatus::Duplicate
-                    || self.db.get_pinned_cf(txs, r.tx_hash.0)?.is_some())
+                && (r.status == TxStatus::Duplicate || self.transaction(&r.tx_hash)?.is_some())
             {
                 continue;
             }
@@ -594,14 +617,33 @@ impl Store {
         }
     }
 
-    /// A committed transaction's record.
+    /// A committed transaction's record, unless pruned with its block.
     pub fn transaction(&self, hash: &Digest) -> Result<Option<TxRecord>, StorageError> {
-        self.read_record(CF_TXS, &hash.0, "transaction record")
+        let rec: Option<TxRecord> = self.read_record(CF_TXS, &hash.0, "transaction record")?;
+        let floor = self.tx_floor.load(Ordering::Acquire);
+        Ok(rec.filter(|r| r.height >= floor))
     }
 
     /// An account's latest state.
     pub fn account(&self, addr: &PublicKey) -> Result<Option<Account>, StorageError> {
         Ok(self.live().tree.get(addr))
+    }
+
+    /// The latest state of each of `addrs` (read under one lock).
+    pub fn accounts(&self, addrs: &[PublicKey]) -> Vec<Option<Account>> {
+        let live = self.live();
+        addrs.iter().map(|a| live.tree.get(a)).collect()
+    }
+
+    /// An account's latest state, unless a commit is being written right
+    /// now (`None` then): for callers on a latency-critical path that
+    /// would rather go without than wait for the commit's synced write.
+    pub fn try_account(&self, addr: &PublicKey) -> Option<Option<Account>> {
+        match self.live.try_read() {
+            Ok(live) => Some(live.tree.get(addr)),
+            Err(std::sync::TryLockError::Poisoned(e)) => Some(e.into_inner().tree.get(addr)),
+            Err(std::sync::TryLockError::WouldBlock) => None,
+        }
     }
 
     /// An account's latest state, by its 32 address bytes (no curve point
@@ -642,10 +684,9 @@ impl Store {
     /// Whether a transaction with this hash was applied in a retained
     /// committed block (a failure receipt filed under it does not count).
     pub fn tx_committed(&self, hash: &Digest) -> Result<bool, StorageError> {
-        match self.db.get_pinned_cf(self.cf(CF_TXS)?, hash.0)? {
-            None => Ok(false),
-            Some(v) => applied_record(&v),
-        }
+        Ok(self
+            .transaction(hash)?
+            .is_some_and(|r| r.receipt.status == TxStatus::Applied))
     }
 
     fn read_record<T: serde::de::DeserializeOwned>(
@@ -812,28 +853,17 @@ impl Store {
         if keep_from > 1 {
             // Genesis (height 0) is always kept: every validator has it.
             let mut wb = WriteBatch::default();
-            let txs = self.cf(CF_TXS)?;
             for h in self.first_retained_block()?.0..keep_from {
                 if let Some(b) = self.block(Height(h))? {
                     wb.delete_cf(self.cf(CF_BLOCK_INDEX)?, b.id().0);
-                    // The block's transaction records go with it: those
-                    // filed at this height (a hash may since be filed at a
-                    // later height, where it applied).
-                    for key in tx_keys(&b.payload) {
-                        if let Some(v) = self.db.get_pinned_cf(txs, key.0)? {
-                            let rec: TxRecord = decode(&v, MAX_RECORD_BYTES)
-                                .map_err(|e| corrupt("transaction record", e))?;
-                            if rec.height == h {
-                                wb.delete_cf(txs, key.0);
-                            }
-                        }
-                    }
                 }
                 wb.delete_cf(self.cf(CF_BLOCKS)?, height_key(h));
                 wb.delete_cf(self.cf(CF_CERTS)?, height_key(h));
                 wb.delete_cf(self.cf(CF_STATE_ROOTS)?, height_key(h));
             }
             self.db.write(wb)?;
+            // The transaction records of those heights go with them.
+            self.tx_floor.fetch_max(keep_from, Ordering::AcqRel);
         }
         Ok(())
     }
@@ -881,6 +911,22 @@ impl Store {
         Ok(())
     }
 
+    /// Compacts the transaction index, dropping pruned records from disk
+    /// now rather than at the next compaction (tests).
+    #[cfg(feature = "testkit")]
+    pub fn compact_tx_index(&self) -> Result<(), StorageError> {
+        self.db
+            .compact_range_cf(self.cf(CF_TXS)?, None::<&[u8]>, None::<&[u8]>);
+        Ok(())
+    }
+
+    /// Whether the transaction index holds a record under `hash` on disk,
+    /// pruned or not (tests).
+    #[cfg(feature = "testkit")]
+    pub fn tx_record_on_disk(&self, hash: &Digest) -> Result<bool, StorageError> {
+        Ok(self.db.get_pinned_cf(self.cf(CF_TXS)?, hash.0)?.is_some())
+    }
+
     /// Height of the head as a consensus [`Height`]. Never waits for a
     /// commit in progress.
     pub fn head_height(&self) -> Height {
@@ -894,6 +940,8 @@ struct ExecView<'a> {
     tree: &'a StateTree,
     db: &'a DB,
     txs: &'a rocksdb::ColumnFamily,
+    /// Records below this height are pruned.
+    floor: u64,
 }
 
 impl StateView for ExecView<'_> {
@@ -908,7 +956,7 @@ impl StateView for ExecView<'_> {
             .map_err(|e| LedgerError::Read(e.to_string()))?
         {
             None => Ok(false),
-            Some(v) => applied_record(&v).map_err(|e| LedgerError::Read(e.to_string())),
+            Some(v) => applied_record(&v, self.floor).map_err(|e| LedgerError::Read(e.to_string())),
         }
     }
 
@@ -918,36 +966,27 @@ impl StateView for ExecView<'_> {
             .into_iter()
             .map(|r| match r.map_err(|e| LedgerError::Read(e.to_string()))? {
                 None => Ok(false),
-                Some(v) => applied_record(&v).map_err(|e| LedgerError::Read(e.to_string())),
+                Some(v) => {
+                    applied_record(&v, self.floor).map_err(|e| LedgerError::Read(e.to_string()))
+                }
             })
             .collect()
     }
 }
 
-/// The keys a block's items may be filed under in the transaction index:
-/// each item's transfer hash if it decodes, and the hash of its exact
-/// bytes (malformed items and bad signatures).
-fn tx_keys(payload: &[u8]) -> Vec<Digest> {
-    let Ok(items) = decode_payload(payload) else {
-        return Vec::new();
-    };
-    let mut keys = Vec::with_capacity(items.len() * 2);
-    for item in &items {
-        keys.push(Digest::of(item));
-        if let Ok(t) = SignedTransfer::decode(item) {
-            keys.push(t.hash());
-        }
-    }
-    keys.sort_unstable();
-    keys.dedup();
-    keys
+/// The height of an encoded transaction record (`None` if it does not
+/// decode: kept, never guessed away).
+fn record_height(bytes: &[u8]) -> Option<u64> {
+    decode::<TxRecord>(bytes, MAX_RECORD_BYTES)
+        .ok()
+        .map(|r| r.height)
 }
 
-/// Whether an encoded transaction record is an applied one.
-fn applied_record(bytes: &[u8]) -> Result<bool, StorageError> {
+/// Whether an encoded transaction record is an applied one, not pruned.
+fn applied_record(bytes: &[u8], floor: u64) -> Result<bool, StorageError> {
     let rec: TxRecord =
         decode(bytes, MAX_RECORD_BYTES).map_err(|e| corrupt("transaction record", e))?;
-    Ok(rec.receipt.status == TxStatus::Applied)
+    Ok(rec.receipt.status == TxStatus::Applied && rec.height >= floor)
 }
 
 fn hex_of(b: &[u8]) -> String {

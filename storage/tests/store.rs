@@ -758,9 +758,15 @@ fn pruning_keeps_the_checkpoint_state_and_retained_blocks() {
     s.put_stable_checkpoint(&cp).unwrap();
     assert_eq!(s.first_retained_block().unwrap(), Height(4));
     assert!(s.block(Height(3)).unwrap().is_none() && s.block(Height(0)).unwrap().is_some());
-    // The transaction index is pruned with the blocks.
+    // The transaction index is pruned with the blocks: gone from reads
+    // at once, and from disk at the next compaction.
     for t in &early {
         assert!(s.transaction(t).unwrap().is_none(), "pruned with block 3");
+        assert!(s.tx_record_on_disk(t).unwrap(), "until compaction");
+    }
+    s.compact_tx_index().unwrap();
+    for t in &early {
+        assert!(!s.tx_record_on_disk(t).unwrap(), "compaction drops it");
     }
     for t in &late {
         assert_eq!(s.transaction(t).unwrap().unwrap().height, 4, "kept");
