@@ -5,8 +5,8 @@
 
 use phalanx_consensus::{
     AcceptAll, Action, Block, BlockHeader, Config, Core, Event, Height, Message, Proposal,
-    RecoveryQuery, Restore, SafetyState, Time, Timeout, VerifiedMessage, Verifier, View,
-    ViewReport, Vote, genesis_qc,
+    QuorumCert, RecoveryQuery, Restore, SafetyState, Time, Timeout, VerifiedMessage, Verifier,
+    View, ViewReport, Vote, genesis_qc,
 };
 use phalanx_crypto::{ChainId, Digest, KeyPair, Signed, ValidatorIndex, ValidatorSet, Verified};
 
@@ -610,6 +610,27 @@ fn validly_signed_messages_of_long_past_views_do_not_grow_the_evidence_memory() 
     assert_eq!(c.evidence_memory(), 1);
 }
 
+/// A quorum certificate (validators 1 to 3) for block `id` at height 5,
+/// view 0: a block the core under test has never seen.
+fn quorum_for(n: &Net, set: &ValidatorSet, id: Digest) -> QuorumCert {
+    let vote = Vote {
+        view: View(0),
+        height: Height(5),
+        block_id: id,
+    };
+    let votes: Vec<_> = (1..4u16)
+        .map(|i| {
+            Verified::sign(
+                &n.keys[i as usize],
+                ValidatorIndex(i),
+                &n.cfg.chain_id,
+                vote,
+            )
+        })
+        .collect();
+    phalanx_crypto::Certificate::aggregate(&votes, set).unwrap()
+}
+
 #[test]
 fn abandoned_block_requests_never_lock_fetching_out() {
     // Timeouts carrying certificates for blocks nobody serves: each makes
@@ -618,24 +639,7 @@ fn abandoned_block_requests_never_lock_fetching_out() {
     let mut n = net();
     let mut c = n.core(0);
     let set = n.verifier_set().clone();
-    let qc_for = |n: &Net, k: u64| {
-        let vote = Vote {
-            view: View(0),
-            height: Height(5),
-            block_id: Digest::of(&k.to_le_bytes()),
-        };
-        let votes: Vec<_> = (1..4u16)
-            .map(|i| {
-                Verified::sign(
-                    &n.keys[i as usize],
-                    ValidatorIndex(i),
-                    &n.cfg.chain_id,
-                    vote,
-                )
-            })
-            .collect();
-        phalanx_crypto::Certificate::aggregate(&votes, &set).unwrap()
-    };
+    let qc_for = |n: &Net, k: u64| quorum_for(n, &set, Digest::of(&k.to_le_bytes()));
     let requested = |out: &[Action], k: u64| {
         out.iter().any(|a| {
             matches!(a, Action::Send { msg: Message::BlockRequest(r), .. }
@@ -671,22 +675,7 @@ fn a_block_request_expires_after_a_window_of_views() {
     let mut c = n.core(0);
     let set = n.verifier_set().clone();
     let missing = Digest::of(b"a block nobody serves");
-    let vote = Vote {
-        view: View(0),
-        height: Height(5),
-        block_id: missing,
-    };
-    let votes: Vec<_> = (1..4u16)
-        .map(|i| {
-            Verified::sign(
-                &n.keys[i as usize],
-                ValidatorIndex(i),
-                &n.cfg.chain_id,
-                vote,
-            )
-        })
-        .collect();
-    let qc = phalanx_crypto::Certificate::aggregate(&votes, &set).unwrap();
+    let qc = quorum_for(&n, &set, missing);
     let asks = |out: &[Action]| {
         out.iter().any(
             |a| matches!(a, Action::Send { msg: Message::BlockRequest(r), .. } if r.id == missing),

@@ -247,46 +247,19 @@ fn each_bad_input_gets_its_error_code_over_http() {
         ),
         1006
     );
+    let refused = |tx: String| code(&c, "ledger_submitTransaction", submit(tx));
     // No zero legs; a new account gets at least the minimum.
-    assert_eq!(
-        code(
-            &c,
-            "ledger_submitTransaction",
-            submit(transfer_hex(&chain, 4, 0, &to, 0))
-        ),
-        1016
-    );
+    assert_eq!(refused(transfer_hex(&chain, 4, 0, &to, 0)), 1016);
     let stranger = account(1_000_000).public();
-    assert_eq!(
-        code(
-            &c,
-            "ledger_submitTransaction",
-            submit(transfer_hex(&chain, 4, 0, &stranger, 999))
-        ),
-        1017
-    );
+    assert_eq!(refused(transfer_hex(&chain, 4, 0, &stranger, 999)), 1017);
     // Behind a nonce gap: two from sender 3, a third is one too many for
     // it, and the pool's share (two) is full for sender 4.
     for nonce in 2..4 {
         let tx = transfer_hex(&chain, 3, nonce, &to, 1);
         c.rpc(0, "ledger_submitTransaction", submit(tx)).unwrap();
     }
-    assert_eq!(
-        code(
-            &c,
-            "ledger_submitTransaction",
-            submit(transfer_hex(&chain, 3, 4, &to, 1))
-        ),
-        1018
-    );
-    assert_eq!(
-        code(
-            &c,
-            "ledger_submitTransaction",
-            submit(transfer_hex(&chain, 4, 2, &to, 1))
-        ),
-        1019
-    );
+    assert_eq!(refused(transfer_hex(&chain, 3, 4, &to, 1)), 1018);
+    assert_eq!(refused(transfer_hex(&chain, 4, 2, &to, 1)), 1019);
     // Mempool full: with the other validators stopped nothing commits, so
     // two proposable transfers and the two waiting ones fill a pool of
     // four. Proposable transfers displace the waiting ones, then the pool
@@ -299,14 +272,7 @@ fn each_bad_input_gets_its_error_code_over_http() {
         let r = c.rpc(0, "ledger_submitTransaction", submit(tx)).unwrap();
         assert_eq!(r["status"], "pending", "{r}");
     }
-    assert_eq!(
-        code(
-            &c,
-            "ledger_submitTransaction",
-            submit(transfer_hex(&chain, 9, 0, &to, 1))
-        ),
-        1009
-    );
+    assert_eq!(refused(transfer_hex(&chain, 9, 0, &to, 1)), 1009);
     for i in 1..4 {
         c.freeze(i, false);
     }
