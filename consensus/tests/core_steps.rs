@@ -428,17 +428,7 @@ fn a_certificate_from_beyond_the_window_is_followed_and_its_block_fetched() {
         height: Height(40),
         block_id: Digest::of(b"a block this validator never saw"),
     };
-    let votes: Vec<Verified<Vote>> = (1..4u16)
-        .map(|i| {
-            Verified::sign(
-                &n.keys[i as usize],
-                ValidatorIndex(i),
-                &n.cfg.chain_id,
-                vote,
-            )
-        })
-        .collect();
-    let qc = phalanx_crypto::Certificate::aggregate(&votes, n.verifier_set()).unwrap();
+    let qc = quorum_on(&n, n.verifier_set(), vote);
     let t = Message::Timeout(
         Verified::sign(
             &n.keys[3],
@@ -618,6 +608,11 @@ fn quorum_for(n: &Net, set: &ValidatorSet, id: Digest) -> QuorumCert {
         height: Height(5),
         block_id: id,
     };
+    quorum_on(n, set, vote)
+}
+
+/// Validators 1 to 3's certificate for `vote`.
+fn quorum_on(n: &Net, set: &ValidatorSet, vote: Vote) -> QuorumCert {
     let votes: Vec<_> = (1..4u16)
         .map(|i| {
             Verified::sign(
