@@ -254,6 +254,7 @@ pub struct Metrics {
     txs_rejected: Family<Reason, Counter>,
     proposals_refused: Family<Reason, Counter>,
     validity_skipped: Counter,
+    validity_partial: Counter,
     items_verified_at_vote: Counter,
     peers: Gauge,
     verify_seconds: HistogramFamily<What>,
@@ -301,6 +302,7 @@ impl Metrics {
             txs_rejected: Family::default(),
             proposals_refused: Family::default(),
             validity_skipped: Counter::default(),
+            validity_partial: Counter::default(),
             items_verified_at_vote: Counter::default(),
             peers: Gauge::default(),
             verify_seconds: Family::new_with_constructor(fast_seconds_histogram),
@@ -424,6 +426,11 @@ impl Metrics {
             "validity_state_checks_skipped",
             "Proposals whose nonce checks against the committed state were skipped because a commit was being written (the vote never waits for it)",
             m.validity_skipped.clone(),
+        );
+        r.register(
+            "validity_checks_partial",
+            "Proposals with more items the mempool did not hold than the check verifies before the vote (the rest are verified at execution)",
+            m.validity_partial.clone(),
         );
         r.register(
             "proposal_items_verified",
@@ -664,6 +671,11 @@ impl Metrics {
     /// `n` proposal items verified by the validity rule (not in the pool).
     pub fn items_verified_at_vote(&self, n: usize) {
         self.items_verified_at_vote.inc_by(n as u64);
+    }
+
+    /// A proposal only partly checked (too many items not in the pool).
+    pub fn validity_partial(&self) {
+        self.validity_partial.inc();
     }
 
     /// A proposal's state checks skipped while a commit was written.

@@ -111,6 +111,12 @@ fn an_honest_block_is_valid_whether_or_not_the_pool_holds_its_items() {
     let block = f.block(&[a0.encode(), b0.encode(), a1.encode()]);
     assert_eq!(f.rule.check(&block), Ok(()));
     assert!(f.rule.is_valid(&block));
+    // More items than the check verifies before the vote: the rest are
+    // left to execution, and an honest block stays valid.
+    let many: Vec<Vec<u8>> = (10..10 + 2 * phalanx_node::validity::MAX_VERIFIED_AT_VOTE as u64)
+        .map(|i| f.tx(i % ACCOUNTS, i / ACCOUNTS).encode())
+        .collect();
+    assert_eq!(f.rule.check(&f.block(&many)), Ok(()));
     // A transfer that will fail on funds is not the proposer's to know
     // (its ancestors may pay the sender): it is not refused.
     let broke = transfer_on(&f.g.chain_id, 3, 0, u64::MAX / 2);
@@ -191,7 +197,9 @@ fn what_depends_on_the_ancestors_is_left_to_execution_and_leaders_see_taken_nonc
     );
     // A block the node persisted without checking (its own proposal) is
     // noted, and counts.
-    let own = f.block_on(a.id(), head.height + 2, &[f.tx(1, 2).encode()]);
+    let a2 = f.tx(1, 2);
+    f.pool(&a2);
+    let own = f.block_on(a.id(), head.height + 2, &[a2.encode()]);
     f.rule.note_block(&own);
     assert_eq!(f.rule.taken_nonces(own.id()).get(&sender), Some(&(0, 2)));
     // Executed: no longer taken.
