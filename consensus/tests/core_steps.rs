@@ -611,6 +611,23 @@ fn quorum_for(n: &Net, set: &ValidatorSet, id: Digest) -> QuorumCert {
     quorum_on(n, set, vote)
 }
 
+/// Validator 1's timeout for view 1, carrying `high_qc`.
+fn timeout_of_v1(n: &Net, high_qc: QuorumCert) -> Message {
+    Message::Timeout(
+        Verified::sign(
+            &n.keys[1],
+            ValidatorIndex(1),
+            &n.cfg.chain_id,
+            Timeout {
+                view: View(1),
+                high_qc,
+                high_tc: None,
+            },
+        )
+        .into_signed(),
+    )
+}
+
 /// Validators 1 to 3's certificate for `vote`.
 fn quorum_on(n: &Net, set: &ValidatorSet, vote: Vote) -> QuorumCert {
     let votes: Vec<_> = (1..4u16)
@@ -642,19 +659,7 @@ fn abandoned_block_requests_never_lock_fetching_out() {
         })
     };
     for k in 0..70u64 {
-        let t = Message::Timeout(
-            Verified::sign(
-                &n.keys[1],
-                ValidatorIndex(1),
-                &n.cfg.chain_id,
-                Timeout {
-                    view: View(1),
-                    high_qc: qc_for(&n, k),
-                    high_tc: None,
-                },
-            )
-            .into_signed(),
-        );
+        let t = timeout_of_v1(&n, qc_for(&n, k));
         let out = n.deliver(&mut c, 1, t, 2_100);
         assert!(requested(&out, k), "block {k} is asked for");
     }
@@ -676,19 +681,7 @@ fn a_block_request_expires_after_a_window_of_views() {
             |a| matches!(a, Action::Send { msg: Message::BlockRequest(r), .. } if r.id == missing),
         )
     };
-    let t = Message::Timeout(
-        Verified::sign(
-            &n.keys[1],
-            ValidatorIndex(1),
-            &n.cfg.chain_id,
-            Timeout {
-                view: View(1),
-                high_qc: qc,
-                high_tc: None,
-            },
-        )
-        .into_signed(),
-    );
+    let t = timeout_of_v1(&n, qc);
     assert!(asks(&n.deliver(&mut c, 1, t, 2_100)));
     let mut now = 3_000;
     let mut to_view = |n: &mut Net, c: &mut Core, v: u64| {
