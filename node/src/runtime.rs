@@ -32,7 +32,7 @@ use crate::metrics::{self, Metrics, StorageOp, VerifyWhat};
 use crate::net::{Inbound, Network};
 use crate::safety::StartState;
 use crate::shared::{CommitNotice, Shared};
-use crate::validity::LedgerValidity;
+use crate::validity::{LedgerValidity, Vouched};
 
 /// Runtime failures: all fatal (the node stops rather than run on).
 #[derive(Debug, thiserror::Error)]
@@ -143,12 +143,21 @@ enum Job {
     Execute {
         block: Block,
         cert: QuorumCert,
-        /// The items' hashes, if known from when the block was persisted.
-        raw: Option<Arc<Vec<Digest>>>,
+        /// What the runtime knows of the items already.
+        items: KnownItems,
         first_seen: Option<Instant>,
     },
     /// Record a stable checkpoint (its height is executed by then: D6).
     Checkpoint(CheckpointCert),
+}
+
+/// What the runtime already knows of a committed block's items.
+struct KnownItems {
+    /// The items' hashes, if known from when the block was persisted.
+    raw: Option<Arc<Vec<Digest>>>,
+    /// Items the validity rule decoded and verified before the vote
+    /// because the mempool did not hold them: not verified again.
+    vouched: Vouched,
 }
 
 /// What the executor reports back.
@@ -263,7 +272,10 @@ impl Executor for NodePorts {
     fn execute(&mut self, block: Block, cert: QuorumCert) -> Result<(), PortError> {
         let seen = self.seen.get(&block.id());
         let job = Job::Execute {
-            raw: seen.map(|s| s.raw.clone()),
+            items: KnownItems {
+                raw: seen.map(|s| s.raw.clone()),
+                vouched: self.validity.vouched(&block.id()),
+            },
             first_seen: seen.map(|s| s.at),
             block,
             cert,
@@ -422,7 +434,7 @@ fn execute_loop(
             Job::Execute {
                 block,
                 cert,
-                raw,
+                items,
                 first_seen,
             } => execute_one(
                 &store,
@@ -430,7 +442,7 @@ fn execute_loop(
                 &metrics,
                 &block,
                 &cert,
-                raw,
+                items,
                 first_seen,
                 &mut last_commit_at,
             )
@@ -462,7 +474,7 @@ fn execute_one(
     metrics: &Metrics,
     block: &Block,
     cert: &QuorumCert,
-    raw: Option<Arc<Vec<Digest>>>,
+    items: KnownItems,
     first_seen: Option<Instant>,
     last_commit_at: &mut Option<Instant>,
 ) -> Result<Executed, StorageError> {
@@ -470,14 +482,19 @@ fn execute_one(
     let span = info_span!("execute", height = h.0);
     let _enter = span.enter();
     let id = block.id();
-    // Transactions the mempool decoded and verified on entry are neither
-    // decoded (curve points decompressed) nor verified again. The pool is
-    // locked only to look them up by the items' hashes, not while the
-    // rest decode.
-    let raw = raw.unwrap_or_else(|| Arc::new(raw_hashes(block)));
+    // Transactions the mempool decoded and verified on entry, or the
+    // validity rule before the vote, are neither decoded (curve points
+    // decompressed) nor verified again. The pool is locked only to look
+    // them up by the items' hashes, not while the rest decode.
+    let raw = items.raw.unwrap_or_else(|| Arc::new(raw_hashes(block)));
     let known: Vec<Option<_>> = {
         let pool = shared.pool();
-        raw.iter().map(|d| pool.verified_by_bytes(d)).collect()
+        raw.iter()
+            .map(|d| {
+                pool.verified_by_bytes(d)
+                    .or_else(|| items.vouched.get(d).cloned())
+            })
+            .collect()
     };
     let prepared = prepare_payload_trusting(&block.payload, |i| known.get(i).cloned().flatten());
     let res = store.apply_prepared(block, cert, prepared)?;

@@ -312,18 +312,17 @@ impl PeerFault {
 
 /// Asks every peer for its latest stable checkpoint until one answers with
 /// a verified offer, or all have answered, or time runs out; returns the
-/// highest verified offer, who made it, and the highest `retained_from` any
-/// verified offer gave (one peer's low claim must not hide that the others
-/// no longer keep this node's gap).
+/// highest verified offer, who made it, and the `retained_from` of every
+/// verified offer (see [`needs_restore`]).
 async fn discover(
     control: &mut libp2p_stream::Control,
     peers: &[PeerId],
     genesis: &Genesis,
     verifier: &mut Verifier,
-) -> Option<(PeerId, Offer, u64)> {
+) -> Option<(PeerId, Offer, Vec<u64>)> {
     let deadline = tokio::time::Instant::now() + DISCOVERY;
     let mut best: Option<(PeerId, Offer)> = None;
-    let mut retained_from = 0u64;
+    let mut retained_from = Vec::new();
     let mut answered = std::collections::HashSet::new();
     while tokio::time::Instant::now() < deadline && answered.len() < peers.len() {
         for p in peers {
@@ -336,7 +335,7 @@ async fn discover(
                     if let Some(o) = offer {
                         match check_offer(&o, genesis, verifier) {
                             Ok(()) => {
-                                retained_from = retained_from.max(o.retained_from);
+                                retained_from.push(o.retained_from);
                                 let h = o.cert.payload.height;
                                 if best.as_ref().is_none_or(|(_, b)| b.cert.payload.height < h) {
                                     best = Some((*p, *o));
@@ -359,10 +358,13 @@ async fn discover(
 
 /// Whether a store whose head is `head` restores a checkpoint at
 /// `checkpoint`: never backwards, and only for a store at genesis or one
-/// below the lowest block the peers still keep (`retained_from`, the
-/// highest any peer offered), which block sync cannot close.
-pub fn needs_restore(head: u64, checkpoint: u64, retained_from: u64) -> bool {
-    checkpoint > head && (head == 0 || head + 1 < retained_from)
+/// below the lowest block the peers still keep, which block sync cannot
+/// close. Of the `retained_from` the peers offered, the highest counts:
+/// one peer's low claim must not hide that the others no longer keep this
+/// node's gap (it would keep a far-behind node restarting for good).
+pub fn needs_restore(head: u64, checkpoint: u64, retained_from: &[u64]) -> bool {
+    let kept_from = retained_from.iter().copied().max().unwrap_or(0);
+    checkpoint > head && (head == 0 || head + 1 < kept_from)
 }
 
 /// Restores a peer's latest stable checkpoint if this store needs it: a
@@ -404,7 +406,7 @@ pub async fn catch_up(
             return Ok(store);
         };
         let h = offer.cert.payload.height.0;
-        if !needs_restore(head, h, retained_from) {
+        if !needs_restore(head, h, &retained_from) {
             return Ok(store);
         }
         info!(
@@ -568,18 +570,17 @@ mod tests {
     #[test]
     fn a_restore_is_decided_on_the_highest_retained_from_and_never_goes_back() {
         // A new store restores any checkpoint.
-        assert!(needs_restore(0, 100, 0));
+        assert!(needs_restore(0, 100, &[]));
         // Head 50; peers keep blocks from 200 on: only a restore closes it.
-        assert!(needs_restore(50, 300, 200));
+        assert!(needs_restore(50, 300, &[200]));
         // They keep block 51 on: block sync closes it.
-        assert!(!needs_restore(50, 300, 51));
+        assert!(!needs_restore(50, 300, &[51]));
         // Never backwards.
-        assert!(!needs_restore(400, 300, 1000));
-        // `catch_up` passes the highest `retained_from` of all verified
-        // offers: one peer claiming to keep everything (1) cannot hold a
-        // far-behind node back when the others keep from 200.
-        let offers = [1u64, 200, 200];
-        let highest = offers.iter().copied().max().unwrap_or(0);
-        assert!(needs_restore(50, 300, highest));
+        assert!(!needs_restore(400, 300, &[1000]));
+        // One peer claiming to keep everything (1) cannot hold a far-behind
+        // node back when the others keep from 200, in whatever order the
+        // offers came.
+        assert!(needs_restore(50, 300, &[1, 200, 200]));
+        assert!(needs_restore(50, 300, &[200, 1, 200]));
     }
 }

@@ -83,13 +83,6 @@ impl Span {
     }
 }
 
-/// Widens a sender's span to take in `nonce` (a partly checked block).
-fn span_widen(runs: &mut HashMap<[u8; 32], (Span, usize)>, key: [u8; 32], nonce: u64) {
-    if let Some((span, _)) = runs.get_mut(&key) {
-        span.add(nonce);
-    }
-}
-
 /// What a leader's choice needs of a block.
 struct Summary {
     parent: Digest,
@@ -99,7 +92,15 @@ struct Summary {
     raw: Arc<Vec<Digest>>,
     /// The mempool marked the items in flight in this block at the check.
     marked: bool,
+    /// Items the check decoded and verified itself (the pool did not hold
+    /// them), by the hash of their bytes: execution need not again.
+    vouched: Vouched,
 }
+
+/// Decoded transfers whose exact bytes (keyed by their hash) verified, with
+/// each transfer's hash: what `phalanx_ledger::prepare_payload_trusting`
+/// takes.
+pub type Vouched = HashMap<Digest, (Arc<SignedTransfer>, Digest)>;
 
 /// The ledger's validity rule, as the core's [`PayloadValidator`]. Clones
 /// share the summaries: the runtime notes every block it persists (its own
@@ -182,6 +183,7 @@ impl LedgerValidity {
         }
         // Decode, taking what the mempool already verified (one lock for
         // the lookups; what it does not hold decodes after).
+        let id = block.id();
         let raw: Vec<Digest> = items.iter().map(|i| Digest::of(i)).collect();
         // One lock on the vote path, as before the rule: the lookups, and
         // the in-flight marks the runtime would otherwise take it again for
@@ -193,7 +195,7 @@ impl LedgerValidity {
             let mut pool = self.shared.pool();
             let known = raw.iter().map(|r| pool.verified_by_bytes(r)).collect();
             if !raw.is_empty() {
-                pool.mark_in_flight(&raw, block.height().0, block.id());
+                pool.mark_in_flight(&raw, block.height().0, id);
             }
             known
         };
@@ -201,10 +203,10 @@ impl LedgerValidity {
         // Items the mempool holds: admitted with a nonce not below the
         // committed one, and evicted once applied or passed.
         let mut pooled: Vec<bool> = Vec::with_capacity(items.len());
-        let mut unverified: Vec<EncodedTransfer> = Vec::new();
+        let mut unverified: Vec<(Digest, EncodedTransfer)> = Vec::new();
         // Items beyond the budget are left to execution, unchecked here.
         let mut partial = false;
-        for (item, known) in items.iter().zip(known) {
+        for ((item, r), known) in items.iter().zip(&raw).zip(known) {
             match known {
                 Some(k) => {
                     pooled.push(true);
@@ -215,7 +217,7 @@ impl LedgerValidity {
                         EncodedTransfer::decode(item.clone()).map_err(|_| Refusal::Malformed)?;
                     pooled.push(false);
                     txs.push((Arc::new(e.tx().clone()), e.hash()));
-                    unverified.push(e);
+                    unverified.push((*r, e));
                 }
                 None => partial = true,
             }
@@ -228,12 +230,19 @@ impl LedgerValidity {
         }
         self.shared.metrics.items_verified_at_vote(unverified.len());
         if !unverified.is_empty()
-            && !verify_encoded(&unverified.iter().collect::<Vec<_>>())
+            && !verify_encoded(&unverified.iter().map(|(_, e)| e).collect::<Vec<_>>())
                 .into_iter()
                 .all(|ok| ok)
         {
             return Err(Refusal::BadSignature);
         }
+        let vouched: Vouched = unverified
+            .into_iter()
+            .map(|(r, e)| {
+                let hash = e.hash();
+                (r, (Arc::new(e.into_parts().0), hash))
+            })
+            .collect();
         let mut hashes: HashSet<Digest> = HashSet::with_capacity(txs.len());
         if !txs.iter().all(|(_, h)| hashes.insert(*h)) {
             return Err(Refusal::Duplicate);
@@ -249,9 +258,7 @@ impl LedgerValidity {
                     runs.insert(key, (Span::of(n), i));
                 }
                 Some((span, _)) if span.max.checked_add(1) == Some(n) => span.add(n),
-                Some(_) if partial => {
-                    span_widen(&mut runs, key, n);
-                }
+                Some((span, _)) if partial => span.add(n),
                 Some(_) => return Err(Refusal::NonceOrder),
             }
         }
@@ -275,8 +282,30 @@ impl LedgerValidity {
             }
         }
         let senders = runs.iter().map(|(k, (span, _))| (*k, *span)).collect();
-        self.remember(block, senders, Arc::new(raw), true, executed);
+        self.remember(
+            id,
+            Summary {
+                parent: block.header.parent,
+                height: block.height().0,
+                senders,
+                raw: Arc::new(raw),
+                marked: true,
+                vouched,
+            },
+            executed,
+        );
         Ok(())
+    }
+
+    /// The items of block `id` the check decoded and verified itself (empty
+    /// if none, or if the summary is gone).
+    pub fn vouched(&self, id: &Digest) -> Vouched {
+        self.summaries
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(id)
+            .map(|s| s.vouched.clone())
+            .unwrap_or_default()
     }
 
     /// The hashes of a checked or noted block's items' exact bytes, if this
@@ -331,7 +360,18 @@ impl LedgerValidity {
                 .or_insert_with(|| Span::of(nonce));
         }
         let executed = self.store.head_height().0;
-        self.remember(block, senders, Arc::new(raw), false, executed);
+        self.remember(
+            block.id(),
+            Summary {
+                parent: block.header.parent,
+                height: block.height().0,
+                senders,
+                raw: Arc::new(raw),
+                marked: false,
+                vouched: Vouched::default(),
+            },
+            executed,
+        );
         false
     }
 
@@ -363,14 +403,8 @@ impl LedgerValidity {
         taken
     }
 
-    fn remember(
-        &self,
-        block: &Block,
-        senders: HashMap<[u8; 32], Span>,
-        raw: Arc<Vec<Digest>>,
-        marked: bool,
-        executed: u64,
-    ) {
+    /// Keeps `summary` of block `id`, forgetting executed blocks first.
+    fn remember(&self, id: Digest, summary: Summary, executed: u64) {
         let mut summaries = self.summaries.lock().unwrap_or_else(|e| e.into_inner());
         summaries.retain(|_, s| s.height > executed);
         if summaries.len() >= MAX_SUMMARIES
@@ -381,16 +415,7 @@ impl LedgerValidity {
         {
             summaries.remove(&lowest);
         }
-        summaries.insert(
-            block.id(),
-            Summary {
-                parent: block.header.parent,
-                height: block.height().0,
-                senders,
-                raw,
-                marked,
-            },
-        );
+        summaries.insert(id, summary);
     }
 }
 

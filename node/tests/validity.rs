@@ -111,6 +111,12 @@ fn an_honest_block_is_valid_whether_or_not_the_pool_holds_its_items() {
     let block = f.block(&[a0.encode(), b0.encode(), a1.encode()]);
     assert_eq!(f.rule.check(&block), Ok(()));
     assert!(f.rule.is_valid(&block));
+    // What the check verified itself (b0, a1: not in the pool) execution
+    // takes as verified; what the pool holds it takes from the pool.
+    let vouched = f.rule.vouched(&block.id());
+    assert_eq!(vouched.len(), 2);
+    assert_eq!(vouched[&Digest::of(&b0.encode())].1, b0.hash());
+    assert!(!vouched.contains_key(&Digest::of(&a0.encode())));
     // More items than the check verifies before the vote: the rest are
     // left to execution, and an honest block stays valid.
     let many: Vec<Vec<u8>> = (10..10 + 2 * phalanx_node::validity::MAX_VERIFIED_AT_VOTE as u64)

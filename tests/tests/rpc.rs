@@ -329,20 +329,23 @@ fn the_wallet_signs_offline_sends_and_reads_accounts() {
 
     // Offline signing needs no node, and the result is accepted as is.
     let chain = c.genesis.chain_id.to_string();
-    let (code, signed, err) = phalanx(&[
-        "tx",
-        "sign",
-        "--key",
-        funded.to_str().unwrap(),
-        "--to",
-        &to,
-        "--amount",
-        "5",
-        "--nonce",
-        "0",
-        "--chain-id",
-        &chain,
-    ]);
+    let sign = |amount: &str| {
+        phalanx(&[
+            "tx",
+            "sign",
+            "--key",
+            funded.to_str().unwrap(),
+            "--to",
+            &to,
+            "--amount",
+            amount,
+            "--nonce",
+            "0",
+            "--chain-id",
+            &chain,
+        ])
+    };
+    let (code, signed, err) = sign("5");
     assert_eq!(code, Some(0), "{err}");
     // `to` has no account yet: 5 is below the chain's minimum for a new
     // account, and the node says what to do.
@@ -355,20 +358,7 @@ fn the_wallet_signs_offline_sends_and_reads_accounts() {
         )
         .unwrap_err();
     assert_eq!(refused.code, 1017, "{}", refused.message);
-    let (code, signed, err) = phalanx(&[
-        "tx",
-        "sign",
-        "--key",
-        funded.to_str().unwrap(),
-        "--to",
-        &to,
-        "--amount",
-        &min.to_string(),
-        "--nonce",
-        "0",
-        "--chain-id",
-        &chain,
-    ]);
+    let (code, signed, err) = sign(&min.to_string());
     assert_eq!(code, Some(0), "{err}");
     // Submitted to the node the wallet then asks: a commit answer means that
     // node has executed the transfer, while another node may not have yet.
