@@ -160,16 +160,28 @@ struct InFlight {
     block: Option<Digest>,
 }
 
+/// An item of an uncommitted block, by its exact bytes.
+#[derive(Clone, Copy, Debug)]
+struct Seen {
+    at: InFlight,
+    /// The validity rule verified these bytes' signature (see
+    /// [`Mempool::vouch`]).
+    verified: bool,
+}
+
 /// The pool.
 pub struct Mempool {
     limits: MempoolLimits,
     entries: HashMap<Digest, Entry>,
-    by_raw: HashMap<Digest, Digest>,
+    /// Entries by the hash of their exact bytes, with the decoded
+    /// transaction: the validity rule's lookup, one per item of every
+    /// proposal, is then one probe.
+    by_raw: HashMap<Digest, (Digest, Arc<SignedTransfer>)>,
     by_sender: HashMap<[u8; 32], BTreeMap<u64, Digest>>,
     arrival: BTreeMap<u64, Digest>,
     /// Exact-bytes hashes seen in uncommitted blocks, so a transaction that
     /// arrives after the block carrying it is marked at once.
-    in_blocks: HashMap<Digest, InFlight>,
+    in_blocks: HashMap<Digest, Seen>,
     /// Entries marked in flight, by the height they were marked for, so a
     /// commit visits only those rather than the whole pool (which under a
     /// backlog holds tens of thousands).
@@ -248,8 +260,7 @@ impl Mempool {
     /// The decoded (and signature-checked) transaction whose exact bytes
     /// hash to `raw`, with its hash, if pending here.
     pub fn verified_by_bytes(&self, raw: &Digest) -> Option<(Arc<SignedTransfer>, Digest)> {
-        let hash = self.by_raw.get(raw)?;
-        self.entries.get(hash).map(|e| (e.tx.clone(), *hash))
+        self.by_raw.get(raw).map(|(hash, tx)| (tx.clone(), *hash))
     }
 
     /// True if some transaction is in no block yet. In flight are at most
@@ -270,11 +281,28 @@ impl Mempool {
         sender: Account,
         now_ms: u64,
     ) -> Result<Admitted, Rejection> {
+        let raw = Digest::of(&bytes);
+        self.insert_hashed(tx, bytes, raw, hash, sender, now_ms)
+    }
+
+    /// [`Mempool::insert`], given the hash of the exact bytes (`raw`), which
+    /// admission has computed already.
+    pub fn insert_hashed(
+        &mut self,
+        tx: SignedTransfer,
+        bytes: Vec<u8>,
+        raw: Digest,
+        hash: Digest,
+        sender: Account,
+        now_ms: u64,
+    ) -> Result<Admitted, Rejection> {
+        debug_assert_eq!(raw, Digest::of(&bytes));
         self.expire(now_ms);
         if self.entries.contains_key(&hash) {
             return Ok(Admitted::Known);
         }
         let t = &tx.transfer;
+        let nonce = t.nonce;
         if t.nonce < sender.nonce {
             return Err(Rejection::NonceTooLow {
                 expected: sender.nonce,
@@ -337,22 +365,22 @@ impl Mempool {
             };
             self.remove_and_reclassify(&victim);
         }
-        self.base.insert(key, base);
+        let old_base = self.base.insert(key, base);
         let seq = self.next_seq;
         self.next_seq += 1;
-        let raw = Digest::of(&bytes);
         self.by_sender.entry(key).or_default().insert(t.nonce, hash);
         self.arrival.insert(seq, hash);
-        self.by_raw.insert(raw, hash);
+        let tx = Arc::new(tx);
+        self.by_raw.insert(raw, (hash, tx.clone()));
         self.bytes += bytes.len();
-        let in_flight = self.in_blocks.get(&raw).copied();
+        let in_flight = self.in_blocks.get(&raw).map(|s| s.at);
         if let Some(f) = in_flight {
             self.flights.entry(f.height).or_default().push(hash);
         }
         self.entries.insert(
             hash,
             Entry {
-                tx: Arc::new(tx),
+                tx,
                 bytes,
                 raw,
                 seq,
@@ -361,7 +389,21 @@ impl Mempool {
                 in_flight,
             },
         );
-        self.reclassify(&key);
+        // The new entry's class is known; only a moved base or a nonce
+        // that closes a gap before later entries changes the others'
+        // (taking them out from behind the gap). Otherwise, a sender's next
+        // nonce being the common case, the walk over its entries is saved.
+        let later = self
+            .by_sender
+            .get(&key)
+            .is_some_and(|m| m.range(nonce.saturating_add(1)..).next().is_some());
+        if gapped && let Some(e) = self.entries.get_mut(&hash) {
+            e.gapped = true;
+            self.future.insert(seq, hash);
+        }
+        if old_base != Some(base) || (later && !gapped) {
+            self.reclassify_ungap(&key);
+        }
         Ok(Admitted::New)
     }
 
@@ -406,6 +448,17 @@ impl Mempool {
             }
         }
         debug_assert!(self.future.len() <= self.entries.len());
+    }
+
+    /// [`Mempool::reclassify`] after a change that can only take entries
+    /// out from behind a gap: a raised base, or a nonce that closes a gap
+    /// (removals below the base, as at a commit, change nothing else). With
+    /// no entry behind a gap anywhere, the usual state, there is nothing to
+    /// do.
+    fn reclassify_ungap(&mut self, key: &[u8; 32]) {
+        if !self.future.is_empty() {
+            self.reclassify(key);
+        }
     }
 
     /// Drops entries older than the time to live; returns how many.
@@ -548,14 +601,38 @@ impl Mempool {
             block: Some(block),
         };
         for r in raw_hashes {
-            self.in_blocks.insert(*r, f);
-            if let Some(h) = self.by_raw.get(r)
+            self.in_blocks
+                .entry(*r)
+                .and_modify(|s| s.at = f)
+                .or_insert(Seen {
+                    at: f,
+                    verified: false,
+                });
+            if let Some((h, _)) = self.by_raw.get(r)
                 && let Some(e) = self.entries.get_mut(h)
             {
                 e.in_flight = Some(f);
                 self.flights.entry(height).or_default().push(*h);
             }
         }
+    }
+
+    /// Notes that the validity rule verified the signatures of these items
+    /// of an uncommitted block it marked (by exact bytes hash), so that a
+    /// copy arriving later by gossip is not verified again (see
+    /// [`Mempool::verified_in_block`]). Forgotten with the marks.
+    pub fn vouch(&mut self, raw_hashes: &[Digest]) {
+        for r in raw_hashes {
+            if let Some(s) = self.in_blocks.get_mut(r) {
+                s.verified = true;
+            }
+        }
+    }
+
+    /// True if these exact bytes are an item of an uncommitted block whose
+    /// signature the validity rule verified.
+    pub fn verified_in_block(&self, raw: &Digest) -> bool {
+        self.in_blocks.get(raw).is_some_and(|s| s.verified)
     }
 
     /// A block at `height` committed, applying the transactions with
@@ -595,8 +672,10 @@ impl Mempool {
             if self.by_sender.contains_key(&s) {
                 let base = self.base.entry(s).or_default();
                 *base = (*base).max(floor);
+            } else {
+                self.base.remove(&s);
             }
-            self.reclassify(&s);
+            self.reclassify_ungap(&s);
         }
         self.expire(now_ms);
         let later = self.flights.split_off(&(height + 1));
@@ -616,7 +695,7 @@ impl Mempool {
                 .all(|e| e.in_flight.is_none_or(|f| f.height > height)),
             "an entry in flight at or below a committed height"
         );
-        self.in_blocks.retain(|_, f| f.height > height);
+        self.in_blocks.retain(|_, s| s.at.height > height);
     }
 
     fn remove(&mut self, hash: &Digest) {
@@ -679,6 +758,72 @@ mod tests {
     fn add(p: &mut Mempool, from: u8, nonce: u64) -> Result<Admitted, Rejection> {
         let (t, b, h) = tx(from, nonce, 1);
         p.insert(t, b, h, acct(100, 0), 0)
+    }
+
+    /// Every entry's class, recomputed from scratch: behind a gap exactly
+    /// when its nonce is past the run of consecutive nonces from its
+    /// sender's base; `future` holds exactly those.
+    fn assert_classes(p: &Mempool) {
+        for (key, m) in &p.by_sender {
+            let base = p.base.get(key).copied().unwrap_or(0);
+            let end = p.run_end(key, base);
+            for (nonce, h) in m {
+                let e = &p.entries[h];
+                assert_eq!(e.gapped, *nonce > end, "nonce {nonce}, run end {end}");
+                assert_eq!(p.future.get(&e.seq) == Some(h), e.gapped);
+            }
+        }
+        assert_eq!(
+            p.future.len(),
+            p.entries.values().filter(|e| e.gapped).count()
+        );
+        // No base outlives its sender's entries (the map stays bounded).
+        assert!(p.base.keys().all(|k| p.by_sender.contains_key(k)));
+    }
+
+    #[test]
+    fn classes_kept_as_entries_come_and_go_match_a_full_recount() {
+        // A fixed pseudo-random walk (xorshift) of admissions in any nonce
+        // order, with committed nonces that move ahead of the pool's view.
+        let mut x: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let mut p = Mempool::new(limits(10_000, 64, 10_000));
+        let mut committed = [0u64; 4];
+        for step in 0..3_000u64 {
+            let from = next(4) as usize;
+            match next(10) {
+                0 => {
+                    // A block applied some of this sender's nonces, which
+                    // this pool may or may not hold.
+                    committed[from] += next(3);
+                    let c = committed;
+                    let sender = key(from as u8 + 1).public().to_bytes();
+                    let applied: Vec<Digest> = p
+                        .by_sender
+                        .get(&sender)
+                        .map(|m| m.range(..c[from]).map(|(_, h)| *h).collect())
+                        .unwrap_or_default();
+                    let nonce_of = |k: &[u8; 32]| {
+                        (0..4)
+                            .find(|i| key(*i as u8 + 1).public().to_bytes() == *k)
+                            .map_or(0, |i| c[i])
+                    };
+                    p.committed(step, &applied, nonce_of, 0);
+                }
+                _ => {
+                    let nonce = committed[from] + next(12);
+                    let (t, b, h) = tx(from as u8 + 1, nonce, 1);
+                    let _ = p.insert(t, b, h, acct(1_000_000, committed[from]), 0);
+                }
+            }
+            assert_classes(&p);
+        }
+        assert!(p.future_len() > 0 && p.future_len() < p.len());
     }
 
     #[test]

@@ -236,6 +236,12 @@ impl LedgerValidity {
         {
             return Err(Refusal::BadSignature);
         }
+        if !unverified.is_empty() {
+            // The copies gossip brings later need no second verification.
+            self.shared
+                .pool()
+                .vouch(&unverified.iter().map(|(r, _)| *r).collect::<Vec<_>>());
+        }
         let vouched: Vouched = unverified
             .into_iter()
             .map(|(r, e)| {

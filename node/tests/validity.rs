@@ -117,6 +117,11 @@ fn an_honest_block_is_valid_whether_or_not_the_pool_holds_its_items() {
     assert_eq!(vouched.len(), 2);
     assert_eq!(vouched[&Digest::of(&b0.encode())].1, b0.hash());
     assert!(!vouched.contains_key(&Digest::of(&a0.encode())));
+    // And a copy gossip brings later is not verified again.
+    let pool = f.shared.pool();
+    assert!(pool.verified_in_block(&Digest::of(&b0.encode())));
+    assert!(!pool.verified_in_block(&Digest::of(&a0.encode())));
+    drop(pool);
     // More items than the check verifies before the vote: the rest are
     // left to execution, and an honest block stays valid.
     let many: Vec<Vec<u8>> = (10..10 + 2 * phalanx_node::validity::MAX_VERIFIED_AT_VOTE as u64)
@@ -141,9 +146,15 @@ fn a_burnt_block_gets_no_vote() {
     let mut copy = a0.encode();
     let last = copy.len() - 1;
     copy[last] ^= 1;
-    let burnt = f.block(&[copy, a1.encode()]);
+    let copy_bytes = copy.clone();
+    let b0 = f.tx(2, 0);
+    let burnt = f.block(&[b0.encode(), copy, a1.encode()]);
     assert_eq!(f.rule.check(&burnt), Err(Refusal::BadSignature));
     assert!(!f.rule.is_valid(&burnt));
+    // Bytes that failed are never taken as verified, nor is anything of
+    // the batch they failed in.
+    assert!(!f.shared.pool().verified_in_block(&Digest::of(&copy_bytes)));
+    assert!(!f.shared.pool().verified_in_block(&Digest::of(&b0.encode())));
     let reordered = f.block(&[a1.encode(), a0.encode()]);
     assert_eq!(f.rule.check(&reordered), Err(Refusal::NonceOrder));
     // The genuine pair in order is valid.
