@@ -19,8 +19,8 @@ use crate::driver::take_sync_blocks;
 use crate::safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
 use crate::types::{
     Block, BlockHeader, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote, Height,
-    Message, Proposal, QuorumCert, RecoveryQuery, Time, Timeout, TimeoutCert, TimeoutEntry, View,
-    ViewReport, Vote, genesis_qc,
+    Idleness, Message, Proposal, QuorumCert, RecoveryQuery, Time, Timeout, TimeoutCert,
+    TimeoutEntry, View, ViewReport, Vote, genesis_qc,
 };
 use crate::verify::{MAX_SYNC_BLOCKS, VerifiedMessage};
 
@@ -64,6 +64,9 @@ pub enum Flaw {
     /// Vote without the validity rule: any payload within the size bound
     /// is acceptable.
     VoteWithoutValidity,
+    /// Leaders by plain round robin, without P20: a crashed validator's
+    /// turns keep costing timeouts (a liveness regression, not unsafe).
+    RoundRobinLeaders,
 }
 
 /// Protocol parameters. Every validator of a chain must use the same values
@@ -168,9 +171,42 @@ impl Config {
         Ok(())
     }
 
-    /// The leader of `view`: round robin over the validator set.
-    pub fn leader(&self, view: View) -> ValidatorIndex {
+    /// Whose turn `view` is in the round robin over the validator set.
+    pub fn rotation(&self, view: View) -> ValidatorIndex {
         ValidatorIndex((view.0 % self.validators.len() as u64) as u16)
+    }
+
+    /// Blocks in a row a validator may be idle before its turns pass to the
+    /// next validator (P20): twice the set's size, at least 8 (and the
+    /// counter's cap, 255, at most). A protocol constant: every validator
+    /// must compute the same leaders.
+    pub fn idle_window(&self) -> u8 {
+        (2 * self.validators.len()).clamp(8, 255) as u8
+    }
+
+    /// P20: the leader of `view` for a block extending `parent`: the first
+    /// validator, in round-robin order from [`Config::rotation`], that has
+    /// not been idle for [`Config::idle_window`] blocks by `parent`'s count.
+    /// A crashed validator stops proposing and voting, so after a window
+    /// its turns stop costing timeouts.
+    pub fn leader(&self, view: View, parent: &BlockHeader) -> ValidatorIndex {
+        let n = self.validators.len() as u64;
+        #[cfg(feature = "sim")]
+        if self.flaw == Some(Flaw::RoundRobinLeaders) {
+            return self.rotation(view);
+        }
+        // In a probe rotation every validator has its own turn, so an idle
+        // one that is alive shows it by proposing: no schedule of delays
+        // can keep an honest validator out of the rotation for good.
+        if (view.0 / n).is_multiple_of(PROBE_ROTATIONS) {
+            return self.rotation(view);
+        }
+        let window = self.idle_window();
+        (0..n)
+            .map(|k| ValidatorIndex(((view.0 + k) % n) as u16))
+            .find(|v| parent.idle.of(*v) < window)
+            // Unreachable: the parent's proposer is never idle.
+            .unwrap_or_else(|| self.rotation(view))
     }
 }
 
@@ -298,7 +334,14 @@ enum Kind {
     Checkpoint,
 }
 
-/// Most proposals held while their parent is fetched.
+/// One rotation in this many gives every validator its own turn, idle or
+/// not (P20): 1024 rotations, about half a minute at full load with 4
+/// validators, so a crashed validator costs one timeout per probe rotation.
+pub const PROBE_ROTATIONS: u64 = 1024;
+
+/// Most proposals held while their parent is fetched (at least: with a
+/// larger set, one per validator, since a proposal's leader is known only
+/// once its parent is, P20). Only the current view's are held.
 const MAX_PENDING_PROPOSALS: usize = 8;
 /// Most blocks being fetched at once.
 const MAX_WANTED: usize = 64;
@@ -338,7 +381,7 @@ pub struct Core {
     timeouts: BTreeMap<View, BTreeMap<ValidatorIndex, Verified<Timeout>>>,
     seen: BTreeMap<(u64, Kind, ValidatorIndex), (Digest, Message)>,
     reported: BTreeSet<(u64, Kind, ValidatorIndex)>,
-    pending: BTreeMap<View, Verified<Proposal>>,
+    pending: BTreeMap<(View, ValidatorIndex), Verified<Proposal>>,
     /// Blocks being fetched: the view of the first request and of the
     /// last one.
     wanted: BTreeMap<Digest, (View, View)>,
@@ -479,6 +522,16 @@ impl Core {
         self.view
     }
 
+    /// The leader of the current view for a block extending this
+    /// validator's highest certified block (P20), or the round robin's
+    /// choice while that block is not held.
+    pub fn leader(&self) -> ValidatorIndex {
+        match self.blocks.get(&self.safety.high_qc.payload.block_id) {
+            Some(parent) => self.cfg.leader(self.view, &parent.header),
+            None => self.cfg.rotation(self.view),
+        }
+    }
+
     /// This validator's index.
     pub fn index(&self) -> ValidatorIndex {
         self.me
@@ -558,7 +611,7 @@ impl Core {
             .retain(|(round, kind, _), _| *kind == Kind::Checkpoint || *round >= evidence_from);
         self.reported
             .retain(|(round, kind, _)| *kind == Kind::Checkpoint || *round >= evidence_from);
-        self.pending = self.pending.split_off(&view);
+        self.pending = self.pending.split_off(&(view, ValidatorIndex(0)));
         // A block wanted for a whole window of views is abandoned; a
         // certificate that needs it again asks again.
         let wanted_from = View(view.0.saturating_sub(self.cfg.future_view_window));
@@ -640,8 +693,7 @@ impl Core {
     /// P2: the leader asks for a payload once it can justify its view.
     fn maybe_propose(&mut self) {
         let view = self.view;
-        if self.cfg.leader(view) != self.me
-            || self.safety.last_proposed_view >= view
+        if self.safety.last_proposed_view >= view
             || self.awaiting_payload == Some(view)
             || !self.safety.may_sign_in(view)
         {
@@ -658,10 +710,15 @@ impl Core {
         }
         let parent_id = qc.payload.block_id;
         let Some(parent) = self.blocks.get(&parent_id) else {
-            let from = self.cfg.leader(qc.payload.view.next());
+            // Whose turn it is depends on the block extended (P20): fetch
+            // it, whoever the leader turns out to be.
+            let from = self.other_holder(&parent_id);
             self.request_block(parent_id, from, false);
             return;
         };
+        if self.cfg.leader(view, &parent.header) != self.me {
+            return;
+        }
         self.awaiting_payload = Some(view);
         self.out.push(Action::RequestPayload {
             view,
@@ -699,6 +756,7 @@ impl Core {
                 proposer: self.me,
                 timestamp_ms: self.now.0.max(parent.header.timestamp_ms + 1),
                 payload_digest: Digest::of(&payload),
+                idle: Idleness::next(&parent.header.idle, self.cfg.validators.len(), self.me, &qc),
                 justify: qc,
             },
             payload,
@@ -812,7 +870,12 @@ impl Core {
             self.catch_up(block.header.justify.clone(), p.payload.tc.clone(), from);
             return;
         }
-        if p.signer != self.cfg.leader(view) {
+        // Whose turn the view is depends on the block extended (P20): a
+        // proposal whose parent is known is checked here, one whose parent
+        // is not is held (one per signer) and checked when it arrives.
+        if let Some(parent) = self.blocks.get(&block.header.justify.payload.block_id)
+            && p.signer != self.cfg.leader(view, &parent.header)
+        {
             self.stats.proposals_refused += 1;
             return;
         }
@@ -838,7 +901,7 @@ impl Core {
                 && last.payload.block_id == block.id()
             {
                 let msg = Message::Vote(last.clone());
-                self.send_to(self.cfg.leader(view.next()), msg);
+                self.send_to(self.cfg.leader(view.next(), &block.header), msg);
             }
             return;
         }
@@ -864,8 +927,8 @@ impl Core {
         }
         let parent_id = block.header.justify.payload.block_id;
         let Some(parent) = self.blocks.get(&parent_id) else {
-            if self.pending.len() < MAX_PENDING_PROPOSALS {
-                self.pending.insert(view, p);
+            if self.pending.len() < MAX_PENDING_PROPOSALS.max(self.cfg.validators.len()) {
+                self.pending.insert((view, p.signer), p);
             }
             self.request_block(parent_id, from, false);
             return;
@@ -874,6 +937,13 @@ impl Core {
         let h = &block.header;
         let well_formed = h.parent == parent_id
             && h.height == parent.height().next()
+            && h.idle
+                == Idleness::next(
+                    &parent.header.idle,
+                    self.cfg.validators.len(),
+                    h.proposer,
+                    &h.justify,
+                )
             && h.timestamp_ms > parent.header.timestamp_ms
             && h.timestamp_ms <= self.now.0.saturating_add(self.cfg.max_clock_skew_ms)
             && block.payload.len() <= self.cfg.max_payload_bytes;
@@ -900,7 +970,7 @@ impl Core {
             height: block.height(),
             block_id: id,
         };
-        let next_leader = self.cfg.leader(view.next());
+        let next_leader = self.cfg.leader(view.next(), &block.header);
         if let Some(last) = &self.safety.last_vote
             && last.payload == vote
         {
@@ -966,9 +1036,10 @@ impl Core {
             self.stats.stale_dropped += 1;
             return;
         }
-        if self.cfg.leader(view.next()) != self.me {
-            return;
-        }
+        // Votes are counted wherever they are sent: whose turn the next view
+        // is depends on the block voted for (P20), which a vote can reach
+        // before, and a certificate is a certificate whoever forms it.
+        // (At most one vote per signer and view is kept.)
         let quorum = self.cfg.validators.quorum();
         let for_view = self.votes.entry(view).or_default();
         // One vote per signer per view: an equivocating second vote is
@@ -1252,16 +1323,17 @@ impl Core {
         );
     }
 
-    /// Someone other than this validator who holds block `id`: its
-    /// proposer (the leader of its certificate's view) when known, else the
-    /// next validator in the set. Asking oneself would ask nobody.
+    /// Someone other than this validator who holds block `id`: a signer of
+    /// its certificate when known (each persisted the block before its
+    /// vote), else the next validator in the set. Asking oneself would ask
+    /// nobody.
     fn other_holder(&self, id: &Digest) -> ValidatorIndex {
         let n = self.cfg.validators.len() as u64;
         let next = ValidatorIndex(((self.me.0 as u64 + 1) % n) as u16);
-        match self.qcs.get(id).map(|qc| self.cfg.leader(qc.payload.view)) {
-            Some(proposer) if proposer != self.me => proposer,
-            _ => next,
-        }
+        self.qcs
+            .get(id)
+            .and_then(|qc| qc.signers.iter().find(|s| *s != self.me))
+            .unwrap_or(next)
     }
 
     fn on_block_request(&mut self, from: ValidatorIndex, r: BlockRequest) {
@@ -1337,13 +1409,22 @@ impl Core {
     }
 
     fn retry_pending(&mut self) {
-        if let Some(p) = self.pending.remove(&self.view) {
-            let parent = p.payload.block.header.justify.payload.block_id;
-            if self.blocks.contains_key(&parent) {
+        let view = self.view;
+        let ready: Vec<(View, ValidatorIndex)> = self
+            .pending
+            .iter()
+            .filter(|((v, _), p)| {
+                *v == view
+                    && self
+                        .blocks
+                        .contains_key(&p.payload.block.header.justify.payload.block_id)
+            })
+            .map(|(k, _)| *k)
+            .collect();
+        for k in ready {
+            if let Some(p) = self.pending.remove(&k) {
                 let from = p.signer;
                 self.on_proposal(from, p);
-            } else {
-                self.pending.insert(self.view, p);
             }
         }
     }

@@ -35,7 +35,8 @@ mod verify;
 #[cfg(feature = "sim")]
 pub use crate::core::Flaw;
 pub use crate::core::{
-    AcceptAll, Action, Config, ConfigError, Core, Event, Evidence, PayloadValidator, Restore, Stats,
+    AcceptAll, Action, Config, ConfigError, Core, Event, Evidence, PROBE_ROTATIONS,
+    PayloadValidator, Restore, Stats,
 };
 pub use driver::{
     BlockStore, Driver, DriverConfig, DriverError, Executor, MAX_UNEXECUTED_BLOCKS, Monitor,
@@ -45,8 +46,8 @@ pub use driver::{
 pub use safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
 pub use types::{
     Block, BlockHeader, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote, Height,
-    MESSAGE_KINDS, Message, Proposal, QuorumCert, RecoveryQuery, Time, Timeout, TimeoutCert,
-    TimeoutEntry, TimeoutVote, View, ViewReport, Vote, genesis_qc,
+    Idleness, MESSAGE_KINDS, Message, Proposal, QuorumCert, RecoveryQuery, Time, Timeout,
+    TimeoutCert, TimeoutEntry, TimeoutVote, View, ViewReport, Vote, genesis_qc,
 };
 pub use verify::{
     MAX_MESSAGE_BYTES, MAX_SYNC_BLOCKS, VerifiedBlocks, VerifiedMessage, Verifier, VerifyError,

@@ -95,6 +95,47 @@ pub struct BlockHeader {
     pub payload_digest: Digest,
     /// Certificate for the parent.
     pub justify: QuorumCert,
+    /// Each validator's idleness along the chain up to this block (P20).
+    pub idle: Idleness,
+}
+
+/// For each validator, in set order, how many blocks in a row up to and
+/// including this one it has neither proposed nor signed the certificate
+/// the block carries, capped at 255 (P20). Empty for genesis, where every
+/// validator counts as active. Every block carries it, and a voter checks
+/// it against the parent's ([`Idleness::next`]), so the leader schedule
+/// that depends on it needs nothing beyond the block being extended.
+#[derive(Clone, PartialEq, Eq, Debug, Default, Serialize, Deserialize)]
+pub struct Idleness(#[serde(with = "serde_bytes")] Vec<u8>);
+
+impl Idleness {
+    /// Blocks in a row validator `i` has been idle for (0 when unknown).
+    pub fn of(&self, i: ValidatorIndex) -> u8 {
+        self.0.get(i.as_usize()).copied().unwrap_or(0)
+    }
+
+    /// The idleness of a block of a set of `n` proposed by `proposer` with
+    /// certificate `justify`, after its parent's `parent`: zero for the
+    /// proposer and the certificate's signers, one more for the rest.
+    pub fn next(
+        parent: &Idleness,
+        n: usize,
+        proposer: ValidatorIndex,
+        justify: &QuorumCert,
+    ) -> Idleness {
+        Idleness(
+            (0..n)
+                .map(|i| {
+                    let v = ValidatorIndex(i as u16);
+                    if v == proposer || justify.signers.contains(v) {
+                        0
+                    } else {
+                        parent.of(v).saturating_add(1)
+                    }
+                })
+                .collect(),
+        )
+    }
 }
 
 /// A block: a header and an opaque payload (the node puts a batch of
@@ -142,6 +183,7 @@ impl Block {
                     signers: Default::default(),
                     signatures: vec![],
                 },
+                idle: Idleness::default(),
             },
             payload,
         }

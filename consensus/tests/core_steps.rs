@@ -4,9 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use phalanx_consensus::{
-    AcceptAll, Action, Block, BlockHeader, Config, Core, Event, Height, Message, Proposal,
-    QuorumCert, RecoveryQuery, Restore, SafetyState, Time, Timeout, VerifiedMessage, Verifier,
-    View, ViewReport, Vote, genesis_qc,
+    AcceptAll, Action, Block, BlockHeader, Config, Core, Event, Height, Idleness, Message,
+    PROBE_ROTATIONS, Proposal, QuorumCert, RecoveryQuery, Restore, SafetyState, Time, Timeout,
+    VerifiedMessage, Verifier, View, ViewReport, Vote, genesis_qc,
 };
 use phalanx_crypto::{ChainId, Digest, KeyPair, Signed, ValidatorIndex, ValidatorSet, Verified};
 
@@ -80,6 +80,12 @@ impl Net {
                 proposer: ValidatorIndex(1),
                 timestamp_ms: ts,
                 payload_digest: Digest::of(payload),
+                idle: Idleness::next(
+                    &g.header.idle,
+                    self.cfg.validators.len(),
+                    ValidatorIndex(1),
+                    &genesis_qc(&g),
+                ),
                 justify: genesis_qc(&g),
             },
             payload: payload.to_vec(),
@@ -849,4 +855,56 @@ fn config_errors_name_the_key() {
         .err()
         .unwrap();
     assert_eq!(err.key, "validator_key");
+}
+
+/// P20: a validator that has neither proposed nor signed a carried
+/// certificate for a window of blocks loses its turns to the next one,
+/// except in probe rotations, and gets them back once it proposes.
+#[test]
+fn an_idle_validators_turns_pass_to_the_next_except_in_probe_rotations() {
+    let n = net();
+    let g = n.genesis();
+    let vote = Vote {
+        view: View(1),
+        height: Height(1),
+        block_id: g.id(),
+    };
+    let votes: Vec<_> = (0..3u16)
+        .map(|i| {
+            Verified::sign(
+                &n.keys[i as usize],
+                ValidatorIndex(i),
+                &n.cfg.chain_id,
+                vote,
+            )
+        })
+        .collect();
+    let qc = QuorumCert::aggregate(&votes, &n.cfg.validators).unwrap();
+    let w = n.cfg.idle_window();
+    let mut header = g.header.clone();
+    // Views 20..24: an ordinary rotation (20 / 4 is not a multiple of the
+    // probe period).
+    for k in 1..=u64::from(w) {
+        header.idle = Idleness::next(&header.idle, 4, ValidatorIndex((k % 3) as u16), &qc);
+        let expected = if k < u64::from(w) { 3 } else { 0 };
+        assert_eq!(
+            n.cfg.leader(View(23), &header),
+            ValidatorIndex(expected),
+            "after {k} blocks"
+        );
+    }
+    assert_eq!(header.idle.of(ValidatorIndex(3)), w);
+    for i in 0..3u16 {
+        assert_eq!(
+            n.cfg.leader(View(20 + u64::from(i)), &header),
+            ValidatorIndex(i)
+        );
+    }
+    // In a probe rotation the idle validator has its own turn.
+    let probe = 4 * PROBE_ROTATIONS * 2 + 3;
+    assert_eq!(n.cfg.leader(View(probe), &header), ValidatorIndex(3));
+    // Once it proposes, it is active again.
+    header.idle = Idleness::next(&header.idle, 4, ValidatorIndex(3), &qc);
+    assert_eq!(header.idle.of(ValidatorIndex(3)), 0);
+    assert_eq!(n.cfg.leader(View(23), &header), ValidatorIndex(3));
 }

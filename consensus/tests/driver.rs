@@ -8,8 +8,8 @@ use std::collections::BTreeMap;
 
 use phalanx_consensus::{
     AcceptAll, Block, BlockHeader, BlockRequest, BlockStore, CheckpointCert, Config, Driver,
-    DriverConfig, DriverError, Executor, Height, MAX_UNEXECUTED_BLOCKS, Message, Monitor, Outbox,
-    PROPOSE_MAX_UNEXECUTED, PayloadRequest, PayloadSource, PortError, Proposal, QuorumCert,
+    DriverConfig, DriverError, Executor, Height, Idleness, MAX_UNEXECUTED_BLOCKS, Message, Monitor,
+    Outbox, PROPOSE_MAX_UNEXECUTED, PayloadRequest, PayloadSource, PortError, Proposal, QuorumCert,
     Restore, SYNC_RESPONSE_BYTES_MAX, SafetyState, SafetyStore, Time, Timeout, VerifiedMessage,
     VerifyError, View, Vote, genesis_qc, take_sync_blocks,
 };
@@ -190,14 +190,21 @@ impl Net {
     }
 
     fn block(&self, parent: &Block, view: u64, justify: QuorumCert, payload: &[u8]) -> Block {
+        let proposer = self.cfg.leader(View(view), &parent.header);
         Block {
             header: BlockHeader {
                 parent: parent.id(),
                 height: parent.height().next(),
                 view: View(view),
-                proposer: self.cfg.leader(View(view)),
+                proposer,
                 timestamp_ms: parent.header.timestamp_ms + 1,
                 payload_digest: Digest::of(payload),
+                idle: Idleness::next(
+                    &parent.header.idle,
+                    self.cfg.validators.len(),
+                    proposer,
+                    &justify,
+                ),
                 justify,
             },
             payload: payload.to_vec(),
@@ -261,7 +268,7 @@ impl Net {
     fn driver_with_two_commits(&self) -> Driver<Recorder> {
         let mut d = self.driver(ME, self.genesis_restore(), Recorder::default());
         for b in self.chain(4) {
-            let leader = self.cfg.leader(b.view());
+            let leader = b.header.proposer;
             d.on_bytes(Time(T0 + 1), leader, &self.proposal(b)).unwrap();
         }
         d
@@ -625,8 +632,8 @@ fn input_is_refused_while_too_many_commits_wait_for_execution() {
     let mut d = n.driver(ME, n.genesis_restore(), Recorder::default());
     let k = MAX_UNEXECUTED_BLOCKS as u64 + 2;
     let chain = n.chain(k);
-    for (i, b) in chain.iter().enumerate() {
-        let leader = n.cfg.leader(View(i as u64 + 1));
+    for b in &chain {
+        let leader = b.header.proposer;
         assert!(d.accepts_input(), "at {}", d.unexecuted());
         d.on_bytes(Time(T0 + 1), leader, &n.proposal(b.clone()))
             .unwrap();
@@ -647,7 +654,7 @@ fn a_leader_waits_for_its_executor_before_asking_for_a_payload() {
     let mut d = n.driver(0, n.genesis_restore(), Recorder::default());
     let chain = n.chain(3);
     for b in &chain {
-        let leader = n.cfg.leader(b.view());
+        let leader = b.header.proposer;
         d.on_bytes(Time(T0 + 1), leader, &n.proposal(b.clone()))
             .unwrap();
     }

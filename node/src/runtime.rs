@@ -719,7 +719,7 @@ impl Runtime {
         let s = Status {
             height: self.driver.executed_height(),
             view,
-            leader: core.config().leader(view),
+            leader: core.leader(),
         };
         self.metrics.set_consensus(s.height, s.view);
         self.status.send_if_modified(|old| {

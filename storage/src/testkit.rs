@@ -110,6 +110,7 @@ pub fn next_block(store: &Store, txs: &[Vec<u8>]) -> (Block, QuorumCert) {
             timestamp_ms: 1_700_000_000_000 + h,
             payload_digest: Digest::of(&payload),
             justify: parent_qc,
+            idle: Default::default(),
         },
         payload,
     };

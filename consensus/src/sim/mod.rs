@@ -176,6 +176,8 @@ pub struct RunStats {
     pub wipes: u64,
     /// Recoveries (P19) that ended their quarantine.
     pub recoveries: u64,
+    /// Local view timeouts of the honest validators after GST, summed.
+    pub timeouts_after_gst: u64,
 }
 
 /// The result of one seed.
@@ -285,6 +287,9 @@ struct Disk {
 }
 
 /// Work handed to the simulated executor, done in order.
+// One job per block, moved into a queue and out once: boxing the block
+// would cost an allocation per block for nothing.
+#[allow(clippy::large_enum_variant)]
 enum Job {
     Execute(Block, QuorumCert),
     Checkpoint(CheckpointCert),
@@ -526,6 +531,8 @@ struct Sim<'a> {
     stats: RunStats,
     trace: u64,
     gst_view: u64,
+    /// Honest validators' local timeouts, summed, at GST.
+    gst_timeouts: u64,
     done: bool,
     shadow: Shadow,
 }
@@ -681,6 +688,7 @@ impl<'a> Sim<'a> {
             stats: RunStats::default(),
             trace: seed,
             gst_view: 0,
+            gst_timeouts: 0,
             done: false,
             shadow: Shadow::default(),
         };
@@ -830,6 +838,15 @@ impl<'a> Sim<'a> {
             self.slots[s].gst_height = self.slots[s].head_height();
         }
         self.gst_view = self.max_honest_view();
+        self.gst_timeouts = self.honest_timeouts();
+    }
+
+    fn honest_timeouts(&self) -> u64 {
+        self.slots
+            .iter()
+            .filter(|s| s.byz.is_none())
+            .filter_map(|s| s.driver.as_ref().map(|d| d.core().stats().timeouts))
+            .sum()
     }
 
     fn max_honest_view(&self) -> u64 {
@@ -921,8 +938,14 @@ impl<'a> Sim<'a> {
                     1 | 2 => Partition::Halves,
                     3 => {
                         // Isolate the current leader: the view must change.
-                        let view = View(self.max_honest_view());
-                        let leader = self.core_cfg.leader(view);
+                        let view = self.max_honest_view();
+                        let leader = self
+                            .slots
+                            .iter()
+                            .filter(|s| s.byz.is_none())
+                            .filter_map(|s| s.driver.as_ref().map(|d| d.core()))
+                            .find(|c| c.view().0 == view)
+                            .map_or(self.core_cfg.rotation(View(view)), |c| c.leader());
                         let slot = self.slots.iter().position(|s| s.validator == leader);
                         Partition::Isolate(slot.unwrap_or(0))
                     }
@@ -1514,6 +1537,12 @@ impl<'a> Sim<'a> {
             .header
             .timestamp_ms
             .max(base.header.timestamp_ms + 1);
+        alt.block.header.idle = crate::Idleness::next(
+            &base.header.idle,
+            self.core_cfg.validators.len(),
+            alt.block.header.proposer,
+            &older,
+        );
         alt.block.header.justify = older;
         Some(self.sign_as(s, alt))
     }
@@ -1569,6 +1598,7 @@ impl<'a> Sim<'a> {
             .min()
             .unwrap_or(0);
         self.stats.max_view = self.max_honest_view();
+        self.stats.timeouts_after_gst = self.honest_timeouts().saturating_sub(self.gst_timeouts);
         self.stats.future_dropped = self
             .slots
             .iter()
