@@ -411,6 +411,26 @@ fn block_timestamp_rules() {
     }
 }
 
+/// P6/P20: a block's idleness must be the one derived from its parent; a
+/// proposer that writes another (to move leaders' turns) gets no vote.
+#[test]
+fn a_block_with_idleness_not_derived_from_its_parent_gets_no_vote() {
+    let mut n = net();
+    let mut c = n.core(0);
+    let mut p = n.proposal(b"x", 2_100).payload;
+    let g = n.genesis();
+    // As if validator 2 had proposed: validator 1 counted idle.
+    p.block.header.idle = Idleness::next(&g.header.idle, 4, ValidatorIndex(2), &genesis_qc(&g));
+    let forged = Verified::sign(&n.keys[1], ValidatorIndex(1), &n.cfg.chain_id, p).into_signed();
+    let out = n.deliver(&mut c, 1, Message::Proposal(forged), 2_200);
+    assert!(votes(&out).is_empty());
+    assert_eq!(c.stats().proposals_refused, 1);
+    // The honest block of the same view still gets its vote.
+    let mut c = n.core(0);
+    let out = n.deliver(&mut c, 1, Message::Proposal(n.proposal(b"x", 2_100)), 2_200);
+    assert_eq!(votes(&out).len(), 1);
+}
+
 #[test]
 fn far_future_messages_are_dropped_not_buffered() {
     let mut n = net();
