@@ -9,6 +9,11 @@
 //! nonce order. Commits are watched on every node through
 //! `ledger_subscribeBlocks` with receipts; at the end every acknowledged
 //! transfer must be committed on every node.
+//!
+//! The bench runs against whichever nodes are up: a node whose process is
+//! gone or frozen (`kill`, `pause`) gets no load and is not watched, so a
+//! user can measure the cluster with a validator down. The report names
+//! the nodes left out.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -25,7 +30,7 @@ use phalanx_ledger::{Leg, Transfer};
 use serde_json::{Value, json};
 
 use crate::client::{MAX_RESPONSE_BYTES, rpc_client};
-use crate::layout::{Testnet, load_accounts, process_cpu_seconds};
+use crate::layout::{Testnet, is_ours, load_accounts, process_cpu_seconds, process_state};
 
 /// Calls per JSON-RPC batch (the node's bound), for lookups.
 pub const BATCH: usize = 64;
@@ -65,6 +70,8 @@ struct BlockNotice {
     #[serde(default)]
     error: Option<String>,
     #[serde(default)]
+    height: u64,
+    #[serde(default)]
     receipts: Vec<NoticeReceipt>,
 }
 
@@ -87,6 +94,13 @@ struct Track {
     committed_on_submit: AtomicUsize,
     rejected: Mutex<BTreeMap<String, u64>>,
     lagged: Vec<AtomicBool>,
+    /// Blocks the first live node committed while the load ran, and the
+    /// receipts they carried (for blocks per second and their size).
+    blocks: AtomicU64,
+    block_receipts: AtomicU64,
+    /// Set once the last transfer has been sent: blocks after it are not
+    /// counted.
+    sending_done: AtomicBool,
 }
 
 fn micros_since(start: Instant) -> u64 {
@@ -175,20 +189,42 @@ async fn fetch_nonces(url: &str, keys: &[KeyPair]) -> Result<Vec<u64>> {
     Ok(nonces)
 }
 
+/// The indices of the nodes whose process is running and not frozen.
+fn live_nodes(net: &Testnet) -> Vec<usize> {
+    net.nodes
+        .iter()
+        .enumerate()
+        .filter(|(_, n)| {
+            n.pid
+                .is_some_and(|p| is_ours(p, &n.home) && process_state(p) != Some('T'))
+        })
+        .map(|(i, _)| i)
+        .collect()
+}
+
 /// Runs the benchmark against the testnet in `dir`; returns the report.
 pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
     let net = Testnet::load(dir)?;
     if opts.rate == 0 || opts.duration.is_zero() {
         bail!("--rate and --duration must be positive");
     }
+    let live = live_nodes(&net);
+    if live.is_empty() {
+        bail!(
+            "no node of the testnet in {} is running (start it with `phalanx-testnet up` or `restart`)",
+            dir.display()
+        );
+    }
+    let down: Vec<usize> = (0..net.nodes.len()).filter(|i| !live.contains(i)).collect();
     let count = (opts.rate as f64 * opts.duration.as_secs_f64()).ceil() as u64;
     if count > MAX_TRANSFERS {
         bail!("{count} transfers requested; at most {MAX_TRANSFERS} per run");
     }
     let keys = load_accounts(dir)?;
-    let nodes = net.nodes.len();
+    // Tracking is indexed by position in `live`, not by node index.
+    let nodes = live.len();
     let chain = ChainId::new(&net.chain_id).map_err(|e| anyhow::anyhow!("chain id: {e}"))?;
-    let nonces = fetch_nonces(&net.nodes[0].rpc_url, &keys).await?;
+    let nonces = fetch_nonces(&net.nodes[live[0]].rpc_url, &keys).await?;
 
     let sign_started = Instant::now();
     let cpu0 = cpu_seconds();
@@ -211,33 +247,49 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
         committed_on_submit: AtomicUsize::new(0),
         rejected: Mutex::new(BTreeMap::new()),
         lagged: (0..nodes).map(|_| AtomicBool::new(false)).collect(),
+        blocks: AtomicU64::new(0),
+        block_receipts: AtomicU64::new(0),
+        sending_done: AtomicBool::new(false),
     });
 
     // Watch every node's commits before the first transfer goes out.
     let start = Instant::now();
     let mut watchers = Vec::new();
-    for (ni, n) in net.nodes.iter().enumerate() {
+    for (ni, &node) in live.iter().enumerate() {
+        let n = &net.nodes[node];
         let ws = jsonrpsee_ws_client::WsClientBuilder::default()
             .max_response_size(MAX_RESPONSE_BYTES)
             .max_buffer_capacity_per_subscription(SUBSCRIPTION_BUFFER)
             .build(&n.ws_url)
             .await
-            .with_context(|| format!("WebSocket to node {ni}"))?;
+            .with_context(|| format!("WebSocket to node {node}"))?;
         let mut p = ArrayParams::new();
         p.insert(true)?;
         let mut sub = ws
             .subscribe::<BlockNotice, _>("ledger_subscribeBlocks", p, "ledger_unsubscribeBlocks")
             .await
-            .with_context(|| format!("subscribing to node {ni}'s blocks"))?;
+            .with_context(|| format!("subscribing to node {node}'s blocks"))?;
         let track = track.clone();
         watchers.push(tokio::spawn(async move {
             let _ws = ws;
+            let mut first_height = None;
             while let Some(Ok(notice)) = sub.next().await {
                 if notice.error.is_some() {
                     track.lagged[ni].store(true, Ordering::Relaxed);
                     return;
                 }
                 let now = micros_since(start);
+                // Blocks are counted on the first live node from the first
+                // notice on, while the load is offered.
+                if ni == 0 && !track.sending_done.load(Ordering::Relaxed) {
+                    if first_height.is_some_and(|h| notice.height > h) {
+                        track.blocks.fetch_add(1, Ordering::Relaxed);
+                        track
+                            .block_receipts
+                            .fetch_add(notice.receipts.len() as u64, Ordering::Relaxed);
+                    }
+                    first_height.get_or_insert(notice.height);
+                }
                 for r in &notice.receipts {
                     let Ok(h) = Digest::from_hex(&r.hash) else {
                         continue;
@@ -262,10 +314,9 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
         }));
     }
 
-    let clients = net
-        .nodes
+    let clients = live
         .iter()
-        .map(|n| rpc_client(&n.rpc_url, Duration::from_secs(30)))
+        .map(|&i| rpc_client(&net.nodes[i].rpc_url, Duration::from_secs(30)))
         .collect::<Result<Vec<_>>>()?;
     let bar = if opts.progress {
         let b = indicatif::ProgressBar::new(count);
@@ -288,11 +339,11 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
     ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let cpu_run0 = cpu_seconds();
     let validators_cpu = || -> Option<f64> {
-        net.nodes
-            .iter()
-            .map(|n| n.pid.and_then(process_cpu_seconds))
+        live.iter()
+            .map(|&i| net.nodes[i].pid.and_then(process_cpu_seconds))
             .sum()
     };
+    let blocks_from = Instant::now();
     let validators_cpu0 = validators_cpu();
     let mut tasks = Vec::new();
     while next < count {
@@ -326,6 +377,8 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
         let _ = t.await;
     }
     let send_secs = start.elapsed().as_secs_f64();
+    track.sending_done.store(true, Ordering::Relaxed);
+    let blocks_secs = blocks_from.elapsed().as_secs_f64();
     let bench_cpu = cpu_seconds() - cpu_run0;
     // Only meaningful when every validator ran throughout on this machine.
     let validators_cpu = validators_cpu().zip(validators_cpu0).map(|(b, a)| b - a);
@@ -395,8 +448,12 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
     let span = (last_commit as f64 / 1e6).max(f64::EPSILON);
     let ms = |q: f64| hist.value_at_quantile(q) as f64 / 1000.0;
     let rejected = track.rejected.lock().map(|r| r.clone()).unwrap_or_default();
+    let blocks = track.blocks.load(Ordering::Relaxed);
+    let block_receipts = track.block_receipts.load(Ordering::Relaxed);
     Ok(json!({
-        "validators": nodes,
+        "validators": net.nodes.len(),
+        "nodes_up": live,
+        "nodes_down": down,
         "accounts": keys.len(),
         "rate": opts.rate,
         "duration_s": opts.duration.as_secs_f64(),
@@ -413,6 +470,8 @@ pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
         },
         "all_committed_on_every_node": missing.iter().all(|m| *m == 0),
         "missing_per_node": missing,
+        "blocks_per_s": blocks as f64 / blocks_secs.max(f64::EPSILON),
+        "transfers_per_block": block_receipts as f64 / blocks.max(1) as f64,
         "send_s": send_secs,
         "sign_s": sign_secs,
         "sign_cpu_s": sign_cpu,
@@ -505,16 +564,22 @@ async fn backfill(
 /// The report as text.
 pub fn human(r: &Value) -> String {
     format!(
-        "offered {rate}/s for {dur} s to {v} validators from {a} accounts\n\
+        "offered {rate}/s for {dur} s to {v} validators from {a} accounts{down}\n\
          submitted {sub}, acknowledged {ack}, rejected {rej}\n\
-         committed {com} ({tps:.0}/s)\n\
+         committed {com} ({tps:.0}/s) in {bps:.1} blocks/s of {tpb:.1} transfers\n\
          commit latency ms: p50 {p50:.1}  p90 {p90:.1}  p99 {p99:.1}  max {max:.1}\n\
-         every acknowledged transfer committed on every node: {all} (missing per node: {miss})\n\
+         every acknowledged transfer committed on every live node: {all} (missing per node: {miss})\n\
          signing ahead: {sign:.1} s; bench process while sending: {cpu:.2} cores\n\
          validators while sending: {vcpu} cores, {vper} CPU µs per transfer",
         rate = r["rate"],
         dur = r["duration_s"],
         v = r["validators"],
+        down = match r["nodes_down"].as_array() {
+            Some(d) if !d.is_empty() => format!(" (nodes down, left out: {})", r["nodes_down"]),
+            _ => String::new(),
+        },
+        bps = r["blocks_per_s"].as_f64().unwrap_or(0.0),
+        tpb = r["transfers_per_block"].as_f64().unwrap_or(0.0),
         a = r["accounts"],
         sub = r["submitted"],
         ack = r["acknowledged"],

@@ -86,7 +86,8 @@ enum Cmd {
     /// Unfreeze one node (SIGCONT).
     Resume(NodeArg),
     /// Offer an open-loop load of signed transfers and report throughput
-    /// and commit latency.
+    /// and commit latency. Runs against the nodes that are up (not killed
+    /// or paused) and checks commits on those.
     Bench {
         /// The testnet directory.
         #[arg(long)]

@@ -292,3 +292,41 @@ fn a_testnet_under_load_feeds_every_dashboard_panel_and_alert_rule_in_a_real_pro
         assert!(std::net::TcpStream::connect(("127.0.0.1", port)).is_err());
     }
 }
+
+#[test]
+fn bench_runs_against_the_nodes_that_are_up_and_checks_commits_on_those() {
+    let scratch = tempfile::tempdir().unwrap();
+    let dir = scratch.path().join("net");
+    let d = dir.to_string_lossy().to_string();
+    let _down = Down(dir.clone());
+    ok(&["up", "--dir", &d, "--validators", "4", "--accounts", "100"]);
+    ok(&["kill", "--dir", &d, "--node", "3"]);
+    let report = ok(&[
+        "bench",
+        "--dir",
+        &d,
+        "--duration",
+        "4",
+        "--rate",
+        "200",
+        "--json",
+    ]);
+    let r: Value = serde_json::from_str(report.trim()).expect("bench --json prints JSON");
+    assert_eq!(r["validators"], 4, "{r}");
+    assert_eq!(r["nodes_up"], serde_json::json!([0, 1, 2]), "{r}");
+    assert_eq!(r["nodes_down"], serde_json::json!([3]), "{r}");
+    assert_eq!(r["submitted"], 800, "{r}");
+    assert_eq!(r["acknowledged"], 800, "{r}");
+    assert_eq!(r["committed"], 800, "{r}");
+    // Checked on the three live nodes, each of which committed them all.
+    assert_eq!(r["missing_per_node"], serde_json::json!([0, 0, 0]), "{r}");
+    assert_eq!(r["all_committed_on_every_node"], true, "{r}");
+    assert!(r["blocks_per_s"].as_f64().unwrap() > 0.0, "{r}");
+    assert!(r["transfers_per_block"].as_f64().unwrap() > 0.0, "{r}");
+
+    // With every node down there is nothing to measure: a clear error.
+    ok(&["down", "--dir", &d]);
+    let (code, _, err) = testnet(&["bench", "--dir", &d, "--duration", "1", "--json"]);
+    assert_ne!(code, Some(0));
+    assert!(err.contains("no node of the testnet"), "{err}");
+}
