@@ -9,9 +9,10 @@
 //! chunks, and pruning. It is the only crate that links RocksDB.
 //!
 //! Sync policy:
-//! * the safety state is a file of its own ([`SafetyRecord`]), replaced
-//!   atomically and synced before the message it guards may leave the
-//!   process; RocksDB's log recovery can never take it back in time;
+//! * the safety state is a file of its own ([`SafetyRecord`]), two slots
+//!   written alternately in place, synced before the message it guards may
+//!   leave the process; RocksDB's log recovery can never take it back in
+//!   time;
 //! * blocks persisted for consensus ([`Store::put_pending_block`]) are
 //!   written without sync; the driver syncs the log ([`Store::sync_wal`])
 //!   before the safety write or message that depends on them;
@@ -35,7 +36,9 @@ mod store;
 pub mod testkit;
 
 pub use error::StorageError;
-pub use safety::{SAFETY_FILE, SafetyBody, SafetyRecord, record_bytes};
+pub use safety::{
+    MIN_SLOT_BYTES, SAFETY_FILE, SafetyBody, SafetyRecord, legacy_record_bytes, record_bytes,
+};
 pub use snapshot::{
     MAX_BUCKET_ACCOUNTS, MAX_CHUNK_ACCOUNTS, MAX_MANIFEST_DEPTH, SnapshotManifest, StateChunk,
     StateRestore, TARGET_BUCKET_ACCOUNTS,

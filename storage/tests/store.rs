@@ -10,8 +10,9 @@ use phalanx_crypto::{ChainId, Digest};
 use phalanx_ledger::{TxStatus, verify_account_proof};
 use phalanx_storage::testkit::{account_key, genesis, next_block, transfers};
 use phalanx_storage::{
-    MAX_BUCKET_ACCOUNTS, MAX_CHUNK_ACCOUNTS, PENDING_WRITE_BUFFER_BYTES, SAFETY_FILE, SafetyBody,
-    SafetyRecord, StateRestore, StorageError, Store, StoreOptions, record_bytes,
+    MAX_BUCKET_ACCOUNTS, MAX_CHUNK_ACCOUNTS, MIN_SLOT_BYTES, PENDING_WRITE_BUFFER_BYTES,
+    SAFETY_FILE, SafetyBody, SafetyRecord, StateRestore, StorageError, Store, StoreOptions,
+    legacy_record_bytes, record_bytes,
 };
 
 const ACCOUNTS: u64 = 200;
@@ -200,9 +201,11 @@ fn the_safety_record_round_trips_counts_its_writes_and_fails_closed_when_damaged
     let (r, body) = SafetyRecord::open(dir.path()).unwrap();
     assert_eq!(body, Some(SafetyBody::State(Box::new(safety()))));
     assert_eq!(r.counter(), 2);
+    let slot = r.slot_bytes().expect("the file has slots");
+    assert_eq!(slot, MIN_SLOT_BYTES);
 
-    // A write that never reached its rename leaves a temporary file: it is
-    // ignored and removed.
+    // A rewrite that never reached its rename leaves a temporary file: it
+    // is ignored and removed.
     let path = SafetyRecord::path_in(dir.path());
     let tmp = dir.path().join(format!("{SAFETY_FILE}.tmp"));
     std::fs::write(&tmp, b"half a record").unwrap();
@@ -210,27 +213,52 @@ fn the_safety_record_round_trips_counts_its_writes_and_fails_closed_when_damaged
     assert_eq!(body, Some(SafetyBody::State(Box::new(safety()))));
     assert!(!tmp.exists());
 
+    // The format is as documented: two slots, the first write in the first,
+    // the second in the second.
+    let file = std::fs::read(&path).unwrap();
+    assert_eq!(file.len(), 2 * slot);
+    let first = record_bytes(1, &SafetyBody::Fresh);
     let good = record_bytes(2, &SafetyBody::State(Box::new(safety())));
-    assert_eq!(
-        std::fs::read(&path).unwrap(),
-        good,
-        "the format is as documented"
-    );
-    let mut flipped = good.clone();
-    flipped[20] ^= 1;
-    let mut counter = good.clone();
-    counter[11] ^= 1;
-    let truncated = good[..good.len() - 5].to_vec();
-    let mut extended = good.clone();
-    extended.push(0);
-    let mut bad_magic = good.clone();
-    bad_magic[0] = b'X';
+    assert_eq!(&file[..first.len()], &first[..]);
+    assert_eq!(&file[slot..slot + good.len()], &good[..]);
+
+    // Damage to the newest slot alone is what a torn write leaves: the
+    // other slot holds the last completed write, which is read.
+    let mut flipped = file.clone();
+    flipped[slot + 20] ^= 1;
+    let mut counter = file.clone();
+    counter[slot + 11] ^= 1;
+    let mut torn = file.clone();
+    torn[slot + good.len() / 2..slot + good.len()].fill(0);
     for (what, bytes) in [
         ("flipped byte", flipped),
         ("altered counter", counter),
+        ("torn", torn),
+    ] {
+        std::fs::write(&path, &bytes).unwrap();
+        let (r, body) = SafetyRecord::open(dir.path()).unwrap();
+        assert_eq!(body, Some(SafetyBody::Fresh), "{what}");
+        assert_eq!(r.counter(), 1, "{what}");
+    }
+
+    // With no valid slot, or a file of the wrong shape, it refuses.
+    let mut both = file.clone();
+    both[20] ^= 1;
+    both[slot + 20] ^= 1;
+    let truncated = file[..file.len() - 5].to_vec();
+    let mut extended = file.clone();
+    extended.push(0);
+    let mut bad_magic = file.clone();
+    bad_magic[0] = b'X';
+    bad_magic[slot] = b'X';
+    let mut same_counter = file.clone();
+    same_counter[slot..slot + first.len()].copy_from_slice(&first);
+    for (what, bytes) in [
+        ("both slots damaged", both),
         ("truncated", truncated),
         ("extended", extended),
         ("bad magic", bad_magic),
+        ("one counter twice", same_counter),
         ("empty", vec![]),
     ] {
         std::fs::write(&path, &bytes).unwrap();
@@ -248,6 +276,83 @@ fn the_safety_record_round_trips_counts_its_writes_and_fails_closed_when_damaged
         );
         assert!(msg.contains(SAFETY_FILE), "names the file: {msg}");
     }
+}
+
+#[test]
+fn safety_record_writes_alternate_slots_in_place_and_survive_a_torn_write() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = SafetyRecord::path_in(dir.path());
+    let (mut r, _) = SafetyRecord::open(dir.path()).unwrap();
+    let state = |v: u64| {
+        let mut s = safety();
+        s.last_voted_view = phalanx_consensus::View(v);
+        SafetyBody::State(Box::new(s))
+    };
+    for v in 1..=5 {
+        r.write(&state(v)).unwrap();
+    }
+    let slot = r.slot_bytes().unwrap();
+    drop(r);
+    let file = std::fs::read(&path).unwrap();
+    assert_eq!(file.len(), 2 * slot, "in-place writes keep the file's size");
+    // Writes 1, 3, 5 went to the first slot, 2 and 4 to the second.
+    let fifth = record_bytes(5, &state(5));
+    let fourth = record_bytes(4, &state(4));
+    assert_eq!(&file[..fifth.len()], &fifth[..]);
+    assert_eq!(&file[slot..slot + fourth.len()], &fourth[..]);
+
+    // A crash in the middle of write 6 (to the second slot): half of it
+    // reached the disk. Write 5 is what counts.
+    let sixth = record_bytes(6, &state(6));
+    let mut torn = file.clone();
+    torn[slot..slot + sixth.len() / 2].copy_from_slice(&sixth[..sixth.len() / 2]);
+    std::fs::write(&path, &torn).unwrap();
+    let (mut r, body) = SafetyRecord::open(dir.path()).unwrap();
+    assert_eq!(body, Some(state(5)));
+    assert_eq!(r.counter(), 5);
+    // The next write goes over the torn slot, not over write 5.
+    r.write(&state(6)).unwrap();
+    let (_, body) = SafetyRecord::open(dir.path()).unwrap();
+    assert_eq!(body, Some(state(6)));
+    let file = std::fs::read(&path).unwrap();
+    assert_eq!(&file[..fifth.len()], &fifth[..]);
+
+    // A record larger than a slot rewrites the file with larger slots.
+    let mut big = safety();
+    // Only the record's size matters here, not the certificate's meaning.
+    big.high_qc.signatures = vec![phalanx_crypto::Signature([7; 64]); 100];
+    let big = SafetyBody::State(Box::new(big));
+    assert!(record_bytes(7, &big).len() > slot);
+    r.write(&big).unwrap();
+    assert!(r.slot_bytes().unwrap() > slot);
+    let (r, body) = SafetyRecord::open(dir.path()).unwrap();
+    assert_eq!(body, Some(big));
+    assert_eq!(r.counter(), 7);
+}
+
+#[test]
+fn a_safety_record_of_the_single_record_format_is_read_and_rewritten_with_slots() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = SafetyRecord::path_in(dir.path());
+    let old = SafetyBody::State(Box::new(safety()));
+    std::fs::write(&path, legacy_record_bytes(7, &old)).unwrap();
+    let (mut r, body) = SafetyRecord::open(dir.path()).unwrap();
+    assert_eq!(body, Some(old));
+    assert_eq!(r.counter(), 7);
+    assert_eq!(r.slot_bytes(), None);
+    r.write(&SafetyBody::Fresh).unwrap();
+    let (r, body) = SafetyRecord::open(dir.path()).unwrap();
+    assert_eq!(body, Some(SafetyBody::Fresh));
+    assert_eq!(r.counter(), 8);
+    assert_eq!(r.slot_bytes(), Some(MIN_SLOT_BYTES));
+    // A damaged old-format file is refused like any other.
+    let mut bad = legacy_record_bytes(7, &SafetyBody::Fresh);
+    bad[20] ^= 1;
+    std::fs::write(&path, bad).unwrap();
+    assert!(matches!(
+        SafetyRecord::open(dir.path()),
+        Err(StorageError::SafetyStateCorrupt(_))
+    ));
 }
 
 /// Flips one byte in the middle of the store's oldest WAL file: a damaged
