@@ -16,8 +16,11 @@
 //! * blocks persisted for consensus ([`Store::put_pending_block`]) are
 //!   written without sync; the driver syncs the log ([`Store::sync_wal`])
 //!   before the safety write or message that depends on them;
-//! * a committed block is written with `sync = true` before it may be
-//!   acknowledged to any client ([`Store::apply_block`]);
+//! * a committed block is written, then the log synced, before it may be
+//!   acknowledged to any client ([`Store::apply_block`]); the sync is a
+//!   call of its own rather than a synced write, so RocksDB's write queue
+//!   is not held for it and the vote path's writes are not queued behind
+//!   it;
 //! * the WAL is always on, recovering to the last complete write batch
 //!   (point-in-time recovery) after a torn tail.
 //!

@@ -553,8 +553,11 @@ impl Store {
             state_root: root,
         };
         wb.put_cf(self.cf(CF_STATE_ROOTS)?, height_key(h), root.0);
-        let mut w = WriteOptions::default();
-        w.set_sync(self.opts.sync_writes);
+        // Written unsynced, then the log synced on its own: durable before
+        // this returns all the same, but RocksDB's write queue is not held
+        // for the sync, so the vote path's unsynced writes (pending blocks,
+        // the safety counter) are not queued behind it.
+        let w = WriteOptions::default();
         #[cfg(feature = "testkit")]
         let planted = self.opts.planted_split_commit;
         #[cfg(not(feature = "testkit"))]
@@ -566,7 +569,13 @@ impl Store {
                 .and_then(|()| self.db.write_opt(wb, &w))
         } else {
             wb.put_cf(self.cf(CF_META)?, META_HEAD, encode(&new_head));
-            self.db.write_opt(wb, &w)
+            self.db.write_opt(wb, &w).and_then(|()| {
+                if self.opts.sync_writes {
+                    self.db.flush_wal(true)
+                } else {
+                    Ok(())
+                }
+            })
         };
         if let Err(e) = written {
             self.poisoned.store(true, Ordering::Release);
