@@ -86,6 +86,8 @@ pub mod codes {
     pub const FUTURE_LIMIT: i32 = 1018;
     /// The mempool's share for transactions behind a nonce gap is full.
     pub const FUTURE_FULL: i32 = 1019;
+    /// The admission queue is full: the node is overloaded; retry later.
+    pub const BUSY: i32 = 1020;
 }
 
 fn err(code: i32, msg: impl Into<String>) -> ErrorObjectOwned {
@@ -513,19 +515,33 @@ fn shutting_down() -> ErrorObjectOwned {
 }
 
 /// Hands `bytes` to the ingress; the answer arrives on the returned
-/// channel.
-async fn admit(
+/// channel. A full queue is answered at once with [`codes::BUSY`]: a
+/// client that floods the node gets an error to back off on, and never
+/// holds a request (and its connection's slot) waiting for room.
+fn admit(
     ctx: &Ctx,
     bytes: Vec<u8>,
 ) -> Result<oneshot::Receiver<Result<Submitted, SubmitError>>, ErrorObjectOwned> {
+    admit_to(&ctx.ingress, bytes)
+}
+
+fn admit_to(
+    ingress: &mpsc::Sender<Submission>,
+    bytes: Vec<u8>,
+) -> Result<oneshot::Receiver<Result<Submitted, SubmitError>>, ErrorObjectOwned> {
     let (tx, rx) = oneshot::channel();
-    ctx.ingress
-        .send(Submission {
+    ingress
+        .try_send(Submission {
             bytes,
             origin: Origin::Rpc(tx),
         })
-        .await
-        .map_err(|_| shutting_down())?;
+        .map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => err(
+                codes::BUSY,
+                "the node's admission queue is full; retry later",
+            ),
+            mpsc::error::TrySendError::Closed(_) => shutting_down(),
+        })?;
     Ok(rx)
 }
 
@@ -562,7 +578,7 @@ async fn submit_many(params: Params<'static>, ctx: Arc<Ctx>) -> RpcResult {
     let mut pending = Vec::with_capacity(txs.len());
     for tx_hex in &txs {
         pending.push(match hex_bytes(tx_hex, "transaction") {
-            Ok(bytes) => Ok(admit(&ctx, bytes).await?),
+            Ok(bytes) => Ok(admit(&ctx, bytes)?),
             Err(e) => Err(e),
         });
     }
@@ -594,8 +610,7 @@ async fn submit(params: Params<'static>, ctx: Arc<Ctx>) -> Result<Value, ErrorOb
     let bytes = hex_bytes(&tx_hex, "transaction")?;
     // Subscribe before submitting, so the commit cannot slip by unseen.
     let mut commits = wait_commit.then(|| ctx.shared.commits.subscribe());
-    let outcome = admit(&ctx, bytes)
-        .await?
+    let outcome = admit(&ctx, bytes)?
         .await
         .map_err(|_| shutting_down())?
         .map_err(submit_error)?;
@@ -655,6 +670,23 @@ async fn submit(params: Params<'static>, ctx: Arc<Ctx>) -> Result<Value, ErrorOb
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_full_admission_queue_is_answered_at_once_with_busy() {
+        let (tx, mut rx) = mpsc::channel(2);
+        let _a = admit_to(&tx, vec![1]).unwrap();
+        let _b = admit_to(&tx, vec![2]).unwrap();
+        // No await anywhere: a wait for room would hang this test.
+        let e = admit_to(&tx, vec![3]).unwrap_err();
+        assert_eq!(e.code(), codes::BUSY);
+        assert!(e.message().contains("retry later"), "{}", e.message());
+        // Room again once the ingress takes one.
+        assert_eq!(rx.try_recv().unwrap().bytes, vec![1]);
+        assert!(admit_to(&tx, vec![4]).is_ok());
+        // A stopped ingress is a shutdown, not busy.
+        drop(rx);
+        assert_eq!(admit_to(&tx, vec![5]).unwrap_err().code(), codes::INTERNAL);
+    }
 
     fn notice() -> CommitNotice {
         CommitNotice {

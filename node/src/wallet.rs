@@ -174,6 +174,7 @@ pub fn hint(code: i32) -> Option<&'static str> {
         codes::BELOW_MINIMUM_BALANCE => {
             "hint: the recipient has no account yet; the first transfer to it must bring at least the chain's minimum balance"
         }
+        codes::BUSY => "hint: the node is overloaded; retry in a moment or send to another node",
         codes::FUTURE_LIMIT | codes::FUTURE_FULL => {
             "hint: this nonce is ahead of the account's next one; send the missing nonces first (`phalanx account` shows the next nonce)"
         }
