@@ -569,14 +569,15 @@ impl Store {
                 .and_then(|()| self.db.write_opt(wb, &w))
         } else {
             wb.put_cf(self.cf(CF_META)?, META_HEAD, encode(&new_head));
-            self.db.write_opt(wb, &w).and_then(|()| {
-                if self.opts.sync_writes {
-                    self.db.flush_wal(true)
-                } else {
-                    Ok(())
-                }
-            })
-        };
+            self.db.write_opt(wb, &w)
+        }
+        .and_then(|()| {
+            if self.opts.sync_writes {
+                self.db.flush_wal(true)
+            } else {
+                Ok(())
+            }
+        });
         if let Err(e) = written {
             self.poisoned.store(true, Ordering::Release);
             return Err(e.into());

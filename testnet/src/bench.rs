@@ -13,7 +13,8 @@
 //! The bench runs against whichever nodes are up: a node whose process is
 //! gone or frozen (`kill`, `pause`) gets no load and is not watched, so a
 //! user can measure the cluster with a validator down. The report names
-//! the nodes left out.
+//! the nodes left out; per-node figures (`missing_per_node`) follow the
+//! order of `nodes_up`.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
@@ -30,7 +31,7 @@ use phalanx_ledger::{Leg, Transfer};
 use serde_json::{Value, json};
 
 use crate::client::{MAX_RESPONSE_BYTES, rpc_client};
-use crate::layout::{Testnet, is_ours, load_accounts, process_cpu_seconds, process_state};
+use crate::layout::{Process, Testnet, load_accounts, process_cpu_seconds};
 
 /// Calls per JSON-RPC batch (the node's bound), for lookups.
 pub const BATCH: usize = 64;
@@ -189,26 +190,15 @@ async fn fetch_nonces(url: &str, keys: &[KeyPair]) -> Result<Vec<u64>> {
     Ok(nonces)
 }
 
-/// The indices of the nodes whose process is running and not frozen.
-fn live_nodes(net: &Testnet) -> Vec<usize> {
-    net.nodes
-        .iter()
-        .enumerate()
-        .filter(|(_, n)| {
-            n.pid
-                .is_some_and(|p| is_ours(p, &n.home) && process_state(p) != Some('T'))
-        })
-        .map(|(i, _)| i)
-        .collect()
-}
-
 /// Runs the benchmark against the testnet in `dir`; returns the report.
 pub async fn run(dir: &Path, opts: &BenchOptions) -> Result<Value> {
     let net = Testnet::load(dir)?;
     if opts.rate == 0 || opts.duration.is_zero() {
         bail!("--rate and --duration must be positive");
     }
-    let live = live_nodes(&net);
+    let live: Vec<usize> = (0..net.nodes.len())
+        .filter(|&i| net.nodes[i].process() == Process::Running)
+        .collect();
     if live.is_empty() {
         bail!(
             "no node of the testnet in {} is running (start it with `phalanx-testnet up` or `restart`)",

@@ -12,8 +12,8 @@ use serde_json::{Value, json};
 
 use crate::client::{call_url, http_get};
 use crate::layout::{
-    ACCOUNTS_FILE, AccountsFile, NodeInfo, TESTNET_FILE, Testnet, account_key, is_ours, log_tail,
-    process_state, spawn_detached, stop,
+    ACCOUNTS_FILE, AccountsFile, NodeInfo, Process, TESTNET_FILE, Testnet, account_key, is_ours,
+    log_tail, spawn_detached, stop,
 };
 
 /// How long `up` and `restart` wait for nodes to serve and commit.
@@ -256,18 +256,21 @@ pub async fn wait_committing(net: &Testnet, which: &[usize], min_new: u64) -> Re
 
 /// One node's state as `status` shows it.
 pub async fn node_status(n: &NodeInfo) -> Value {
-    let running = n.pid.is_some_and(|p| is_ours(p, &n.home));
-    let paused = running && n.pid.and_then(process_state) == Some('T');
+    let process = n.process();
     let mut v = json!({
         "index": n.index,
         "pid": n.pid,
-        "process": if paused { "paused" } else if running { "running" } else { "stopped" },
+        "process": match process {
+            Process::Running => "running",
+            Process::Paused => "paused",
+            Process::Stopped => "stopped",
+        },
         "rpc_url": n.rpc_url,
         "metrics_url": n.metrics_url,
         "p2p_addr": n.p2p_addr,
         "key": n.key,
     });
-    if !running || paused {
+    if process != Process::Running {
         v["health"] = json!("down");
         return v;
     }

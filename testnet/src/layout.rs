@@ -44,6 +44,29 @@ pub struct NodeInfo {
     pub pid: Option<u32>,
 }
 
+/// What a node's process is doing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Process {
+    /// Running.
+    Running,
+    /// Frozen (`pause`, SIGSTOP).
+    Paused,
+    /// Gone, or never started.
+    Stopped,
+}
+
+impl NodeInfo {
+    /// Whether this testnet's process for the node is running, paused or
+    /// gone (a recycled pid is not ours).
+    pub fn process(&self) -> Process {
+        match self.pid.filter(|&p| is_ours(p, &self.home)) {
+            None => Process::Stopped,
+            Some(p) if process_state(p) == Some('T') => Process::Paused,
+            Some(_) => Process::Running,
+        }
+    }
+}
+
 /// The Prometheus server `up --prometheus` started.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct PrometheusInfo {
