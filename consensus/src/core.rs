@@ -361,6 +361,10 @@ pub struct Stats {
     pub timeouts: u64,
     /// Certified chains seen that conflict with this validator's commits.
     pub conflicting_commits: u64,
+    /// Proposals for a view not yet voted in that the vote rule's
+    /// certificate condition refused (P7): a leader extending an older
+    /// certificate than the highest one its timeout certificate carries.
+    pub lock_refused: u64,
 }
 
 /// One validator's consensus state machine.
@@ -990,6 +994,9 @@ impl Core {
         };
         #[cfg(not(feature = "sim"))]
         let allowed = safe_to_vote(self.safety.last_voted_view, block, tc);
+        if !allowed && view > self.safety.last_voted_view {
+            self.stats.lock_refused += 1;
+        }
         if !allowed || !self.safety.may_sign_in(view) {
             return;
         }

@@ -96,6 +96,10 @@ pub struct Config {
     pub mempool_max_bytes: usize,
     /// How far past a sender's next nonce a pending transaction may be.
     pub mempool_max_nonce_gap: u64,
+    /// A proposable transaction pending this long, ms, counts as overdue
+    /// (`phalanx_mempool_overdue_transactions`, and a warning): at f + 1
+    /// validators, a sign that leaders leave it out.
+    pub overdue_tx_ms: u64,
     /// Async runtime worker threads; 0 means one per CPU core. Validators
     /// sharing a machine (a local testnet) run better with fewer.
     pub runtime_threads: usize,
@@ -121,6 +125,7 @@ impl Default for Config {
             mempool_max_txs: 100_000,
             mempool_max_bytes: 64 << 20,
             mempool_max_nonce_gap: 64,
+            overdue_tx_ms: 30_000,
             runtime_threads: 0,
         }
     }
@@ -204,6 +209,9 @@ impl Config {
         if self.runtime_threads > 1024 {
             return bad("runtime_threads", "at most 1024".into());
         }
+        if self.overdue_tx_ms < 1000 {
+            return bad("overdue_tx_ms", "must be at least 1000".into());
+        }
         if self.empty_block_delay_ms > 60_000 {
             return bad("empty_block_delay_ms", "at most 60000".into());
         }
@@ -266,6 +274,10 @@ empty_block_delay_ms = {eb}
 mempool_max_txs = {mt}
 mempool_max_bytes = {mb}
 mempool_max_nonce_gap = {mg}
+# A transaction that could be proposed and has waited this long, ms, is
+# overdue: counted in phalanx_mempool_overdue_transactions and logged. At
+# f + 1 validators at once it means leaders are leaving it out.
+overdue_tx_ms = {ov}
 
 # Async runtime worker threads; 0 = one per CPU core. Validators sharing a
 # machine (a local testnet) run better with fewer.
@@ -290,6 +302,7 @@ runtime_threads = {rt}
             mt = self.mempool_max_txs,
             mb = self.mempool_max_bytes,
             mg = self.mempool_max_nonce_gap,
+            ov = self.overdue_tx_ms,
             rt = self.runtime_threads,
             peers = peers,
         )

@@ -6,6 +6,8 @@
 //! `phalanx-consensus`, transaction rules in `phalanx-ledger`, durability in
 //! `phalanx-storage`; this crate only connects them.
 
+#[cfg(feature = "byzantine")]
+pub mod byzantine;
 pub mod config;
 pub mod ingress;
 pub mod mempool;

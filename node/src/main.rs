@@ -101,6 +101,11 @@ enum Cmd {
         /// safe. A wiped data directory recovers without it.
         #[arg(long)]
         recover: bool,
+        /// Attack modes this validator runs, `mode[,mode]` (a test build
+        /// with the `byzantine` feature only).
+        #[cfg(feature = "byzantine")]
+        #[arg(long)]
+        byzantine: Option<phalanx_node::byzantine::Modes>,
     },
 }
 
@@ -130,7 +135,13 @@ fn main() -> std::process::ExitCode {
             home,
             log_format,
             recover,
-        } => start(&home, log_format, recover),
+            #[cfg(feature = "byzantine")]
+            byzantine,
+        } => {
+            #[cfg(not(feature = "byzantine"))]
+            let byzantine = ();
+            start(&home, log_format, recover, byzantine)
+        }
         Cmd::Keys(k) => wallet::keys(k),
         Cmd::Tx(t) => wallet::tx(t),
         Cmd::Account { address, rpc, json } => wallet::account(&address, &rpc, json),
@@ -240,7 +251,13 @@ fn init_logging(cfg: &Config, format: Option<String>) -> Result<()> {
     Ok(())
 }
 
-fn start(home: &Path, log_format: Option<String>, recover: bool) -> Result<()> {
+/// The attack modes asked for (feature `byzantine`); nothing otherwise.
+#[cfg(feature = "byzantine")]
+type Attack = Option<phalanx_node::byzantine::Modes>;
+#[cfg(not(feature = "byzantine"))]
+type Attack = ();
+
+fn start(home: &Path, log_format: Option<String>, recover: bool, attack: Attack) -> Result<()> {
     let cfg = Config::load(&home.join("config.toml"))?;
     init_logging(&cfg, log_format)?;
 
@@ -311,7 +328,7 @@ fn start(home: &Path, log_format: Option<String>, recover: bool) -> Result<()> {
         store,
         record,
         start_state,
-        (data, store_options),
+        (data, store_options, attack),
     ));
     // Stop background tasks (which hold the store) before the lock goes.
     rt.shutdown_timeout(Duration::from_secs(5));
@@ -342,7 +359,7 @@ async fn run_node(
     store: Store,
     record: SafetyRecord,
     start_state: StartState,
-    (data, store_options): (PathBuf, StoreOptions),
+    (data, store_options, attack): (PathBuf, StoreOptions, Attack),
 ) -> Result<()> {
     let listen: Multiaddr = cfg.listen.parse().context("listen")?;
     let mut peers = Vec::new();
@@ -408,6 +425,8 @@ async fn run_node(
         metrics.clone(),
     );
     let shared = Arc::new(shared);
+    #[cfg(feature = "byzantine")]
+    let (attack_key, attack_net) = (key.clone(), network.clone());
     let mut runtime = Runtime::new(
         &genesis,
         key,
@@ -418,11 +437,20 @@ async fn run_node(
         LocalOptions {
             empty_block_delay: delay,
             retained_blocks: cfg.retained_blocks,
+            overdue_tx: Duration::from_millis(cfg.overdue_tx_ms),
         },
         shared.clone(),
         status_tx,
     )?;
     shared.publish_mempool();
+    #[cfg(feature = "byzantine")]
+    if let Some(modes) = attack
+        && let Some(spam) = runtime.attack(modes, attack_key, &genesis)
+    {
+        tokio::spawn(spam.run(attack_net, shared.status.clone()));
+    }
+    #[cfg(not(feature = "byzantine"))]
+    let () = attack;
 
     // Admission: RPC submissions and gossip batches, one pipeline.
     let (ingress_tx, ingress_rx) = mpsc::channel(ingress::INGRESS_QUEUE);

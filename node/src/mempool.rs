@@ -30,6 +30,11 @@ use foldhash::{HashMap, HashMapExt};
 use phalanx_crypto::Digest;
 use phalanx_ledger::{Account, SignedTransfer};
 
+/// [`Mempool::overdue`] stops counting here: the figure is an alarm, and
+/// walking a backlog of old entries every second would cost more than it
+/// tells.
+pub const OVERDUE_COUNT_MAX: usize = 10_000;
+
 /// Pool limits.
 #[derive(Clone, Copy, Debug)]
 pub struct MempoolLimits {
@@ -476,6 +481,28 @@ impl Mempool {
             gone += 1;
         }
         gone
+    }
+
+    /// How many proposable entries (not behind a nonce gap, not in an
+    /// uncommitted block) were admitted `bound_ms` or more before `now_ms`,
+    /// counted up to [`OVERDUE_COUNT_MAX`]. Every validator receives every
+    /// admitted transaction, so a count above zero at f + 1 validators
+    /// means honest validators hold a valid transaction that leaders keep
+    /// leaving out: censorship, or a chain that has stopped.
+    pub fn overdue(&self, now_ms: u64, bound_ms: u64) -> usize {
+        let mut n = 0;
+        for h in self.arrival.values() {
+            let Some(e) = self.entries.get(h) else {
+                continue;
+            };
+            if e.added_ms.saturating_add(bound_ms) > now_ms || n >= OVERDUE_COUNT_MAX {
+                break;
+            }
+            if !e.gapped && e.in_flight.is_none() {
+                n += 1;
+            }
+        }
+        n
     }
 
     fn remove_and_reclassify(&mut self, hash: &Digest) {
@@ -1052,6 +1079,24 @@ mod tests {
         assert!(!p.contains(&tx(3, 0, 1).2));
         p.committed(1, &[], |_| 0, 5_000 + 2 * ttl);
         assert!(p.is_empty());
+    }
+
+    #[test]
+    fn overdue_counts_proposable_entries_older_than_the_bound_only() {
+        let mut p = Mempool::new(MempoolLimits::default());
+        add_at(&mut p, 1, 0, 1_000).unwrap();
+        add_at(&mut p, 2, 3, 1_000).unwrap(); // behind a gap: not proposable
+        add_at(&mut p, 3, 0, 2_000).unwrap();
+        add_at(&mut p, 4, 0, 9_000).unwrap();
+        assert_eq!(p.overdue(5_000, 10_000), 0, "nothing is that old yet");
+        assert_eq!(p.overdue(11_000, 10_000), 1, "sender 1's only");
+        assert_eq!(p.overdue(12_500, 10_000), 2, "and sender 3's");
+        // In a block: a leader took it; it is not left out.
+        p.select(1, 100, 1 << 20, &none(), &no_taken(), |_| acct(100, 0));
+        assert_eq!(p.overdue(12_500, 10_000), 0);
+        // The block never commits: proposable, and overdue, again.
+        p.committed(1, &[], |_| 0, 12_500);
+        assert_eq!(p.overdue(30_000, 10_000), 3);
     }
 
     /// The flood: 200 fresh keys each queueing 64 future-nonce

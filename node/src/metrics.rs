@@ -76,9 +76,12 @@ pub const REJECT_REASONS: [&str; 14] = [
     "internal",
 ];
 
-/// Why proposals were refused by the validity rule
-/// (`crate::validity::Refusal::name`).
-pub const REFUSAL_REASONS: [&str; 7] = [
+/// Why proposals were refused: by the validity rule
+/// (`crate::validity::Refusal::name`), or, `lock`, by the vote rule's
+/// certificate condition (P7: a block after a timeout that does not extend
+/// the highest certificate the timeout certificate carries).
+pub const REFUSAL_REASONS: [&str; 8] = [
+    "lock",
     "payload",
     "malformed",
     "wrong_chain",
@@ -269,6 +272,7 @@ pub struct Metrics {
     rpc_requests: Family<RpcCall, Counter>,
     rpc_seconds: HistogramFamily<RpcCall>,
     equivocations: Counter,
+    mempool_overdue: Gauge,
 }
 
 impl Metrics {
@@ -317,6 +321,7 @@ impl Metrics {
             rpc_requests: Family::default(),
             rpc_seconds: Family::new_with_constructor(seconds_histogram),
             equivocations: Counter::default(),
+            mempool_overdue: Gauge::default(),
             registry: Registry::default(),
         };
         r.register(
@@ -507,6 +512,11 @@ impl Metrics {
             "Equivocation evidence seen (two signed messages for one slot)",
             m.equivocations.clone(),
         );
+        r.register(
+            "mempool_overdue_transactions",
+            "Proposable transactions pending longer than overdue_tx_ms (censorship when seen at f + 1 validators)",
+            m.mempool_overdue.clone(),
+        );
         for kind in message_kinds() {
             let l = Kind { kind };
             m.messages_sent.get_or_create_owned(&l);
@@ -668,6 +678,13 @@ impl Metrics {
             .inc();
     }
 
+    /// `n` proposals the vote rule's certificate condition refused.
+    pub fn lock_refused(&self, n: u64) {
+        self.proposals_refused
+            .get_or_create(&Reason { reason: "lock" })
+            .inc_by(n);
+    }
+
     /// `n` proposal items verified by the validity rule (not in the pool).
     pub fn items_verified_at_vote(&self, n: usize) {
         self.items_verified_at_vote.inc_by(n as u64);
@@ -757,6 +774,11 @@ impl Metrics {
     /// Equivocation evidence seen.
     pub fn equivocation(&self) {
         self.equivocations.inc();
+    }
+
+    /// Proposable transactions pending longer than the overdue bound.
+    pub fn set_mempool_overdue(&self, n: usize) {
+        self.mempool_overdue.set(n as i64);
     }
 }
 

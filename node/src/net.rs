@@ -393,7 +393,7 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
 }
 
 /// The first frame of every stream: a tag and the genesis hash.
-fn hello(genesis: &Digest) -> Vec<u8> {
+pub(crate) fn hello(genesis: &Digest) -> Vec<u8> {
     let mut h = HELLO_TAG.to_vec();
     h.extend_from_slice(&genesis.0);
     h

@@ -183,6 +183,9 @@ struct NodePorts {
     /// The validity rule's handle, told of every block persisted.
     validity: LedgerValidity,
     jobs: std_mpsc::Sender<Job>,
+    /// Attack modes, when asked for (feature `byzantine`, test builds).
+    #[cfg(feature = "byzantine")]
+    attacker: Option<crate::byzantine::Attacker>,
 }
 
 fn port_err(port: &'static str) -> impl Fn(StorageError) -> PortError {
@@ -224,6 +227,10 @@ impl BlockStore for NodePorts {
         // then, under the same lock as its lookups.
         let marked = self.validity.note_block(b);
         let raw = self.track_block(b);
+        #[cfg(feature = "byzantine")]
+        if let Some(a) = &mut self.attacker {
+            a.note_block(b);
+        }
         if !raw.is_empty() && !marked {
             self.shared
                 .pool()
@@ -253,6 +260,12 @@ impl BlockStore for NodePorts {
 
 impl Outbox for NodePorts {
     fn send(&mut self, to: ValidatorIndex, msg: &Message) -> Result<(), PortError> {
+        #[cfg(feature = "byzantine")]
+        if let Some(a) = &mut self.attacker {
+            let planned = a.on_send(to, msg);
+            self.perform(planned);
+            return Ok(());
+        }
         let bytes = Arc::new(encode(msg));
         self.metrics.sent(msg.kind(), bytes.len(), 1);
         self.net.send(to, bytes);
@@ -260,6 +273,12 @@ impl Outbox for NodePorts {
     }
 
     fn broadcast(&mut self, msg: &Message) -> Result<(), PortError> {
+        #[cfg(feature = "byzantine")]
+        if let Some(a) = &mut self.attacker {
+            let planned = a.on_broadcast(msg);
+            self.perform(planned);
+            return Ok(());
+        }
         let bytes = Arc::new(encode(msg));
         self.metrics
             .sent(msg.kind(), bytes.len(), self.net.peer_count());
@@ -317,6 +336,11 @@ impl PayloadSource for NodePorts {
                     .unwrap_or_default()
             },
         );
+        #[cfg(feature = "byzantine")]
+        let txs = match &self.attacker {
+            Some(a) => a.on_payload(req.view, txs),
+            None => txs,
+        };
         if !txs.is_empty() {
             debug!(view = req.view.0, txs = txs.len(), "proposing");
         }
@@ -363,6 +387,33 @@ impl Monitor for NodePorts {
 }
 
 impl NodePorts {
+    /// Sends what the attacker planned, each message after its delay.
+    #[cfg(feature = "byzantine")]
+    fn perform(&self, planned: Vec<crate::byzantine::Planned>) {
+        use crate::byzantine::To;
+        for p in planned {
+            let bytes = Arc::new(encode(&p.msg));
+            let count = match p.to {
+                To::One(_) => 1,
+                To::All => self.net.peer_count(),
+            };
+            self.metrics.sent(p.msg.kind(), bytes.len(), count);
+            let net = self.net.clone();
+            let send = move || match p.to {
+                To::One(v) => net.send(v, bytes),
+                To::All => net.broadcast(bytes),
+            };
+            if p.after.is_zero() {
+                send();
+            } else {
+                tokio::spawn(async move {
+                    tokio::time::sleep(p.after).await;
+                    send();
+                });
+            }
+        }
+    }
+
     /// Remembers an uncommitted block's parent and the hashes of its items'
     /// exact bytes (for the mempool, now and at execution); returns the
     /// hashes.
@@ -555,6 +606,8 @@ pub struct LocalOptions {
     pub empty_block_delay: Duration,
     /// Committed blocks kept below the stable checkpoint for peers.
     pub retained_blocks: u64,
+    /// When a pending proposable transaction counts as overdue.
+    pub overdue_tx: Duration,
 }
 
 /// The consensus shell of one validator.
@@ -570,7 +623,18 @@ pub struct Runtime {
     catch_up_limit: Option<u64>,
     /// The executed height and when it last moved.
     progress: (u64, Instant),
+    overdue_tx: Duration,
+    /// The core's count of proposals refused by the lock, as last exported.
+    lock_refused: u64,
+    /// When the pool was last checked for overdue transactions.
+    overdue_checked: Instant,
+    /// When overdue transactions were last logged (at most once per
+    /// [`OVERDUE_LOG_EVERY`]: a client can keep the count up).
+    overdue_logged: Option<Instant>,
 }
+
+/// Overdue transactions are logged at most this often.
+const OVERDUE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The event loop wakes at least this often (to check [`FELL_BEHIND_AFTER`]).
 const BEHIND_CHECK_EVERY: Duration = Duration::from_secs(1);
@@ -674,6 +738,8 @@ impl Runtime {
             max_block_txs: genesis.params.max_block_txs as usize,
             seen: HashMap::new(),
             jobs: jobs_tx,
+            #[cfg(feature = "byzantine")]
+            attacker: None,
         };
         // Blocks persisted before a restart: a leader must know them as
         // ancestors (never propose their transactions again) and the
@@ -699,7 +765,7 @@ impl Runtime {
             view = driver.core().view().0,
             "consensus resumed"
         );
-        let rt = Runtime {
+        let mut rt = Runtime {
             driver,
             done,
             executor,
@@ -708,13 +774,53 @@ impl Runtime {
             shared,
             catch_up_limit: None,
             progress: (head.height, Instant::now()),
+            overdue_tx: local.overdue_tx,
+            overdue_checked: Instant::now(),
+            overdue_logged: None,
+            lock_refused: 0,
         };
         rt.publish();
         Ok(rt)
     }
 
-    fn publish(&self) {
+    /// Turns this validator into an attacker running `modes` (feature
+    /// `byzantine`, test builds only). Returns the flood to spawn when
+    /// `spam` is among them.
+    #[cfg(feature = "byzantine")]
+    pub fn attack(
+        &mut self,
+        modes: crate::byzantine::Modes,
+        key: KeyPair,
+        genesis: &Genesis,
+    ) -> Option<crate::byzantine::Spammer> {
+        use crate::byzantine::{Attacker, Mode, Spammer};
+        let me = self.driver.core().index();
+        let chain = genesis.consensus_chain();
+        let spam = modes.has(Mode::Spam).then(|| Spammer {
+            key: key.clone(),
+            me,
+            chain: chain.clone(),
+            genesis_qc: genesis_qc(&Block::genesis(&chain, genesis.genesis_time_ms)),
+            genesis: genesis.hash(),
+        });
+        self.driver.ports_mut().attacker = Some(Attacker::new(
+            modes,
+            key,
+            me,
+            genesis.validators.len(),
+            chain,
+            Duration::from_millis(genesis.params.base_timeout_ms),
+        ));
+        spam
+    }
+
+    fn publish(&mut self) {
         let core = self.driver.core();
+        let lock_refused = core.stats().lock_refused;
+        if lock_refused > self.lock_refused {
+            self.metrics.lock_refused(lock_refused - self.lock_refused);
+            self.lock_refused = lock_refused;
+        }
         let view = core.view();
         let s = Status {
             height: self.driver.executed_height(),
@@ -755,6 +861,28 @@ impl Runtime {
         self.catch_up_limit = Some(blocks);
     }
 
+    /// Counts the pool's overdue transactions into the metric, and logs
+    /// them now and then.
+    fn check_overdue(&mut self) {
+        let n = self
+            .shared
+            .pool()
+            .overdue(crate::shared::now_ms(), self.overdue_tx.as_millis() as u64);
+        self.metrics.set_mempool_overdue(n);
+        if n > 0
+            && self
+                .overdue_logged
+                .is_none_or(|t| t.elapsed() >= OVERDUE_LOG_EVERY)
+        {
+            self.overdue_logged = Some(Instant::now());
+            warn!(
+                overdue = n,
+                bound_ms = self.overdue_tx.as_millis() as u64,
+                "proposable transactions pending past the bound: leaders may be censoring them"
+            );
+        }
+    }
+
     fn check_behind(&mut self) -> Result<(), RuntimeError> {
         let executed = self.driver.executed_height().0;
         if executed != self.progress.0 {
@@ -786,6 +914,10 @@ impl Runtime {
     ) -> Result<(), RuntimeError> {
         loop {
             self.check_behind()?;
+            if self.overdue_checked.elapsed() >= BEHIND_CHECK_EVERY {
+                self.overdue_checked = Instant::now();
+                self.check_overdue();
+            }
             let wait = match self.driver.next_deadline() {
                 Some(at) => Duration::from_millis(at.0.saturating_sub(now().0)),
                 None => Duration::from_secs(3600),

@@ -42,6 +42,43 @@ pub struct UpOptions {
     /// Async runtime threads per node (0: this machine's cores shared out
     /// among the validators, at least one each).
     pub node_threads: usize,
+    /// Attack modes by validator (`I=mode[,mode]`); the binary must be
+    /// built with the `byzantine` feature.
+    pub byzantine: Vec<(usize, String)>,
+    /// Validators that get a twin: a second process with the same key.
+    pub twins: Vec<usize>,
+}
+
+/// Parses `I=mode[,mode]`.
+pub fn parse_byzantine(s: &str) -> Result<(usize, String)> {
+    let (i, modes) = s
+        .split_once('=')
+        .with_context(|| format!("--byzantine {s:?}: expected I=mode[,mode]"))?;
+    let i = i
+        .trim()
+        .parse()
+        .with_context(|| format!("--byzantine {s:?}: {i:?} is not a validator index"))?;
+    if modes.trim().is_empty() {
+        bail!("--byzantine {s:?}: no mode given");
+    }
+    Ok((i, modes.trim().to_string()))
+}
+
+/// Fails with a clear message unless `phalanx` was built with attack
+/// modes.
+fn check_byzantine_build(phalanx: &Path) -> Result<()> {
+    let out = std::process::Command::new(phalanx)
+        .args(["start", "--help"])
+        .output()
+        .with_context(|| format!("running {}", phalanx.display()))?;
+    if !String::from_utf8_lossy(&out.stdout).contains("--byzantine") {
+        bail!(
+            "{} has no attack modes: they exist only in a test build with the `byzantine` feature \
+             (cargo build -p phalanx-node --features byzantine; then pass --phalanx target/debug/phalanx)",
+            phalanx.display()
+        );
+    }
+    Ok(())
 }
 
 /// A local port for a listener (see [`phalanx_testnet::ports`]).
@@ -90,6 +127,22 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
             dir.display()
         );
     }
+    for (i, _) in &opts.byzantine {
+        if *i >= opts.validators {
+            bail!(
+                "--byzantine {i}=…: there are only {} validators",
+                opts.validators
+            );
+        }
+    }
+    for i in &opts.twins {
+        if *i >= opts.validators {
+            bail!("--twin {i}: there are only {} validators", opts.validators);
+        }
+    }
+    if !opts.byzantine.is_empty() {
+        check_byzantine_build(&opts.phalanx)?;
+    }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = std::fs::canonicalize(dir)?;
 
@@ -113,6 +166,43 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
             metrics_url: format!("http://127.0.0.1:{metrics}/metrics"),
             p2p_addr: format!("/ip4/127.0.0.1/tcp/{p2p}"),
             pid: None,
+            byzantine: opts
+                .byzantine
+                .iter()
+                .find(|(j, _)| *j == i)
+                .map(|(_, m)| m.clone()),
+            twin_of: None,
+        });
+    }
+    // Twins: a home of their own holding the twinned validator's key.
+    for &of in &opts.twins {
+        let index = nodes.len();
+        let home = dir.join(format!("node-{index}-twin-of-{of}"));
+        let (p2p, rpc, metrics) = (free_port()?, free_port()?, free_port()?);
+        phalanx_testnet::init::init_home(
+            &opts.phalanx,
+            &home,
+            [p2p, rpc, metrics],
+            "../genesis.json",
+        )?;
+        let original: &NodeInfo = &nodes[of];
+        std::fs::copy(
+            original.home.join("validator.key"),
+            home.join("validator.key"),
+        )
+        .context("copying the twinned key")?;
+        nodes.push(NodeInfo {
+            index,
+            key: original.key.clone(),
+            log: home.join("node.log"),
+            home,
+            rpc_url: format!("http://127.0.0.1:{rpc}"),
+            ws_url: format!("ws://127.0.0.1:{rpc}"),
+            metrics_url: format!("http://127.0.0.1:{metrics}/metrics"),
+            p2p_addr: format!("/ip4/127.0.0.1/tcp/{p2p}"),
+            pid: None,
+            byzantine: None,
+            twin_of: Some(of),
         });
     }
     let threads = match opts.node_threads {
@@ -124,7 +214,13 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
     };
     for n in &nodes {
         let mut peers = String::new();
-        for p in nodes.iter().filter(|p| p.index != n.index) {
+        // Peers are the validators (never a twin), less the node itself
+        // and, for a twin, the validator it doubles.
+        let me = n.twin_of.unwrap_or(n.index);
+        for p in nodes
+            .iter()
+            .filter(|p| p.twin_of.is_none() && p.index != me)
+        {
             peers.push_str(&format!(
                 "\n[[peers]]\nkey = \"{}\"\naddr = \"{}\"\n",
                 p.key, p.p2p_addr
@@ -167,6 +263,7 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
         genesis_time_ms: now_ms(),
         validators: nodes
             .iter()
+            .filter(|n| n.twin_of.is_none())
             .map(|n| phalanx_crypto::PublicKey::from_hex(&n.key))
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow::anyhow!("validator key: {e}"))?,
@@ -205,7 +302,11 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
 fn start_node(net: &mut Testnet, i: usize) -> Result<()> {
     let n = &net.nodes[i];
     let home = n.home.to_string_lossy().to_string();
-    let pid = spawn_detached(&net.phalanx, &["start", "--home", &home], &n.log, &n.home)?;
+    let mut args = vec!["start", "--home", &home];
+    if let Some(m) = &n.byzantine {
+        args.extend(["--byzantine", m]);
+    }
+    let pid = spawn_detached(&net.phalanx, &args, &n.log, &n.home)?;
     net.nodes[i].pid = Some(pid);
     Ok(())
 }

@@ -42,6 +42,13 @@ pub struct NodeInfo {
     pub log: PathBuf,
     /// The running process, if any.
     pub pid: Option<u32>,
+    /// Attack modes it runs (`--byzantine`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub byzantine: Option<String>,
+    /// The validator whose key this process holds, when it is a twin
+    /// (`--twin`): a second process signing as that validator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub twin_of: Option<usize>,
 }
 
 /// What a node's process is doing.

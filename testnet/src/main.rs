@@ -61,6 +61,16 @@ enum Cmd {
         /// Print testnet.json instead of a table.
         #[arg(long)]
         json: bool,
+        /// Make validator I an attacker running `mode[,mode]`
+        /// (repeatable; `I=mode[,mode]`). Needs a `phalanx` built with the
+        /// `byzantine` feature (a test build); modes: equivocate,
+        /// double-vote, withhold, stale-lock, delay, censor, burn, spam.
+        #[arg(long = "byzantine", value_parser = cluster::parse_byzantine)]
+        byzantine: Vec<(usize, String)>,
+        /// Start a second process with validator I's key (repeatable): a
+        /// twin, which signs as that validator from its own state.
+        #[arg(long = "twin")]
+        twins: Vec<usize>,
     },
     /// Height, view, leader, peers and health of each node.
     Status {
@@ -153,6 +163,8 @@ async fn run(cmd: Cmd) -> Result<bool> {
             phalanx,
             node_threads,
             json,
+            byzantine,
+            twins,
         } => {
             let opts = UpOptions {
                 validators,
@@ -160,6 +172,8 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 checkpoint_interval,
                 phalanx: cluster::find_phalanx(phalanx)?,
                 node_threads,
+                byzantine,
+                twins,
             };
             let mut net = match cluster::up(&dir, &opts).await {
                 Ok(n) => n,

@@ -22,7 +22,9 @@ pub const PATIENCE: Duration = Duration::from_secs(120);
 
 /// The directory holding the `phalanx` and `phalanx-testnet` binaries,
 /// built once per test process with the same profile and target directory
-/// as the tests.
+/// as the tests. `phalanx` is built with the `byzantine` feature, so that
+/// a test can make one validator an attacker (`phalanx start --byzantine`);
+/// the others run the same binary without attack modes, as honest nodes.
 fn bin_dir() -> PathBuf {
     static DIR: OnceLock<PathBuf> = OnceLock::new();
     DIR.get_or_init(|| {
@@ -34,6 +36,8 @@ fn bin_dir() -> PathBuf {
                 "-p",
                 "phalanx-testnet",
                 "--bins",
+                "--features",
+                "phalanx-node/byzantine",
             ])
             .status()
             .expect("running cargo build for the binaries");
@@ -271,6 +275,29 @@ impl Cluster {
             serde_json::to_string_pretty(&g).expect("genesis JSON"),
         )
         .expect("writing genesis");
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
+    /// Adds a second process holding validator `of`'s key (a twin): its
+    /// own home, ports and data, the chain's genesis, and every other
+    /// validator as a peer. Returns its index (not started).
+    pub fn add_twin(&mut self, of: usize) -> usize {
+        let node = Node::init(self.dir.path().join(format!("twin{of}")), "../genesis.json");
+        let key_file = |n: &Node| n.home.join("validator.key");
+        std::fs::copy(key_file(&self.nodes[of]), key_file(&node)).expect("copying the key");
+        let peers: String = self
+            .nodes
+            .iter()
+            .enumerate()
+            .filter(|(j, _)| *j != of)
+            .map(|(_, p)| p.peer_entry())
+            .collect();
+        node.configure("", &peers);
+        let node = Node {
+            key: self.nodes[of].key,
+            ..node
+        };
         self.nodes.push(node);
         self.nodes.len() - 1
     }

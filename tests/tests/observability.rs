@@ -244,11 +244,13 @@ fn a_testnet_under_load_feeds_every_dashboard_panel_and_alert_rule_in_a_real_pro
     assert_eq!(
         names,
         [
+            "PhalanxEquivocation",
             "PhalanxMempoolNearFull",
             "PhalanxNoCommit",
             "PhalanxNodeDown",
             "PhalanxPeerSendingInvalidMessages",
             "PhalanxProposalsRefused",
+            "PhalanxTransactionsCensored",
             "PhalanxViewChangeStorm",
         ]
     );

@@ -1,0 +1,438 @@
+//! A lying validator as a real process: one of four validators runs an
+//! attack mode (`phalanx start --byzantine MODE`, feature `byzantine`) over
+//! real libp2p sockets, and the three honest ones must stay safe (the same
+//! block at every height, no evidence against an honest key) and live as
+//! each mode's figure states.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::collections::BTreeMap;
+use std::time::{Duration, Instant};
+
+use phalanx_tests::{Cluster, ClusterOptions, PATIENCE, account, transfer_hex};
+use serde_json::json;
+
+/// The attacker's index in every test; 0, 1 and 2 are honest.
+const ATTACKER: usize = 3;
+const HONEST: [usize; 3] = [0, 1, 2];
+/// Demo accounts funded at genesis.
+const ACCOUNTS: u64 = 16;
+
+/// Four validators on a chain with 1 s base view timeouts, quick empty
+/// blocks, and transactions overdue after 15 s.
+fn cluster() -> Cluster {
+    Cluster::new(ClusterOptions {
+        accounts: ACCOUNTS,
+        extra_config: "empty_block_delay_ms = 20\noverdue_tx_ms = 15000".into(),
+        params: phalanx_ledger::Params {
+            checkpoint_interval: 20,
+            base_timeout_ms: 1000,
+            max_timeout_ms: 4000,
+            ..phalanx_ledger::Params::default()
+        },
+        ..ClusterOptions::default()
+    })
+}
+
+/// Starts the honest validators, and the attacker with `modes`.
+fn start(c: &mut Cluster, modes: &str) {
+    for i in HONEST {
+        c.start(i);
+    }
+    c.start_with(ATTACKER, &["--byzantine", modes]);
+}
+
+/// How many times node `i` logged an action of attack `mode`.
+fn attacks(c: &Cluster, i: usize, mode: &str) -> usize {
+    c.log_records(i)
+        .iter()
+        .filter(|r| {
+            r["mode"] == mode
+                && r["message"]
+                    .as_str()
+                    .is_some_and(|m| m.starts_with("byzantine action"))
+        })
+        .count()
+}
+
+/// Signers named by node `i`'s equivocation evidence.
+fn evidence(c: &Cluster, i: usize) -> Vec<u64> {
+    c.log_records(i)
+        .iter()
+        .filter(|r| r["message"] == "equivocation evidence")
+        .filter_map(|r| r["signer"].as_u64())
+        .collect()
+}
+
+/// Safety: the honest nodes agree on the block at every height any two of
+/// them committed, and no evidence any of them holds names an honest key.
+fn assert_safe(c: &Cluster, honest: &[usize], culprit: usize) {
+    let logs: Vec<BTreeMap<u64, String>> = honest.iter().map(|i| c.committed(*i)).collect();
+    for a in 0..logs.len() {
+        for b in a + 1..logs.len() {
+            for (h, id) in &logs[a] {
+                if let Some(other) = logs[b].get(h) {
+                    assert_eq!(
+                        id, other,
+                        "honest nodes {} and {} differ at height {h}",
+                        honest[a], honest[b]
+                    );
+                }
+            }
+        }
+    }
+    for i in honest {
+        for signer in evidence(c, *i) {
+            assert_eq!(
+                signer, culprit as u64,
+                "node {i} holds evidence against honest validator {signer}"
+            );
+        }
+    }
+}
+
+/// Waits until every honest node has committed `blocks` more blocks than
+/// the highest of them now.
+fn commits_go_on(c: &mut Cluster, blocks: u64) {
+    let h = HONEST.iter().map(|i| c.height(*i)).max().unwrap();
+    c.wait_until(&format!("honest nodes commit {blocks} more blocks"), |c| {
+        HONEST.iter().all(|i| c.height(*i) >= h + blocks)
+    });
+}
+
+/// Each demo account's next nonce, as the test has used them.
+struct Load {
+    next: Vec<u64>,
+    sent: u64,
+}
+
+impl Load {
+    fn new() -> Load {
+        Load {
+            next: vec![0; ACCOUNTS as usize],
+            sent: 0,
+        }
+    }
+
+    /// Submits `count` transfers from `senders`, `per_sec` a second,
+    /// round-robin over the honest nodes, without waiting for commits.
+    /// Returns their hashes.
+    fn submit(&mut self, c: &Cluster, senders: &[u64], count: u64, per_sec: u64) -> Vec<String> {
+        let chain = c.genesis.chain_id.clone();
+        let started = Instant::now();
+        let mut hashes = Vec::new();
+        for k in 0..count {
+            let due = started + Duration::from_millis(k * 1000 / per_sec);
+            if let Some(wait) = due.checked_duration_since(Instant::now()) {
+                std::thread::sleep(wait);
+            }
+            let from = senders[(k as usize) % senders.len()];
+            let nonce = self.next[from as usize];
+            self.next[from as usize] += 1;
+            let to = account((from + 1) % ACCOUNTS).public();
+            let tx = transfer_hex(&chain, from, nonce, &to, 1_000);
+            let node = HONEST[(self.sent as usize) % HONEST.len()];
+            self.sent += 1;
+            let r = c
+                .rpc(
+                    node,
+                    "ledger_submitTransaction",
+                    vec![json!(tx), json!("none")],
+                )
+                .unwrap_or_else(|e| panic!("node {node} refused transfer {from}/{nonce}: {e:?}"));
+            hashes.push(r["hash"].as_str().unwrap().to_string());
+        }
+        hashes
+    }
+
+    /// Whether every account's committed nonce on every honest node has
+    /// reached what the test used.
+    fn all_committed(&self, c: &Cluster) -> bool {
+        HONEST.iter().all(|i| {
+            (0..ACCOUNTS).all(|a| {
+                let want = self.next[a as usize];
+                want == 0
+                    || c.rpc(
+                        *i,
+                        "ledger_getAccount",
+                        vec![json!(phalanx_tests::hex_encode(
+                            &account(a).public().to_bytes()
+                        ))],
+                    )
+                    .is_ok_and(|v| v["nonce"].as_u64() == Some(want))
+            })
+        })
+    }
+
+    /// Submits `count` transfers at `per_sec` and returns the committed
+    /// rate: transfers per second from the first submission until every
+    /// honest node has committed all of them.
+    fn committed_rate(&mut self, c: &mut Cluster, count: u64, per_sec: u64) -> f64 {
+        let senders: Vec<u64> = (0..ACCOUNTS).collect();
+        let started = Instant::now();
+        self.submit(c, &senders, count, per_sec);
+        c.wait_until("every transfer commits on every honest node", |c| {
+            self.all_committed(c)
+        });
+        count as f64 / started.elapsed().as_secs_f64()
+    }
+}
+
+/// Every hash is committed with an `applied` receipt on every honest node.
+fn assert_applied(c: &Cluster, hashes: &[String]) {
+    for i in HONEST {
+        for h in hashes {
+            let v = c.rpc(i, "ledger_getTransaction", vec![json!(h)]).unwrap();
+            assert_eq!(v["status"], "committed", "node {i}: {h}: {v}");
+            assert_eq!(v["receipt"]["status"], "applied", "node {i}: {h}: {v}");
+        }
+    }
+}
+
+/// No honest node counts an overdue transaction now.
+fn assert_nothing_overdue(c: &Cluster) {
+    for i in HONEST {
+        let overdue = c.metric(i, "phalanx_mempool_overdue_transactions");
+        assert_eq!(overdue, Some(0.0), "node {i}");
+    }
+}
+
+#[test]
+fn an_equivocating_leader_splits_no_honest_node_and_commits_go_on() {
+    let mut c = cluster();
+    start(&mut c, "equivocate");
+    c.wait_until("the attacker equivocates as leader three times", |c| {
+        attacks(c, ATTACKER, "equivocate") >= 3
+    });
+    commits_go_on(&mut c, 10);
+    let mut load = Load::new();
+    let hashes = load.submit(&c, &[0, 1, 2, 3], 40, 40);
+    c.wait_until("the transfers commit", |c| load.all_committed(c));
+    assert_applied(&c, &hashes);
+    assert_safe(&c, &HONEST, ATTACKER);
+}
+
+#[test]
+fn a_double_voter_is_caught_by_evidence_and_never_certifies_its_second_block() {
+    let mut c = cluster();
+    start(&mut c, "double-vote");
+    c.wait_until(
+        "honest leaders hold evidence against the double voter",
+        |c| {
+            HONEST
+                .iter()
+                .any(|i| evidence(c, *i).contains(&(ATTACKER as u64)))
+        },
+    );
+    assert!(attacks(&c, ATTACKER, "double-vote") >= 1);
+    commits_go_on(&mut c, 10);
+    assert_safe(&c, &HONEST, ATTACKER);
+    let evidence_total: f64 = HONEST
+        .iter()
+        .filter_map(|i| c.metric(*i, "phalanx_equivocations_total"))
+        .sum();
+    assert!(evidence_total >= 1.0, "evidence is counted in metrics");
+}
+
+#[test]
+fn a_leader_that_withholds_its_certificate_and_votes_does_not_stop_commits() {
+    let mut c = cluster();
+    start(&mut c, "withhold");
+    c.wait_until("the attacker withholds proposals and votes", |c| {
+        attacks(c, ATTACKER, "withhold") >= 6
+    });
+    commits_go_on(&mut c, 10);
+    let mut load = Load::new();
+    let hashes = load.submit(&c, &[0, 1, 2, 3], 40, 40);
+    c.wait_until("the transfers commit", |c| load.all_committed(c));
+    assert_applied(&c, &hashes);
+    assert_safe(&c, &HONEST, ATTACKER);
+}
+
+#[test]
+fn a_leader_extending_a_stale_certificate_after_a_timeout_gets_no_votes() {
+    let mut c = cluster();
+    start(&mut c, "stale-lock");
+    c.wait_until("every node commits", |c| (0..4).all(|i| c.height(i) >= 3));
+    // Views time out while the validator before the attacker in the
+    // rotation is frozen, so the attacker leads views that follow a
+    // timeout certificate.
+    c.freeze(2, true);
+    c.wait_until("the attacker proposes on a stale certificate", |c| {
+        attacks(c, ATTACKER, "stale-lock") >= 1
+    });
+    c.freeze(2, false);
+    commits_go_on(&mut c, 10);
+    // The stale blocks carry no transactions and extend an old
+    // certificate; none is ever certified (its height would be committed
+    // twice otherwise: agreement below catches that), and every honest
+    // node refused to vote for them.
+    assert_safe(&c, &HONEST, ATTACKER);
+    let refused: f64 = HONEST
+        .iter()
+        .filter_map(|i| c.metric(*i, "phalanx_proposals_refused_total{reason=\"lock\"}"))
+        .sum();
+    assert!(refused >= 1.0, "honest nodes refused the stale proposals");
+}
+
+#[test]
+fn a_validator_delaying_its_messages_to_just_under_the_timeout_costs_under_a_fifth_of_throughput() {
+    let mut c = cluster();
+    for i in 0..4 {
+        c.start(i);
+    }
+    c.wait_until("every node commits", |c| (0..4).all(|i| c.height(i) >= 3));
+    let mut load = Load::new();
+    let clean = load.committed_rate(&mut c, 400, 50);
+    // The same validator, restarted as an attacker.
+    c.stop(ATTACKER);
+    c.start_with(ATTACKER, &["--byzantine", "delay"]);
+    c.wait_until("the attacker holds its messages", |c| {
+        attacks(c, ATTACKER, "delay") >= 3
+    });
+    let attacked = load.committed_rate(&mut c, 400, 50);
+    eprintln!("committed transfers/s: clean {clean:.1}, with a delaying validator {attacked:.1}");
+    assert!(
+        attacked >= 0.8 * clean,
+        "honest throughput {attacked:.1}/s under 80 % of the clean run's {clean:.1}/s"
+    );
+    assert_safe(&c, &HONEST, ATTACKER);
+}
+
+#[test]
+fn a_validator_flooding_junk_costs_under_a_fifth_of_throughput_and_is_counted() {
+    let mut c = cluster();
+    for i in 0..4 {
+        c.start(i);
+    }
+    c.wait_until("every node commits", |c| (0..4).all(|i| c.height(i) >= 3));
+    let mut load = Load::new();
+    let clean = load.committed_rate(&mut c, 400, 50);
+    c.stop(ATTACKER);
+    c.start_with(ATTACKER, &["--byzantine", "spam"]);
+    c.wait_until("honest nodes count the attacker's bad signatures", |c| {
+        HONEST.iter().all(|i| {
+            c.metric(
+                *i,
+                "phalanx_invalid_messages_total{peer=\"3\",reason=\"bad_signature\"}",
+            )
+            .unwrap_or(0.0)
+                >= 100.0
+        })
+    });
+    let attacked = load.committed_rate(&mut c, 400, 50);
+    eprintln!("committed transfers/s: clean {clean:.1}, with a flooding validator {attacked:.1}");
+    assert!(
+        attacked >= 0.8 * clean,
+        "honest throughput {attacked:.1}/s under 80 % of the clean run's {clean:.1}/s"
+    );
+    c.wait_until("honest nodes drop the attacker's oversized frames", |c| {
+        HONEST.iter().any(|i| {
+            c.metric(
+                *i,
+                "phalanx_invalid_messages_total{peer=\"3\",reason=\"oversized_frame\"}",
+            )
+            .unwrap_or(0.0)
+                >= 1.0
+        })
+    });
+    assert_safe(&c, &HONEST, ATTACKER);
+}
+
+#[test]
+fn a_censoring_leader_leaves_no_transaction_unserved_past_the_bound() {
+    let mut c = cluster();
+    start(&mut c, "censor");
+    c.wait_until("every node commits", |c| (0..4).all(|i| c.height(i) >= 3));
+    // Senders the attacker leaves out, and senders it does not.
+    let (censored, free): (Vec<u64>, Vec<u64>) =
+        (0..ACCOUNTS).partition(|a| account(*a).public().to_bytes()[0].is_multiple_of(2));
+    assert!(!censored.is_empty() && !free.is_empty());
+    let mut load = Load::new();
+    let started = Instant::now();
+    let mut hashes = load.submit(&c, &censored, 60, 20);
+    hashes.extend(load.submit(&c, &free, 20, 20));
+    c.wait_until("every transfer commits", |c| load.all_committed(c));
+    let took = started.elapsed();
+    assert!(
+        took < PATIENCE,
+        "served within the bound: {took:?} (overdue after 15 s at honest nodes)"
+    );
+    assert_applied(&c, &hashes);
+    assert!(
+        attacks(&c, ATTACKER, "censor") >= 1,
+        "the attacker left transactions out as leader"
+    );
+    assert_nothing_overdue(&c);
+    assert_safe(&c, &HONEST, ATTACKER);
+}
+
+#[test]
+fn a_leader_burning_transactions_gets_its_blocks_refused_and_burns_none() {
+    let mut c = cluster();
+    start(&mut c, "burn");
+    c.wait_until("every node commits", |c| (0..4).all(|i| c.height(i) >= 3));
+    let mut load = Load::new();
+    let senders: Vec<u64> = (0..ACCOUNTS).collect();
+    let mut hashes = Vec::new();
+    // Bursts of several nonces per sender, so that a block the attacker
+    // proposes has runs to reverse.
+    for _ in 0..4 {
+        hashes.extend(load.submit(&c, &senders, 48, 200));
+        c.wait_until("the burst commits", |c| load.all_committed(c));
+        if attacks(&c, ATTACKER, "burn") >= 1 {
+            break;
+        }
+    }
+    assert!(
+        attacks(&c, ATTACKER, "burn") >= 1,
+        "the attacker proposed burnt blocks"
+    );
+    // Every genuine transaction applied: none was burnt by a broken copy
+    // or an out-of-order nonce.
+    assert_applied(&c, &hashes);
+    let refused: f64 = HONEST
+        .iter()
+        .filter_map(|i| {
+            c.metric(
+                *i,
+                "phalanx_proposals_refused_total{reason=\"bad_signature\"}",
+            )
+        })
+        .sum();
+    assert!(refused >= 1.0, "honest nodes refused the burnt blocks");
+    assert_nothing_overdue(&c);
+    assert_safe(&c, &HONEST, ATTACKER);
+}
+
+#[test]
+fn a_twin_of_a_validator_yields_evidence_against_it_and_no_fork() {
+    let mut c = cluster();
+    let twin = c.add_twin(2);
+    c.start_all();
+    c.wait_until("honest nodes hold evidence against the twinned key", |c| {
+        [0, 1, ATTACKER]
+            .iter()
+            .any(|i| evidence(c, *i).contains(&2))
+    });
+    commits_go_on_among(&mut c, &[0, 1, ATTACKER], 10);
+    // Safety among the validators whose key has no twin; both twins'
+    // commits must agree with them too (they run honest code).
+    assert_safe(&c, &[0, 1, ATTACKER], 2);
+    let reference = c.committed(0);
+    for i in [2, twin] {
+        for (h, id) in c.committed(i) {
+            if let Some(r) = reference.get(&h) {
+                assert_eq!(r, &id, "twin process {i} differs at height {h}");
+            }
+        }
+    }
+}
+
+fn commits_go_on_among(c: &mut Cluster, nodes: &[usize], blocks: u64) {
+    let h = nodes.iter().map(|i| c.height(*i)).max().unwrap();
+    c.wait_until(
+        &format!("nodes {nodes:?} commit {blocks} more blocks"),
+        |c| nodes.iter().all(|i| c.height(*i) >= h + blocks),
+    );
+}
