@@ -67,6 +67,19 @@ pub enum Flaw {
     /// Leaders by plain round robin, without P20: a crashed validator's
     /// turns keep costing timeouts (a liveness regression, not unsafe).
     RoundRobinLeaders,
+    /// Commit a certified block's parent even when the two were not
+    /// proposed in consecutive views (a two-chain across a timeout).
+    CommitNonConsecutive,
+    /// Time out a view without closing it to votes (P14 missing): a
+    /// proposal that arrives later still gets a vote.
+    VoteAfterTimeout,
+    /// Accept a timeout certificate whose carried certificate is not the
+    /// highest its signers reported (the verifier's maximum-view check
+    /// skipped).
+    TcSkipsMaxView,
+    /// Certificates of 2f signatures instead of 2f + 1 (every quorum the
+    /// validator forms or checks is one short).
+    QuorumOffByOne,
 }
 
 /// Protocol parameters. Every validator of a chain must use the same values
@@ -684,7 +697,14 @@ impl Core {
         };
         let signed = Verified::sign(&self.key, self.me, &self.cfg.chain_id, timeout);
         // P14: no vote in this view after timing out in it.
-        self.safety.last_voted_view = view;
+        #[cfg(feature = "sim")]
+        if !self.flaw(Flaw::VoteAfterTimeout) {
+            self.safety.last_voted_view = view;
+        }
+        #[cfg(not(feature = "sim"))]
+        {
+            self.safety.last_voted_view = view;
+        }
         self.safety.last_timeout = Some(signed.signed().clone());
         self.persist();
         self.out
@@ -1198,7 +1218,12 @@ impl Core {
             self.commit_chain(id, from);
             return;
         }
-        if commits_parent(b) {
+        #[cfg(feature = "sim")]
+        let two_chain =
+            commits_parent(b) || (self.flaw(Flaw::CommitNonConsecutive) && b.height().0 > 1);
+        #[cfg(not(feature = "sim"))]
+        let two_chain = commits_parent(b);
+        if two_chain {
             let parent = b.header.justify.payload.block_id;
             self.commit_chain(parent, from);
         }

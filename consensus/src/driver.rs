@@ -306,12 +306,17 @@ impl<P: Ports> Driver<P> {
         now: Time,
     ) -> Result<Driver<P>, DriverError> {
         let genesis = Block::genesis(&core_cfg.chain_id, core_cfg.genesis_time_ms);
-        let verifier = Verifier::new(
+        #[cfg_attr(not(feature = "sim"), allow(unused_mut))]
+        let mut verifier = Verifier::new(
             core_cfg.validators.clone(),
             core_cfg.chain_id.clone(),
             &genesis,
             core_cfg.max_payload_bytes,
         );
+        #[cfg(feature = "sim")]
+        if core_cfg.flaw == Some(crate::Flaw::TcSkipsMaxView) {
+            verifier.skip_tc_max_view();
+        }
         let head = restore.committed.0.height();
         let (core, actions) = Core::restore(core_cfg, key, payload_check, restore, now)?;
         let mut d = Driver {

@@ -167,6 +167,9 @@ pub struct Verifier {
     max_payload_bytes: usize,
     certs: DigestCache,
     messages: DigestCache,
+    /// The planted flaw [`crate::Flaw::TcSkipsMaxView`] (simulator only).
+    #[cfg(feature = "sim")]
+    skip_tc_max_view: bool,
 }
 
 impl Verifier {
@@ -184,7 +187,15 @@ impl Verifier {
             max_payload_bytes,
             certs: DigestCache::default(),
             messages: DigestCache::default(),
+            #[cfg(feature = "sim")]
+            skip_tc_max_view: false,
         }
+    }
+
+    /// Plants [`crate::Flaw::TcSkipsMaxView`] (simulator only).
+    #[cfg(feature = "sim")]
+    pub fn skip_tc_max_view(&mut self) {
+        self.skip_tc_max_view = true;
     }
 
     /// Decodes and verifies wire bytes.
@@ -326,6 +337,12 @@ impl Verifier {
             ));
         }
         let max_view = tc.entries.iter().map(|e| e.high_qc_view).max();
+        #[cfg(feature = "sim")]
+        let max_view = if self.skip_tc_max_view {
+            Some(tc.high_qc.payload.view)
+        } else {
+            max_view
+        };
         if max_view != Some(tc.high_qc.payload.view) {
             return Err(VerifyError::TimeoutCert(
                 "carried certificate is not the entries' highest",

@@ -33,6 +33,11 @@ pub const MAX_VALIDATORS: usize = 1024;
 #[serde(try_from = "Vec<PublicKey>", into = "Vec<PublicKey>")]
 pub struct ValidatorSet {
     keys: Vec<PublicKey>,
+    /// A planted flaw: quorums of 2f instead of 2f + 1 (feature `flaws`,
+    /// the consensus simulator's negative controls only).
+    #[cfg(feature = "flaws")]
+    #[serde(skip)]
+    short_quorum: bool,
 }
 
 impl ValidatorSet {
@@ -57,7 +62,19 @@ impl ValidatorSet {
                 });
             }
         }
-        Ok(ValidatorSet { keys })
+        Ok(ValidatorSet {
+            keys,
+            #[cfg(feature = "flaws")]
+            short_quorum: false,
+        })
+    }
+
+    /// The same set with quorums one signature short (2f): a planted flaw
+    /// for the simulator's negative controls (feature `flaws`).
+    #[cfg(feature = "flaws")]
+    pub fn with_short_quorum(mut self) -> ValidatorSet {
+        self.short_quorum = true;
+        self
     }
 
     /// Number of validators.
@@ -77,6 +94,10 @@ impl ValidatorSet {
 
     /// Signers needed for a certificate: ⌊2n/3⌋+1.
     pub fn quorum(&self) -> usize {
+        #[cfg(feature = "flaws")]
+        if self.short_quorum {
+            return 2 * self.len() / 3;
+        }
         2 * self.len() / 3 + 1
     }
 

@@ -49,6 +49,47 @@ pub struct UpOptions {
     pub twins: Vec<usize>,
 }
 
+/// The nodes `n` dials (indices into `nodes`), with `twin` = (validator,
+/// twin's node index) when there is one.
+///
+/// A validator sends to one connection per peer key, so a twin that every
+/// validator reached only by dialling would never hear anything. The
+/// peers are split instead, as two machines holding one key would split a
+/// network: the first half of the other validators know the twin's address
+/// and the rest the original's, each copy dials its half, and the first
+/// of them is dialled by both copies, so it hears both.
+fn peer_list(nodes: &[NodeInfo], n: &NodeInfo, twin: Option<(usize, usize)>) -> Vec<usize> {
+    let validators: Vec<usize> = nodes
+        .iter()
+        .filter(|p| p.twin_of.is_none())
+        .map(|p| p.index)
+        .collect();
+    let Some((of, twin_node)) = twin else {
+        return validators.into_iter().filter(|p| *p != n.index).collect();
+    };
+    let others: Vec<usize> = validators.iter().copied().filter(|p| *p != of).collect();
+    let (twin_side, original_side) = others.split_at(others.len().div_ceil(2));
+    if n.index == twin_node {
+        return twin_side.to_vec();
+    }
+    if n.index == of {
+        return std::iter::once(others[0])
+            .chain(original_side.iter().copied())
+            .collect();
+    }
+    validators
+        .into_iter()
+        .filter(|p| *p != n.index)
+        .map(|p| {
+            if p == of && twin_side.contains(&n.index) {
+                twin_node
+            } else {
+                p
+            }
+        })
+        .collect()
+}
+
 /// Parses `I=mode[,mode]`.
 pub fn parse_byzantine(s: &str) -> Result<(usize, String)> {
     let (i, modes) = s
@@ -135,6 +176,9 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
             );
         }
     }
+    if opts.twins.len() > 1 {
+        bail!("--twin: one twin per testnet");
+    }
     for i in &opts.twins {
         if *i >= opts.validators {
             bail!("--twin {i}: there are only {} validators", opts.validators);
@@ -212,20 +256,17 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
         }
         t => t,
     };
+    let twin = nodes.iter().find_map(|n| n.twin_of.map(|of| (of, n.index)));
     for n in &nodes {
-        let mut peers = String::new();
-        // Peers are the validators (never a twin), less the node itself
-        // and, for a twin, the validator it doubles.
-        let me = n.twin_of.unwrap_or(n.index);
-        for p in nodes
-            .iter()
-            .filter(|p| p.twin_of.is_none() && p.index != me)
-        {
-            peers.push_str(&format!(
-                "\n[[peers]]\nkey = \"{}\"\naddr = \"{}\"\n",
-                p.key, p.p2p_addr
-            ));
-        }
+        let peers = peer_list(&nodes, n, twin)
+            .into_iter()
+            .map(|p| {
+                format!(
+                    "\n[[peers]]\nkey = \"{}\"\naddr = \"{}\"\n",
+                    nodes[p].key, nodes[p].p2p_addr
+                )
+            })
+            .collect::<String>();
         let cfg = n.home.join("config.toml");
         let text = std::fs::read_to_string(&cfg)?;
         if !text.contains("\nruntime_threads = 0\n") {

@@ -183,6 +183,18 @@ impl Node {
         )
     }
 
+    /// Replaces every `[[peers]]` entry of the config with `peers`.
+    fn set_peers(&self, peers: &str) {
+        let cfg = self.home.join("config.toml");
+        let text = std::fs::read_to_string(&cfg).expect("config");
+        let head = text
+            .split("\n[[peers]]")
+            .next()
+            .unwrap_or(&text)
+            .to_string();
+        std::fs::write(&cfg, head + peers).expect("config");
+    }
+
     /// Rewrites the config: `overrides` (`key = value` lines) replace the
     /// template's lines, `peers` is appended.
     fn configure(&self, overrides: &str, peers: &str) {
@@ -280,25 +292,45 @@ impl Cluster {
     }
 
     /// Adds a second process holding validator `of`'s key (a twin): its
-    /// own home, ports and data, the chain's genesis, and every other
-    /// validator as a peer. Returns its index (not started).
+    /// own home, ports and data, and the chain's genesis. Returns its index
+    /// (not started).
+    ///
+    /// Each validator sends to one connection per peer key, so a twin
+    /// that every validator reached only by dialling would never hear
+    /// anything. The peers are split instead, as two machines holding one
+    /// key would split a network: the first half of the other validators
+    /// know the twin's address and the rest the original's, each copy
+    /// dials its half, and the first validator is dialled by both copies,
+    /// so it hears both.
     pub fn add_twin(&mut self, of: usize) -> usize {
-        let node = Node::init(self.dir.path().join(format!("twin{of}")), "../genesis.json");
+        let twin = Node::init(self.dir.path().join(format!("twin{of}")), "../genesis.json");
         let key_file = |n: &Node| n.home.join("validator.key");
-        std::fs::copy(key_file(&self.nodes[of]), key_file(&node)).expect("copying the key");
-        let peers: String = self
-            .nodes
-            .iter()
-            .enumerate()
-            .filter(|(j, _)| *j != of)
-            .map(|(_, p)| p.peer_entry())
-            .collect();
-        node.configure("", &peers);
-        let node = Node {
+        std::fs::copy(key_file(&self.nodes[of]), key_file(&twin)).expect("copying the key");
+        let twin = Node {
             key: self.nodes[of].key,
-            ..node
+            ..twin
         };
-        self.nodes.push(node);
+        let others: Vec<usize> = (0..self.nodes.len()).filter(|j| *j != of).collect();
+        let (twin_side, original_side) = others.split_at(others.len().div_ceil(2));
+        let entries = |nodes: &[Node], which: &[usize]| -> String {
+            which.iter().map(|j| nodes[*j].peer_entry()).collect()
+        };
+        for &j in &others {
+            let via = if twin_side.contains(&j) {
+                twin.peer_entry()
+            } else {
+                self.nodes[of].peer_entry()
+            };
+            let rest: Vec<usize> = others.iter().copied().filter(|k| *k != j).collect();
+            let peers = entries(&self.nodes, &rest) + &via;
+            self.nodes[j].set_peers(&peers);
+        }
+        twin.set_peers(&entries(&self.nodes, twin_side));
+        let original: Vec<usize> = std::iter::once(others[0])
+            .chain(original_side.iter().copied())
+            .collect();
+        self.nodes[of].set_peers(&entries(&self.nodes, &original));
+        self.nodes.push(twin);
         self.nodes.len() - 1
     }
 

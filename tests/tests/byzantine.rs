@@ -405,28 +405,49 @@ fn a_leader_burning_transactions_gets_its_blocks_refused_and_burns_none() {
     assert_safe(&c, &HONEST, ATTACKER);
 }
 
+/// A twin: a second process signing with validator 2's key from its own
+/// state. Each validator sends to one connection per key, so the two
+/// copies hear different halves of the cluster and quorum intersection
+/// lets at most one of them certify anything in a view; both sign (votes,
+/// timeouts, proposals), the chain stays whole, and neither copy is ever
+/// led off it. Evidence needs two conflicting signatures for one view to
+/// reach one validator, which this schedule seldom produces: it is counted,
+/// not required (the simulator's partitioned twins and the `double-vote`
+/// and `equivocate` modes above are where evidence is asserted).
 #[test]
-fn a_twin_of_a_validator_yields_evidence_against_it_and_no_fork() {
+fn a_twin_of_a_validator_signs_from_two_processes_and_forks_nothing() {
     let mut c = cluster();
     let twin = c.add_twin(2);
     c.start_all();
-    c.wait_until("honest nodes hold evidence against the twinned key", |c| {
-        [0, 1, ATTACKER]
-            .iter()
-            .any(|i| evidence(c, *i).contains(&2))
+    commits_go_on_among(&mut c, &[0, 1, ATTACKER], 20);
+    c.wait_until("both copies of validator 2 follow the chain", |c| {
+        [2, twin].iter().all(|i| c.height(*i) >= 10)
     });
-    commits_go_on_among(&mut c, &[0, 1, ATTACKER], 10);
-    // Safety among the validators whose key has no twin; both twins'
-    // commits must agree with them too (they run honest code).
+    c.wait_until("both copies of validator 2 sign messages", |c| {
+        [2, twin].iter().all(|i| {
+            let signed: f64 = ["vote", "timeout", "proposal"]
+                .iter()
+                .filter_map(|k| {
+                    c.metric(*i, &format!("phalanx_messages_sent_total{{kind=\"{k}\"}}"))
+                })
+                .sum();
+            signed >= 1.0
+        })
+    });
     assert_safe(&c, &[0, 1, ATTACKER], 2);
     let reference = c.committed(0);
     for i in [2, twin] {
         for (h, id) in c.committed(i) {
             if let Some(r) = reference.get(&h) {
-                assert_eq!(r, &id, "twin process {i} differs at height {h}");
+                assert_eq!(r, &id, "copy {i} of validator 2 differs at height {h}");
             }
         }
     }
+    let evidence: usize = [0, 1, ATTACKER]
+        .iter()
+        .map(|i| evidence(&c, *i).len())
+        .sum();
+    eprintln!("evidence against validator 2 held by honest nodes: {evidence}");
 }
 
 fn commits_go_on_among(c: &mut Cluster, nodes: &[usize], blocks: u64) {

@@ -70,11 +70,24 @@ pub enum Behaviour {
     /// its authentication broken, and a sender's items out of order (the
     /// validity rule must refuse the block).
     Burn,
+    /// As leader, shows its proposal (and the certificate it carries) to
+    /// one validator only, so locks split; never sends its votes.
+    Withhold,
+    /// As leader after a timeout, rebuilds the timeout certificate to
+    /// carry a certificate two below the highest and extends that one
+    /// (the verifier's maximum-view check must refuse it).
+    LowTc,
+    /// Holds its proposals and votes until just under the others' view
+    /// timeout.
+    Delay,
+    /// Serves block requests with junk: nothing, only the first block, or
+    /// blocks whose payload no longer matches their header.
+    SyncLiar,
 }
 
 impl Behaviour {
     /// Every behaviour.
-    pub const ALL: [Behaviour; 9] = [
+    pub const ALL: [Behaviour; 13] = [
         Behaviour::Silent,
         Behaviour::Equivocate,
         Behaviour::DoubleVote,
@@ -84,6 +97,10 @@ impl Behaviour {
         Behaviour::StaleFork,
         Behaviour::Twins,
         Behaviour::Burn,
+        Behaviour::Withhold,
+        Behaviour::LowTc,
+        Behaviour::Delay,
+        Behaviour::SyncLiar,
     ];
 }
 
@@ -625,6 +642,9 @@ impl<'a> Sim<'a> {
         core_cfg.retained_blocks = 100_000;
         core_cfg.max_payload_bytes = ITEM_BYTES * MAX_ITEMS_PER_BLOCK;
         core_cfg.flaw = cfg.flaw;
+        if cfg.flaw == Some(Flaw::QuorumOffByOne) {
+            core_cfg.validators = core_cfg.validators.clone().with_short_quorum();
+        }
         let genesis = Block::genesis(&chain, 0);
 
         // Byzantine validators: the highest indices, behaviours from config
@@ -1437,6 +1457,66 @@ impl<'a> Sim<'a> {
                 }
                 self.transmit(s, to, &msg);
             }
+            Some(Behaviour::Withhold) => match &msg {
+                Message::Vote(_) => {}
+                Message::Proposal(_) => {
+                    let me = self.slots[s].validator.as_usize();
+                    let n = self.cfg.validators;
+                    let one = (me + 1 + self.rng.index(n - 1)) % n;
+                    self.transmit(s, Some(ValidatorIndex(one as u16)), &msg);
+                }
+                _ => self.transmit(s, to, &msg),
+            },
+            Some(Behaviour::LowTc) => {
+                if let Message::Proposal(p) = &msg
+                    && p.payload.tc.is_some()
+                    && let Some(mut alt) = self.stale_fork(s, &p.payload)
+                {
+                    if let Some(tc) = &mut alt.payload.tc {
+                        tc.high_qc = alt.payload.block.header.justify.clone();
+                    }
+                    let alt = self.sign_as(s, alt.payload);
+                    self.transmit(s, None, &Message::Proposal(alt));
+                    return;
+                }
+                self.transmit(s, to, &msg);
+            }
+            Some(Behaviour::Delay) => {
+                let hold = matches!(msg, Message::Proposal(_) | Message::Vote(_));
+                let extra = if hold {
+                    self.core_cfg.base_timeout_ms * 4 / 5
+                } else {
+                    0
+                };
+                let bytes = Rc::new(encode(&msg));
+                if let Message::Proposal(p) = &msg {
+                    let b = &p.payload.block;
+                    self.all_blocks.entry(b.id()).or_insert_with(|| b.clone());
+                }
+                self.transmit_bytes_after(s, to, bytes, extra);
+            }
+            Some(Behaviour::SyncLiar) => {
+                if let Message::BlockResponse(r) = &msg {
+                    let mut r = r.clone();
+                    match self.rng.index(4) {
+                        // Stalls: no answer.
+                        0 => return,
+                        // Nothing.
+                        1 => r.blocks.clear(),
+                        // Ends early.
+                        2 => r.blocks.truncate(1),
+                        // Junk: payloads that no longer match.
+                        _ => {
+                            for b in &mut r.blocks {
+                                b.payload.push(0xa5);
+                            }
+                        }
+                    }
+                    self.transmit(s, to, &Message::BlockResponse(r));
+                    return;
+                }
+                self.transmit(s, to, &msg);
+            }
         }
     }
 
@@ -1557,6 +1637,17 @@ impl<'a> Sim<'a> {
     }
 
     fn transmit_bytes(&mut self, s: usize, to: Option<ValidatorIndex>, bytes: Rc<Vec<u8>>) {
+        self.transmit_bytes_after(s, to, bytes, 0);
+    }
+
+    /// [`Sim::transmit_bytes`], held `extra` ms first.
+    fn transmit_bytes_after(
+        &mut self,
+        s: usize,
+        to: Option<ValidatorIndex>,
+        bytes: Rc<Vec<u8>>,
+        extra: u64,
+    ) {
         let from = self.slots[s].validator;
         for t in 0..self.slots.len() {
             let tv = self.slots[t].validator;
@@ -1579,7 +1670,7 @@ impl<'a> Sim<'a> {
                     self.rng.range(1, 20)
                 };
                 self.schedule(
-                    self.now + delay,
+                    self.now + delay + extra,
                     Ev::Deliver {
                         to: t,
                         from,
