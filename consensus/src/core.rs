@@ -67,9 +67,6 @@ pub enum Flaw {
     /// Leaders by plain round robin, without P20: a crashed validator's
     /// turns keep costing timeouts (a liveness regression, not unsafe).
     RoundRobinLeaders,
-    /// Commit a certified block's parent even when the two were not
-    /// proposed in consecutive views (a two-chain across a timeout).
-    CommitNonConsecutive,
     /// Time out a view without closing it to votes (P14 missing): a
     /// proposal that arrives later still gets a vote.
     VoteAfterTimeout,
@@ -1218,12 +1215,7 @@ impl Core {
             self.commit_chain(id, from);
             return;
         }
-        #[cfg(feature = "sim")]
-        let two_chain =
-            commits_parent(b) || (self.flaw(Flaw::CommitNonConsecutive) && b.height().0 > 1);
-        #[cfg(not(feature = "sim"))]
-        let two_chain = commits_parent(b);
-        if two_chain {
+        if commits_parent(b) {
             let parent = b.header.justify.payload.block_id;
             self.commit_chain(parent, from);
         }

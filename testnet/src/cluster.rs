@@ -15,6 +15,7 @@ use crate::layout::{
     ACCOUNTS_FILE, AccountsFile, NodeInfo, Process, TESTNET_FILE, Testnet, account_key, is_ours,
     log_tail, spawn_detached, stop,
 };
+use crate::netns::NetnsInfo;
 
 /// How long `up` and `restart` wait for nodes to serve and commit.
 pub const START_PATIENCE: Duration = Duration::from_secs(180);
@@ -47,6 +48,9 @@ pub struct UpOptions {
     pub byzantine: Vec<(usize, String)>,
     /// Validators that get a twin: a second process with the same key.
     pub twins: Vec<usize>,
+    /// One network namespace per node (root only), for partitions and
+    /// netem.
+    pub netns: bool,
 }
 
 /// The nodes `n` dials (indices into `nodes`), with `twin` = (validator,
@@ -189,14 +193,55 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = std::fs::canonicalize(dir)?;
+    let netns = if opts.netns {
+        Some(NetnsInfo::create(&dir, opts.validators + opts.twins.len())?)
+    } else {
+        None
+    };
+    let ip_of = |i: usize| {
+        netns
+            .as_ref()
+            .map_or(std::net::Ipv4Addr::LOCALHOST, |n| n.node_ip(i))
+    };
+    let made = make_nodes(&dir, opts, &ip_of);
+    let nodes = match made {
+        Ok(n) => n,
+        Err(e) => {
+            if let Some(n) = &netns {
+                n.destroy();
+            }
+            return Err(e);
+        }
+    };
+    let mut net = finish_up(&dir, opts, nodes, netns.clone());
+    if let (Err(_), Some(n)) = (&net, &netns) {
+        n.destroy();
+    }
+    if let Ok(net) = &mut net {
+        for i in 0..net.nodes.len() {
+            start_node(net, i)?;
+            net.save(&dir)?;
+        }
+        wait_committing(net, &(0..net.nodes.len()).collect::<Vec<_>>(), 2).await?;
+    }
+    net
+}
 
+/// Homes, keys and ports for every node (validators, then the twin).
+fn make_nodes(
+    dir: &Path,
+    opts: &UpOptions,
+    ip_of: &dyn Fn(usize) -> std::net::Ipv4Addr,
+) -> Result<Vec<NodeInfo>> {
     let mut nodes = Vec::new();
     for i in 0..opts.validators {
         let home = dir.join(format!("node-{i}"));
         let (p2p, rpc, metrics) = (free_port()?, free_port()?, free_port()?);
-        let key = phalanx_testnet::init::init_home(
+        let ip = ip_of(i);
+        let key = phalanx_testnet::init::init_home_at(
             &opts.phalanx,
             &home,
+            ip,
             [p2p, rpc, metrics],
             "../genesis.json",
         )?;
@@ -205,10 +250,10 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
             key,
             log: home.join("node.log"),
             home,
-            rpc_url: format!("http://127.0.0.1:{rpc}"),
-            ws_url: format!("ws://127.0.0.1:{rpc}"),
-            metrics_url: format!("http://127.0.0.1:{metrics}/metrics"),
-            p2p_addr: format!("/ip4/127.0.0.1/tcp/{p2p}"),
+            rpc_url: format!("http://{ip}:{rpc}"),
+            ws_url: format!("ws://{ip}:{rpc}"),
+            metrics_url: format!("http://{ip}:{metrics}/metrics"),
+            p2p_addr: format!("/ip4/{ip}/tcp/{p2p}"),
             pid: None,
             byzantine: opts
                 .byzantine
@@ -223,9 +268,11 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
         let index = nodes.len();
         let home = dir.join(format!("node-{index}-twin-of-{of}"));
         let (p2p, rpc, metrics) = (free_port()?, free_port()?, free_port()?);
-        phalanx_testnet::init::init_home(
+        let ip = ip_of(index);
+        phalanx_testnet::init::init_home_at(
             &opts.phalanx,
             &home,
+            ip,
             [p2p, rpc, metrics],
             "../genesis.json",
         )?;
@@ -240,15 +287,26 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
             key: original.key.clone(),
             log: home.join("node.log"),
             home,
-            rpc_url: format!("http://127.0.0.1:{rpc}"),
-            ws_url: format!("ws://127.0.0.1:{rpc}"),
-            metrics_url: format!("http://127.0.0.1:{metrics}/metrics"),
-            p2p_addr: format!("/ip4/127.0.0.1/tcp/{p2p}"),
+            rpc_url: format!("http://{ip}:{rpc}"),
+            ws_url: format!("ws://{ip}:{rpc}"),
+            metrics_url: format!("http://{ip}:{metrics}/metrics"),
+            p2p_addr: format!("/ip4/{ip}/tcp/{p2p}"),
             pid: None,
             byzantine: None,
             twin_of: Some(of),
         });
     }
+    Ok(nodes)
+}
+
+/// Configs, demo accounts and genesis for `nodes`: the testnet, not yet
+/// started.
+fn finish_up(
+    dir: &Path,
+    opts: &UpOptions,
+    nodes: Vec<NodeInfo>,
+    netns: Option<NetnsInfo>,
+) -> Result<Testnet> {
     let threads = match opts.node_threads {
         0 => {
             let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
@@ -324,30 +382,40 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
     let genesis_path = dir.join("genesis.json");
     std::fs::write(&genesis_path, serde_json::to_string_pretty(&genesis)?)?;
 
-    let mut net = Testnet {
+    let net = Testnet {
         chain_id: chain_id.into(),
         phalanx: opts.phalanx.clone(),
         genesis: genesis_path,
         nodes,
         accounts: opts.accounts,
         prometheus: None,
+        netns,
     };
-    for i in 0..net.nodes.len() {
-        start_node(&mut net, i)?;
-        net.save(&dir)?;
-    }
-    wait_committing(&net, &(0..net.nodes.len()).collect::<Vec<_>>(), 2).await?;
+    net.save(dir)?;
     Ok(net)
 }
 
 fn start_node(net: &mut Testnet, i: usize) -> Result<()> {
     let n = &net.nodes[i];
     let home = n.home.to_string_lossy().to_string();
-    let mut args = vec!["start", "--home", &home];
+    let phalanx = net.phalanx.to_string_lossy().to_string();
+    let ns = net.netns.as_ref().map(|x| x.ns(i));
+    let mut args: Vec<&str> = Vec::new();
+    // In its namespace: `ip netns exec` execs the node in place, so the
+    // pid recorded is the node's.
+    if let Some(ns) = &ns {
+        args.extend(["netns", "exec", ns, &phalanx]);
+    }
+    args.extend(["start", "--home", &home]);
     if let Some(m) = &n.byzantine {
         args.extend(["--byzantine", m]);
     }
-    let pid = spawn_detached(&net.phalanx, &args, &n.log, &n.home)?;
+    let program = if ns.is_some() {
+        Path::new("ip")
+    } else {
+        net.phalanx.as_path()
+    };
+    let pid = spawn_detached(program, &args, &n.log, &n.home)?;
     net.nodes[i].pid = Some(pid);
     Ok(())
 }
@@ -497,6 +565,10 @@ pub fn down(dir: &Path, net: &mut Testnet) -> Result<Vec<String>> {
         && stop(pid, &p.dir, STOP_GRACE)?
     {
         report.push(format!("prometheus (pid {pid}) stopped"));
+    }
+    if let Some(ns) = &net.netns {
+        ns.destroy();
+        report.push(format!("network namespaces {}-* removed", ns.prefix));
     }
     net.save(dir)?;
     Ok(report)

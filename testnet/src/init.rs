@@ -1,5 +1,6 @@
 //! Creating a validator's home with `phalanx init` on chosen local ports.
 
+use std::net::Ipv4Addr;
 use std::path::Path;
 use std::process::Command;
 
@@ -25,6 +26,18 @@ pub enum InitError {
 pub fn init_home(
     phalanx: &Path,
     home: &Path,
+    ports: [u16; 3],
+    genesis: &str,
+) -> Result<String, InitError> {
+    init_home_at(phalanx, home, Ipv4Addr::LOCALHOST, ports, genesis)
+}
+
+/// [`init_home`] listening on `ip` (a node in a network namespace of its
+/// own listens on its namespace's address).
+pub fn init_home_at(
+    phalanx: &Path,
+    home: &Path,
+    ip: Ipv4Addr,
     [p2p, rpc, metrics]: [u16; 3],
     genesis: &str,
 ) -> Result<String, InitError> {
@@ -32,9 +45,9 @@ pub fn init_home(
         .arg("init")
         .arg("--home")
         .arg(home)
-        .args(["--listen", &format!("/ip4/127.0.0.1/tcp/{p2p}")])
-        .args(["--rpc-listen", &format!("127.0.0.1:{rpc}")])
-        .args(["--metrics-listen", &format!("127.0.0.1:{metrics}")])
+        .args(["--listen", &format!("/ip4/{ip}/tcp/{p2p}")])
+        .args(["--rpc-listen", &format!("{ip}:{rpc}")])
+        .args(["--metrics-listen", &format!("{ip}:{metrics}")])
         .args(["--genesis", genesis, "--json"])
         .output()
         .map_err(|source| InitError::Spawn {

@@ -100,6 +100,9 @@ pub struct Testnet {
     pub accounts: usize,
     /// The Prometheus server, when started.
     pub prometheus: Option<PrometheusInfo>,
+    /// The network namespaces, when started with `--netns`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netns: Option<crate::netns::NetnsInfo>,
 }
 
 impl Testnet {

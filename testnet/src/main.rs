@@ -12,6 +12,7 @@ mod bench;
 mod client;
 mod cluster;
 mod layout;
+mod netns;
 mod prom;
 
 use std::path::PathBuf;
@@ -67,10 +68,54 @@ enum Cmd {
         /// double-vote, withhold, stale-lock, delay, censor, burn, spam.
         #[arg(long = "byzantine", value_parser = cluster::parse_byzantine)]
         byzantine: Vec<(usize, String)>,
-        /// Start a second process with validator I's key (repeatable): a
-        /// twin, which signs as that validator from its own state.
+        /// Start a second process with validator I's key: a twin, which
+        /// signs as that validator from its own state.
         #[arg(long = "twin")]
         twins: Vec<usize>,
+        /// Run each node in a network namespace of its own, joined to a
+        /// bridge (root only), so that `partition`, `heal` and `netem` can
+        /// cut and slow real links.
+        #[arg(long)]
+        netns: bool,
+    },
+    /// Cut links between groups of nodes (`--groups 0,1/2,3`) or one way
+    /// (`--oneway 0->1`, repeatable). Needs a testnet started with
+    /// `--netns`. Replaces the cuts made before.
+    Partition {
+        /// The testnet directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// Groups of node indices, separated by '/'.
+        #[arg(long)]
+        groups: Option<String>,
+        /// One-way cuts `FROM->TO`: FROM's packets to TO are dropped.
+        #[arg(long)]
+        oneway: Vec<String>,
+    },
+    /// Remove every cut.
+    Heal {
+        /// The testnet directory.
+        #[arg(long)]
+        dir: PathBuf,
+    },
+    /// Delay, jitter and loss on one node's link (a netem queue; `--netns`
+    /// testnets only, and a kernel with netem). All zero removes it.
+    Netem {
+        /// The testnet directory.
+        #[arg(long)]
+        dir: PathBuf,
+        /// The node's index.
+        #[arg(long)]
+        node: usize,
+        /// Added delay, ms.
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Delay jitter, ms.
+        #[arg(long, default_value_t = 0)]
+        jitter_ms: u64,
+        /// Packets dropped, percent.
+        #[arg(long, default_value_t = 0.0)]
+        loss_percent: f64,
     },
     /// Height, view, leader, peers and health of each node.
     Status {
@@ -150,6 +195,17 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// The namespaces of the testnet in `dir`, or an error saying how to get
+/// them.
+fn netns_of(dir: &std::path::Path) -> Result<netns::NetnsInfo> {
+    Testnet::load(dir)?.netns.ok_or_else(|| {
+        anyhow::anyhow!(
+            "the testnet in {} runs without network namespaces: start it with `phalanx-testnet up --netns` (as root)",
+            dir.display()
+        )
+    })
+}
+
 /// Runs one command; `Ok(false)` is a completed run whose result is a
 /// failure (a bench that lost transfers).
 async fn run(cmd: Cmd) -> Result<bool> {
@@ -165,6 +221,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
             json,
             byzantine,
             twins,
+            netns,
         } => {
             let opts = UpOptions {
                 validators,
@@ -174,6 +231,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 node_threads,
                 byzantine,
                 twins,
+                netns,
             };
             let mut net = match cluster::up(&dir, &opts).await {
                 Ok(n) => n,
@@ -247,6 +305,56 @@ async fn run(cmd: Cmd) -> Result<bool> {
             for line in cluster::down(&dir, &mut net)? {
                 println!("{line}");
             }
+            Ok(true)
+        }
+        Cmd::Partition {
+            dir,
+            groups,
+            oneway,
+        } => {
+            let ns = netns_of(&dir)?;
+            let groups = groups.map(|g| netns::parse_groups(&g)).transpose()?;
+            let cuts = oneway
+                .iter()
+                .map(|c| netns::parse_oneway(c))
+                .collect::<Result<Vec<_>>>()?;
+            if groups.is_none() && cuts.is_empty() {
+                anyhow::bail!("partition: give --groups or --oneway");
+            }
+            match &groups {
+                Some(g) => ns.partition(g)?,
+                None => ns.heal()?,
+            }
+            for (a, b) in &cuts {
+                ns.cut(*a, *b)?;
+            }
+            println!(
+                "cut: {}{}",
+                groups.map_or(String::new(), |g| format!("groups {g:?} ")),
+                cuts.iter()
+                    .map(|(a, b)| format!("{a}->{b}"))
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            );
+            Ok(true)
+        }
+        Cmd::Heal { dir } => {
+            netns_of(&dir)?.heal()?;
+            println!("healed: every cut removed");
+            Ok(true)
+        }
+        Cmd::Netem {
+            dir,
+            node,
+            delay_ms,
+            jitter_ms,
+            loss_percent,
+        } => {
+            if !(0.0..=100.0).contains(&loss_percent) {
+                anyhow::bail!("--loss-percent must be between 0 and 100");
+            }
+            netns_of(&dir)?.netem(node, delay_ms, jitter_ms, loss_percent)?;
+            println!("node {node}: delay {delay_ms} ms ± {jitter_ms} ms, loss {loss_percent} %");
             Ok(true)
         }
         Cmd::Kill(a) => perturb(a, Perturb::Kill).await,

@@ -1,0 +1,162 @@
+//! Real network partitions: a testnet whose nodes each run in a Linux
+//! network namespace of their own (`phalanx-testnet up --netns`), cut with
+//! blackhole routes by `partition` and mended by `heal`. Needs root; where
+//! namespaces cannot be created the test says so and returns.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use phalanx_tests::{PATIENCE, run, testnet_bin};
+use serde_json::Value;
+
+fn ok(args: &[&str]) -> String {
+    let (code, out, err) = run(&testnet_bin(), args);
+    assert_eq!(
+        code,
+        Some(0),
+        "phalanx-testnet {args:?} failed:\n{out}\n{err}"
+    );
+    out
+}
+
+/// Stops the testnet (and removes its namespaces) on drop, also when the
+/// test fails.
+struct Down(PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = run(
+            &testnet_bin(),
+            &["down", "--dir", &self.0.to_string_lossy()],
+        );
+    }
+}
+
+/// Whether this process may create network namespaces.
+fn namespaces_available() -> Option<String> {
+    let name = format!("phxprobe{}", std::process::id());
+    let add = std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .output();
+    match add {
+        Ok(o) if o.status.success() => {
+            let _ = std::process::Command::new("ip")
+                .args(["netns", "del", &name])
+                .output();
+            None
+        }
+        Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+        Err(e) => Some(format!("no `ip` command: {e}")),
+    }
+}
+
+fn heights(d: &str) -> Vec<u64> {
+    let st: Value = serde_json::from_str(&ok(&["status", "--dir", d, "--json"])).unwrap();
+    st["nodes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|n| n["height"].as_u64().unwrap_or(0))
+        .collect()
+}
+
+fn wait_for(what: &str, within: Duration, mut cond: impl FnMut() -> bool) -> Duration {
+    let start = Instant::now();
+    while !cond() {
+        assert!(start.elapsed() < within, "timed out waiting for: {what}");
+        std::thread::sleep(Duration::from_millis(250));
+    }
+    start.elapsed()
+}
+
+/// Heights of `nodes` after the in-flight work of a cut has landed: the
+/// same on two reads `settle` apart.
+fn settled(d: &str, nodes: &[usize], settle: Duration) -> Vec<u64> {
+    let mut last = heights(d);
+    loop {
+        std::thread::sleep(settle);
+        let now = heights(d);
+        if nodes.iter().all(|i| now[*i] == last[*i]) {
+            return nodes.iter().map(|i| now[*i]).collect();
+        }
+        last = now;
+    }
+}
+
+#[test]
+fn partitions_on_real_links_stop_the_minority_and_heal_within_thirty_seconds() {
+    if let Some(why) = namespaces_available() {
+        eprintln!("skipped: network namespaces cannot be created here ({why})");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("net").to_string_lossy().to_string();
+    let _down = Down(PathBuf::from(&d));
+    ok(&["up", "--dir", &d, "--netns", "--accounts", "20"]);
+
+    // Halves: neither side has a quorum, so neither commits.
+    ok(&["partition", "--dir", &d, "--groups", "0,1/2,3"]);
+    let stuck = settled(&d, &[0, 1, 2, 3], Duration::from_secs(3));
+    std::thread::sleep(Duration::from_secs(5));
+    let later = heights(&d);
+    assert_eq!(
+        later, stuck,
+        "a side without a quorum committed during the halves partition"
+    );
+    ok(&["heal", "--dir", &d]);
+    let top = *stuck.iter().max().unwrap();
+    wait_for("commits resume after the heal", PATIENCE, || {
+        heights(&d).iter().all(|h| *h >= top + 5)
+    });
+
+    // Majority and minority: the three commit, the one does not.
+    ok(&["partition", "--dir", &d, "--groups", "0,1,2/3"]);
+    let minority = settled(&d, &[3], Duration::from_secs(3))[0];
+    let before = heights(&d);
+    wait_for("the majority commits", PATIENCE, || {
+        let h = heights(&d);
+        (0..3).all(|i| h[i] >= before[i] + 10)
+    });
+    let h = heights(&d);
+    assert_eq!(h[3], minority, "the minority committed alone");
+    let target = *h[..3].iter().max().unwrap();
+    ok(&["heal", "--dir", &d]);
+    let took = wait_for(
+        "the minority catches up after the heal",
+        Duration::from_secs(30),
+        || heights(&d)[3] >= target,
+    );
+    eprintln!("the minority caught up {target} - {minority} blocks in {took:?}");
+
+    // A one-way cut: 0's packets to 1 are dropped. The other links carry
+    // quorums, so the chain goes on; after the heal 0 and 1 are current.
+    ok(&["partition", "--dir", &d, "--oneway", "0->1"]);
+    let before = heights(&d);
+    wait_for("commits go on across a one-way cut", PATIENCE, || {
+        let h = heights(&d);
+        h[2] >= before[2] + 10 && h[3] >= before[3] + 10
+    });
+    ok(&["heal", "--dir", &d]);
+    let top = *heights(&d).iter().max().unwrap();
+    wait_for("every node is current after the heal", PATIENCE, || {
+        heights(&d).iter().all(|h| *h >= top)
+    });
+
+    // Down removes the namespaces.
+    let report = ok(&["down", "--dir", &d]);
+    assert!(report.contains("network namespaces"), "{report}");
+    let left = std::process::Command::new("ip")
+        .args(["netns", "list"])
+        .output()
+        .unwrap();
+    let testnet: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{d}/testnet.json")).unwrap())
+            .unwrap();
+    let prefix = testnet["netns"]["prefix"].as_str().unwrap().to_string();
+    assert!(
+        !String::from_utf8_lossy(&left.stdout).contains(&prefix),
+        "namespaces left behind"
+    );
+}
