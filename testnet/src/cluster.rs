@@ -51,6 +51,8 @@ pub struct UpOptions {
     /// One network namespace per node (root only), for partitions and
     /// netem.
     pub netns: bool,
+    /// `retained_blocks` in every node's config, when set.
+    pub retained_blocks: Option<u64>,
 }
 
 /// The nodes `n` dials (indices into `nodes`), with `twin` = (validator,
@@ -334,6 +336,20 @@ fn finish_up(
             "\nruntime_threads = 0\n",
             &format!("\nruntime_threads = {threads}\n"),
         );
+        if let Some(r) = opts.retained_blocks {
+            text = text
+                .lines()
+                .map(|l| {
+                    if l.starts_with("retained_blocks = ") {
+                        format!("retained_blocks = {r}")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+                + "\n";
+        }
         text.push_str(&peers);
         std::fs::write(&cfg, text)?;
     }
@@ -416,6 +432,19 @@ fn start_node(net: &mut Testnet, i: usize) -> Result<()> {
         net.phalanx.as_path()
     };
     let pid = spawn_detached(program, &args, &n.log, &n.home)?;
+    if ns.is_some() {
+        // `ip netns exec` becomes the node by exec; until it has, the
+        // process shows `ip`'s command line (and, for a moment during the
+        // exec, none), which must not read as a node that exited.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            let cmd = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            if cmd.starts_with(phalanx.as_bytes()) {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
     net.nodes[i].pid = Some(pid);
     Ok(())
 }

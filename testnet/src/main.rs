@@ -9,6 +9,7 @@
 //! it did not start.
 
 mod bench;
+mod chaos;
 mod client;
 mod cluster;
 mod layout;
@@ -77,6 +78,10 @@ enum Cmd {
         /// cut and slow real links.
         #[arg(long)]
         netns: bool,
+        /// Committed blocks each node keeps below its stable checkpoint
+        /// (`retained_blocks`; `chaos` needs the whole chain).
+        #[arg(long)]
+        retained_blocks: Option<u64>,
     },
     /// Cut links between groups of nodes (`--groups 0,1/2,3`) or one way
     /// (`--oneway 0->1`, repeatable). Needs a testnet started with
@@ -91,6 +96,37 @@ enum Cmd {
         /// One-way cuts `FROM->TO`: FROM's packets to TO are dropped.
         #[arg(long)]
         oneway: Vec<String>,
+    },
+    /// Interleave faults on a seeded schedule (printed at the start)
+    /// under a workload of concurrent clients, record a JSONL history
+    /// under DIR/chaos and check it. Exits with status 2 on a violation.
+    Chaos {
+        /// The testnet directory (a running testnet; `--netns` for
+        /// partition and netem faults, a `byzantine` build of phalanx for
+        /// byzantine faults).
+        #[arg(long)]
+        dir: PathBuf,
+        /// Seconds of faults.
+        #[arg(long, default_value_t = 120)]
+        duration: u64,
+        /// The schedule's seed (the same seed replays the same schedule).
+        #[arg(long, default_value_t = 1)]
+        seed: u64,
+        /// Fault kinds: kill, pause, partition, netem, byzantine, wipe.
+        #[arg(long, default_value = "kill,pause,byzantine,wipe")]
+        faults: String,
+        /// Concurrent clients.
+        #[arg(long, default_value_t = 4)]
+        clients: usize,
+        /// Demo accounts the clients move funds among.
+        #[arg(long, default_value_t = 16)]
+        accounts: usize,
+    },
+    /// Check a saved chaos history. Exits with status 2 on a violation.
+    Check {
+        /// The history file (DIR/chaos/history-SEED.jsonl).
+        #[arg(long)]
+        history: PathBuf,
     },
     /// Remove every cut.
     Heal {
@@ -195,6 +231,26 @@ fn main() -> std::process::ExitCode {
     }
 }
 
+/// Prints a chaos report; true when it found no violation.
+fn print_report(r: &chaos::Report) -> bool {
+    println!(
+        "transfers acknowledged as committed: {}, applied: {}; slowest resume after a heal: {} ms",
+        r.acknowledged, r.applied, r.slowest_resume_ms
+    );
+    println!(
+        "applied transfers/s: {:.1} with a Byzantine validator, {:.1} without",
+        r.throughput.0, r.throughput.1
+    );
+    for v in r.violations.iter().take(50) {
+        println!("violation: {v}");
+    }
+    println!("{}", r.summary());
+    if !r.violations.is_empty() {
+        println!("replay with --seed {}", r.seed);
+    }
+    r.violations.is_empty()
+}
+
 /// The namespaces of the testnet in `dir`, or an error saying how to get
 /// them.
 fn netns_of(dir: &std::path::Path) -> Result<netns::NetnsInfo> {
@@ -222,6 +278,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
             byzantine,
             twins,
             netns,
+            retained_blocks,
         } => {
             let opts = UpOptions {
                 validators,
@@ -232,6 +289,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 byzantine,
                 twins,
                 netns,
+                retained_blocks,
             };
             let mut net = match cluster::up(&dir, &opts).await {
                 Ok(n) => n,
@@ -338,6 +396,28 @@ async fn run(cmd: Cmd) -> Result<bool> {
             );
             Ok(true)
         }
+        Cmd::Chaos {
+            dir,
+            duration,
+            seed,
+            faults,
+            clients,
+            accounts,
+        } => {
+            let mut net = Testnet::load(&dir)?;
+            let opts = chaos::ChaosOptions {
+                duration: Duration::from_secs(duration),
+                seed,
+                faults: chaos::parse_faults(&faults)?,
+                clients: clients.max(1),
+                accounts,
+            };
+            let (path, report) = chaos::run(&dir, &mut net, &opts).await?;
+            net.save(&dir)?;
+            println!("history: {}", path.display());
+            Ok(print_report(&report))
+        }
+        Cmd::Check { history } => Ok(print_report(&chaos::check(&history)?)),
         Cmd::Heal { dir } => {
             netns_of(&dir)?.heal()?;
             println!("healed: every cut removed");

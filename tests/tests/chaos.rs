@@ -1,0 +1,107 @@
+//! `phalanx-testnet chaos` for two minutes against a 4-validator testnet:
+//! kills, pauses, wipes, a validator restarted as an attacker and, where
+//! network namespaces can be made, partitions, under a workload of
+//! concurrent clients; the checker must find no violation, and must find
+//! the same on the saved history.
+
+#![allow(clippy::unwrap_used, clippy::expect_used)]
+
+use std::path::PathBuf;
+
+use phalanx_tests::{run, testnet_bin};
+
+/// Stops the testnet (and removes its namespaces) on drop, also when the
+/// test fails.
+struct Down(PathBuf);
+
+impl Drop for Down {
+    fn drop(&mut self) {
+        let _ = run(
+            &testnet_bin(),
+            &["down", "--dir", &self.0.to_string_lossy()],
+        );
+    }
+}
+
+fn namespaces_available() -> bool {
+    let name = format!("phxprobe{}", std::process::id());
+    let ok = std::process::Command::new("ip")
+        .args(["netns", "add", &name])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    if ok {
+        let _ = std::process::Command::new("ip")
+            .args(["netns", "del", &name])
+            .output();
+    }
+    ok
+}
+
+#[test]
+fn two_minutes_of_chaos_leave_no_violation() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("net").to_string_lossy().to_string();
+    let _down = Down(PathBuf::from(&d));
+    let netns = namespaces_available();
+    let mut up = vec![
+        "up",
+        "--dir",
+        &d,
+        "--accounts",
+        "20",
+        "--retained-blocks",
+        "1000000",
+    ];
+    let mut faults = "kill,pause,byzantine,wipe".to_string();
+    if netns {
+        up.push("--netns");
+        faults.push_str(",partition");
+    } else {
+        eprintln!("network namespaces cannot be made here: no partition faults");
+    }
+    let (code, out, err) = run(&testnet_bin(), &up);
+    assert_eq!(code, Some(0), "up failed:\n{out}\n{err}");
+    let (code, out, err) = run(
+        &testnet_bin(),
+        &[
+            "chaos",
+            "--dir",
+            &d,
+            "--duration",
+            "120",
+            "--seed",
+            "1",
+            "--faults",
+            &faults,
+        ],
+    );
+    eprintln!("{out}");
+    assert_eq!(
+        code,
+        Some(0),
+        "chaos found violations or failed:\n{out}\n{err}"
+    );
+    let summary = out
+        .lines()
+        .find(|l| l.starts_with("chaos: ") && l.contains("violations"))
+        .expect("a summary line");
+    assert!(summary.ends_with(" 0 violations"), "{summary}");
+    let faults_run: usize = summary
+        .split_whitespace()
+        .nth(1)
+        .and_then(|n| n.parse().ok())
+        .unwrap();
+    assert!(
+        faults_run >= 5,
+        "two minutes hold several faults: {summary}"
+    );
+    assert!(
+        !out.contains("failed:"),
+        "every fault was applied and healed:\n{out}"
+    );
+    // The checker on the saved history agrees.
+    let history = format!("{d}/chaos/history-1.jsonl");
+    let (code, again, err) = run(&testnet_bin(), &["check", "--history", &history]);
+    assert_eq!(code, Some(0), "{again}\n{err}");
+    assert!(again.contains(summary), "{again}");
+}
