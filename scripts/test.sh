@@ -14,6 +14,8 @@ echo "==> cargo fmt --check"
 cargo fmt --all -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# The attack modes compile only with the node's `byzantine` feature.
+cargo clippy --workspace --all-targets --locked --features phalanx-node/byzantine -- -D warnings
 echo "==> cargo test"
 log="$(mktemp)"
 trap 'rm -f "$log"' EXIT

@@ -542,3 +542,65 @@ async fn oversized(mut control: libp2p_stream::Control, peer: libp2p::PeerId, ge
 pub fn censored(tx: &[u8]) -> bool {
     SignedTransfer::decode(tx).is_ok_and(|s| s.transfer.sender.to_bytes()[0].is_multiple_of(2))
 }
+
+/// A bug planted in an otherwise honest node (`phalanx start
+/// --planted-bug NAME`), for showing that the chaos checker catches what
+/// it is there to catch.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum PlantedBug {
+    /// `ledger_getAccount` answers from a cache that a commit does not
+    /// invalidate (entries live 2 s), while naming the current height.
+    StaleReads,
+}
+
+/// A bad `--planted-bug` value.
+#[derive(Debug, thiserror::Error)]
+#[error("unknown planted bug {0:?} (known: stale-reads)")]
+pub struct UnknownBug(String);
+
+impl FromStr for PlantedBug {
+    type Err = UnknownBug;
+    fn from_str(s: &str) -> Result<PlantedBug, UnknownBug> {
+        match s {
+            "stale-reads" => Ok(PlantedBug::StaleReads),
+            other => Err(UnknownBug(other.to_string())),
+        }
+    }
+}
+
+static PLANTED: std::sync::OnceLock<PlantedBug> = std::sync::OnceLock::new();
+
+/// Plants `bug` in this process.
+pub fn plant(bug: PlantedBug) {
+    warn!(?bug, "PLANTED BUG: this node answers wrongly on purpose");
+    let _ = PLANTED.set(bug);
+}
+
+/// How long the planted stale-read cache keeps an entry.
+const STALE_FOR: Duration = Duration::from_secs(2);
+
+/// The account `ledger_getAccount` answers with: `current`, unless the
+/// stale-reads bug is planted.
+pub fn read_account(
+    addr: &phalanx_crypto::PublicKey,
+    current: Option<phalanx_ledger::Account>,
+) -> Option<phalanx_ledger::Account> {
+    type Cache = std::sync::Mutex<
+        HashMap<phalanx_crypto::PublicKey, (std::time::Instant, Option<phalanx_ledger::Account>)>,
+    >;
+    static CACHE: std::sync::OnceLock<Cache> = std::sync::OnceLock::new();
+    if PLANTED.get() != Some(&PlantedBug::StaleReads) {
+        return current;
+    }
+    let mut cache = CACHE
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    match cache.get(addr) {
+        Some((at, cached)) if at.elapsed() < STALE_FOR => *cached,
+        _ => {
+            cache.insert(*addr, (std::time::Instant::now(), current));
+            current
+        }
+    }
+}

@@ -106,6 +106,12 @@ enum Cmd {
         #[cfg(feature = "byzantine")]
         #[arg(long)]
         byzantine: Option<phalanx_node::byzantine::Modes>,
+        /// A bug planted in this node on purpose (`stale-reads`), to show
+        /// the chaos checker catching it (a test build with the
+        /// `byzantine` feature only).
+        #[cfg(feature = "byzantine")]
+        #[arg(long)]
+        planted_bug: Option<phalanx_node::byzantine::PlantedBug>,
     },
 }
 
@@ -137,7 +143,13 @@ fn main() -> std::process::ExitCode {
             recover,
             #[cfg(feature = "byzantine")]
             byzantine,
+            #[cfg(feature = "byzantine")]
+            planted_bug,
         } => {
+            #[cfg(feature = "byzantine")]
+            if let Some(bug) = planted_bug {
+                phalanx_node::byzantine::plant(bug);
+            }
             #[cfg(not(feature = "byzantine"))]
             let byzantine = ();
             start(&home, log_format, recover, byzantine)

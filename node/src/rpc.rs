@@ -429,6 +429,8 @@ fn module(
             .store
             .account_with_proof(&addr)
             .map_err(internal)?;
+        #[cfg(feature = "byzantine")]
+        let account = crate::byzantine::read_account(&addr, account);
         let a = account.unwrap_or_default();
         Ok(json!({
             "address": addr.to_hex(),

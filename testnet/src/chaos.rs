@@ -843,12 +843,18 @@ pub fn check_records(records: &[Value]) -> Report {
         }
     }
     r.applied = applied_at.len();
+    let mut by_hash: HashMap<&str, Vec<&Value>> = HashMap::new();
+    for s in of("status") {
+        if let Some(h) = s["hash"].as_str() {
+            by_hash.entry(h).or_default().push(s);
+        }
+    }
     for h in &acked {
         if !applied_at.contains_key(h) {
             r.violations
                 .push(format!("acknowledged as committed but not applied: {h}"));
         }
-        for s in of("status").filter(|s| s["hash"] == h.as_str()) {
+        for s in by_hash.get(h.as_str()).into_iter().flatten() {
             // A node that restored a checkpoint past it no longer holds
             // its record; its balances are checked below.
             let gone = s["status"] == "not_retained" || s["status"] == "unknown";

@@ -53,6 +53,9 @@ pub struct UpOptions {
     pub netns: bool,
     /// `retained_blocks` in every node's config, when set.
     pub retained_blocks: Option<u64>,
+    /// A bug planted in every node (`byzantine` builds), to show that
+    /// `chaos` catches it.
+    pub planted_bug: Option<String>,
 }
 
 /// The nodes `n` dials (indices into `nodes`), with `twin` = (validator,
@@ -190,7 +193,7 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
             bail!("--twin {i}: there are only {} validators", opts.validators);
         }
     }
-    if !opts.byzantine.is_empty() {
+    if !opts.byzantine.is_empty() || opts.planted_bug.is_some() {
         check_byzantine_build(&opts.phalanx)?;
     }
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
@@ -405,6 +408,7 @@ fn finish_up(
         nodes,
         accounts: opts.accounts,
         prometheus: None,
+        planted_bug: opts.planted_bug.clone(),
         netns,
     };
     net.save(dir)?;
@@ -425,6 +429,9 @@ fn start_node(net: &mut Testnet, i: usize) -> Result<()> {
     args.extend(["start", "--home", &home]);
     if let Some(m) = &n.byzantine {
         args.extend(["--byzantine", m]);
+    }
+    if let Some(b) = &net.planted_bug {
+        args.extend(["--planted-bug", b]);
     }
     let program = if ns.is_some() {
         Path::new("ip")

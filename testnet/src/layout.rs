@@ -100,6 +100,9 @@ pub struct Testnet {
     pub accounts: usize,
     /// The Prometheus server, when started.
     pub prometheus: Option<PrometheusInfo>,
+    /// A bug planted in every node (`--planted-bug`), if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub planted_bug: Option<String>,
     /// The network namespaces, when started with `--netns`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub netns: Option<crate::netns::NetnsInfo>,

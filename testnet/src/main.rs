@@ -82,6 +82,10 @@ enum Cmd {
         /// (`retained_blocks`; `chaos` needs the whole chain).
         #[arg(long)]
         retained_blocks: Option<u64>,
+        /// Plant a bug in every node (`stale-reads`; a `byzantine` build),
+        /// to see `chaos` catch it.
+        #[arg(long)]
+        planted_bug: Option<String>,
     },
     /// Cut links between groups of nodes (`--groups 0,1/2,3`) or one way
     /// (`--oneway 0->1`, repeatable). Needs a testnet started with
@@ -279,6 +283,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
             twins,
             netns,
             retained_blocks,
+            planted_bug,
         } => {
             let opts = UpOptions {
                 validators,
@@ -290,6 +295,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 twins,
                 netns,
                 retained_blocks,
+                planted_bug,
             };
             let mut net = match cluster::up(&dir, &opts).await {
                 Ok(n) => n,

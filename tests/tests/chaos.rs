@@ -105,3 +105,46 @@ fn two_minutes_of_chaos_leave_no_violation() {
     assert_eq!(code, Some(0), "{again}\n{err}");
     assert!(again.contains(summary), "{again}");
 }
+
+/// The checker is not blind: every node built with a read cache that a
+/// commit does not invalidate (`--planted-bug stale-reads`) answers
+/// balances that the committed order contradicts, and a short run says
+/// so, exits with status 2 and names the seed.
+#[test]
+fn chaos_catches_a_node_build_with_a_planted_stale_read_bug() {
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("net").to_string_lossy().to_string();
+    let _down = Down(PathBuf::from(&d));
+    let (code, out, err) = run(
+        &testnet_bin(),
+        &[
+            "up",
+            "--dir",
+            &d,
+            "--accounts",
+            "20",
+            "--retained-blocks",
+            "1000000",
+            "--planted-bug",
+            "stale-reads",
+        ],
+    );
+    assert_eq!(code, Some(0), "up failed:\n{out}\n{err}");
+    let (code, out, err) = run(
+        &testnet_bin(),
+        &[
+            "chaos",
+            "--dir",
+            &d,
+            "--duration",
+            "30",
+            "--seed",
+            "3",
+            "--faults",
+            "pause",
+        ],
+    );
+    assert_eq!(code, Some(2), "chaos missed the planted bug:\n{out}\n{err}");
+    assert!(out.contains("violation: read: node"), "{out}");
+    assert!(out.contains("replay with --seed 3"), "{out}");
+}
