@@ -238,11 +238,12 @@ fn make_nodes(
     opts: &UpOptions,
     ip_of: &dyn Fn(usize) -> std::net::Ipv4Addr,
 ) -> Result<Vec<NodeInfo>> {
-    let mut nodes = Vec::new();
-    for i in 0..opts.validators {
-        let home = dir.join(format!("node-{i}"));
+    // One home per node: `phalanx init` on free ports at the node's
+    // address.
+    let home_for = |index: usize, name: String| -> Result<NodeInfo> {
+        let home = dir.join(name);
         let (p2p, rpc, metrics) = (free_port()?, free_port()?, free_port()?);
-        let ip = ip_of(i);
+        let ip = ip_of(index);
         let key = phalanx_testnet::init::init_home_at(
             &opts.phalanx,
             &home,
@@ -250,8 +251,8 @@ fn make_nodes(
             [p2p, rpc, metrics],
             "../genesis.json",
         )?;
-        nodes.push(NodeInfo {
-            index: i,
+        let info = NodeInfo {
+            index,
             key,
             log: home.join("node.log"),
             home,
@@ -260,46 +261,33 @@ fn make_nodes(
             metrics_url: format!("http://{ip}:{metrics}/metrics"),
             p2p_addr: format!("/ip4/{ip}/tcp/{p2p}"),
             pid: None,
-            byzantine: opts
-                .byzantine
-                .iter()
-                .find(|(j, _)| *j == i)
-                .map(|(_, m)| m.clone()),
+            byzantine: None,
             twin_of: None,
-        });
+        };
+        Ok(info)
+    };
+    let mut nodes = Vec::new();
+    for i in 0..opts.validators {
+        let mut n = home_for(i, format!("node-{i}"))?;
+        n.byzantine = opts
+            .byzantine
+            .iter()
+            .find(|(j, _)| *j == i)
+            .map(|(_, m)| m.clone());
+        nodes.push(n);
     }
     // Twins: a home of their own holding the twinned validator's key.
     for &of in &opts.twins {
         let index = nodes.len();
-        let home = dir.join(format!("node-{index}-twin-of-{of}"));
-        let (p2p, rpc, metrics) = (free_port()?, free_port()?, free_port()?);
-        let ip = ip_of(index);
-        phalanx_testnet::init::init_home_at(
-            &opts.phalanx,
-            &home,
-            ip,
-            [p2p, rpc, metrics],
-            "../genesis.json",
-        )?;
-        let original: &NodeInfo = &nodes[of];
+        let mut n = home_for(index, format!("node-{index}-twin-of-{of}"))?;
         std::fs::copy(
-            original.home.join("validator.key"),
-            home.join("validator.key"),
+            nodes[of].home.join("validator.key"),
+            n.home.join("validator.key"),
         )
         .context("copying the twinned key")?;
-        nodes.push(NodeInfo {
-            index,
-            key: original.key.clone(),
-            log: home.join("node.log"),
-            home,
-            rpc_url: format!("http://{ip}:{rpc}"),
-            ws_url: format!("ws://{ip}:{rpc}"),
-            metrics_url: format!("http://{ip}:{metrics}/metrics"),
-            p2p_addr: format!("/ip4/{ip}/tcp/{p2p}"),
-            pid: None,
-            byzantine: None,
-            twin_of: Some(of),
-        });
+        n.key = nodes[of].key.clone();
+        n.twin_of = Some(of);
+        nodes.push(n);
     }
     Ok(nodes)
 }

@@ -750,3 +750,42 @@ pub fn transfer_hex(chain: &ChainId, from: u64, nonce: u64, to: &PublicKey, amou
 pub fn hex_encode(b: &[u8]) -> String {
     b.iter().map(|x| format!("{x:02x}")).collect()
 }
+
+/// Runs `phalanx-testnet args` and returns its standard output, failing
+/// the test with both outputs if it exits non-zero.
+pub fn testnet_ok(args: &[&str]) -> String {
+    let (code, out, err) = run(&testnet_bin(), args);
+    assert_eq!(
+        code,
+        Some(0),
+        "phalanx-testnet {args:?} failed:\n{out}\n{err}"
+    );
+    out
+}
+
+/// Stops the testnet in its directory on drop (processes, Prometheus,
+/// network namespaces), also when the test fails.
+pub struct TestnetDown(pub PathBuf);
+
+impl Drop for TestnetDown {
+    fn drop(&mut self) {
+        let _ = run(
+            &testnet_bin(),
+            &["down", "--dir", &self.0.to_string_lossy()],
+        );
+    }
+}
+
+/// `Err(why)` when this process cannot create network namespaces.
+pub fn namespaces_available() -> Result<(), String> {
+    let name = format!("phxprobe{}", std::process::id());
+    let add = Command::new("ip").args(["netns", "add", &name]).output();
+    match add {
+        Ok(o) if o.status.success() => {
+            let _ = Command::new("ip").args(["netns", "del", &name]).output();
+            Ok(())
+        }
+        Ok(o) => Err(String::from_utf8_lossy(&o.stderr).trim().to_string()),
+        Err(e) => Err(format!("no `ip` command: {e}")),
+    }
+}

@@ -197,12 +197,14 @@ fn assert_nothing_overdue(c: &Cluster) {
     }
 }
 
-#[test]
-fn an_equivocating_leader_splits_no_honest_node_and_commits_go_on() {
+/// Starts the cluster with the attacker running `mode`, waits for `acts`
+/// of its actions, then requires 10 more blocks, 40 transfers applied and
+/// safety.
+fn attacked_yet_live_and_safe(mode: &str, acts: usize) {
     let mut c = cluster();
-    start(&mut c, "equivocate");
-    c.wait_until("the attacker equivocates as leader three times", |c| {
-        attacks(c, ATTACKER, "equivocate") >= 3
+    start(&mut c, mode);
+    c.wait_until(&format!("the attacker acts ({mode}) {acts} times"), |c| {
+        attacks(c, ATTACKER, mode) >= acts
     });
     commits_go_on(&mut c, 10);
     let mut load = Load::new();
@@ -210,6 +212,11 @@ fn an_equivocating_leader_splits_no_honest_node_and_commits_go_on() {
     c.wait_until("the transfers commit", |c| load.all_committed(c));
     assert_applied(&c, &hashes);
     assert_safe(&c, &HONEST, ATTACKER);
+}
+
+#[test]
+fn an_equivocating_leader_splits_no_honest_node_and_commits_go_on() {
+    attacked_yet_live_and_safe("equivocate", 3);
 }
 
 #[test]
@@ -236,17 +243,7 @@ fn a_double_voter_is_caught_by_evidence_and_never_certifies_its_second_block() {
 
 #[test]
 fn a_leader_that_withholds_its_certificate_and_votes_does_not_stop_commits() {
-    let mut c = cluster();
-    start(&mut c, "withhold");
-    c.wait_until("the attacker withholds proposals and votes", |c| {
-        attacks(c, ATTACKER, "withhold") >= 6
-    });
-    commits_go_on(&mut c, 10);
-    let mut load = Load::new();
-    let hashes = load.submit(&c, &[0, 1, 2, 3], 40, 40);
-    c.wait_until("the transfers commit", |c| load.all_committed(c));
-    assert_applied(&c, &hashes);
-    assert_safe(&c, &HONEST, ATTACKER);
+    attacked_yet_live_and_safe("withhold", 6);
 }
 
 #[test]
@@ -275,8 +272,10 @@ fn a_leader_extending_a_stale_certificate_after_a_timeout_gets_no_votes() {
     assert!(refused >= 1.0, "honest nodes refused the stale proposals");
 }
 
-#[test]
-fn a_validator_delaying_its_messages_to_just_under_the_timeout_costs_under_a_fifth_of_throughput() {
+/// Measures the honest committed rate of 400 transfers at 50/s on a clean
+/// cluster, restarts validator 3 with `mode`, waits for `ready`, measures
+/// again, and requires at least 80 % of the clean rate and safety.
+fn costs_under_a_fifth(mode: &str, ready: impl FnMut(&mut Cluster) -> bool) -> Cluster {
     let mut c = cluster();
     for i in 0..4 {
         c.start(i);
@@ -286,55 +285,44 @@ fn a_validator_delaying_its_messages_to_just_under_the_timeout_costs_under_a_fif
     let clean = load.committed_rate(&mut c, 400, 50);
     // The same validator, restarted as an attacker.
     c.stop(ATTACKER);
-    c.start_with(ATTACKER, &["--byzantine", "delay"]);
-    c.wait_until("the attacker holds its messages", |c| {
-        attacks(c, ATTACKER, "delay") >= 3
-    });
+    c.start_with(ATTACKER, &["--byzantine", mode]);
+    c.wait_until(&format!("the attacker ({mode}) is at work"), ready);
     let attacked = load.committed_rate(&mut c, 400, 50);
-    eprintln!("committed transfers/s: clean {clean:.1}, with a delaying validator {attacked:.1}");
+    eprintln!("committed transfers/s: clean {clean:.1}, with a {mode} attacker {attacked:.1}");
     assert!(
         attacked >= 0.8 * clean,
         "honest throughput {attacked:.1}/s under 80 % of the clean run's {clean:.1}/s"
     );
     assert_safe(&c, &HONEST, ATTACKER);
+    c
+}
+
+/// Honest nodes' count of invalid messages from the attacker for
+/// `reason`.
+fn invalid_from_attacker(c: &Cluster, i: usize, reason: &str) -> f64 {
+    c.metric(
+        i,
+        &format!("phalanx_invalid_messages_total{{peer=\"{ATTACKER}\",reason=\"{reason}\"}}"),
+    )
+    .unwrap_or(0.0)
+}
+
+#[test]
+fn a_validator_delaying_its_messages_to_just_under_the_timeout_costs_under_a_fifth_of_throughput() {
+    costs_under_a_fifth("delay", |c| attacks(c, ATTACKER, "delay") >= 3);
 }
 
 #[test]
 fn a_validator_flooding_junk_costs_under_a_fifth_of_throughput_and_is_counted() {
-    let mut c = cluster();
-    for i in 0..4 {
-        c.start(i);
-    }
-    c.wait_until("every node commits", |c| (0..4).all(|i| c.height(i) >= 3));
-    let mut load = Load::new();
-    let clean = load.committed_rate(&mut c, 400, 50);
-    c.stop(ATTACKER);
-    c.start_with(ATTACKER, &["--byzantine", "spam"]);
-    c.wait_until("honest nodes count the attacker's bad signatures", |c| {
-        HONEST.iter().all(|i| {
-            c.metric(
-                *i,
-                "phalanx_invalid_messages_total{peer=\"3\",reason=\"bad_signature\"}",
-            )
-            .unwrap_or(0.0)
-                >= 100.0
-        })
+    let mut c = costs_under_a_fifth("spam", |c| {
+        HONEST
+            .iter()
+            .all(|i| invalid_from_attacker(c, *i, "bad_signature") >= 100.0)
     });
-    let attacked = load.committed_rate(&mut c, 400, 50);
-    eprintln!("committed transfers/s: clean {clean:.1}, with a flooding validator {attacked:.1}");
-    assert!(
-        attacked >= 0.8 * clean,
-        "honest throughput {attacked:.1}/s under 80 % of the clean run's {clean:.1}/s"
-    );
     c.wait_until("honest nodes drop the attacker's oversized frames", |c| {
-        HONEST.iter().any(|i| {
-            c.metric(
-                *i,
-                "phalanx_invalid_messages_total{peer=\"3\",reason=\"oversized_frame\"}",
-            )
-            .unwrap_or(0.0)
-                >= 1.0
-        })
+        HONEST
+            .iter()
+            .any(|i| invalid_from_attacker(c, *i, "oversized_frame") >= 1.0)
     });
     assert_safe(&c, &HONEST, ATTACKER);
 }

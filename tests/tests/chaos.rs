@@ -8,59 +8,37 @@
 
 use std::path::PathBuf;
 
-use phalanx_tests::{run, testnet_bin};
+use phalanx_tests::{TestnetDown, namespaces_available, run, testnet_bin};
 
-/// Stops the testnet (and removes its namespaces) on drop, also when the
-/// test fails.
-struct Down(PathBuf);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = run(
-            &testnet_bin(),
-            &["down", "--dir", &self.0.to_string_lossy()],
-        );
-    }
-}
-
-fn namespaces_available() -> bool {
-    let name = format!("phxprobe{}", std::process::id());
-    let ok = std::process::Command::new("ip")
-        .args(["netns", "add", &name])
-        .output()
-        .is_ok_and(|o| o.status.success());
-    if ok {
-        let _ = std::process::Command::new("ip")
-            .args(["netns", "del", &name])
-            .output();
-    }
-    ok
+/// A testnet in `d` that keeps its whole chain (the checker reads it).
+fn up(d: &str, extra: &[&str]) {
+    let mut args = vec![
+        "up",
+        "--dir",
+        d,
+        "--accounts",
+        "20",
+        "--retained-blocks",
+        "1000000",
+    ];
+    args.extend(extra);
+    phalanx_tests::testnet_ok(&args);
 }
 
 #[test]
 fn two_minutes_of_chaos_leave_no_violation() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("net").to_string_lossy().to_string();
-    let _down = Down(PathBuf::from(&d));
-    let netns = namespaces_available();
-    let mut up = vec![
-        "up",
-        "--dir",
-        &d,
-        "--accounts",
-        "20",
-        "--retained-blocks",
-        "1000000",
-    ];
+    let _down = TestnetDown(PathBuf::from(&d));
+    let netns = namespaces_available().is_ok();
     let mut faults = "kill,pause,byzantine,wipe".to_string();
     if netns {
-        up.push("--netns");
         faults.push_str(",partition");
+        up(&d, &["--netns"]);
     } else {
         eprintln!("network namespaces cannot be made here: no partition faults");
+        up(&d, &[]);
     }
-    let (code, out, err) = run(&testnet_bin(), &up);
-    assert_eq!(code, Some(0), "up failed:\n{out}\n{err}");
     let (code, out, err) = run(
         &testnet_bin(),
         &[
@@ -114,22 +92,8 @@ fn two_minutes_of_chaos_leave_no_violation() {
 fn chaos_catches_a_node_build_with_a_planted_stale_read_bug() {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("net").to_string_lossy().to_string();
-    let _down = Down(PathBuf::from(&d));
-    let (code, out, err) = run(
-        &testnet_bin(),
-        &[
-            "up",
-            "--dir",
-            &d,
-            "--accounts",
-            "20",
-            "--retained-blocks",
-            "1000000",
-            "--planted-bug",
-            "stale-reads",
-        ],
-    );
-    assert_eq!(code, Some(0), "up failed:\n{out}\n{err}");
+    let _down = TestnetDown(PathBuf::from(&d));
+    up(&d, &["--planted-bug", "stale-reads"]);
     let (code, out, err) = run(
         &testnet_bin(),
         &[

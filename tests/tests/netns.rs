@@ -8,49 +8,8 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use phalanx_tests::{PATIENCE, run, testnet_bin};
+use phalanx_tests::{PATIENCE, TestnetDown, namespaces_available, testnet_ok as ok};
 use serde_json::Value;
-
-fn ok(args: &[&str]) -> String {
-    let (code, out, err) = run(&testnet_bin(), args);
-    assert_eq!(
-        code,
-        Some(0),
-        "phalanx-testnet {args:?} failed:\n{out}\n{err}"
-    );
-    out
-}
-
-/// Stops the testnet (and removes its namespaces) on drop, also when the
-/// test fails.
-struct Down(PathBuf);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = run(
-            &testnet_bin(),
-            &["down", "--dir", &self.0.to_string_lossy()],
-        );
-    }
-}
-
-/// Whether this process may create network namespaces.
-fn namespaces_available() -> Option<String> {
-    let name = format!("phxprobe{}", std::process::id());
-    let add = std::process::Command::new("ip")
-        .args(["netns", "add", &name])
-        .output();
-    match add {
-        Ok(o) if o.status.success() => {
-            let _ = std::process::Command::new("ip")
-                .args(["netns", "del", &name])
-                .output();
-            None
-        }
-        Ok(o) => Some(String::from_utf8_lossy(&o.stderr).trim().to_string()),
-        Err(e) => Some(format!("no `ip` command: {e}")),
-    }
-}
 
 fn heights(d: &str) -> Vec<u64> {
     let st: Value = serde_json::from_str(&ok(&["status", "--dir", d, "--json"])).unwrap();
@@ -87,13 +46,13 @@ fn settled(d: &str, nodes: &[usize], settle: Duration) -> Vec<u64> {
 
 #[test]
 fn partitions_on_real_links_stop_the_minority_and_heal_within_thirty_seconds() {
-    if let Some(why) = namespaces_available() {
+    if let Err(why) = namespaces_available() {
         eprintln!("skipped: network namespaces cannot be created here ({why})");
         return;
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("net").to_string_lossy().to_string();
-    let _down = Down(PathBuf::from(&d));
+    let _down = TestnetDown(PathBuf::from(&d));
     ok(&["up", "--dir", &d, "--netns", "--accounts", "20"]);
 
     // Halves: neither side has a quorum, so neither commits.

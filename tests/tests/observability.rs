@@ -8,31 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use phalanx_tests::{PATIENCE, run, testnet_bin};
+use phalanx_tests::{PATIENCE, TestnetDown as Down, run, testnet_bin, testnet_ok as ok};
 use serde_json::Value;
 
 /// Runs `phalanx-testnet args` to completion: (exit code, stdout, stderr).
 fn testnet(args: &[&str]) -> (Option<i32>, String, String) {
     run(&testnet_bin(), args)
-}
-
-fn ok(args: &[&str]) -> String {
-    let (code, out, err) = testnet(args);
-    assert_eq!(
-        code,
-        Some(0),
-        "phalanx-testnet {args:?} failed:\n{out}\n{err}"
-    );
-    out
-}
-
-/// Stops the testnet on drop, also when the test fails.
-struct Down(PathBuf);
-
-impl Drop for Down {
-    fn drop(&mut self) {
-        let _ = testnet(&["down", "--dir", &self.0.to_string_lossy()]);
-    }
 }
 
 fn http_get(url: &str, query: Option<&str>) -> (u16, String) {
