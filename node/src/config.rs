@@ -100,6 +100,9 @@ pub struct Config {
     /// (`phalanx_mempool_overdue_transactions`, and a warning): at f + 1
     /// validators, a sign that leaders leave it out.
     pub overdue_tx_ms: u64,
+    /// Added to this node's clock, ms (may be negative): a skewed clock
+    /// for tests. Keep 0 in production.
+    pub clock_offset_ms: i64,
     /// Async runtime worker threads; 0 means one per CPU core. Validators
     /// sharing a machine (a local testnet) run better with fewer.
     pub runtime_threads: usize,
@@ -126,6 +129,7 @@ impl Default for Config {
             mempool_max_bytes: 64 << 20,
             mempool_max_nonce_gap: 64,
             overdue_tx_ms: 30_000,
+            clock_offset_ms: 0,
             runtime_threads: 0,
         }
     }
@@ -209,6 +213,9 @@ impl Config {
         if self.runtime_threads > 1024 {
             return bad("runtime_threads", "at most 1024".into());
         }
+        if self.clock_offset_ms.unsigned_abs() > 3_600_000 {
+            return bad("clock_offset_ms", "at most one hour either way".into());
+        }
         if self.overdue_tx_ms < 1000 {
             return bad("overdue_tx_ms", "must be at least 1000".into());
         }
@@ -279,6 +286,10 @@ mempool_max_nonce_gap = {mg}
 # f + 1 validators at once it means leaders are leaving it out.
 overdue_tx_ms = {ov}
 
+# Added to this node's clock, ms (negative: behind). For testing clock
+# skew; keep 0.
+clock_offset_ms = {co}
+
 # Async runtime worker threads; 0 = one per CPU core. Validators sharing a
 # machine (a local testnet) run better with fewer.
 runtime_threads = {rt}
@@ -303,6 +314,7 @@ runtime_threads = {rt}
             mb = self.mempool_max_bytes,
             mg = self.mempool_max_nonce_gap,
             ov = self.overdue_tx_ms,
+            co = self.clock_offset_ms,
             rt = self.runtime_threads,
             peers = peers,
         )

@@ -272,6 +272,13 @@ type Attack = ();
 fn start(home: &Path, log_format: Option<String>, recover: bool, attack: Attack) -> Result<()> {
     let cfg = Config::load(&home.join("config.toml"))?;
     init_logging(&cfg, log_format)?;
+    if cfg.clock_offset_ms != 0 {
+        phalanx_node::shared::set_clock_offset(cfg.clock_offset_ms)?;
+        warn!(
+            offset_ms = cfg.clock_offset_ms,
+            "this node's clock is shifted by clock_offset_ms"
+        );
+    }
 
     // One process per home directory: a second one could sign with the same
     // key from the same safety state and equivocate.

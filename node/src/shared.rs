@@ -144,8 +144,30 @@ impl Shared {
 /// look unready; block timestamps stay within the drift between the two
 /// clocks since the process started.
 pub fn now_ms() -> u64 {
-    static CLOCK: std::sync::OnceLock<SteadyClock> = std::sync::OnceLock::new();
-    CLOCK.get_or_init(|| SteadyClock::new(wall_ms())).now()
+    CLOCK
+        .get_or_init(|| {
+            let offset = OFFSET_MS.get().copied().unwrap_or(0);
+            SteadyClock::new(wall_ms().saturating_add_signed(offset))
+        })
+        .now()
+}
+
+static CLOCK: std::sync::OnceLock<SteadyClock> = std::sync::OnceLock::new();
+static OFFSET_MS: std::sync::OnceLock<i64> = std::sync::OnceLock::new();
+
+/// The node's clock was read before [`set_clock_offset`].
+#[derive(Debug, thiserror::Error)]
+#[error("the clock offset must be set before the node's clock is first read")]
+pub struct ClockAlreadyRead;
+
+/// Shifts the node's clock by `ms` (config `clock_offset_ms`: a skewed
+/// clock for tests, since clocks cannot be set per network namespace).
+/// Must come before the first [`now_ms`].
+pub fn set_clock_offset(ms: i64) -> Result<(), ClockAlreadyRead> {
+    if CLOCK.get().is_some() || OFFSET_MS.set(ms).is_err() {
+        return Err(ClockAlreadyRead);
+    }
+    Ok(())
 }
 
 struct SteadyClock {

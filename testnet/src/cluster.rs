@@ -53,6 +53,8 @@ pub struct UpOptions {
     pub netns: bool,
     /// `retained_blocks` in every node's config, when set.
     pub retained_blocks: Option<u64>,
+    /// Clock offsets by node (`I=MS`): `clock_offset_ms` in its config.
+    pub clock_offsets: Vec<(usize, i64)>,
     /// A bug planted in every node (`byzantine` builds), to show that
     /// `chaos` catches it.
     pub planted_bug: Option<String>,
@@ -97,6 +99,21 @@ fn peer_list(nodes: &[NodeInfo], n: &NodeInfo, twin: Option<(usize, usize)>) -> 
             }
         })
         .collect()
+}
+
+/// Parses `I=MS` (a node and a clock offset in ms, may be negative).
+pub fn parse_offset(s: &str) -> Result<(usize, i64)> {
+    let (i, ms) = s
+        .split_once('=')
+        .with_context(|| format!("--clock-offset-ms {s:?}: expected I=MS"))?;
+    Ok((
+        i.trim()
+            .parse()
+            .with_context(|| format!("--clock-offset-ms {s:?}: {i:?} is not a node index"))?,
+        ms.trim()
+            .parse()
+            .with_context(|| format!("--clock-offset-ms {s:?}: {ms:?} is not a number of ms"))?,
+    ))
 }
 
 /// Parses `I=mode[,mode]`.
@@ -327,6 +344,15 @@ fn finish_up(
             "\nruntime_threads = 0\n",
             &format!("\nruntime_threads = {threads}\n"),
         );
+        if let Some((_, ms)) = opts.clock_offsets.iter().find(|(i, _)| *i == n.index) {
+            if !text.contains("\nclock_offset_ms = 0\n") {
+                bail!("{}: no `clock_offset_ms = 0` line to set", cfg.display());
+            }
+            text = text.replace(
+                "\nclock_offset_ms = 0\n",
+                &format!("\nclock_offset_ms = {ms}\n"),
+            );
+        }
         if let Some(r) = opts.retained_blocks {
             text = text
                 .lines()

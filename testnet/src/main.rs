@@ -86,6 +86,10 @@ enum Cmd {
         /// to see `chaos` catch it.
         #[arg(long)]
         planted_bug: Option<String>,
+        /// Shift node I's clock by MS milliseconds (`I=MS`, repeatable;
+        /// clocks cannot be set per namespace).
+        #[arg(long = "clock-offset-ms", value_parser = cluster::parse_offset, allow_hyphen_values = true)]
+        clock_offsets: Vec<(usize, i64)>,
     },
     /// Cut links between groups of nodes (`--groups 0,1/2,3`) or one way
     /// (`--oneway 0->1`, repeatable). Needs a testnet started with
@@ -284,6 +288,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
             netns,
             retained_blocks,
             planted_bug,
+            clock_offsets,
         } => {
             let opts = UpOptions {
                 validators,
@@ -296,6 +301,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 netns,
                 retained_blocks,
                 planted_bug,
+                clock_offsets,
             };
             let mut net = match cluster::up(&dir, &opts).await {
                 Ok(n) => n,

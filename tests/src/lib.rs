@@ -334,6 +334,12 @@ impl Cluster {
         self.nodes.len() - 1
     }
 
+    /// Replaces `key = value` lines of node `i`'s config (before it
+    /// starts).
+    pub fn set_config(&mut self, i: usize, lines: &str) {
+        self.nodes[i].configure(lines, "");
+    }
+
     /// Gives node `i` a genesis of its own: the chain's, changed by `edit`
     /// (before it first starts).
     pub fn give_own_genesis(&mut self, i: usize, edit: impl FnOnce(&mut Genesis)) {

@@ -543,3 +543,36 @@ fn a_running_validator_left_behind_what_its_peers_keep_restarts_to_state_sync_by
     assert_agreement(&c);
     assert_eq!(c.metric_sum("phalanx_equivocations_total"), 0.0);
 }
+
+/// Clock skew (`clock_offset_ms`, since clocks cannot be set per process
+/// or namespace): a validator 1 s ahead is within the 2 s bound and its
+/// blocks commit; one 5 s ahead proposes blocks from the future, which
+/// every other validator refuses, so none of its blocks commits, and the
+/// chain goes on without it.
+#[test]
+fn a_validator_whose_clock_runs_past_the_skew_bound_gets_no_block_committed() {
+    use serde_json::json;
+    let mut c = Cluster::new(ClusterOptions::default());
+    c.set_config(2, "clock_offset_ms = 1000");
+    c.set_config(3, "clock_offset_ms = 5000");
+    c.start_all();
+    c.wait_until("the chain reaches height 30 everywhere", |c| {
+        (0..4).all(|i| c.height(i) >= 30)
+    });
+    let proposers: Vec<u64> = (1..=30)
+        .map(|h| {
+            c.rpc(0, "ledger_getBlock", vec![json!(h)]).unwrap()["proposer"]
+                .as_u64()
+                .unwrap()
+        })
+        .collect();
+    assert!(
+        proposers.contains(&2),
+        "1 s ahead is within the bound: {proposers:?}"
+    );
+    assert!(
+        !proposers.contains(&3),
+        "5 s ahead is refused: {proposers:?}"
+    );
+    assert_agreement(&c);
+}
