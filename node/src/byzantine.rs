@@ -217,11 +217,6 @@ impl Attacker {
         }
     }
 
-    /// The modes.
-    pub fn modes(&self) -> &Modes {
-        &self.modes
-    }
-
     /// Remembers a block the honest code persisted.
     pub fn note_block(&mut self, b: &Block) {
         let id = b.id();

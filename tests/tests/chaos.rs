@@ -25,6 +25,25 @@ fn up(d: &str, extra: &[&str]) {
     phalanx_tests::testnet_ok(&args);
 }
 
+/// Runs `phalanx-testnet chaos` on the testnet in `d`: (exit code,
+/// stdout, stderr).
+fn chaos(d: &str, seconds: &str, seed: &str, faults: &str) -> (Option<i32>, String, String) {
+    run(
+        &testnet_bin(),
+        &[
+            "chaos",
+            "--dir",
+            d,
+            "--duration",
+            seconds,
+            "--seed",
+            seed,
+            "--faults",
+            faults,
+        ],
+    )
+}
+
 #[test]
 fn two_minutes_of_chaos_leave_no_violation() {
     let dir = tempfile::tempdir().unwrap();
@@ -39,20 +58,7 @@ fn two_minutes_of_chaos_leave_no_violation() {
         eprintln!("network namespaces cannot be made here: no partition faults");
         up(&d, &[]);
     }
-    let (code, out, err) = run(
-        &testnet_bin(),
-        &[
-            "chaos",
-            "--dir",
-            &d,
-            "--duration",
-            "120",
-            "--seed",
-            "1",
-            "--faults",
-            &faults,
-        ],
-    );
+    let (code, out, err) = chaos(&d, "120", "1", &faults);
     eprintln!("{out}");
     assert_eq!(
         code,
@@ -94,20 +100,7 @@ fn chaos_catches_a_node_build_with_a_planted_stale_read_bug() {
     let d = dir.path().join("net").to_string_lossy().to_string();
     let _down = TestnetDown(PathBuf::from(&d));
     up(&d, &["--planted-bug", "stale-reads"]);
-    let (code, out, err) = run(
-        &testnet_bin(),
-        &[
-            "chaos",
-            "--dir",
-            &d,
-            "--duration",
-            "30",
-            "--seed",
-            "3",
-            "--faults",
-            "pause",
-        ],
-    );
+    let (code, out, err) = chaos(&d, "30", "3", "pause");
     assert_eq!(code, Some(2), "chaos missed the planted bug:\n{out}\n{err}");
     assert!(out.contains("violation: read: node"), "{out}");
     assert!(out.contains("replay with --seed 3"), "{out}");
