@@ -12,6 +12,7 @@ echo "==> one RocksDB build for every command"
 python3 scripts/check-rocksdb-build.py
 echo "==> cargo fmt --check"
 cargo fmt --all -- --check
+cargo fmt --manifest-path tests/fuzz/Cargo.toml -- --check
 echo "==> cargo clippy"
 cargo clippy --workspace --all-targets --locked -- -D warnings
 # The attack modes compile only with the node's `byzantine` feature.
@@ -26,4 +27,7 @@ set -e
 # One closing line for the whole run (cargo prints one per test binary, the
 # last of which is often an empty doc-test run).
 awk '/^test result:/ { p += $4; f += $6 } END { printf "%d passed, %d failed\n", p, f }' "$log"
-exit "$status"
+[ "$status" -eq 0 ] || exit "$status"
+# Every fuzz target replays its seeds and past crashes, then fuzzes a while.
+echo "==> fuzz smoke"
+./scripts/fuzz.sh smoke "${FUZZ_SECONDS:-30}"

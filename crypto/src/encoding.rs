@@ -140,13 +140,32 @@ pub fn encode_byte_list(items: &[Vec<u8>]) -> Vec<u8> {
 }
 
 /// Decodes what [`encode_byte_list`] (or [`encode`] of a `Vec<Vec<u8>>`)
-/// wrote, with [`decode`]'s checks.
+/// wrote, with [`decode`]'s checks, and only that: a list whose lengths are
+/// written as over-long varints is refused, so one list has one encoding
+/// (postcard itself accepts over-long varints).
 pub fn decode_byte_list(bytes: &[u8], max_len: usize) -> Result<Vec<Vec<u8>>, CryptoError> {
     let items: Vec<serde_bytes::ByteBuf> = decode(bytes, max_len)?;
+    // Every byte was consumed; any over-long varint makes the input longer
+    // than the canonical encoding, whose length is computed here without
+    // writing it.
+    let canonical = varint_len(items.len())
+        + items
+            .iter()
+            .map(|i| varint_len(i.len()) + i.len())
+            .sum::<usize>();
+    if canonical != bytes.len() {
+        return Err(CryptoError::NonCanonical);
+    }
     Ok(items
         .into_iter()
         .map(serde_bytes::ByteBuf::into_vec)
         .collect())
+}
+
+/// Bytes of the shortest LEB128 varint of `n`, as postcard writes it.
+fn varint_len(n: usize) -> usize {
+    let bits = usize::BITS - (n | 1).leading_zeros();
+    bits.div_ceil(7) as usize
 }
 
 /// Decodes `bytes`, refusing input over `max_len` before looking at it and
@@ -287,6 +306,31 @@ mod tests {
         assert!(ChainId::new("x".repeat(65)).is_err());
         let bad: Result<ChainId, _> = decode(&encode(&"a b".to_string()), 100);
         assert!(bad.is_err(), "deserialisation validates chain ids");
+    }
+
+    /// Found by fuzzing (target `tx_batch`): a list whose count is the
+    /// over-long varint `8a 00` decoded, so one batch had two encodings.
+    #[test]
+    fn byte_lists_with_over_long_varints_are_refused() {
+        let found = [
+            0x8a, 0, 0, 0, 1, 0, 0, 0, 0x0a, 0, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1, 0x90, 0, 0,
+        ];
+        assert!(matches!(
+            decode_byte_list(&found, usize::MAX),
+            Err(CryptoError::NonCanonical)
+        ));
+        let list = vec![vec![7u8; 200], vec![], vec![1]];
+        let good = encode_byte_list(&list);
+        assert_eq!(decode_byte_list(&good, usize::MAX).unwrap(), list);
+        // The same list with its count written in two bytes.
+        let mut long = vec![0x83, 0x00];
+        long.extend_from_slice(&good[1..]);
+        let plain: Vec<serde_bytes::ByteBuf> = decode(&long, usize::MAX).unwrap();
+        assert_eq!(plain.len(), 3, "postcard alone takes it");
+        assert!(decode_byte_list(&long, usize::MAX).is_err());
+        for n in [0usize, 1, 127, 128, 16_383, 16_384, usize::MAX] {
+            assert_eq!(varint_len(n), encode(&(n as u64)).len(), "{n}");
+        }
     }
 
     #[test]

@@ -266,8 +266,16 @@ pub async fn start(
         .build(addr)
         .await?;
     let local = server.local_addr()?;
-    let module = module(shared, ingress)?;
-    Ok((server.start(module), local))
+    Ok((server.start(methods(shared, ingress)?), local))
+}
+
+/// Every method the server answers, bound to `shared` and `ingress`
+/// (also what the fuzz target of request handling calls in-process).
+pub fn methods(
+    shared: Arc<Shared>,
+    ingress: mpsc::Sender<Submission>,
+) -> anyhow::Result<jsonrpsee::Methods> {
+    Ok(module(shared, ingress)?.into())
 }
 
 struct Ctx {

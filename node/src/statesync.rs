@@ -37,10 +37,10 @@ use tracing::{debug, info, warn};
 /// The state sync protocol.
 pub const STATE_PROTOCOL: StreamProtocol = StreamProtocol::new("/phalanx/state/2");
 /// Largest request, bytes.
-const MAX_REQUEST_BYTES: usize = 1024;
+pub const MAX_REQUEST_BYTES: usize = 1024;
 /// Largest response, bytes (a chunk of 4096 accounts is about 250 KiB; an
 /// offer carries a block of up to 4 MiB and a manifest of up to 135 KiB).
-const MAX_RESPONSE_BYTES: usize = 16 << 20;
+pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// How long one request may take; a peer slower than this is dropped as
 /// stalled.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -144,7 +144,9 @@ pub fn offer(store: &Store) -> Result<Option<Offer>, phalanx_storage::StorageErr
     }))
 }
 
-fn answer(store: &Store, req: StateRequest) -> StateResponse {
+/// The answer `store` gives a peer's request (run off the async workers:
+/// it reads the store).
+pub fn answer(store: &Store, req: StateRequest) -> StateResponse {
     let res = (|| -> Result<StateResponse, phalanx_storage::StorageError> {
         match req {
             StateRequest::Checkpoint => Ok(StateResponse::Checkpoint(offer(store)?.map(Box::new))),
@@ -239,7 +241,11 @@ pub enum StateSyncError {
 
 /// Checks an offer against the validator set: certificate, block, commit
 /// certificate, manifest.
-fn check_offer(offer: &Offer, genesis: &Genesis, verifier: &mut Verifier) -> Result<(), String> {
+pub fn check_offer(
+    offer: &Offer,
+    genesis: &Genesis,
+    verifier: &mut Verifier,
+) -> Result<(), String> {
     let set = genesis.validator_set().map_err(|e| e.to_string())?;
     offer
         .cert
