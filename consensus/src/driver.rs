@@ -74,6 +74,14 @@
 //!   verified only if the core is quarantined, the report carries its
 //!   recovery's nonce and its signer has not reported yet: an unsolicited
 //!   report costs one decode, never a signature check.
+//! * **D14 — a peer that keeps sending invalid messages is graylisted.**
+//!   More than [`GRAYLIST_INVALID_MAX`] messages from one peer that no
+//!   honest validator sends (undecodable, badly signed, naming the wrong
+//!   proposer or payload, carrying a broken certificate) within
+//!   [`GRAYLIST_WINDOW_MS`] graylist it for [`GRAYLIST_MS`]: its frames are
+//!   then dropped before they are decoded. Transport authentication means
+//!   only the peer's own key can earn this; with at most f faulty
+//!   validators, dropping one is no worse than it crashing.
 
 use std::collections::HashMap;
 
@@ -110,6 +118,60 @@ pub const PROPOSE_MAX_UNEXECUTED: usize = 0;
 /// How often one peer may have a message from beyond the view window
 /// verified, ms (D10).
 pub const FAR_VIEW_INTERVAL_MS: u64 = 250;
+
+/// Invalid messages one peer may send within [`GRAYLIST_WINDOW_MS`] before
+/// it is graylisted (D14).
+pub const GRAYLIST_INVALID_MAX: u32 = 100;
+/// The window invalid messages are counted in, ms (D14).
+pub const GRAYLIST_WINDOW_MS: u64 = 10_000;
+/// How long a graylisted peer's frames are dropped, ms (D14).
+pub const GRAYLIST_MS: u64 = 60_000;
+
+/// Peers whose invalid messages are counted, and those graylisted (D14).
+#[derive(Debug, Default)]
+struct Graylist {
+    /// Per peer: start of its counting window and invalid messages in it.
+    counts: HashMap<ValidatorIndex, (u64, u32)>,
+    /// Per peer: until when it is graylisted.
+    until: HashMap<ValidatorIndex, u64>,
+}
+
+impl Graylist {
+    fn blocks(&self, from: ValidatorIndex, now: Time) -> bool {
+        self.until.get(&from).is_some_and(|u| now.0 < *u)
+    }
+
+    /// Counts one invalid message; `Some(until)` when it graylists `from`.
+    fn invalid(&mut self, from: ValidatorIndex, now: Time) -> Option<Time> {
+        let c = self.counts.entry(from).or_insert((now.0, 0));
+        if now.0 >= c.0.saturating_add(GRAYLIST_WINDOW_MS) {
+            *c = (now.0, 0);
+        }
+        c.1 += 1;
+        if c.1 <= GRAYLIST_INVALID_MAX {
+            return None;
+        }
+        *c = (now.0, 0);
+        let until = now.0.saturating_add(GRAYLIST_MS);
+        self.until.insert(from, until);
+        Some(Time(until))
+    }
+}
+
+/// Whether an honest validator can never send a message refused with `e`.
+fn proves_fault(e: &VerifyError) -> bool {
+    match e {
+        VerifyError::Decode(_)
+        | VerifyError::Signature(_)
+        | VerifyError::WrongProposer { .. }
+        | VerifyError::PayloadDigest
+        | VerifyError::PayloadTooLarge { .. }
+        | VerifyError::TimeoutCert(_) => true,
+        // An honest peer ahead of this one, or answering a request that
+        // crossed a bound, can send these.
+        VerifyError::SyncBound(_) | VerifyError::NotAdmitted(_) => false,
+    }
+}
 
 /// Fills a block response from `blocks` (walking down a chain): at most
 /// `count` (capped at [`MAX_SYNC_BLOCKS`]) and at most
@@ -247,6 +309,10 @@ pub trait Monitor {
     fn evidence(&mut self, _evidence: &Evidence) {}
     /// Committed blocks were served from the store.
     fn served(&mut self, _to: ValidatorIndex, _from: Height, _blocks: usize) {}
+    /// A peer was graylisted until `until` (D14).
+    fn graylisted(&mut self, _peer: ValidatorIndex, _until: Time) {}
+    /// A graylisted peer's frame was dropped unread (D14).
+    fn dropped(&mut self, _from: ValidatorIndex) {}
 }
 
 /// Every port the driver needs, implemented by one value.
@@ -281,6 +347,8 @@ pub struct Driver<P: Ports> {
     owed: Option<Owed>,
     /// When each peer last had a message from beyond the window verified.
     far_view_at: HashMap<ValidatorIndex, u64>,
+    /// Peers sending invalid messages (D14).
+    graylist: Graylist,
     /// The highest height handed to the executor.
     committed: Height,
     /// The highest height the executor reported.
@@ -327,6 +395,7 @@ impl<P: Ports> Driver<P> {
             timer: None,
             owed: None,
             far_view_at: HashMap::new(),
+            graylist: Graylist::default(),
             committed: head,
             executed: head,
             deferred_checkpoint: None,
@@ -438,6 +507,10 @@ impl<P: Ports> Driver<P> {
         bytes: &[u8],
     ) -> Result<Option<VerifiedMessage>, DriverError> {
         self.check_running()?;
+        if self.graylist.blocks(from, now) {
+            self.ports.dropped(from);
+            return Ok(None);
+        }
         let view = self.core.view().0;
         let window = self.core.config().future_view_window;
         let last = self.far_view_at.get(&from).copied();
@@ -472,6 +545,11 @@ impl<P: Ports> Driver<P> {
             }
             Err(e) => {
                 self.ports.refused(from, &e);
+                if proves_fault(&e)
+                    && let Some(until) = self.graylist.invalid(from, now)
+                {
+                    self.ports.graylisted(from, until);
+                }
                 Ok(None)
             }
         }

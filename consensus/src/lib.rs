@@ -39,9 +39,10 @@ pub use crate::core::{
     PayloadValidator, Restore, Stats,
 };
 pub use driver::{
-    BlockStore, Driver, DriverConfig, DriverError, Executor, MAX_UNEXECUTED_BLOCKS, Monitor,
-    Outbox, PROPOSE_MAX_UNEXECUTED, PayloadRequest, PayloadSource, PortError, Ports,
-    SYNC_RESPONSE_BYTES_MAX, SafetyStore, take_sync_blocks,
+    BlockStore, Driver, DriverConfig, DriverError, Executor, GRAYLIST_INVALID_MAX, GRAYLIST_MS,
+    GRAYLIST_WINDOW_MS, MAX_UNEXECUTED_BLOCKS, Monitor, Outbox, PROPOSE_MAX_UNEXECUTED,
+    PayloadRequest, PayloadSource, PortError, Ports, SYNC_RESPONSE_BYTES_MAX, SafetyStore,
+    take_sync_blocks,
 };
 pub use safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
 pub use types::{

@@ -8,10 +8,11 @@ use std::collections::BTreeMap;
 
 use phalanx_consensus::{
     AcceptAll, Block, BlockHeader, BlockRequest, BlockStore, CheckpointCert, Config, Driver,
-    DriverConfig, DriverError, Executor, Height, Idleness, MAX_UNEXECUTED_BLOCKS, Message, Monitor,
-    Outbox, PROPOSE_MAX_UNEXECUTED, PayloadRequest, PayloadSource, PortError, Proposal, QuorumCert,
-    Restore, SYNC_RESPONSE_BYTES_MAX, SafetyState, SafetyStore, Time, Timeout, VerifiedMessage,
-    VerifyError, View, Vote, genesis_qc, take_sync_blocks,
+    DriverConfig, DriverError, Executor, GRAYLIST_INVALID_MAX, GRAYLIST_MS, GRAYLIST_WINDOW_MS,
+    Height, Idleness, MAX_UNEXECUTED_BLOCKS, Message, Monitor, Outbox, PROPOSE_MAX_UNEXECUTED,
+    PayloadRequest, PayloadSource, PortError, Proposal, QuorumCert, Restore,
+    SYNC_RESPONSE_BYTES_MAX, SafetyState, SafetyStore, Time, Timeout, VerifiedMessage, VerifyError,
+    View, Vote, genesis_qc, take_sync_blocks,
 };
 use phalanx_crypto::{
     Certificate, ChainId, Digest, KeyPair, ValidatorIndex, ValidatorSet, Verified, encode,
@@ -31,6 +32,8 @@ enum Call {
     Refused,
     TimedOut(u64),
     Served { blocks: usize },
+    Graylisted { peer: u16, until: u64 },
+    Dropped(u16),
 }
 
 use Call::*;
@@ -138,6 +141,15 @@ impl Monitor for Recorder {
         self.calls.push(Served { blocks });
     }
     fn received(&mut self, _: ValidatorIndex, _: &VerifiedMessage, _: usize) {}
+    fn graylisted(&mut self, peer: ValidatorIndex, until: Time) {
+        self.calls.push(Graylisted {
+            peer: peer.0,
+            until: until.0,
+        });
+    }
+    fn dropped(&mut self, from: ValidatorIndex) {
+        self.calls.push(Dropped(from.0));
+    }
 }
 
 /// A 4-validator chain and the keys to sign anything on it.
@@ -696,4 +708,67 @@ fn a_leader_waits_for_its_executor_before_asking_for_a_payload() {
         }
     }
     panic!("never asked for a payload");
+}
+
+#[test]
+fn a_peer_sending_invalid_messages_is_graylisted_and_only_it() {
+    let n = net();
+    let mut d = n.driver(ME, n.genesis_restore(), Recorder::default());
+    let b1 = n.chain(1).remove(0);
+    let mut forged = n.signed_vote(2, &b1).into_signed();
+    forged.signature = n.signed_vote(3, &b1).into_signed().signature;
+    let forged = encode(&Message::Vote(forged));
+    let t = T0 + 1;
+    // Up to the bound: refused, counted, nothing more.
+    for _ in 0..GRAYLIST_INVALID_MAX {
+        let calls = calls_after(&mut d, |d| d.on_bytes(Time(t), ValidatorIndex(2), &forged));
+        assert_eq!(calls, vec![Refused]);
+    }
+    // Refusals that an honest peer can earn (far views) never count.
+    for i in 0..2 * GRAYLIST_INVALID_MAX as u64 {
+        let far = n.far_timeout(3, 1_000 + i);
+        d.on_bytes(Time(t), ValidatorIndex(3), &far).unwrap();
+    }
+    // One more: graylisted.
+    let calls = calls_after(&mut d, |d| d.on_bytes(Time(t), ValidatorIndex(2), &forged));
+    assert_eq!(
+        calls,
+        vec![
+            Refused,
+            Graylisted {
+                peer: 2,
+                until: t + GRAYLIST_MS
+            }
+        ]
+    );
+    // Even its valid messages are dropped unread; other peers' are not.
+    let calls = calls_after(&mut d, |d| {
+        d.on_bytes(Time(t + 1), ValidatorIndex(2), &n.vote(2, &b1))
+    });
+    assert_eq!(calls, vec![Dropped(2)]);
+    let calls = calls_after(&mut d, |d| {
+        d.on_bytes(Time(t + 1), ValidatorIndex(1), &n.proposal(b1.clone()))
+    });
+    assert!(calls.contains(&PersistBlock(1)), "{calls:?}");
+    // After the graylist time, its frames are read again.
+    let later = Time(t + GRAYLIST_MS);
+    let calls = calls_after(&mut d, |d| d.on_bytes(later, ValidatorIndex(2), &forged));
+    assert_eq!(calls, vec![Refused]);
+}
+
+#[test]
+fn invalid_messages_spread_over_windows_do_not_graylist() {
+    let n = net();
+    let mut d = n.driver(ME, n.genesis_restore(), Recorder::default());
+    let b1 = n.chain(1).remove(0);
+    let mut forged = n.signed_vote(2, &b1).into_signed();
+    forged.signature = n.signed_vote(3, &b1).into_signed().signature;
+    let forged = encode(&Message::Vote(forged));
+    for w in 0..5 {
+        let t = T0 + w * GRAYLIST_WINDOW_MS;
+        for _ in 0..GRAYLIST_INVALID_MAX {
+            let calls = calls_after(&mut d, |d| d.on_bytes(Time(t), ValidatorIndex(2), &forged));
+            assert_eq!(calls, vec![Refused], "window {w}");
+        }
+    }
 }

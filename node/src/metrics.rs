@@ -30,7 +30,7 @@ use tracing::debug;
 
 /// Why an inbound consensus message (or stream, or gossip batch) was
 /// dropped.
-pub const INVALID_REASONS: [&str; 12] = [
+pub const INVALID_REASONS: [&str; 13] = [
     "undecodable",
     "bad_signature",
     "wrong_proposer",
@@ -43,6 +43,7 @@ pub const INVALID_REASONS: [&str; 12] = [
     "non_validator_stream",
     "bad_gossip_batch",
     "genesis_mismatch",
+    "graylisted",
 ];
 
 /// The kind label of a transaction gossip batch, beside the consensus
@@ -272,6 +273,7 @@ pub struct Metrics {
     rpc_requests: Family<RpcCall, Counter>,
     rpc_seconds: HistogramFamily<RpcCall>,
     equivocations: Counter,
+    graylistings: Counter,
     mempool_overdue: Gauge,
 }
 
@@ -321,6 +323,7 @@ impl Metrics {
             rpc_requests: Family::default(),
             rpc_seconds: Family::new_with_constructor(seconds_histogram),
             equivocations: Counter::default(),
+            graylistings: Counter::default(),
             mempool_overdue: Gauge::default(),
             registry: Registry::default(),
         };
@@ -511,6 +514,11 @@ impl Metrics {
             "equivocations",
             "Equivocation evidence seen (two signed messages for one slot)",
             m.equivocations.clone(),
+        );
+        r.register(
+            "graylistings",
+            "Validators graylisted for sending invalid messages (their frames are then dropped unread for a while; which one: phalanx_invalid_messages_total{reason=\"graylisted\"})",
+            m.graylistings.clone(),
         );
         r.register(
             "mempool_overdue_transactions",
@@ -774,6 +782,11 @@ impl Metrics {
     /// Equivocation evidence seen.
     pub fn equivocation(&self) {
         self.equivocations.inc();
+    }
+
+    /// A validator graylisted.
+    pub fn graylisting(&self) {
+        self.graylistings.inc();
     }
 
     /// Proposable transactions pending longer than the overdue bound.

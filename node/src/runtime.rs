@@ -376,6 +376,19 @@ impl Monitor for NodePorts {
         );
     }
 
+    fn graylisted(&mut self, peer: ValidatorIndex, until: phalanx_consensus::Time) {
+        self.metrics.graylisting();
+        warn!(
+            peer = peer.0,
+            for_ms = until.0.saturating_sub(now().0),
+            "validator graylisted: too many invalid messages; its frames are dropped unread for a while"
+        );
+    }
+
+    fn dropped(&mut self, from: ValidatorIndex) {
+        self.metrics.invalid(Some(from.0), "graylisted");
+    }
+
     fn served(&mut self, to: ValidatorIndex, from: Height, blocks: usize) {
         debug!(
             peer = to.0,

@@ -9,6 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use phalanx_consensus::GRAYLIST_INVALID_MAX;
 use phalanx_tests::{Cluster, ClusterOptions, PATIENCE, account, transfer_hex};
 use serde_json::json;
 
@@ -313,11 +314,15 @@ fn a_validator_delaying_its_messages_to_just_under_the_timeout_costs_under_a_fif
 }
 
 #[test]
-fn a_validator_flooding_junk_costs_under_a_fifth_of_throughput_and_is_counted() {
+fn a_validator_flooding_junk_costs_under_a_fifth_of_throughput_and_is_graylisted() {
+    // Past the bound of bad signatures, each honest node graylists the
+    // attacker and drops its frames unread.
     let mut c = costs_under_a_fifth("spam", |c| {
-        HONEST
-            .iter()
-            .all(|i| invalid_from_attacker(c, *i, "bad_signature") >= 100.0)
+        HONEST.iter().all(|i| {
+            invalid_from_attacker(c, *i, "bad_signature") >= GRAYLIST_INVALID_MAX as f64
+                && invalid_from_attacker(c, *i, "graylisted") >= 1.0
+                && c.metric(*i, "phalanx_graylistings_total").unwrap_or(0.0) >= 1.0
+        })
     });
     c.wait_until("honest nodes drop the attacker's oversized frames", |c| {
         HONEST

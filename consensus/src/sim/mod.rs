@@ -185,6 +185,8 @@ pub struct RunStats {
     pub future_dropped: u64,
     /// Evidence reports against Byzantine validators.
     pub evidence: u64,
+    /// Byzantine validators graylisted by honest ones (D14).
+    pub graylisted: u64,
     /// Stable checkpoints reached (highest height).
     pub stable_height: u64,
     /// Crashes injected.
@@ -323,6 +325,7 @@ struct SimPorts {
     out: Vec<(Option<ValidatorIndex>, Message)>,
     jobs: Vec<Job>,
     evidence: Vec<Evidence>,
+    graylisted: Vec<ValidatorIndex>,
     /// Port calls left before the process dies mid-list (`Some(0)`: the
     /// next call fails).
     fuse: Option<usize>,
@@ -340,6 +343,7 @@ impl SimPorts {
             out: Vec::new(),
             jobs: Vec::new(),
             evidence: Vec::new(),
+            graylisted: Vec::new(),
             fuse: None,
             delivered: 0,
             rejected: 0,
@@ -454,6 +458,10 @@ impl Monitor for SimPorts {
 
     fn evidence(&mut self, evidence: &Evidence) {
         self.evidence.push(evidence.clone());
+    }
+
+    fn graylisted(&mut self, peer: ValidatorIndex, _until: Time) {
+        self.graylisted.push(peer);
     }
 }
 
@@ -1115,6 +1123,7 @@ impl<'a> Sim<'a> {
         let out = std::mem::take(&mut d.ports_mut().out);
         let jobs = std::mem::take(&mut d.ports_mut().jobs);
         let evidence = std::mem::take(&mut d.ports_mut().evidence);
+        let graylisted = std::mem::take(&mut d.ports_mut().graylisted);
         self.stats.delivered += std::mem::take(&mut d.ports_mut().delivered);
         self.stats.rejected += std::mem::take(&mut d.ports_mut().rejected);
         let deadline = d.next_deadline();
@@ -1147,6 +1156,9 @@ impl<'a> Sim<'a> {
         }
         for e in evidence {
             self.on_evidence(s, e);
+        }
+        for peer in graylisted {
+            self.on_graylisted(s, peer);
         }
         if let Err(e) = result {
             match e {
@@ -1199,6 +1211,27 @@ impl<'a> Sim<'a> {
         }
         if !self.slots[s].jobs.is_empty() && self.slots[s].driver.is_some() {
             self.schedule_execution(s);
+        }
+    }
+
+    /// An honest validator graylisted `peer`: a violation if every copy of
+    /// `peer` is honest (an honest validator never sends what earns it).
+    fn on_graylisted(&mut self, s: usize, peer: ValidatorIndex) {
+        if !self.honest(s) {
+            return;
+        }
+        let peer_honest = self
+            .slots
+            .iter()
+            .filter(|x| x.validator == peer)
+            .all(|x| x.byz.is_none());
+        if peer_honest {
+            self.violations.push(format!(
+                "{} graylisted honest {peer}",
+                self.slots[s].validator
+            ));
+        } else {
+            self.stats.graylisted += 1;
         }
     }
 
