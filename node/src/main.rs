@@ -396,6 +396,7 @@ async fn run_node(
         reconnect_max: Duration::from_millis(cfg.reconnect_max_ms),
         metrics: metrics.clone(),
         genesis: genesis.hash(),
+        limits: net::ConnLimits::default(),
     })?;
     // Metrics first: a state sync is worth watching.
     let metrics_addr = metrics::serve(cfg.metrics_listen, metrics.clone())

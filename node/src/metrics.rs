@@ -30,7 +30,7 @@ use tracing::debug;
 
 /// Why an inbound consensus message (or stream, or gossip batch) was
 /// dropped.
-pub const INVALID_REASONS: [&str; 13] = [
+pub const INVALID_REASONS: [&str; 15] = [
     "undecodable",
     "bad_signature",
     "wrong_proposer",
@@ -44,6 +44,8 @@ pub const INVALID_REASONS: [&str; 13] = [
     "bad_gossip_batch",
     "genesis_mismatch",
     "graylisted",
+    "connection_limit",
+    "non_validator_idle",
 ];
 
 /// The kind label of a transaction gossip batch, beside the consensus

@@ -12,6 +12,20 @@
 //! consensus message or verifies a signature: the runtime and the ingress
 //! do.
 //!
+//! # Bounds
+//! Every resource a peer can make this module hold is bounded:
+//! * connections from keys outside the validator set: a total and a
+//!   number per IP address, and each is closed after a short grace (no
+//!   protocol serves such a key); handshakes in progress are bounded for
+//!   everyone ([`ConnLimits`]);
+//! * a validator's consensus frames read but not yet handled, in bytes,
+//!   over all its streams ([`PEER_INBOUND_BYTES`]): past it, its streams
+//!   are not read, which slows only that validator down;
+//! * frames queued for a validator, in frames and in bytes
+//!   ([`PEER_OUTBOUND_BYTES`]): past either, new frames to it are dropped;
+//! * transaction batches waiting for admission, in batches of at most
+//!   [`MAX_GOSSIP_BYTES`] ([`INBOUND_TX_BATCHES`]), shared by all peers.
+//!
 //! # Why not gossipsub
 //! Transactions used to spread over a gossipsub topic. Every validator is
 //! directly connected to every other, so a relay mesh adds nothing but
@@ -28,14 +42,14 @@ use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::swarm::dial_opts::DialOpts;
-use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, StreamProtocol, identity, noise, tcp, yamux};
 use phalanx_consensus::MAX_MESSAGE_BYTES;
 use phalanx_crypto::{
     Digest, KeyPair, PublicKey, ValidatorIndex, decode_byte_list, encode_byte_list,
 };
 use phalanx_ledger::MAX_TX_BYTES;
-use tokio::sync::mpsc;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tracing::{debug, info, warn};
 
 use crate::metrics::{Metrics, TX_BATCH_KIND};
@@ -46,6 +60,14 @@ pub const CONSENSUS_PROTOCOL: StreamProtocol = StreamProtocol::new("/phalanx/con
 pub const TX_PROTOCOL: StreamProtocol = StreamProtocol::new("/phalanx/txs/1");
 /// Frames waiting for the runtime before readers are slowed down.
 pub const INBOUND_QUEUE: usize = 4096;
+/// Bytes of one validator's consensus frames read and not yet handled by
+/// the runtime, over all its streams: past this its streams are not read
+/// (TCP pushes back on it alone). Two of the largest messages, so that
+/// one can wait while the next is read; at most `n` times this in all.
+pub const PEER_INBOUND_BYTES: usize = 2 * MAX_MESSAGE_BYTES;
+/// Bytes queued for one validator before further frames to it are dropped
+/// (as with a full frame queue: consensus recovers lost messages).
+pub const PEER_OUTBOUND_BYTES: usize = 2 * MAX_MESSAGE_BYTES;
 /// Transaction batches waiting for admission before readers are slowed
 /// down.
 pub const INBOUND_TX_BATCHES: usize = 256;
@@ -60,9 +82,48 @@ pub const MAX_GOSSIP_BYTES: usize = MAX_GOSSIP_BATCH_TXS * (MAX_TX_BYTES + 8);
 /// How long newly admitted transactions wait to fill a gossip batch.
 const GOSSIP_BATCH_WINDOW: Duration = Duration::from_millis(5);
 
+/// Connections being set up (TCP accepted, handshake not done), from
+/// anyone: validators pass this bound too.
+pub const MAX_PENDING_INCOMING: u32 = 64;
+/// Established connections from keys outside the validator set, in all
+/// (validators are never counted).
+pub const MAX_NON_VALIDATOR_CONNECTIONS: u32 = 32;
+/// Connections from keys outside the validator set per IP address.
+pub const MAX_NON_VALIDATOR_PER_IP: usize = 4;
+/// How long a connection from a key outside the validator set stays open.
+/// No stream protocol serves such a key, so the connection can only be
+/// idle: it is closed after this.
+pub const NON_VALIDATOR_GRACE: Duration = Duration::from_secs(10);
+
+/// Limits on connections from keys outside the validator set.
+#[derive(Clone, Copy, Debug)]
+pub struct ConnLimits {
+    /// See [`MAX_PENDING_INCOMING`].
+    pub max_pending_incoming: u32,
+    /// See [`MAX_NON_VALIDATOR_CONNECTIONS`].
+    pub max_non_validators: u32,
+    /// See [`MAX_NON_VALIDATOR_PER_IP`].
+    pub max_per_ip: usize,
+    /// See [`NON_VALIDATOR_GRACE`].
+    pub grace: Duration,
+}
+
+impl Default for ConnLimits {
+    fn default() -> Self {
+        ConnLimits {
+            max_pending_incoming: MAX_PENDING_INCOMING,
+            max_non_validators: MAX_NON_VALIDATOR_CONNECTIONS,
+            max_per_ip: MAX_NON_VALIDATOR_PER_IP,
+            grace: NON_VALIDATOR_GRACE,
+        }
+    }
+}
+
 #[derive(NetworkBehaviour)]
 #[behaviour(prelude = "libp2p::swarm::derive_prelude")]
 struct Behaviour {
+    /// Validators bypass it; everyone else is bounded in number.
+    limits: libp2p::connection_limits::Behaviour,
     stream: libp2p_stream::Behaviour,
 }
 
@@ -73,6 +134,9 @@ pub struct Inbound {
     pub from: ValidatorIndex,
     /// The frame's bytes (at most [`MAX_MESSAGE_BYTES`]).
     pub bytes: Vec<u8>,
+    /// Its share of the sender's [`PEER_INBOUND_BYTES`], given back when
+    /// the frame is dropped.
+    _budget: OwnedSemaphorePermit,
 }
 
 /// Settings the network needs.
@@ -96,6 +160,8 @@ pub struct NetConfig {
     /// The hash of this chain's genesis: every stream opens with it, and a
     /// peer's stream that opens with another is refused.
     pub genesis: Digest,
+    /// Bounds on connections from keys outside the validator set.
+    pub limits: ConnLimits,
 }
 
 /// Errors starting the network.
@@ -119,7 +185,7 @@ pub fn peer_id_of(key: &PublicKey) -> Result<PeerId, NetError> {
 /// The handle the runtime sends with.
 #[derive(Clone)]
 pub struct Network {
-    outbound: Arc<HashMap<ValidatorIndex, mpsc::Sender<Arc<Vec<u8>>>>>,
+    outbound: Arc<HashMap<ValidatorIndex, PeerQueue>>,
     metrics: Arc<Metrics>,
     control: libp2p_stream::Control,
     peer_ids: Arc<HashMap<ValidatorIndex, PeerId>>,
@@ -131,7 +197,7 @@ impl Network {
     /// is full. Consensus tolerates loss; blocking here would stall it.
     pub fn send(&self, to: ValidatorIndex, frame: Arc<Vec<u8>>) {
         if let Some(q) = self.outbound.get(&to)
-            && q.try_send(frame).is_err()
+            && !q.push(frame)
         {
             self.metrics.send_queue_drop();
         }
@@ -177,6 +243,74 @@ impl Network {
     }
 }
 
+/// One peer's outbound frames: bounded in frames by the channel and in
+/// bytes by [`PEER_OUTBOUND_BYTES`].
+#[derive(Clone)]
+struct PeerQueue {
+    tx: mpsc::Sender<Arc<Vec<u8>>>,
+    /// Bytes in the channel; the writer takes off what it dequeues.
+    bytes: Arc<std::sync::atomic::AtomicUsize>,
+    max_bytes: usize,
+}
+
+impl PeerQueue {
+    fn new(frames: usize, max_bytes: usize) -> (PeerQueue, QueueReader) {
+        let (tx, rx) = mpsc::channel(frames);
+        let bytes = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let q = PeerQueue {
+            tx,
+            bytes: bytes.clone(),
+            max_bytes,
+        };
+        (q, QueueReader { rx, bytes })
+    }
+
+    /// Queues `frame`; false (nothing queued) when the queue is full in
+    /// frames or bytes.
+    fn push(&self, frame: Arc<Vec<u8>>) -> bool {
+        use std::sync::atomic::Ordering;
+        let len = frame.len();
+        let reserved = self
+            .bytes
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |b| {
+                (b + len <= self.max_bytes).then_some(b + len)
+            });
+        if reserved.is_err() {
+            return false;
+        }
+        if self.tx.try_send(frame).is_err() {
+            self.bytes.fetch_sub(len, Ordering::AcqRel);
+            return false;
+        }
+        true
+    }
+}
+
+/// The writer's end of a [`PeerQueue`].
+struct QueueReader {
+    rx: mpsc::Receiver<Arc<Vec<u8>>>,
+    bytes: Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl QueueReader {
+    fn took(&self, frame: &[u8]) {
+        self.bytes
+            .fetch_sub(frame.len(), std::sync::atomic::Ordering::AcqRel);
+    }
+
+    async fn recv(&mut self) -> Option<Arc<Vec<u8>>> {
+        let f = self.rx.recv().await?;
+        self.took(&f);
+        Some(f)
+    }
+
+    fn try_recv(&mut self) -> Option<Arc<Vec<u8>>> {
+        let f = self.rx.try_recv().ok()?;
+        self.took(&f);
+        Some(f)
+    }
+}
+
 /// The gossip side of the network handle: batches out, batches in.
 pub struct Gossip {
     /// Transactions to spread (bytes of each), batched here.
@@ -194,6 +328,25 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
     let id = identity::Keypair::ed25519_from_bytes(&mut seed)
         .map_err(|e| NetError::Identity(e.to_string()))?;
     let me = id.public().to_peer_id();
+    let mut index_of: HashMap<PeerId, ValidatorIndex> = HashMap::new();
+    for (i, v) in cfg.validators.iter().enumerate() {
+        index_of.insert(peer_id_of(v)?, ValidatorIndex(i as u16));
+    }
+    let mut limits = libp2p::connection_limits::Behaviour::new(
+        libp2p::connection_limits::ConnectionLimits::default()
+            .with_max_pending_incoming(Some(cfg.limits.max_pending_incoming))
+            // Validators are counted here though never refused: room for
+            // two connections from each (both sides may dial at once).
+            .with_max_established_incoming(Some(
+                cfg.limits
+                    .max_non_validators
+                    .saturating_add(2 * index_of.len() as u32),
+            ))
+            .with_max_established_per_peer(Some(1)),
+    );
+    for p in index_of.keys() {
+        limits.bypass_peer_id(p);
+    }
     let mut swarm = libp2p::SwarmBuilder::with_existing_identity(id)
         .with_tokio()
         .with_tcp(
@@ -203,6 +356,7 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
         )
         .map_err(|e| NetError::Transport(e.to_string()))?
         .with_behaviour(|_| Behaviour {
+            limits,
             stream: libp2p_stream::Behaviour::new(),
         })
         .map_err(|e| NetError::Transport(e.to_string()))?
@@ -213,10 +367,6 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
         .listen_on(cfg.listen.clone())
         .map_err(|e| NetError::Transport(format!("listen on {}: {e}", cfg.listen)))?;
 
-    let mut index_of: HashMap<PeerId, ValidatorIndex> = HashMap::new();
-    for (i, v) in cfg.validators.iter().enumerate() {
-        index_of.insert(peer_id_of(v)?, ValidatorIndex(i as u16));
-    }
     let mut addrs: HashMap<PeerId, Multiaddr> = HashMap::new();
     for (k, a) in &cfg.peers {
         addrs.insert(peer_id_of(k)?, a.clone());
@@ -226,13 +376,20 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
     let mut control = swarm.behaviour().stream.new_control();
     let (in_tx, in_rx) = mpsc::channel(INBOUND_QUEUE);
     let genesis = cfg.genesis;
+    let budgets: HashMap<ValidatorIndex, Arc<Semaphore>> = index_of
+        .values()
+        .map(|i| (*i, Arc::new(Semaphore::new(PEER_INBOUND_BYTES))))
+        .collect();
     accept_streams(
         &mut control,
         CONSENSUS_PROTOCOL,
         &index_of,
         &metrics,
         genesis,
-        move |from, stream, metrics| consensus_reader(from, stream, in_tx.clone(), metrics),
+        move |from, stream, metrics| {
+            let budget = budgets[&from].clone();
+            consensus_reader(from, stream, in_tx.clone(), budget, metrics)
+        },
     )?;
     let (gossip_in_tx, gossip_in_rx) = mpsc::channel(INBOUND_TX_BATCHES);
     accept_streams(
@@ -245,8 +402,8 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
     )?;
 
     // One writer per peer and protocol, each with its own bounded queue.
-    let open = |peer: PeerId, protocol: StreamProtocol, len: usize| {
-        let (tx, rx) = mpsc::channel(len);
+    let open = |peer: PeerId, protocol: StreamProtocol, len: usize, max_bytes: usize| {
+        let (tx, rx) = PeerQueue::new(len, max_bytes);
         tokio::spawn(writer(
             control.clone(),
             peer,
@@ -261,8 +418,16 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
     let mut outbound = HashMap::new();
     let mut tx_queues = Vec::new();
     for (peer, idx) in index_of.iter().filter(|(p, _)| **p != me) {
-        outbound.insert(*idx, open(*peer, CONSENSUS_PROTOCOL, cfg.peer_queue));
-        tx_queues.push(open(*peer, TX_PROTOCOL, TX_PEER_QUEUE));
+        outbound.insert(
+            *idx,
+            open(
+                *peer,
+                CONSENSUS_PROTOCOL,
+                cfg.peer_queue,
+                PEER_OUTBOUND_BYTES,
+            ),
+        );
+        tx_queues.push(open(*peer, TX_PROTOCOL, TX_PEER_QUEUE, usize::MAX));
     }
     let peer_ids: HashMap<ValidatorIndex, PeerId> =
         index_of.iter().map(|(p, i)| (*i, *p)).collect();
@@ -276,6 +441,7 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
             base: cfg.reconnect_base,
             max: cfg.reconnect_max,
             metrics: metrics.clone(),
+            limits: cfg.limits,
         },
     ));
     Ok((
@@ -300,6 +466,7 @@ struct SwarmCtx {
     base: Duration,
     max: Duration,
     metrics: Arc<Metrics>,
+    limits: ConnLimits,
 }
 
 /// Decodes a gossip batch, enforcing its bounds.
@@ -327,8 +494,14 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
         base,
         max,
         metrics,
+        limits,
     } = ctx;
     let (redial_tx, mut redial_rx) = mpsc::unbounded_channel::<PeerId>();
+    // Connections from keys outside the validator set, by IP, and their
+    // closing times.
+    let mut outsiders: HashMap<ConnectionId, std::net::IpAddr> = HashMap::new();
+    let (expire_tx, mut expire_rx) = mpsc::unbounded_channel::<ConnectionId>();
+    let mut refused_warned: Option<std::time::Instant> = None;
     let mut backoff: HashMap<PeerId, Duration> = HashMap::new();
     let dial = |swarm: &mut libp2p::Swarm<Behaviour>, peer: PeerId| {
         if swarm.is_connected(&peer) {
@@ -359,16 +532,39 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
                 SwarmEvent::NewListenAddr { address, .. } => {
                     info!(%address, "listening");
                 }
-                SwarmEvent::ConnectionEstablished { peer_id, num_established, .. } => {
+                SwarmEvent::ConnectionEstablished { peer_id, connection_id, endpoint, num_established, .. } => {
                     backoff.remove(&peer_id);
-                    if num_established.get() == 1 {
-                        if let Some(i) = index_of.get(&peer_id) {
+                    if let Some(i) = index_of.get(&peer_id) {
+                        if num_established.get() == 1 {
                             metrics.peer_delta(1);
                             info!(peer = i.0, "validator connected");
-                        } else {
-                            debug!(%peer_id, "non-validator connected");
                         }
+                        continue;
                     }
+                    let ip = ip_of(endpoint.get_remote_address());
+                    let from_ip = outsiders.values().filter(|a| Some(**a) == ip).count();
+                    if ip.is_none() || from_ip >= limits.max_per_ip {
+                        metrics.invalid(None, "connection_limit");
+                        if refused_warned.is_none_or(|t| t.elapsed() >= LIMIT_WARN_INTERVAL) {
+                            refused_warned = Some(std::time::Instant::now());
+                            warn!(?ip, max = limits.max_per_ip, "connection from a non-validator refused: too many from its address");
+                        }
+                        swarm.close_connection(connection_id);
+                        continue;
+                    }
+                    debug!(%peer_id, "non-validator connected");
+                    if let Some(ip) = ip {
+                        outsiders.insert(connection_id, ip);
+                    }
+                    let tx = expire_tx.clone();
+                    let grace = limits.grace;
+                    tokio::spawn(async move {
+                        tokio::time::sleep(grace).await;
+                        let _ = tx.send(connection_id);
+                    });
+                }
+                SwarmEvent::ConnectionClosed { connection_id, .. } if outsiders.contains_key(&connection_id) => {
+                    outsiders.remove(&connection_id);
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                     if let Some(i) = index_of.get(&peer_id) {
@@ -377,6 +573,13 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
                     }
                     if addrs.contains_key(&peer_id) {
                         schedule(&mut backoff, peer_id);
+                    }
+                }
+                SwarmEvent::IncomingConnectionError { error: libp2p::swarm::ListenError::Denied { .. }, send_back_addr, .. } => {
+                    metrics.invalid(None, "connection_limit");
+                    if refused_warned.is_none_or(|t| t.elapsed() >= LIMIT_WARN_INTERVAL) {
+                        refused_warned = Some(std::time::Instant::now());
+                        warn!(from = %send_back_addr, "incoming connection refused: connection limit reached");
                     }
                 }
                 SwarmEvent::OutgoingConnectionError { peer_id: Some(peer), error, .. } => {
@@ -388,8 +591,26 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
                 _ => {}
             },
             Some(peer) = redial_rx.recv() => dial(&mut swarm, peer),
+            Some(conn) = expire_rx.recv() => {
+                if outsiders.contains_key(&conn) {
+                    metrics.invalid(None, "non_validator_idle");
+                    swarm.close_connection(conn);
+                }
+            }
         }
     }
+}
+
+/// At most one log line this often for connections refused by address.
+const LIMIT_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// The IP address in a multiaddr, if it has one.
+fn ip_of(addr: &Multiaddr) -> Option<std::net::IpAddr> {
+    addr.iter().find_map(|p| match p {
+        libp2p::multiaddr::Protocol::Ip4(a) => Some(a.into()),
+        libp2p::multiaddr::Protocol::Ip6(a) => Some(a.into()),
+        _ => None,
+    })
 }
 
 /// The first frame of every stream: a tag and the genesis hash.
@@ -481,6 +702,17 @@ async fn read_frame(
     max: usize,
     metrics: &Metrics,
 ) -> Option<Vec<u8>> {
+    let len = read_len(from, stream, max, metrics).await?;
+    read_body(stream, len).await
+}
+
+/// Reads a frame's length prefix; `None` as [`read_frame`].
+async fn read_len(
+    from: ValidatorIndex,
+    stream: &mut libp2p::Stream,
+    max: usize,
+    metrics: &Metrics,
+) -> Option<usize> {
     let mut len = [0u8; 4];
     stream.read_exact(&mut len).await.ok()?;
     let len = u32::from_be_bytes(len) as usize;
@@ -489,19 +721,41 @@ async fn read_frame(
         warn!(peer = from.0, len, "oversized frame; stream dropped");
         return None;
     }
+    Some(len)
+}
+
+async fn read_body(stream: &mut libp2p::Stream, len: usize) -> Option<Vec<u8>> {
     let mut bytes = vec![0u8; len];
     stream.read_exact(&mut bytes).await.ok()?;
     Some(bytes)
 }
 
+/// Reads consensus frames from one of `from`'s streams. A frame's bytes
+/// are taken from the peer's budget before they are allocated and given
+/// back when the runtime is done with it.
 async fn consensus_reader(
     from: ValidatorIndex,
     mut stream: libp2p::Stream,
     tx: mpsc::Sender<Inbound>,
+    budget: Arc<Semaphore>,
     metrics: Arc<Metrics>,
 ) {
-    while let Some(bytes) = read_frame(from, &mut stream, MAX_MESSAGE_BYTES, &metrics).await {
-        if tx.send(Inbound { from, bytes }).await.is_err() {
+    const _: () =
+        assert!(PEER_INBOUND_BYTES >= MAX_MESSAGE_BYTES && MAX_MESSAGE_BYTES <= u32::MAX as usize);
+    while let Some(len) = read_len(from, &mut stream, MAX_MESSAGE_BYTES, &metrics).await {
+        // Fits in u32: at most MAX_MESSAGE_BYTES (asserted above).
+        let Ok(permit) = budget.clone().acquire_many_owned(len as u32).await else {
+            return;
+        };
+        let Some(bytes) = read_body(&mut stream, len).await else {
+            return;
+        };
+        let frame = Inbound {
+            from,
+            bytes,
+            _budget: permit,
+        };
+        if tx.send(frame).await.is_err() {
             return;
         }
     }
@@ -533,11 +787,7 @@ async fn tx_reader(
 
 /// Gathers transactions admitted from RPC for up to `GOSSIP_BATCH_WINDOW`
 /// and queues each batch once for every other validator.
-async fn tx_batcher(
-    mut rx: mpsc::Receiver<Vec<u8>>,
-    peers: Vec<mpsc::Sender<Arc<Vec<u8>>>>,
-    metrics: Arc<Metrics>,
-) {
+async fn tx_batcher(mut rx: mpsc::Receiver<Vec<u8>>, peers: Vec<PeerQueue>, metrics: Arc<Metrics>) {
     let mut pending: Vec<Vec<u8>> = Vec::new();
     while let Some(first) = rx.recv().await {
         let mut bytes = first.len() + 8;
@@ -557,7 +807,7 @@ async fn tx_batcher(
         pending.clear();
         metrics.sent(TX_BATCH_KIND, frame.len(), peers.len());
         for q in &peers {
-            if q.try_send(frame.clone()).is_err() {
+            if !q.push(frame.clone()) {
                 metrics.send_queue_drop();
             }
         }
@@ -570,7 +820,7 @@ async fn writer(
     mut control: libp2p_stream::Control,
     peer: PeerId,
     protocol: StreamProtocol,
-    mut rx: mpsc::Receiver<Arc<Vec<u8>>>,
+    mut rx: QueueReader,
     hello: Vec<u8>,
     base: Duration,
     max: Duration,
@@ -612,8 +862,8 @@ async fn writer(
             push_frame(&mut buf, &first);
             while buf.len() < MAX_COALESCED_BYTES {
                 match rx.try_recv() {
-                    Ok(f) => push_frame(&mut buf, &f),
-                    Err(_) => break,
+                    Some(f) => push_frame(&mut buf, &f),
+                    None => break,
                 }
             }
             let ok = stream.write_all(&buf).await.is_ok() && stream.flush().await.is_ok();
@@ -663,10 +913,21 @@ mod tests {
 
     /// [`node`] for the chain whose genesis hashes from `genesis`.
     fn node_of(keys: &[KeyPair], ports: &[u16], i: usize, dial: &[usize], genesis: &[u8]) -> Node {
+        node_with_inbound(keys, ports, i, dial, genesis).0
+    }
+
+    /// [`node_of`], with the receiver of its inbound consensus frames.
+    fn node_with_inbound(
+        keys: &[KeyPair],
+        ports: &[u16],
+        i: usize,
+        dial: &[usize],
+        genesis: &[u8],
+    ) -> (Node, mpsc::Receiver<Inbound>) {
         let addr =
             |j: usize| -> Multiaddr { format!("/ip4/127.0.0.1/tcp/{}", ports[j]).parse().unwrap() };
         let metrics = Arc::new(Metrics::new(keys.len(), &[]));
-        let (net, _inbound, gossip) = start(NetConfig {
+        let (net, inbound, gossip) = start(NetConfig {
             key: keys[i].clone(),
             listen: addr(i),
             validators: keys.iter().map(|k| k.public()).collect(),
@@ -676,13 +937,21 @@ mod tests {
             reconnect_max: Duration::from_millis(500),
             metrics: metrics.clone(),
             genesis: Digest::of(genesis),
+            limits: ConnLimits {
+                grace: Duration::from_millis(300),
+                max_per_ip: 2,
+                ..ConnLimits::default()
+            },
         })
         .unwrap();
-        Node {
-            net,
-            gossip,
-            metrics,
-        }
+        (
+            Node {
+                net,
+                gossip,
+                metrics,
+            },
+            inbound,
+        )
     }
 
     fn series(m: &Metrics, name: &str) -> f64 {
@@ -698,6 +967,87 @@ mod tests {
             assert!(tokio::time::Instant::now() < deadline, "timed out: {what}");
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
+    }
+
+    #[test]
+    fn a_peer_queue_is_bounded_in_bytes_as_well_as_frames() {
+        let (q, mut r) = PeerQueue::new(8, 1000);
+        assert!(q.push(Arc::new(vec![0; 600])));
+        assert!(!q.push(Arc::new(vec![0; 401])), "past the byte bound");
+        assert!(q.push(Arc::new(vec![0; 400])), "up to it exactly");
+        assert_eq!(r.try_recv().map(|f| f.len()), Some(600));
+        assert!(
+            q.push(Arc::new(vec![0; 600])),
+            "room again once the writer takes one"
+        );
+        // The frame bound still holds for small frames.
+        let (q, _r) = PeerQueue::new(2, usize::MAX);
+        assert!(q.push(Arc::new(vec![1])) && q.push(Arc::new(vec![2])));
+        assert!(!q.push(Arc::new(vec![3])));
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_validator_whose_frames_are_not_handled_is_no_longer_read_past_its_byte_budget() {
+        let keys: Vec<KeyPair> = (0..2u8).map(|i| KeyPair::from_seed([i + 1; 32])).collect();
+        let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+        let (_a, mut inbound) = node_with_inbound(&keys, &ports, 0, &[], b"net test genesis");
+        let b = node(&keys, &ports, 1, &[0]);
+        let frame = Arc::new(vec![9u8; MAX_MESSAGE_BYTES / 2]);
+        let per_budget = PEER_INBOUND_BYTES / frame.len();
+        let held = |inbound: &mpsc::Receiver<Inbound>| inbound.len();
+        // Frames until a holds a budget's worth (early ones may be lost
+        // while the link comes up).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(60);
+        while held(&inbound) < per_budget {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "frames never arrived"
+            );
+            b.net.send(ValidatorIndex(0), frame.clone());
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        for _ in 0..4 {
+            b.net.send(ValidatorIndex(0), frame.clone());
+        }
+        // More is on the wire, but a reads no further.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        assert_eq!(held(&inbound), per_budget);
+        // Handling one frame gives its bytes back: one more is read.
+        drop(inbound.recv().await);
+        eventually("the next frame is read", || held(&inbound) == per_budget).await;
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn keys_outside_the_validator_set_are_bounded_per_address_and_closed_when_idle() {
+        // Validators 0 and 1, and three outsiders that each take validator
+        // 0 for a peer of theirs; every one dials from 127.0.0.1.
+        let keys: Vec<KeyPair> = (0..2u8).map(|i| KeyPair::from_seed([i + 1; 32])).collect();
+        let ports: Vec<u16> = (0..2).map(|_| free_port()).collect();
+        let a = node(&keys, &ports, 0, &[]);
+        let _b = node(&keys, &ports, 1, &[0]);
+        let mut outsiders = Vec::new();
+        for i in 0..3u8 {
+            let pair = [keys[0].clone(), KeyPair::from_seed([0x40 + i; 32])];
+            outsiders.push(node(&pair, &[ports[0], free_port()], 1, &[0]));
+        }
+        let reason = |r: &str| {
+            series(
+                &a.metrics,
+                &format!("phalanx_invalid_messages_total{{peer=\"unknown\",reason=\"{r}\"}}"),
+            )
+        };
+        // Two per address (this test's bound): the third is closed at once.
+        eventually("a third outsider from one address is refused", || {
+            reason("connection_limit") >= 1.0
+        })
+        .await;
+        // The others are closed once their grace is over.
+        eventually("idle outsiders are closed", || {
+            reason("non_validator_idle") >= 2.0
+        })
+        .await;
+        // The validator on the same address is neither.
+        assert_eq!(a.metrics.peers(), 1, "validator 1 stays connected");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -101,6 +101,7 @@ fn node(g: &Genesis, ports: &[u16], i: usize, dial: &[usize]) -> (Network, Arc<M
         reconnect_max: Duration::from_millis(500),
         metrics: metrics.clone(),
         genesis: g.hash(),
+        limits: Default::default(),
     })
     .unwrap();
     (net, metrics)
