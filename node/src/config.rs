@@ -73,6 +73,11 @@ pub struct Config {
     pub peers: Vec<Peer>,
     /// JSON-RPC listen address.
     pub rpc_listen: SocketAddr,
+    /// JSON-RPC connections one client address may hold open.
+    pub rpc_connections_per_ip: u32,
+    /// JSON-RPC calls one client address may make per second (a burst of
+    /// two seconds' worth is allowed).
+    pub rpc_requests_per_sec: u32,
     /// Prometheus metrics listen address (`GET /metrics`).
     pub metrics_listen: SocketAddr,
     /// Log format: "human" or "json".
@@ -118,6 +123,8 @@ impl Default for Config {
             listen: "/ip4/0.0.0.0/tcp/26656".into(),
             peers: Vec::new(),
             rpc_listen: SocketAddr::from(([127, 0, 0, 1], 8545)),
+            rpc_connections_per_ip: crate::rpc_guard::DEFAULT_CONNECTIONS_PER_IP,
+            rpc_requests_per_sec: crate::rpc_guard::DEFAULT_REQUESTS_PER_SEC,
             metrics_listen: SocketAddr::from(([127, 0, 0, 1], 9615)),
             log_format: "human".into(),
             log_level: "info".into(),
@@ -219,6 +226,20 @@ impl Config {
         if self.overdue_tx_ms < 1000 {
             return bad("overdue_tx_ms", "must be at least 1000".into());
         }
+        if self.rpc_connections_per_ip == 0
+            || self.rpc_connections_per_ip > crate::rpc::MAX_CONNECTIONS
+        {
+            return bad(
+                "rpc_connections_per_ip",
+                format!("must be between 1 and {}", crate::rpc::MAX_CONNECTIONS),
+            );
+        }
+        if self.rpc_requests_per_sec == 0 || self.rpc_requests_per_sec > 1_000_000 {
+            return bad(
+                "rpc_requests_per_sec",
+                "must be between 1 and 1000000".into(),
+            );
+        }
         if self.empty_block_delay_ms > 60_000 {
             return bad("empty_block_delay_ms", "at most 60000".into());
         }
@@ -261,6 +282,10 @@ retained_blocks = {retained}
 listen = "{listen}"
 # JSON-RPC (HTTP and WebSocket on one port).
 rpc_listen = "{rpc}"
+# Per client address: connections open at once, and calls per second
+# (each call of a batch counts; bursts of two seconds' worth pass).
+rpc_connections_per_ip = {rpcc}
+rpc_requests_per_sec = {rpcr}
 # Prometheus metrics, served at http://ADDR/metrics.
 metrics_listen = "{metrics}"
 # "human" or "json".
@@ -303,6 +328,8 @@ runtime_threads = {rt}
             retained = self.retained_blocks,
             listen = self.listen,
             rpc = self.rpc_listen,
+            rpcc = self.rpc_connections_per_ip,
+            rpcr = self.rpc_requests_per_sec,
             metrics = self.metrics_listen,
             fmt = self.log_format,
             level = self.log_level,
@@ -347,6 +374,8 @@ mod tests {
             ("listen = \"nope\"", "listen"),
             ("log_format = \"xml\"", "log_format"),
             ("peer_queue = 0", "peer_queue"),
+            ("rpc_connections_per_ip = 0", "rpc_connections_per_ip"),
+            ("rpc_requests_per_sec = 0", "rpc_requests_per_sec"),
             ("reconnect_base_ms = 0", "reconnect_base_ms"),
             ("no_such_key = 1", "no_such_key"),
             ("rpc_listen = \"localhost\"", "rpc_listen"),

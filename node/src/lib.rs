@@ -14,6 +14,7 @@ pub mod mempool;
 pub mod metrics;
 pub mod net;
 pub mod rpc;
+pub mod rpc_guard;
 pub mod runtime;
 pub mod safety;
 pub mod shared;

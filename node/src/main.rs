@@ -494,9 +494,17 @@ async fn run_node(
             }
         }
     });
-    let (rpc_handle, rpc_addr) = rpc::start(cfg.rpc_listen, shared.clone(), ingress_tx)
-        .await
-        .with_context(|| format!("starting JSON-RPC on {}", cfg.rpc_listen))?;
+    let (rpc_handle, rpc_addr) = rpc::start(
+        cfg.rpc_listen,
+        shared.clone(),
+        ingress_tx,
+        rpc::RpcLimits {
+            connections_per_ip: cfg.rpc_connections_per_ip,
+            requests_per_sec: cfg.rpc_requests_per_sec,
+        },
+    )
+    .await
+    .with_context(|| format!("starting JSON-RPC on {}", cfg.rpc_listen))?;
     info!(addr = %rpc_addr, "JSON-RPC listening");
     let (stop_tx, stop_rx) = watch::channel(false);
     tokio::spawn(async move {

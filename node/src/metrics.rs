@@ -48,6 +48,9 @@ pub const INVALID_REASONS: [&str; 15] = [
     "non_validator_idle",
 ];
 
+/// Every reason label of `phalanx_rpc_refused_total`.
+pub const RPC_REFUSAL_REASONS: [&str; 2] = ["connections_per_ip", "rate_limited"];
+
 /// The kind label of a transaction gossip batch, beside the consensus
 /// message kinds.
 pub const TX_BATCH_KIND: &str = "tx_batch";
@@ -276,6 +279,7 @@ pub struct Metrics {
     rpc_seconds: HistogramFamily<RpcCall>,
     equivocations: Counter,
     graylistings: Counter,
+    rpc_refused: Family<Reason, Counter>,
     mempool_overdue: Gauge,
 }
 
@@ -326,6 +330,7 @@ impl Metrics {
             rpc_seconds: Family::new_with_constructor(seconds_histogram),
             equivocations: Counter::default(),
             graylistings: Counter::default(),
+            rpc_refused: Family::default(),
             mempool_overdue: Gauge::default(),
             registry: Registry::default(),
         };
@@ -522,6 +527,14 @@ impl Metrics {
             "Validators graylisted for sending invalid messages (their frames are then dropped unread for a while; which one: phalanx_invalid_messages_total{reason=\"graylisted\"})",
             m.graylistings.clone(),
         );
+        r.register(
+            "rpc_refused",
+            "JSON-RPC connections and calls refused by the per-address limits",
+            m.rpc_refused.clone(),
+        );
+        for reason in RPC_REFUSAL_REASONS {
+            m.rpc_refused.get_or_create_owned(&Reason { reason });
+        }
         r.register(
             "mempool_overdue_transactions",
             "Proposable transactions pending longer than overdue_tx_ms (censorship when seen at f + 1 validators)",
@@ -784,6 +797,12 @@ impl Metrics {
     /// Equivocation evidence seen.
     pub fn equivocation(&self) {
         self.equivocations.inc();
+    }
+
+    /// A JSON-RPC connection or call refused by a per-address limit.
+    pub fn rpc_refused(&self, reason: &'static str) {
+        debug_assert!(RPC_REFUSAL_REASONS.contains(&reason));
+        self.rpc_refused.get_or_create(&Reason { reason }).inc();
     }
 
     /// A validator graylisted.

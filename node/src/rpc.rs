@@ -12,9 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonrpsee::server::middleware::http::ProxyGetRequestLayer;
+use jsonrpsee::server::middleware::rpc::RpcServiceBuilder;
 use jsonrpsee::server::{
-    BatchRequestConfig, PendingSubscriptionSink, RpcModule, Server, ServerConfig, ServerHandle,
-    SubscriptionMessage,
+    BatchRequestConfig, PendingSubscriptionSink, PingConfig, RpcModule, Server, ServerConfig,
+    ServerHandle, SubscriptionMessage, serve_with_graceful_shutdown, stop_channel,
 };
 use jsonrpsee::types::{ErrorObject, ErrorObjectOwned, Params};
 use phalanx_crypto::{Digest, PublicKey, encode};
@@ -25,6 +26,8 @@ use tokio::sync::{broadcast, mpsc, oneshot};
 
 use crate::ingress::{Origin, Submission, SubmitError, Submitted};
 use crate::mempool::Rejection;
+pub use crate::rpc_guard::RpcLimits;
+use crate::rpc_guard::{AddressLimits, RateLimited};
 use crate::shared::{CommitNotice, Shared};
 
 /// Largest request body, bytes.
@@ -35,6 +38,12 @@ pub const MAX_RESPONSE_BYTES: u32 = 16 * 1024 * 1024;
 pub const MAX_CONNECTIONS: u32 = 512;
 /// Most calls in one batch request.
 pub const MAX_BATCH: u32 = 64;
+/// Most subscriptions one connection may hold.
+pub const MAX_SUBSCRIPTIONS_PER_CONNECTION: u32 = 16;
+/// A WebSocket connection is pinged this often ...
+pub const WS_PING_INTERVAL: Duration = Duration::from_secs(30);
+/// ... and closed when nothing has come from it for this long.
+pub const WS_INACTIVE_LIMIT: Duration = Duration::from_secs(90);
 /// Most transactions in one `ledger_submitTransactions` call (the request
 /// body bound allows about a thousand transfers).
 pub const MAX_SUBMIT_TXS: usize = 1024;
@@ -88,6 +97,11 @@ pub mod codes {
     pub const FUTURE_FULL: i32 = 1019;
     /// The admission queue is full: the node is overloaded; retry later.
     pub const BUSY: i32 = 1020;
+    /// The client's address made more requests than its rate allows.
+    pub const RATE_LIMITED: i32 = 1021;
+    /// The client's address holds as many connections as it may (sent
+    /// as an HTTP 429 answer before the connection is closed).
+    pub const TOO_MANY_CONNECTIONS: i32 = 1022;
 }
 
 fn err(code: i32, msg: impl Into<String>) -> ErrorObjectOwned {
@@ -246,11 +260,18 @@ fn json_message(v: &Value) -> Result<SubscriptionMessage, serde_json::Error> {
     Ok(serde_json::value::to_raw_value(v)?.into())
 }
 
-/// Starts the server on `addr`.
+/// Starts the server on `addr`, under the per-address `limits`.
+///
+/// Connections are accepted here rather than by jsonrpsee's own loop so
+/// that each is charged to its client's address ([`crate::rpc_guard`]):
+/// an address over its connection share is answered HTTP 429 with a
+/// JSON-RPC error ([`codes::TOO_MANY_CONNECTIONS`]) and closed, and every
+/// call on a connection spends its address's request rate.
 pub async fn start(
     addr: SocketAddr,
     shared: Arc<Shared>,
     ingress: mpsc::Sender<Submission>,
+    limits: RpcLimits,
 ) -> anyhow::Result<(ServerHandle, SocketAddr)> {
     let probes =
         ProxyGetRequestLayer::new([("/livez", "health_live"), ("/readyz", "health_ready")])?;
@@ -258,15 +279,153 @@ pub async fn start(
         .max_request_body_size(MAX_REQUEST_BYTES)
         .max_response_body_size(MAX_RESPONSE_BYTES)
         .max_connections(MAX_CONNECTIONS)
+        .max_subscriptions_per_connection(MAX_SUBSCRIPTIONS_PER_CONNECTION)
         .set_batch_request_config(BatchRequestConfig::Limit(MAX_BATCH))
+        .enable_ws_ping(
+            PingConfig::new()
+                .ping_interval(WS_PING_INTERVAL)
+                .inactive_limit(WS_INACTIVE_LIMIT),
+        )
         .build();
-    let server = Server::builder()
+    let builder = Server::builder()
         .set_config(config)
         .set_http_middleware(tower::ServiceBuilder::new().layer(probes))
-        .build(addr)
-        .await?;
-    let local = server.local_addr()?;
-    Ok((server.start(methods(shared, ingress)?), local))
+        .to_service_builder();
+    let listener = tokio::net::TcpListener::bind(addr).await?;
+    let local = listener.local_addr()?;
+    let methods = methods(shared.clone(), ingress)?;
+    let (stop, handle) = stop_channel();
+    let guard = AddressLimits::new(limits);
+    tokio::spawn(async move {
+        let mut refused_warned: Option<Instant> = None;
+        loop {
+            let (sock, remote) = tokio::select! {
+                res = listener.accept() => match res {
+                    Ok(s) => s,
+                    Err(e) => {
+                        // Out of file descriptors, say: wait, do not spin.
+                        tracing::debug!("rpc accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                },
+                _ = stop.clone().shutdown() => break,
+            };
+            let ip = remote.ip();
+            let Some(slot) = guard.connect(ip) else {
+                shared.metrics.rpc_refused("connections_per_ip");
+                if refused_warned.is_none_or(|t| t.elapsed() >= REFUSED_WARN_INTERVAL) {
+                    refused_warned = Some(Instant::now());
+                    tracing::warn!(%ip, max = limits.connections_per_ip, "JSON-RPC connection refused: too many from one address");
+                }
+                tokio::spawn(refuse_connection(sock));
+                continue;
+            };
+            let layer = RateLimitLayer {
+                limits: guard.clone(),
+                ip,
+                metrics: shared.metrics.clone(),
+            };
+            let svc = PerConnection {
+                builder: builder
+                    .clone()
+                    .set_rpc_middleware(RpcServiceBuilder::new().layer(layer)),
+                methods: methods.clone(),
+                stop: stop.clone(),
+            };
+            let stopped = stop.clone().shutdown();
+            tokio::spawn(async move {
+                let _slot = slot;
+                let _ = serve_with_graceful_shutdown(sock, svc, stopped).await;
+            });
+        }
+    });
+    Ok((handle, local))
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync + 'static>;
+
+/// The HTTP service of one connection: jsonrpsee's, with the connection's
+/// rate limit in its RPC middleware. A named type rather than a closure:
+/// with a closure, the compiler loses the error type's lifetime inside the
+/// spawned task (rust-lang/rust#102211).
+#[derive(Clone)]
+struct PerConnection<B> {
+    builder: B,
+    methods: jsonrpsee::Methods,
+    stop: jsonrpsee::server::StopHandle,
+}
+
+type ConnBuilder = jsonrpsee::server::TowerServiceBuilder<
+    tower::layer::util::Stack<RateLimitLayer, tower::layer::util::Identity>,
+    tower::layer::util::Stack<ProxyGetRequestLayer, tower::layer::util::Identity>,
+>;
+
+impl tower::Service<jsonrpsee::server::HttpRequest<hyper::body::Incoming>>
+    for PerConnection<ConnBuilder>
+{
+    type Response = jsonrpsee::server::HttpResponse;
+    type Error = BoxError;
+    type Future = std::pin::Pin<
+        Box<dyn std::future::Future<Output = Result<Self::Response, BoxError>> + Send>,
+    >;
+
+    fn poll_ready(
+        &mut self,
+        _: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Result<(), BoxError>> {
+        std::task::Poll::Ready(Ok(()))
+    }
+
+    fn call(&mut self, req: jsonrpsee::server::HttpRequest<hyper::body::Incoming>) -> Self::Future {
+        let mut svc = self
+            .builder
+            .clone()
+            .build(self.methods.clone(), self.stop.clone());
+        Box::pin(async move { tower::Service::call(&mut svc, req).await })
+    }
+}
+
+/// Puts [`RateLimited`] around each connection's RPC service.
+#[derive(Clone)]
+struct RateLimitLayer {
+    limits: Arc<AddressLimits>,
+    ip: std::net::IpAddr,
+    metrics: Arc<crate::metrics::Metrics>,
+}
+
+impl<S> tower::Layer<S> for RateLimitLayer {
+    type Service = RateLimited<S>;
+
+    fn layer(&self, inner: S) -> RateLimited<S> {
+        RateLimited::new(inner, self.limits.clone(), self.ip, self.metrics.clone())
+    }
+}
+
+/// At most one warning this often for refused connections.
+const REFUSED_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Answers a connection over its address's share and closes it.
+async fn refuse_connection(mut sock: tokio::net::TcpStream) {
+    use tokio::io::AsyncWriteExt;
+    let body = json!({
+        "jsonrpc": "2.0",
+        "id": null,
+        "error": {
+            "code": codes::TOO_MANY_CONNECTIONS,
+            "message": "too many connections from this address; close one and retry",
+        },
+    })
+    .to_string();
+    let answer = format!(
+        "HTTP/1.1 429 Too Many Requests\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+        body.len()
+    );
+    let _ = tokio::time::timeout(Duration::from_secs(5), async {
+        let _ = sock.write_all(answer.as_bytes()).await;
+        let _ = sock.shutdown().await;
+    })
+    .await;
 }
 
 /// Every method the server answers, bound to `shared` and `ingress`
@@ -307,6 +466,23 @@ where
     m.register_method(name, move |params, ctx, _| {
         let started = Instant::now();
         let res = f(params, ctx);
+        ctx.shared.metrics.rpc(name, res.is_ok(), started.elapsed());
+        res
+    })?;
+    Ok(())
+}
+
+/// Registers a synchronous method that runs on the blocking pool rather
+/// than an async worker (it may read and decode megabytes), counted and
+/// timed.
+fn blocking_method<F>(m: &mut RpcModule<Ctx>, name: &'static str, f: F) -> anyhow::Result<()>
+where
+    F: Fn(Params<'_>, &Ctx) -> RpcResult + Send + Sync + Clone + 'static,
+{
+    debug_assert!(METHODS.contains(&name));
+    m.register_blocking_method(name, move |params, ctx, _| {
+        let started = Instant::now();
+        let res = f(params, &ctx);
         ctx.shared.metrics.rpc(name, res.is_ok(), started.elapsed());
         res
     })?;
@@ -388,7 +564,9 @@ fn module(
         Ok(json!({ "hash": hash.to_hex(), "status": "unknown" }))
     })?;
 
-    method(&mut m, "ledger_getBlock", |params, ctx| {
+    // A block is up to the payload bound (megabytes) to read, decode and
+    // hash: off the async workers, which serve every other connection.
+    blocking_method(&mut m, "ledger_getBlock", |params, ctx| {
         let (which,): (Value,) = params.parse()?;
         let store = &ctx.shared.store;
         let height = match &which {

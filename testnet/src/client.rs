@@ -22,16 +22,32 @@ pub fn rpc_client(url: &str, timeout: Duration) -> Result<HttpClient> {
         .with_context(|| format!("JSON-RPC client for {url}"))
 }
 
-/// One JSON-RPC call.
+/// The node's error code for a client address over its request rate.
+pub const RATE_LIMITED: i32 = 1021;
+/// How long a call keeps retrying while its address is rate-limited.
+const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(60);
+
+/// One JSON-RPC call. A call refused for the address's request rate is
+/// retried with backoff (every client of a local testnet shares one
+/// address); any other error is returned.
 pub async fn call(client: &HttpClient, method: &str, params: Vec<Value>) -> Result<Value> {
     let mut p = ArrayParams::new();
     for v in params {
         p.insert(v).map_err(|e| anyhow!("params: {e}"))?;
     }
-    client
-        .request::<Value, _>(method, p)
-        .await
-        .map_err(|e| anyhow!("{method}: {e}"))
+    let started = std::time::Instant::now();
+    let mut wait = Duration::from_millis(20);
+    loop {
+        match client.request::<Value, _>(method, p.clone()).await {
+            Err(jsonrpsee_core::ClientError::Call(e))
+                if e.code() == RATE_LIMITED && started.elapsed() < RATE_LIMIT_PATIENCE =>
+            {
+                tokio::time::sleep(wait).await;
+                wait = (wait * 2).min(Duration::from_secs(1));
+            }
+            res => return res.map_err(|e| anyhow!("{method}: {e}")),
+        }
+    }
 }
 
 /// One JSON-RPC call to `url` with a fresh client.
