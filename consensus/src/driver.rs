@@ -82,6 +82,12 @@
 //!   then dropped before they are decoded. Transport authentication means
 //!   only the peer's own key can earn this; with at most f faulty
 //!   validators, dropping one is no worse than it crashing.
+//! * **D15 — unsigned requests are rate-limited.** Block requests cost the
+//!   sender nothing to make and the server reads to answer: each peer may
+//!   have [`BLOCK_REQUESTS_PER_SEC`] answered (bursts of
+//!   [`BLOCK_REQUEST_BURST`]); the rest are refused unread
+//!   ([`NOT_ADMITTED_REQUEST_RATE`]). An honest validator catching up asks
+//!   for up to the sync batch per request, well inside the rate.
 
 use std::collections::HashMap;
 
@@ -118,6 +124,44 @@ pub const PROPOSE_MAX_UNEXECUTED: usize = 0;
 /// How often one peer may have a message from beyond the view window
 /// verified, ms (D10).
 pub const FAR_VIEW_INTERVAL_MS: u64 = 250;
+
+/// Block requests one peer may have answered per second (D15).
+pub const BLOCK_REQUESTS_PER_SEC: u64 = 50;
+/// Block requests one peer may have answered at once after a quiet spell
+/// (D15).
+pub const BLOCK_REQUEST_BURST: u64 = 100;
+/// Why a message from beyond the view window was refused (D10).
+pub const NOT_ADMITTED_FAR_VIEW: &str = "beyond the view window";
+/// Why an unsolicited view report was refused (D13).
+pub const NOT_ADMITTED_REPORT: &str = "view report not asked for";
+/// Why a block request over its peer's rate was refused (D15).
+pub const NOT_ADMITTED_REQUEST_RATE: &str = "block requests over the rate";
+
+/// Per-peer token buckets for block requests (D15), in thousandths of a
+/// request so that refills are exact in integer milliseconds.
+#[derive(Debug, Default)]
+struct RequestBudget {
+    per_peer: HashMap<ValidatorIndex, (u64, u64)>,
+}
+
+impl RequestBudget {
+    fn take(&mut self, from: ValidatorIndex, now: Time) -> bool {
+        const UNIT: u64 = 1000;
+        let cap = BLOCK_REQUEST_BURST * UNIT;
+        let (tokens, at) = self.per_peer.entry(from).or_insert((cap, now.0));
+        let refill = now
+            .0
+            .saturating_sub(*at)
+            .saturating_mul(BLOCK_REQUESTS_PER_SEC);
+        *tokens = tokens.saturating_add(refill).min(cap);
+        *at = now.0.max(*at);
+        if *tokens < UNIT {
+            return false;
+        }
+        *tokens -= UNIT;
+        true
+    }
+}
 
 /// Invalid messages one peer may send within [`GRAYLIST_WINDOW_MS`] before
 /// it is graylisted (D14).
@@ -349,6 +393,8 @@ pub struct Driver<P: Ports> {
     far_view_at: HashMap<ValidatorIndex, u64>,
     /// Peers sending invalid messages (D14).
     graylist: Graylist,
+    /// Block requests each peer may still have answered (D15).
+    requests: RequestBudget,
     /// The highest height handed to the executor.
     committed: Height,
     /// The highest height the executor reported.
@@ -396,6 +442,7 @@ impl<P: Ports> Driver<P> {
             owed: None,
             far_view_at: HashMap::new(),
             graylist: Graylist::default(),
+            requests: RequestBudget::default(),
             committed: head,
             executed: head,
             deferred_checkpoint: None,
@@ -521,12 +568,12 @@ impl<P: Ports> Driver<P> {
             if let Message::ViewReport(r) = m
                 && !core.wants_report(r.signer, &r.payload.nonce)
             {
-                return Err("view report not asked for");
+                return Err(NOT_ADMITTED_REPORT);
             }
             match m.view() {
                 Some(v) if v.0 > view.saturating_add(window) => {
                     if last.is_some_and(|t| now.0 < t.saturating_add(FAR_VIEW_INTERVAL_MS)) {
-                        return Err("beyond the view window");
+                        return Err(NOT_ADMITTED_FAR_VIEW);
                     }
                     admitted_far = true;
                     Ok(())
@@ -563,10 +610,17 @@ impl<P: Ports> Driver<P> {
         msg: VerifiedMessage,
     ) -> Result<(), DriverError> {
         self.check_running()?;
-        if let VerifiedMessage::BlockRequest(r) = &msg
-            && self.serve_committed(from, r)?
-        {
-            return Ok(());
+        if let VerifiedMessage::BlockRequest(r) = &msg {
+            // D15: checked here, after the verifier, whose cache passes a
+            // repeated request without asking.
+            if !self.requests.take(from, now) {
+                let e = VerifyError::NotAdmitted(NOT_ADMITTED_REQUEST_RATE);
+                self.ports.refused(from, &e);
+                return Ok(());
+            }
+            if self.serve_committed(from, r)? {
+                return Ok(());
+            }
         }
         let actions = self.core.handle(now, Event::Message { from, msg });
         self.perform_all(now, actions)

@@ -39,10 +39,11 @@ pub use crate::core::{
     PayloadValidator, Restore, Stats,
 };
 pub use driver::{
-    BlockStore, Driver, DriverConfig, DriverError, Executor, GRAYLIST_INVALID_MAX, GRAYLIST_MS,
-    GRAYLIST_WINDOW_MS, MAX_UNEXECUTED_BLOCKS, Monitor, Outbox, PROPOSE_MAX_UNEXECUTED,
-    PayloadRequest, PayloadSource, PortError, Ports, SYNC_RESPONSE_BYTES_MAX, SafetyStore,
-    take_sync_blocks,
+    BLOCK_REQUEST_BURST, BLOCK_REQUESTS_PER_SEC, BlockStore, Driver, DriverConfig, DriverError,
+    Executor, GRAYLIST_INVALID_MAX, GRAYLIST_MS, GRAYLIST_WINDOW_MS, MAX_UNEXECUTED_BLOCKS,
+    Monitor, NOT_ADMITTED_FAR_VIEW, NOT_ADMITTED_REPORT, NOT_ADMITTED_REQUEST_RATE, Outbox,
+    PROPOSE_MAX_UNEXECUTED, PayloadRequest, PayloadSource, PortError, Ports,
+    SYNC_RESPONSE_BYTES_MAX, SafetyStore, take_sync_blocks,
 };
 pub use safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
 pub use types::{

@@ -7,12 +7,12 @@
 use std::collections::BTreeMap;
 
 use phalanx_consensus::{
-    AcceptAll, Block, BlockHeader, BlockRequest, BlockStore, CheckpointCert, Config, Driver,
-    DriverConfig, DriverError, Executor, GRAYLIST_INVALID_MAX, GRAYLIST_MS, GRAYLIST_WINDOW_MS,
-    Height, Idleness, MAX_UNEXECUTED_BLOCKS, Message, Monitor, Outbox, PROPOSE_MAX_UNEXECUTED,
-    PayloadRequest, PayloadSource, PortError, Proposal, QuorumCert, Restore,
-    SYNC_RESPONSE_BYTES_MAX, SafetyState, SafetyStore, Time, Timeout, VerifiedMessage, VerifyError,
-    View, Vote, genesis_qc, take_sync_blocks,
+    AcceptAll, BLOCK_REQUEST_BURST, BLOCK_REQUESTS_PER_SEC, Block, BlockHeader, BlockRequest,
+    BlockStore, CheckpointCert, Config, Driver, DriverConfig, DriverError, Executor,
+    GRAYLIST_INVALID_MAX, GRAYLIST_MS, GRAYLIST_WINDOW_MS, Height, Idleness, MAX_UNEXECUTED_BLOCKS,
+    Message, Monitor, Outbox, PROPOSE_MAX_UNEXECUTED, PayloadRequest, PayloadSource, PortError,
+    Proposal, QuorumCert, Restore, SYNC_RESPONSE_BYTES_MAX, SafetyState, SafetyStore, Time,
+    Timeout, VerifiedMessage, VerifyError, View, Vote, genesis_qc, take_sync_blocks,
 };
 use phalanx_crypto::{
     Certificate, ChainId, Digest, KeyPair, ValidatorIndex, ValidatorSet, Verified, encode,
@@ -771,4 +771,36 @@ fn invalid_messages_spread_over_windows_do_not_graylist() {
             assert_eq!(calls, vec![Refused], "window {w}");
         }
     }
+}
+
+#[test]
+fn block_requests_past_a_peer_rate_are_refused_unread_and_never_graylist() {
+    let n = net();
+    let mut d = n.driver(ME, n.genesis_restore(), Recorder::default());
+    let req = |i: u64| {
+        encode(&Message::BlockRequest(BlockRequest {
+            id: Digest::of(&i.to_le_bytes()),
+            count: 4,
+        }))
+    };
+    let t = T0 + 1;
+    // The burst is admitted (nothing to answer: unknown blocks).
+    for i in 0..BLOCK_REQUEST_BURST {
+        let calls = calls_after(&mut d, |d| d.on_bytes(Time(t), ValidatorIndex(2), &req(i)));
+        assert_eq!(calls, vec![], "request {i}");
+    }
+    // Then refused, however many, without graylisting the peer.
+    for i in 0..3 * BLOCK_REQUEST_BURST {
+        let calls = calls_after(&mut d, |d| d.on_bytes(Time(t), ValidatorIndex(2), &req(i)));
+        assert_eq!(calls, vec![Refused], "request {i} past the burst");
+    }
+    // Another peer has its own budget.
+    let calls = calls_after(&mut d, |d| d.on_bytes(Time(t), ValidatorIndex(1), &req(0)));
+    assert_eq!(calls, vec![]);
+    // One request's worth of time buys one request.
+    let one = Time(t + 1000 / BLOCK_REQUESTS_PER_SEC);
+    let calls = calls_after(&mut d, |d| d.on_bytes(one, ValidatorIndex(2), &req(1)));
+    assert_eq!(calls, vec![]);
+    let calls = calls_after(&mut d, |d| d.on_bytes(one, ValidatorIndex(2), &req(2)));
+    assert_eq!(calls, vec![Refused]);
 }

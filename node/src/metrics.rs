@@ -30,7 +30,7 @@ use tracing::debug;
 
 /// Why an inbound consensus message (or stream, or gossip batch) was
 /// dropped.
-pub const INVALID_REASONS: [&str; 15] = [
+pub const INVALID_REASONS: [&str; 17] = [
     "undecodable",
     "bad_signature",
     "wrong_proposer",
@@ -46,6 +46,8 @@ pub const INVALID_REASONS: [&str; 15] = [
     "graylisted",
     "connection_limit",
     "non_validator_idle",
+    "request_rate",
+    "unsolicited_report",
 ];
 
 /// Every reason label of `phalanx_rpc_refused_total`.
@@ -862,7 +864,11 @@ pub fn invalid_reason(e: &phalanx_consensus::VerifyError) -> &'static str {
         E::PayloadTooLarge { .. } => "payload_too_large",
         E::TimeoutCert(_) => "bad_timeout_cert",
         E::SyncBound(_) => "sync_bound",
-        E::NotAdmitted(_) => "beyond_view_window",
+        E::NotAdmitted(why) => match *why {
+            phalanx_consensus::NOT_ADMITTED_REQUEST_RATE => "request_rate",
+            phalanx_consensus::NOT_ADMITTED_REPORT => "unsolicited_report",
+            _ => "beyond_view_window",
+        },
     }
 }
 

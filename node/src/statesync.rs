@@ -44,6 +44,9 @@ pub const MAX_RESPONSE_BYTES: usize = 16 << 20;
 /// How long one request may take; a peer slower than this is dropped as
 /// stalled.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+/// State requests one validator may have served at once; a syncing
+/// validator asks one peer one chunk at a time.
+pub const MAX_REQUESTS_IN_FLIGHT: usize = 4;
 /// Rounds of asking every peer again after all were dropped.
 const MAX_ROUNDS: usize = 5;
 /// Progress is logged this often.
@@ -183,13 +186,25 @@ pub async fn serve(
             return;
         }
     };
+    let mut in_flight: std::collections::HashMap<PeerId, Arc<tokio::sync::Semaphore>> =
+        std::collections::HashMap::new();
     while let Some((peer, mut stream)) = incoming.next().await {
         if !validators.contains(&peer) {
             debug!(%peer, "state request from a non-validator refused");
             continue;
         }
+        // Each request may read megabytes: a validator has at most a few
+        // answered at once, and its extra streams are dropped unread.
+        let slots = in_flight
+            .entry(peer)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT)));
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            debug!(%peer, "state request over the peer's in-flight bound dropped");
+            continue;
+        };
         let store = store.borrow().clone();
         tokio::spawn(async move {
+            let _slot = slot;
             let Some(req) = read_frame(&mut stream, MAX_REQUEST_BYTES).await else {
                 return;
             };
