@@ -18,9 +18,9 @@ use phalanx_crypto::{
 use crate::driver::take_sync_blocks;
 use crate::safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
 use crate::types::{
-    Block, BlockHeader, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote, Height,
-    Idleness, Message, Proposal, QuorumCert, RecoveryQuery, Time, Timeout, TimeoutCert,
-    TimeoutEntry, View, ViewReport, Vote, genesis_qc,
+    Block, BlockHeader, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote,
+    EvidenceReport, Height, Idleness, Message, Proposal, QuorumCert, RecoveryQuery, Time, Timeout,
+    TimeoutCert, TimeoutEntry, View, ViewReport, Vote, genesis_qc,
 };
 use crate::verify::{MAX_SYNC_BLOCKS, VerifiedMessage};
 
@@ -344,6 +344,20 @@ enum Kind {
     Checkpoint,
 }
 
+/// The kind of slot a signed statement fills.
+fn kind_of(m: &Message) -> Option<Kind> {
+    Some(match m {
+        Message::Proposal(_) => Kind::Proposal,
+        Message::Vote(_) => Kind::Vote,
+        Message::Timeout(_) => Kind::Timeout,
+        Message::Checkpoint(_) => Kind::Checkpoint,
+        _ => return None,
+    })
+}
+
+/// Evidence against one validator that this one passes on, at most.
+pub const EVIDENCE_SPREAD_PER_SIGNER: u32 = 4;
+
 /// One rotation in this many gives every validator its own turn, idle or
 /// not (P20): 1024 rotations, about half a minute at full load with 4
 /// validators, so a crashed validator costs one timeout per probe rotation.
@@ -395,6 +409,8 @@ pub struct Core {
     timeouts: BTreeMap<View, BTreeMap<ValidatorIndex, Verified<Timeout>>>,
     seen: BTreeMap<(u64, Kind, ValidatorIndex), (Digest, Message)>,
     reported: BTreeSet<(u64, Kind, ValidatorIndex)>,
+    /// Evidence passed on, per culprit (bounded by the validator count).
+    evidence_spread: BTreeMap<ValidatorIndex, u32>,
     pending: BTreeMap<(View, ValidatorIndex), Verified<Proposal>>,
     /// Blocks being fetched: the view of the first request and of the
     /// last one.
@@ -467,6 +483,7 @@ impl Core {
             timeouts: BTreeMap::new(),
             seen: BTreeMap::new(),
             reported: BTreeSet::new(),
+            evidence_spread: BTreeMap::new(),
             pending: BTreeMap::new(),
             wanted: BTreeMap::new(),
             pending_commit: None,
@@ -808,6 +825,22 @@ impl Core {
             VerifiedMessage::BlockResponse(b) => self.on_blocks(from, b.blocks()),
             VerifiedMessage::RecoveryQuery(q) => self.on_recovery_query(from, q),
             VerifiedMessage::ViewReport(r) => self.on_view_report(r),
+            VerifiedMessage::Evidence(e) => self.on_evidence_report(e),
+        }
+    }
+
+    /// Evidence a peer passed on (verified): reported once per slot, like
+    /// evidence seen here, and never passed on again.
+    fn on_evidence_report(&mut self, e: Evidence) {
+        let Some(kind) = kind_of(&e.first) else {
+            return;
+        };
+        let floor = self.view.0.saturating_sub(2 * self.cfg.future_view_window);
+        if kind != Kind::Checkpoint && e.round < floor {
+            return;
+        }
+        if self.reported.insert((e.round, kind, e.signer)) {
+            self.out.push(Action::Evidence(e));
         }
     }
 
@@ -867,6 +900,18 @@ impl Core {
             }
             Some((first, first_msg)) if *first != content => {
                 if self.reported.insert(key) {
+                    // Passed on so that every validator learns of it, at
+                    // most a few times per culprit: one proof suffices.
+                    let spread = self.evidence_spread.entry(signer).or_insert(0);
+                    if *spread < EVIDENCE_SPREAD_PER_SIGNER {
+                        *spread += 1;
+                        self.out.push(Action::Broadcast(Message::Evidence(Box::new(
+                            EvidenceReport {
+                                first: first_msg.clone(),
+                                second: msg.clone(),
+                            },
+                        ))));
+                    }
                     self.out.push(Action::Evidence(Evidence {
                         signer,
                         round,

@@ -210,7 +210,8 @@ fn proves_fault(e: &VerifyError) -> bool {
         | VerifyError::WrongProposer { .. }
         | VerifyError::PayloadDigest
         | VerifyError::PayloadTooLarge { .. }
-        | VerifyError::TimeoutCert(_) => true,
+        | VerifyError::TimeoutCert(_)
+        | VerifyError::Evidence(_) => true,
         // An honest peer ahead of this one, or answering a request that
         // crossed a bound, can send these.
         VerifyError::SyncBound(_) | VerifyError::NotAdmitted(_) => false,

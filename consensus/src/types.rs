@@ -394,10 +394,25 @@ pub enum Message {
     RecoveryQuery(RecoveryQuery),
     /// The answer to a [`RecoveryQuery`].
     ViewReport(phalanx_crypto::Signed<ViewReport>),
+    /// Proof that a validator signed two conflicting statements, passed on
+    /// by the validator that saw both.
+    Evidence(Box<EvidenceReport>),
+}
+
+/// Two conflicting statements one validator signed for one slot (a view's
+/// proposal, vote or timeout, or a height's checkpoint vote). A proposal is
+/// carried without its payload: the signature covers the header, through
+/// the block id.
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub struct EvidenceReport {
+    /// The statement seen first.
+    pub first: Message,
+    /// The conflicting one.
+    pub second: Message,
 }
 
 /// Every value [`Message::kind`] returns.
-pub const MESSAGE_KINDS: [&str; 8] = [
+pub const MESSAGE_KINDS: [&str; 9] = [
     "proposal",
     "vote",
     "timeout",
@@ -406,6 +421,7 @@ pub const MESSAGE_KINDS: [&str; 8] = [
     "block_response",
     "recovery_query",
     "view_report",
+    "evidence",
 ];
 
 impl Message {
@@ -430,6 +446,7 @@ impl Message {
             Message::BlockResponse(_) => "block_response",
             Message::RecoveryQuery(_) => "recovery_query",
             Message::ViewReport(_) => "view_report",
+            Message::Evidence(_) => "evidence",
         }
     }
 }

@@ -11,13 +11,13 @@
 use std::collections::{BTreeSet, VecDeque};
 
 use phalanx_crypto::{
-    ChainId, CryptoError, Digest, ValidatorSet, Verified, decode, encode, signing_bytes,
-    verify_batch,
+    ChainId, CryptoError, Digest, ValidatorIndex, ValidatorSet, Verified, decode, encode,
+    signing_bytes, verify_batch,
 };
 
 use crate::types::{
-    Block, BlockRequest, CheckpointVote, Message, Proposal, QuorumCert, Timeout, TimeoutCert,
-    TimeoutVote, ViewReport, Vote, genesis_qc,
+    Block, BlockRequest, CheckpointVote, EvidenceReport, Message, Proposal, QuorumCert, Timeout,
+    TimeoutCert, TimeoutVote, ViewReport, Vote, genesis_qc,
 };
 
 /// Largest encoded consensus message accepted, in bytes; bounds decoding
@@ -67,6 +67,9 @@ pub enum VerifyError {
     /// Refused by the caller's cheap checks before any signature work.
     #[error("not admitted: {0}")]
     NotAdmitted(&'static str),
+    /// An evidence report whose statements do not prove anything.
+    #[error("bad evidence: {0}")]
+    Evidence(&'static str),
 }
 
 /// A block whose payload digest and justifying certificate have been checked.
@@ -100,6 +103,9 @@ pub enum VerifiedMessage {
     RecoveryQuery(crate::types::RecoveryQuery),
     /// A view report; its certificates verified.
     ViewReport(Verified<ViewReport>),
+    /// Evidence passed on by a peer: both statements' signatures verified,
+    /// and they conflict.
+    Evidence(crate::core::Evidence),
 }
 
 impl VerifiedMessage {
@@ -114,6 +120,7 @@ impl VerifiedMessage {
             VerifiedMessage::BlockResponse(_) => "block_response",
             VerifiedMessage::RecoveryQuery(_) => "recovery_query",
             VerifiedMessage::ViewReport(_) => "view_report",
+            VerifiedMessage::Evidence(_) => "evidence",
         }
     }
 
@@ -132,6 +139,10 @@ impl VerifiedMessage {
             }
             VerifiedMessage::RecoveryQuery(q) => Message::RecoveryQuery(*q),
             VerifiedMessage::ViewReport(r) => Message::ViewReport(r.signed().clone()),
+            VerifiedMessage::Evidence(e) => Message::Evidence(Box::new(EvidenceReport {
+                first: e.first.clone(),
+                second: e.second.clone(),
+            })),
         }
     }
 }
@@ -203,6 +214,20 @@ impl Verifier {
         self.verify_bytes_if(bytes, |_| Ok(()))
     }
 
+    /// Checks the signature of one statement of an evidence report: only
+    /// the signature (a proposal comes without its payload).
+    fn verify_statement(&self, m: &Message) -> Result<(), VerifyError> {
+        let (set, chain) = (&self.set, &self.chain);
+        let res = match m {
+            Message::Proposal(p) => p.clone().verify(set, chain).map(drop),
+            Message::Vote(v) => v.clone().verify(set, chain).map(drop),
+            Message::Timeout(t) => t.clone().verify(set, chain).map(drop),
+            Message::Checkpoint(c) => c.clone().verify(set, chain).map(drop),
+            _ => return Err(VerifyError::Evidence("not a signed statement")),
+        };
+        res.map_err(VerifyError::Signature)
+    }
+
     /// Decodes wire bytes, lets `admit` refuse the message on cheap grounds
     /// (its view, its sender's rate) before any signature is checked, then
     /// verifies it. Messages verified before pass without `admit`.
@@ -218,7 +243,10 @@ impl Verifier {
         }
         admit(&msg).map_err(VerifyError::NotAdmitted)?;
         let verified = self.verify(msg)?;
-        self.messages.insert(key);
+        // Evidence is rare and checked each time (`trusted` never sees it).
+        if !matches!(verified, VerifiedMessage::Evidence(_)) {
+            self.messages.insert(key);
+        }
         Ok(verified)
     }
 
@@ -276,6 +304,13 @@ impl Verifier {
                 VerifiedMessage::BlockResponse(VerifiedBlocks(r.blocks))
             }
             Message::RecoveryQuery(q) => VerifiedMessage::RecoveryQuery(q),
+            Message::Evidence(r) => {
+                let e = evidence_shape(&r)?;
+                for m in [&r.first, &r.second] {
+                    self.verify_statement(m)?;
+                }
+                VerifiedMessage::Evidence(e)
+            }
             Message::ViewReport(r) => {
                 self.verify_qc(&r.payload.high_qc)?;
                 if let Some(tc) = &r.payload.high_tc {
@@ -393,5 +428,63 @@ fn trusted(msg: Message) -> VerifiedMessage {
         Message::BlockResponse(r) => VerifiedMessage::BlockResponse(VerifiedBlocks(r.blocks)),
         Message::RecoveryQuery(q) => VerifiedMessage::RecoveryQuery(q),
         Message::ViewReport(r) => VerifiedMessage::ViewReport(Verified::trusted(r)),
+        Message::Evidence(r) => match evidence_shape(&r) {
+            Ok(e) => VerifiedMessage::Evidence(e),
+            Err(_) => unreachable!("evidence is never cached as verified"),
+        },
     }
+}
+
+/// Which slot a signed statement fills and what it says there: the kind,
+/// the signer, the round (view, or height for checkpoint votes) and a
+/// digest of what the signature covers. Two statements of one slot with
+/// different digests are evidence.
+pub(crate) fn statement_slot(m: &Message) -> Option<(u8, ValidatorIndex, u64, Digest)> {
+    use phalanx_crypto::SignedPayload;
+    Some(match m {
+        Message::Proposal(p) => (
+            0,
+            p.signer,
+            p.payload.block.view().0,
+            Digest::of(&p.payload.signed_bytes()),
+        ),
+        Message::Vote(v) => (
+            1,
+            v.signer,
+            v.payload.view.0,
+            Digest::of(&encode(&v.payload)),
+        ),
+        Message::Timeout(t) => (
+            2,
+            t.signer,
+            t.payload.view.0,
+            Digest::of(&t.payload.signed_bytes()),
+        ),
+        Message::Checkpoint(c) => (
+            3,
+            c.signer,
+            c.payload.height.0,
+            Digest::of(&encode(&c.payload)),
+        ),
+        _ => return None,
+    })
+}
+
+/// The evidence a report claims, checked for shape only (no signatures).
+fn evidence_shape(r: &EvidenceReport) -> Result<crate::core::Evidence, VerifyError> {
+    let (Some(a), Some(b)) = (statement_slot(&r.first), statement_slot(&r.second)) else {
+        return Err(VerifyError::Evidence("not two signed statements"));
+    };
+    if (a.0, a.1, a.2) != (b.0, b.1, b.2) {
+        return Err(VerifyError::Evidence("not one slot of one signer"));
+    }
+    if a.3 == b.3 {
+        return Err(VerifyError::Evidence("the statements do not conflict"));
+    }
+    Ok(crate::core::Evidence {
+        signer: a.1,
+        round: a.2,
+        first: r.first.clone(),
+        second: r.second.clone(),
+    })
 }

@@ -4,9 +4,9 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use phalanx_consensus::{
-    AcceptAll, Action, Block, BlockHeader, Config, Core, Event, Height, Idleness, Message,
-    PROBE_ROTATIONS, Proposal, QuorumCert, RecoveryQuery, Restore, SafetyState, Time, Timeout,
-    VerifiedMessage, Verifier, View, ViewReport, Vote, genesis_qc,
+    AcceptAll, Action, Block, BlockHeader, Config, Core, Event, Evidence, EvidenceReport, Height,
+    Idleness, Message, PROBE_ROTATIONS, Proposal, QuorumCert, RecoveryQuery, Restore, SafetyState,
+    Time, Timeout, VerifiedMessage, Verifier, View, ViewReport, Vote, genesis_qc,
 };
 use phalanx_crypto::{ChainId, Digest, KeyPair, Signed, ValidatorIndex, ValidatorSet, Verified};
 
@@ -392,6 +392,74 @@ fn equivocating_proposals_produce_evidence_with_both_signatures() {
         );
     }
     assert!(votes(&out).is_empty());
+
+    // Passed on to every validator, once.
+    let reports: Vec<&Message> = out
+        .iter()
+        .filter_map(|x| match x {
+            Action::Broadcast(m @ Message::Evidence(_)) => Some(m),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(reports.len(), 1, "{out:?}");
+    let report = reports[0].clone();
+
+    // A validator that saw neither proposal learns of it from the report,
+    // and does not pass it on again.
+    let mut other = n.core(2);
+    let out = n.deliver(&mut other, 0, report.clone(), 2_400);
+    let got: Vec<&Evidence> = out
+        .iter()
+        .filter_map(|x| match x {
+            Action::Evidence(e) => Some(e),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(got.len(), 1);
+    assert_eq!(got[0].signer, ValidatorIndex(1));
+    assert!(!out.iter().any(|x| matches!(x, Action::Broadcast(_))));
+    // The same report again: already known.
+    let out = n.deliver(&mut other, 3, report.clone(), 2_500);
+    assert!(!out.iter().any(|x| matches!(x, Action::Evidence(_))));
+
+    // Reports that prove nothing are refused at the edge.
+    let Message::Evidence(r) = report else {
+        unreachable!()
+    };
+    let same = EvidenceReport {
+        first: r.first.clone(),
+        second: r.first.clone(),
+    };
+    let mut forged = r.clone();
+    if let Message::Proposal(p) = &mut forged.second {
+        p.signature.0[3] ^= 1;
+    }
+    let other_slot = EvidenceReport {
+        first: r.first.clone(),
+        second: Message::Proposal(n.proposal(b"c", 2_100)),
+    };
+    for (bad, why) in [
+        (same, "no conflict"),
+        (*forged, "a forged signature"),
+        (
+            EvidenceReport {
+                first: r.first.clone(),
+                second: Message::Evidence(r.clone()),
+            },
+            "nested",
+        ),
+    ] {
+        assert!(
+            n.verifier.verify(Message::Evidence(Box::new(bad))).is_err(),
+            "{why}"
+        );
+    }
+    // (A third block of the same view conflicts too.)
+    assert!(
+        n.verifier
+            .verify(Message::Evidence(Box::new(other_slot)))
+            .is_ok()
+    );
 }
 
 #[test]

@@ -30,7 +30,7 @@ use tracing::debug;
 
 /// Why an inbound consensus message (or stream, or gossip batch) was
 /// dropped.
-pub const INVALID_REASONS: [&str; 17] = [
+pub const INVALID_REASONS: [&str; 18] = [
     "undecodable",
     "bad_signature",
     "wrong_proposer",
@@ -48,6 +48,7 @@ pub const INVALID_REASONS: [&str; 17] = [
     "non_validator_idle",
     "request_rate",
     "unsolicited_report",
+    "bad_evidence",
 ];
 
 /// Every reason label of `phalanx_rpc_refused_total`.
@@ -864,6 +865,7 @@ pub fn invalid_reason(e: &phalanx_consensus::VerifyError) -> &'static str {
         E::PayloadTooLarge { .. } => "payload_too_large",
         E::TimeoutCert(_) => "bad_timeout_cert",
         E::SyncBound(_) => "sync_bound",
+        E::Evidence(_) => "bad_evidence",
         E::NotAdmitted(why) => match *why {
             phalanx_consensus::NOT_ADMITTED_REQUEST_RATE => "request_rate",
             phalanx_consensus::NOT_ADMITTED_REPORT => "unsolicited_report",

@@ -444,7 +444,7 @@ struct Ctx {
 
 /// The methods answered with a single result (counted and timed in
 /// metrics), besides the block subscription.
-pub const METHODS: [&str; 8] = [
+pub const METHODS: [&str; 9] = [
     "health_live",
     "health_ready",
     "ledger_submitTransaction",
@@ -453,6 +453,7 @@ pub const METHODS: [&str; 8] = [
     "ledger_getBlock",
     "ledger_getAccount",
     "ledger_status",
+    "ledger_getEvidence",
 ];
 
 type RpcResult = Result<Value, ErrorObjectOwned>;
@@ -627,6 +628,43 @@ fn module(
             "state_root": head.state_root.to_hex(),
             "proof": hex::encode(proof.to_bytes()),
         }))
+    })?;
+
+    method(&mut m, "ledger_getEvidence", |params, ctx| {
+        // Optional: one culprit's validator index.
+        let signer: Option<u64> = params.sequence().optional_next()?;
+        let store = &ctx.shared.store;
+        let records = match signer {
+            Some(i) => {
+                let i = u16::try_from(i)
+                    .ok()
+                    .filter(|i| usize::from(*i) < ctx.shared.validators)
+                    .ok_or_else(|| {
+                        err(
+                            codes::BAD_PARAM,
+                            format!(
+                                "signer: no validator {i} in a set of {}",
+                                ctx.shared.validators
+                            ),
+                        )
+                    })?;
+                store.evidence_of(i).map_err(internal)?
+            }
+            None => store.evidence().map_err(internal)?,
+        };
+        const KINDS: [&str; 4] = ["proposal", "vote", "timeout", "checkpoint"];
+        let list: Vec<Value> = records
+            .iter()
+            .map(|r| {
+                json!({
+                    "signer": r.signer,
+                    "round": r.round,
+                    "kind": KINDS.get(usize::from(r.kind)).copied().unwrap_or("unknown"),
+                    "report": hex::encode(&r.bytes),
+                })
+            })
+            .collect();
+        Ok(json!({ "evidence": list }))
     })?;
 
     method(&mut m, "ledger_status", |_, ctx| {

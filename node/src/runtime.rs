@@ -372,8 +372,29 @@ impl Monitor for NodePorts {
         warn!(
             signer = e.signer.0,
             round = e.round,
+            kind = e.first.kind(),
             "equivocation evidence"
         );
+        // Kept for `ledger_getEvidence`. Consensus does not depend on it: a
+        // failed write loses only this record, so it is logged, not fatal.
+        let kind = match e.first {
+            Message::Proposal(_) => 0,
+            Message::Vote(_) => 1,
+            Message::Timeout(_) => 2,
+            _ => 3,
+        };
+        let rec = phalanx_storage::EvidenceRecord {
+            signer: e.signer.0,
+            round: e.round,
+            kind,
+            bytes: encode(&phalanx_consensus::EvidenceReport {
+                first: e.first.clone(),
+                second: e.second.clone(),
+            }),
+        };
+        if let Err(err) = self.store.put_evidence(&rec) {
+            warn!(signer = e.signer.0, "evidence not stored: {err}");
+        }
     }
 
     fn graylisted(&mut self, peer: ValidatorIndex, until: phalanx_consensus::Time) {

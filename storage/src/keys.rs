@@ -11,8 +11,9 @@ pub const CF_STATE_ROOTS: &str = "state_roots";
 pub const CF_SAFETY: &str = "safety";
 pub const CF_PENDING: &str = "pending_blocks";
 pub const CF_CHECKPOINTS: &str = "checkpoints";
+pub const CF_EVIDENCE: &str = "evidence";
 
-pub const ALL_CFS: [&str; 10] = [
+pub const ALL_CFS: [&str; 11] = [
     CF_META,
     CF_BLOCKS,
     CF_BLOCK_INDEX,
@@ -23,6 +24,7 @@ pub const ALL_CFS: [&str; 10] = [
     CF_SAFETY,
     CF_PENDING,
     CF_CHECKPOINTS,
+    CF_EVIDENCE,
 ];
 
 pub const META_GENESIS: &[u8] = b"genesis_hash";

@@ -31,6 +31,7 @@ mod accounts;
 #[cfg(feature = "testkit")]
 pub mod crashtest;
 mod error;
+mod evidence;
 mod keys;
 mod safety;
 mod snapshot;
@@ -39,6 +40,7 @@ mod store;
 pub mod testkit;
 
 pub use error::StorageError;
+pub use evidence::{EvidenceRecord, MAX_EVIDENCE_PER_SIGNER};
 pub use safety::{
     MIN_SLOT_BYTES, SAFETY_FILE, SafetyBody, SafetyRecord, legacy_record_bytes, record_bytes,
 };

@@ -901,3 +901,32 @@ fn pruning_keeps_the_checkpoint_state_and_retained_blocks() {
     let s = Store::open(dir.path(), &g, StoreOptions::default()).unwrap();
     assert_eq!(s.head(), head);
 }
+
+#[test]
+fn evidence_is_kept_across_reopen_and_bounded_per_culprit() {
+    use phalanx_storage::{EvidenceRecord, MAX_EVIDENCE_PER_SIGNER};
+    let dir = tempfile::tempdir().unwrap();
+    let rec = |signer: u16, round: u64| EvidenceRecord {
+        signer,
+        round,
+        kind: 1,
+        bytes: vec![signer as u8; 40],
+    };
+    {
+        let s = open(dir.path());
+        for r in 0..MAX_EVIDENCE_PER_SIGNER as u64 {
+            assert!(s.put_evidence(&rec(2, r)).unwrap());
+        }
+        // The culprit's share is full; an old record again is no change.
+        assert!(!s.put_evidence(&rec(2, 999)).unwrap());
+        assert!(s.put_evidence(&rec(2, 0)).unwrap());
+        assert!(s.put_evidence(&rec(3, 5)).unwrap(), "another culprit");
+    }
+    let s = open(dir.path());
+    let of2 = s.evidence_of(2).unwrap();
+    assert_eq!(of2.len(), MAX_EVIDENCE_PER_SIGNER);
+    assert_eq!(of2[0], rec(2, 0));
+    assert!(of2.iter().all(|e| e.signer == 2 && e.round < 999));
+    assert_eq!(s.evidence_of(3).unwrap(), vec![rec(3, 5)]);
+    assert_eq!(s.evidence().unwrap().len(), MAX_EVIDENCE_PER_SIGNER + 1);
+}

@@ -9,7 +9,7 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use phalanx_consensus::GRAYLIST_INVALID_MAX;
+use phalanx_consensus::{EvidenceReport, GRAYLIST_INVALID_MAX, MAX_MESSAGE_BYTES, Message};
 use phalanx_tests::{Cluster, ClusterOptions, PATIENCE, account, transfer_hex};
 use serde_json::json;
 
@@ -240,6 +240,51 @@ fn a_double_voter_is_caught_by_evidence_and_never_certifies_its_second_block() {
         .filter_map(|i| c.metric(*i, "phalanx_equivocations_total"))
         .sum();
     assert!(evidence_total >= 1.0, "evidence is counted in metrics");
+    // Spread: every honest node serves it, including those that never led
+    // a view the attacker double-voted in; and it survives a restart.
+    c.wait_until(
+        "every honest node serves evidence against the attacker",
+        |c| HONEST.iter().all(|i| !served_evidence(c, *i).is_empty()),
+    );
+    // With the attacker gone no new evidence can arise: what node 1
+    // serves after its restart is what it kept.
+    c.stop(ATTACKER);
+    c.stop(1);
+    c.start(1);
+    c.wait_until("node 1 answers again", |c| {
+        c.rpc(1, "ledger_status", vec![]).is_ok()
+    });
+    let served = served_evidence(&c, 1);
+    assert!(!served.is_empty(), "evidence kept across a restart");
+    for report in served {
+        let Message::Evidence(r) = report else {
+            panic!("not a report")
+        };
+        let (Message::Vote(a), Message::Vote(b)) = (&r.first, &r.second) else {
+            panic!("double votes are votes: {r:?}")
+        };
+        assert_eq!((a.signer.0, b.signer.0), (ATTACKER as u16, ATTACKER as u16));
+        assert_eq!(a.payload.view, b.payload.view);
+        assert_ne!(a.payload.block_id, b.payload.block_id);
+    }
+}
+
+/// The evidence node `i` serves against the attacker, decoded.
+fn served_evidence(c: &Cluster, i: usize) -> Vec<Message> {
+    let Ok(v) = c.rpc(i, "ledger_getEvidence", vec![json!(ATTACKER)]) else {
+        return vec![];
+    };
+    v["evidence"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .map(|e| {
+            assert_eq!(e["signer"], json!(ATTACKER));
+            let bytes = hex::decode(e["report"].as_str().unwrap()).unwrap();
+            let report: EvidenceReport = phalanx_crypto::decode(&bytes, MAX_MESSAGE_BYTES).unwrap();
+            Message::Evidence(Box::new(report))
+        })
+        .collect()
 }
 
 #[test]

@@ -1745,7 +1745,10 @@ fn corrupt(msg: &mut Message) {
         Message::Timeout(t) => t.signature.0[7] ^= 0x40,
         Message::Checkpoint(c) => c.signature.0[7] ^= 0x40,
         Message::ViewReport(r) => r.signature.0[7] ^= 0x40,
-        Message::BlockRequest(_) | Message::BlockResponse(_) | Message::RecoveryQuery(_) => {}
+        Message::BlockRequest(_)
+        | Message::BlockResponse(_)
+        | Message::RecoveryQuery(_)
+        | Message::Evidence(_) => {}
     }
 }
 
