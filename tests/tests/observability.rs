@@ -231,7 +231,9 @@ fn a_testnet_under_load_feeds_every_dashboard_panel_and_alert_rule_in_a_real_pro
             "PhalanxNodeDown",
             "PhalanxPeerSendingInvalidMessages",
             "PhalanxProposalsRefused",
+            "PhalanxRpcClientsRefused",
             "PhalanxTransactionsCensored",
+            "PhalanxValidatorGraylisted",
             "PhalanxViewChangeStorm",
         ]
     );

@@ -13,8 +13,8 @@
 use std::sync::{Arc, OnceLock};
 
 use phalanx_consensus::{
-    Block, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote, Height, Message, Proposal,
-    QuorumCert, Timeout, Verifier, View, Vote,
+    Block, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote, EvidenceReport, Height,
+    Message, Proposal, QuorumCert, Timeout, Verifier, View, Vote,
 };
 use phalanx_crypto::{Certificate, KeyPair, Signed, ValidatorIndex, Verified, encode};
 use phalanx_ledger::Genesis;
@@ -183,7 +183,16 @@ fn consensus_seeds(f: &Fixture) -> Vec<Vec<u8>> {
         block: next.clone(),
         tc: None,
     };
+    let other = Vote {
+        block_id: f.block(BLOCKS - 1).id(),
+        ..vote
+    };
+    let evidence = EvidenceReport {
+        first: Message::Vote(f.signed(1, vote)),
+        second: Message::Vote(f.signed(1, other)),
+    };
     let msgs = [
+        Message::Evidence(Box::new(evidence)),
         Message::Vote(f.signed(1, vote)),
         Message::Proposal(f.signed(next.header.proposer.0, proposal)),
         Message::Timeout(f.signed(
