@@ -42,6 +42,7 @@ compile_error!(
 use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use phalanx_consensus::{
@@ -75,10 +76,12 @@ pub enum Mode {
     Burn,
     /// Floods of junk.
     Spam,
+    /// Junk, silence or a cut-short answer to block and state requests.
+    SyncLiar,
 }
 
 /// Every mode by name, as `--byzantine` takes them.
-pub const MODES: [(&str, Mode); 8] = [
+pub const MODES: [(&str, Mode); 9] = [
     ("equivocate", Mode::Equivocate),
     ("double-vote", Mode::DoubleVote),
     ("withhold", Mode::Withhold),
@@ -87,6 +90,7 @@ pub const MODES: [(&str, Mode); 8] = [
     ("censor", Mode::Censor),
     ("burn", Mode::Burn),
     ("spam", Mode::Spam),
+    ("sync-liar", Mode::SyncLiar),
 ];
 
 impl Mode {
@@ -204,6 +208,9 @@ impl Attacker {
             modes = %modes.names(),
             "BYZANTINE: this validator runs attack modes"
         );
+        if modes.has(Mode::SyncLiar) {
+            SYNC_LIAR.store(true, Ordering::Relaxed);
+        }
         Attacker {
             modes,
             key,
@@ -266,6 +273,31 @@ impl Attacker {
             msg,
             after: Duration::ZERO,
         };
+        if let Message::BlockResponse(r) = msg
+            && self.modes.has(Mode::SyncLiar)
+        {
+            let view = r.blocks.first().map_or(View(0), |b| b.view());
+            return match LIES.fetch_add(1, Ordering::Relaxed) % 3 {
+                0 => {
+                    self.acted(Mode::SyncLiar, view, "block request left unanswered");
+                    vec![]
+                }
+                1 => {
+                    self.acted(Mode::SyncLiar, view, "block response cut to one block");
+                    let mut r = r.clone();
+                    r.blocks.truncate(1);
+                    vec![now(Message::BlockResponse(r))]
+                }
+                _ => {
+                    self.acted(Mode::SyncLiar, view, "block response with junk payloads");
+                    let mut r = r.clone();
+                    for b in &mut r.blocks {
+                        b.payload = vec![0xEE; 64];
+                    }
+                    vec![now(Message::BlockResponse(r))]
+                }
+            };
+        }
         let Message::Vote(v) = msg else {
             return vec![now(msg.clone())];
         };
@@ -536,6 +568,60 @@ async fn oversized(mut control: libp2p_stream::Control, peer: libp2p::PeerId, ge
 /// The senders `censor` leaves out: those whose key's first byte is even.
 pub fn censored(tx: &[u8]) -> bool {
     SignedTransfer::decode(tx).is_ok_and(|s| s.transfer.sender.to_bytes()[0].is_multiple_of(2))
+}
+
+/// Set when this process runs `sync-liar` (state sync has no attacker of
+/// its own to ask).
+static SYNC_LIAR: AtomicBool = AtomicBool::new(false);
+/// Lies told so far, which pick the next one.
+static LIES: AtomicU64 = AtomicU64::new(0);
+
+/// What a `sync-liar` does with a state request instead of answering it.
+pub enum StateLie {
+    /// Keeps the stream open past the requester's timeout, then drops it.
+    Stall,
+    /// Answers this instead.
+    Answer(crate::statesync::StateResponse),
+}
+
+/// How long a stalled state request is held.
+pub const STALL: Duration = Duration::from_secs(20);
+
+/// The lie for `req`, or `None` for an honest answer (not a liar).
+pub fn state_lie(req: &crate::statesync::StateRequest) -> Option<StateLie> {
+    use crate::statesync::{StateRequest, StateResponse};
+    if !SYNC_LIAR.load(Ordering::Relaxed) {
+        return None;
+    }
+    let lie = match (LIES.fetch_add(1, Ordering::Relaxed) % 3, req) {
+        (0, _) => StateLie::Stall,
+        // Claims to have no checkpoint: ends the exchange early.
+        (1, StateRequest::Checkpoint) => StateLie::Answer(StateResponse::Checkpoint(None)),
+        (1, StateRequest::Chunk { .. }) => {
+            StateLie::Answer(StateResponse::Error("not serving".into()))
+        }
+        (_, StateRequest::Checkpoint) => StateLie::Answer(StateResponse::Error("junk".into())),
+        (_, StateRequest::Chunk { height, bucket, .. }) => {
+            StateLie::Answer(StateResponse::Chunk(phalanx_storage::StateChunk {
+                height: *height,
+                bucket: *bucket,
+                accounts: vec![(
+                    [0xAB; 32],
+                    phalanx_ledger::Account {
+                        balance: 1 << 60,
+                        nonce: 0,
+                    },
+                )],
+                bucket_done: true,
+            }))
+        }
+    };
+    warn!(
+        mode = Mode::SyncLiar.name(),
+        view = 0,
+        "byzantine action: state request answered with a lie"
+    );
+    Some(lie)
 }
 
 /// A bug planted in an otherwise honest node (`phalanx start

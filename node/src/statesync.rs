@@ -211,6 +211,19 @@ pub async fn serve(
             let Ok(req) = decode::<StateRequest>(&req, MAX_REQUEST_BYTES) else {
                 return;
             };
+            #[cfg(feature = "byzantine")]
+            match crate::byzantine::state_lie(&req) {
+                Some(crate::byzantine::StateLie::Stall) => {
+                    tokio::time::sleep(crate::byzantine::STALL).await;
+                    return;
+                }
+                Some(crate::byzantine::StateLie::Answer(lie)) => {
+                    let _ = write_frame(&mut stream, &encode(&lie)).await;
+                    let _ = stream.close().await;
+                    return;
+                }
+                None => {}
+            }
             let resp = match (store, req) {
                 (Some(store), req) => tokio::task::spawn_blocking(move || answer(&store, req))
                     .await

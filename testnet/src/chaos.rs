@@ -34,13 +34,14 @@ pub const MIN_RETAINED: u64 = 1_000_000;
 const CALL_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// Attack modes the `byzantine` fault picks from.
-const MODES: [&str; 6] = [
+const MODES: [&str; 7] = [
     "equivocate",
     "double-vote",
     "withhold",
     "delay",
     "censor",
     "burn",
+    "sync-liar",
 ];
 
 /// One kind of fault.

@@ -66,7 +66,7 @@ enum Cmd {
         /// Make validator I an attacker running `mode[,mode]`
         /// (repeatable; `I=mode[,mode]`). Needs a `phalanx` built with the
         /// `byzantine` feature (a test build); modes: equivocate,
-        /// double-vote, withhold, stale-lock, delay, censor, burn, spam.
+        /// double-vote, withhold, stale-lock, delay, censor, burn, spam, sync-liar.
         #[arg(long = "byzantine", value_parser = cluster::parse_byzantine)]
         byzantine: Vec<(usize, String)>,
         /// Start a second process with validator I's key: a twin, which

@@ -288,6 +288,34 @@ fn served_evidence(c: &Cluster, i: usize) -> Vec<Message> {
 }
 
 #[test]
+fn a_validator_catching_up_past_a_sync_liar_gets_the_true_chain() {
+    let mut c = cluster();
+    start(&mut c, "sync-liar");
+    c.wait_until("every node commits", |c| (0..4).all(|i| c.height(i) >= 3));
+    // Node 1 falls behind and asks its peers, the liar among them, for
+    // what it missed: first by block sync; then, its data wiped, by state
+    // sync from the latest checkpoint. Again until the liar has lied.
+    for round in 0..4 {
+        c.stop(1);
+        if round % 2 == 1 {
+            c.wipe_data(1);
+        }
+        commits_go_on_among(&mut c, &[0, 2], 30);
+        c.start(1);
+        c.wait_until("node 1 catches up", |c| c.height(1) >= c.height(0));
+        if round >= 1 && attacks(&c, ATTACKER, "sync-liar") >= 1 {
+            break;
+        }
+    }
+    assert!(
+        attacks(&c, ATTACKER, "sync-liar") >= 1,
+        "the liar was never asked"
+    );
+    commits_go_on(&mut c, 5);
+    assert_safe(&c, &HONEST, ATTACKER);
+}
+
+#[test]
 fn a_leader_that_withholds_its_certificate_and_votes_does_not_stop_commits() {
     attacked_yet_live_and_safe("withhold", 6);
 }
