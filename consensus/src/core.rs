@@ -19,8 +19,8 @@ use crate::driver::take_sync_blocks;
 use crate::safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
 use crate::types::{
     Block, BlockHeader, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote,
-    EvidenceReport, Height, Idleness, Message, Proposal, QuorumCert, RecoveryQuery, Time, Timeout,
-    TimeoutCert, TimeoutEntry, View, ViewReport, Vote, genesis_qc,
+    EvidenceReport, Height, Idleness, Message, Proposal, QuorumCert, RecoveryQuery, Statement,
+    Time, Timeout, TimeoutCert, TimeoutEntry, View, ViewReport, Vote, genesis_qc,
 };
 use crate::verify::{MAX_SYNC_BLOCKS, VerifiedMessage};
 
@@ -264,10 +264,10 @@ pub struct Evidence {
     pub signer: ValidatorIndex,
     /// The view (or height, for checkpoint votes) both are for.
     pub round: u64,
-    /// The first message seen.
-    pub first: Message,
+    /// The first statement seen.
+    pub first: Statement,
     /// The conflicting one.
-    pub second: Message,
+    pub second: Statement,
 }
 
 /// Outputs of the core, to be performed in order.
@@ -345,14 +345,13 @@ enum Kind {
 }
 
 /// The kind of slot a signed statement fills.
-fn kind_of(m: &Message) -> Option<Kind> {
-    Some(match m {
-        Message::Proposal(_) => Kind::Proposal,
-        Message::Vote(_) => Kind::Vote,
-        Message::Timeout(_) => Kind::Timeout,
-        Message::Checkpoint(_) => Kind::Checkpoint,
-        _ => return None,
-    })
+fn kind_of(m: &Statement) -> Kind {
+    match m {
+        Statement::Proposal(_) => Kind::Proposal,
+        Statement::Vote(_) => Kind::Vote,
+        Statement::Timeout(_) => Kind::Timeout,
+        Statement::Checkpoint(_) => Kind::Checkpoint,
+    }
 }
 
 /// Evidence against one validator that this one passes on, at most.
@@ -407,7 +406,7 @@ pub struct Core {
     committed_ids: BTreeMap<Height, Digest>,
     votes: BTreeMap<View, BTreeMap<ValidatorIndex, Verified<Vote>>>,
     timeouts: BTreeMap<View, BTreeMap<ValidatorIndex, Verified<Timeout>>>,
-    seen: BTreeMap<(u64, Kind, ValidatorIndex), (Digest, Message)>,
+    seen: BTreeMap<(u64, Kind, ValidatorIndex), (Digest, Statement)>,
     reported: BTreeSet<(u64, Kind, ValidatorIndex)>,
     /// Evidence passed on, per culprit (bounded by the validator count).
     evidence_spread: BTreeMap<ValidatorIndex, u32>,
@@ -832,9 +831,7 @@ impl Core {
     /// Evidence a peer passed on (verified): reported once per slot, like
     /// evidence seen here, and never passed on again.
     fn on_evidence_report(&mut self, e: Evidence) {
-        let Some(kind) = kind_of(&e.first) else {
-            return;
-        };
+        let kind = kind_of(&e.first);
         let floor = self.view.0.saturating_sub(2 * self.cfg.future_view_window);
         if kind != Kind::Checkpoint && e.round < floor {
             return;
@@ -872,7 +869,7 @@ impl Core {
         round: u64,
         kind: Kind,
         signer: ValidatorIndex,
-        msg: Message,
+        msg: Statement,
     ) -> bool {
         // Rounds older than the evidence window are not remembered: a
         // peer replaying validly signed messages of long-past views would
@@ -881,17 +878,7 @@ impl Core {
         if kind != Kind::Checkpoint && round < floor {
             return true;
         }
-        let content = match &msg {
-            Message::Proposal(p) => {
-                Digest::of(&phalanx_crypto::SignedPayload::signed_bytes(&p.payload))
-            }
-            Message::Vote(v) => Digest::of(&phalanx_crypto::encode(&v.payload)),
-            Message::Timeout(t) => {
-                Digest::of(&phalanx_crypto::SignedPayload::signed_bytes(&t.payload))
-            }
-            Message::Checkpoint(c) => Digest::of(&phalanx_crypto::encode(&c.payload)),
-            _ => return true,
-        };
+        let content = crate::verify::statement_slot(&msg).3;
         let key = (round, kind, signer);
         match self.seen.get(&key) {
             None => {
@@ -951,8 +938,12 @@ impl Core {
         let mut compact = p.signed().clone();
         compact.payload.block.payload = Vec::new();
         compact.payload.tc = None;
-        let first =
-            self.observe_signed(view.0, Kind::Proposal, p.signer, Message::Proposal(compact));
+        let first = self.observe_signed(
+            view.0,
+            Kind::Proposal,
+            p.signer,
+            Statement::Proposal(compact),
+        );
         // The double-voting variant must see the second block to vote for it.
         #[cfg(feature = "sim")]
         let first = first || self.flaw(Flaw::VoteTwiceInView);
@@ -1099,7 +1090,7 @@ impl Core {
             view.0,
             Kind::Vote,
             v.signer,
-            Message::Vote(v.signed().clone()),
+            Statement::Vote(v.signed().clone()),
         );
         if view.next() < self.view {
             self.stats.stale_dropped += 1;
@@ -1146,7 +1137,7 @@ impl Core {
         }
         let mut compact = t.signed().clone();
         compact.payload.high_tc = None;
-        self.observe_signed(view.0, Kind::Timeout, t.signer, Message::Timeout(compact));
+        self.observe_signed(view.0, Kind::Timeout, t.signer, Statement::Timeout(compact));
         self.observe_qc(t.payload.high_qc.clone(), t.signer);
         if let Some(tc) = &t.payload.high_tc {
             self.observe_tc(tc.clone(), t.signer);
@@ -1623,7 +1614,7 @@ impl Core {
             h.0,
             Kind::Checkpoint,
             c.signer,
-            Message::Checkpoint(c.signed().clone()),
+            Statement::Checkpoint(c.signed().clone()),
         );
         let votes = self.checkpoint_votes.entry(h).or_default();
         if votes.contains_key(&c.signer) {

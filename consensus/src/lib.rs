@@ -49,7 +49,8 @@ pub use safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
 pub use types::{
     Block, BlockHeader, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote,
     EvidenceReport, Height, Idleness, MESSAGE_KINDS, Message, Proposal, QuorumCert, RecoveryQuery,
-    Time, Timeout, TimeoutCert, TimeoutEntry, TimeoutVote, View, ViewReport, Vote, genesis_qc,
+    Statement, Time, Timeout, TimeoutCert, TimeoutEntry, TimeoutVote, View, ViewReport, Vote,
+    genesis_qc,
 };
 pub use verify::{
     MAX_MESSAGE_BYTES, MAX_SYNC_BLOCKS, VerifiedBlocks, VerifiedMessage, Verifier, VerifyError,

@@ -406,9 +406,57 @@ pub enum Message {
 #[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
 pub struct EvidenceReport {
     /// The statement seen first.
-    pub first: Message,
+    pub first: Statement,
     /// The conflicting one.
-    pub second: Message,
+    pub second: Statement,
+}
+
+/// A signed statement that fills one slot of a validator's: what evidence
+/// is made of. A type of its own rather than a [`Message`], so that a
+/// report cannot hold a report (nesting them would let one frame drive the
+/// decoder a million levels deep).
+#[derive(Clone, PartialEq, Eq, Debug, Serialize, Deserialize)]
+pub enum Statement {
+    /// A proposal (its payload may be left out).
+    Proposal(phalanx_crypto::Signed<Proposal>),
+    /// A vote.
+    Vote(phalanx_crypto::Signed<Vote>),
+    /// A timeout.
+    Timeout(phalanx_crypto::Signed<Timeout>),
+    /// A checkpoint vote.
+    Checkpoint(phalanx_crypto::Signed<CheckpointVote>),
+}
+
+impl Statement {
+    /// The message kind's short name (as [`Message::kind`]).
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Statement::Proposal(_) => "proposal",
+            Statement::Vote(_) => "vote",
+            Statement::Timeout(_) => "timeout",
+            Statement::Checkpoint(_) => "checkpoint",
+        }
+    }
+
+    /// The signer.
+    pub fn signer(&self) -> phalanx_crypto::ValidatorIndex {
+        match self {
+            Statement::Proposal(p) => p.signer,
+            Statement::Vote(v) => v.signer,
+            Statement::Timeout(t) => t.signer,
+            Statement::Checkpoint(c) => c.signer,
+        }
+    }
+
+    /// The statement as a message.
+    pub fn to_message(&self) -> Message {
+        match self.clone() {
+            Statement::Proposal(p) => Message::Proposal(p),
+            Statement::Vote(v) => Message::Vote(v),
+            Statement::Timeout(t) => Message::Timeout(t),
+            Statement::Checkpoint(c) => Message::Checkpoint(c),
+        }
+    }
 }
 
 /// Every value [`Message::kind`] returns.

@@ -16,8 +16,8 @@ use phalanx_crypto::{
 };
 
 use crate::types::{
-    Block, BlockRequest, CheckpointVote, EvidenceReport, Message, Proposal, QuorumCert, Timeout,
-    TimeoutCert, TimeoutVote, ViewReport, Vote, genesis_qc,
+    Block, BlockRequest, CheckpointVote, EvidenceReport, Message, Proposal, QuorumCert, Statement,
+    Timeout, TimeoutCert, TimeoutVote, ViewReport, Vote, genesis_qc,
 };
 
 /// Largest encoded consensus message accepted, in bytes; bounds decoding
@@ -216,14 +216,13 @@ impl Verifier {
 
     /// Checks the signature of one statement of an evidence report: only
     /// the signature (a proposal comes without its payload).
-    fn verify_statement(&self, m: &Message) -> Result<(), VerifyError> {
+    fn verify_statement(&self, m: &Statement) -> Result<(), VerifyError> {
         let (set, chain) = (&self.set, &self.chain);
         let res = match m {
-            Message::Proposal(p) => p.clone().verify(set, chain).map(drop),
-            Message::Vote(v) => v.clone().verify(set, chain).map(drop),
-            Message::Timeout(t) => t.clone().verify(set, chain).map(drop),
-            Message::Checkpoint(c) => c.clone().verify(set, chain).map(drop),
-            _ => return Err(VerifyError::Evidence("not a signed statement")),
+            Statement::Proposal(p) => p.clone().verify(set, chain).map(drop),
+            Statement::Vote(v) => v.clone().verify(set, chain).map(drop),
+            Statement::Timeout(t) => t.clone().verify(set, chain).map(drop),
+            Statement::Checkpoint(c) => c.clone().verify(set, chain).map(drop),
         };
         res.map_err(VerifyError::Signature)
     }
@@ -439,42 +438,39 @@ fn trusted(msg: Message) -> VerifiedMessage {
 /// the signer, the round (view, or height for checkpoint votes) and a
 /// digest of what the signature covers. Two statements of one slot with
 /// different digests are evidence.
-pub(crate) fn statement_slot(m: &Message) -> Option<(u8, ValidatorIndex, u64, Digest)> {
+pub(crate) fn statement_slot(m: &Statement) -> (u8, ValidatorIndex, u64, Digest) {
     use phalanx_crypto::SignedPayload;
-    Some(match m {
-        Message::Proposal(p) => (
+    match m {
+        Statement::Proposal(p) => (
             0,
             p.signer,
             p.payload.block.view().0,
             Digest::of(&p.payload.signed_bytes()),
         ),
-        Message::Vote(v) => (
+        Statement::Vote(v) => (
             1,
             v.signer,
             v.payload.view.0,
             Digest::of(&encode(&v.payload)),
         ),
-        Message::Timeout(t) => (
+        Statement::Timeout(t) => (
             2,
             t.signer,
             t.payload.view.0,
             Digest::of(&t.payload.signed_bytes()),
         ),
-        Message::Checkpoint(c) => (
+        Statement::Checkpoint(c) => (
             3,
             c.signer,
             c.payload.height.0,
             Digest::of(&encode(&c.payload)),
         ),
-        _ => return None,
-    })
+    }
 }
 
 /// The evidence a report claims, checked for shape only (no signatures).
 fn evidence_shape(r: &EvidenceReport) -> Result<crate::core::Evidence, VerifyError> {
-    let (Some(a), Some(b)) = (statement_slot(&r.first), statement_slot(&r.second)) else {
-        return Err(VerifyError::Evidence("not two signed statements"));
-    };
+    let (a, b) = (statement_slot(&r.first), statement_slot(&r.second));
     if (a.0, a.1, a.2) != (b.0, b.1, b.2) {
         return Err(VerifyError::Evidence("not one slot of one signer"));
     }

@@ -6,7 +6,7 @@
 use phalanx_consensus::{
     AcceptAll, Action, Block, BlockHeader, Config, Core, Event, Evidence, EvidenceReport, Height,
     Idleness, Message, PROBE_ROTATIONS, Proposal, QuorumCert, RecoveryQuery, Restore, SafetyState,
-    Time, Timeout, VerifiedMessage, Verifier, View, ViewReport, Vote, genesis_qc,
+    Statement, Time, Timeout, VerifiedMessage, Verifier, View, ViewReport, Vote, genesis_qc,
 };
 use phalanx_crypto::{ChainId, Digest, KeyPair, Signed, ValidatorIndex, ValidatorSet, Verified};
 
@@ -379,7 +379,7 @@ fn equivocating_proposals_produce_evidence_with_both_signatures() {
     // Both signed messages, compacted to what the signature covers, and both
     // still verify: anyone can check the evidence.
     for (got, want) in [(&ev.first, &a), (&ev.second, &b)] {
-        let Message::Proposal(got) = got else {
+        let Statement::Proposal(got) = got else {
             panic!("not a proposal")
         };
         assert_eq!(got.signature, want.signature);
@@ -431,29 +431,42 @@ fn equivocating_proposals_produce_evidence_with_both_signatures() {
         second: r.first.clone(),
     };
     let mut forged = r.clone();
-    if let Message::Proposal(p) = &mut forged.second {
+    if let Statement::Proposal(p) = &mut forged.second {
         p.signature.0[3] ^= 1;
     }
     let other_slot = EvidenceReport {
         first: r.first.clone(),
-        second: Message::Proposal(n.proposal(b"c", 2_100)),
+        second: Statement::Proposal(n.proposal(b"c", 2_100)),
+    };
+    let Statement::Proposal(p) = &r.first else {
+        unreachable!()
+    };
+    let vote = Vote {
+        view: p.payload.block.view(),
+        height: p.payload.block.height(),
+        block_id: p.payload.block.id(),
+    };
+    let other_kind = EvidenceReport {
+        first: r.first.clone(),
+        second: Statement::Vote(
+            Verified::sign(&n.keys[1], ValidatorIndex(1), &n.cfg.chain_id, vote).into_signed(),
+        ),
     };
     for (bad, why) in [
         (same, "no conflict"),
         (*forged, "a forged signature"),
-        (
-            EvidenceReport {
-                first: r.first.clone(),
-                second: Message::Evidence(r.clone()),
-            },
-            "nested",
-        ),
+        (other_kind, "two kinds of statement"),
     ] {
         assert!(
             n.verifier.verify(Message::Evidence(Box::new(bad))).is_err(),
             "{why}"
         );
     }
+    // A report cannot hold a report: the byte that would start one is
+    // refused at once, however deep an input tries to nest them (the fuzz
+    // target `consensus_message` once overflowed the stack this way).
+    let nested = vec![8u8; 100_000];
+    assert!(n.verifier.verify_bytes(&nested).is_err());
     // (A third block of the same view conflicts too.)
     assert!(
         n.verifier

@@ -19,8 +19,8 @@ use std::time::{Duration, Instant};
 use phalanx_consensus::{
     Block, BlockStore, CheckpointCert, Config as CoreConfig, Driver, DriverConfig, DriverError,
     Evidence, Executor, Height, Message, Monitor, Outbox, PayloadRequest, PayloadSource, PortError,
-    QuorumCert, Restore, SafetyState, SafetyStore, Time, VerifiedMessage, VerifyError, View,
-    genesis_qc,
+    QuorumCert, Restore, SafetyState, SafetyStore, Statement, Time, VerifiedMessage, VerifyError,
+    View, genesis_qc,
 };
 use phalanx_crypto::{Digest, KeyPair, ValidatorIndex, encode};
 use phalanx_ledger::{Genesis, decode_payload, encode_payload, prepare_payload_trusting};
@@ -378,10 +378,10 @@ impl Monitor for NodePorts {
         // Kept for `ledger_getEvidence`. Consensus does not depend on it: a
         // failed write loses only this record, so it is logged, not fatal.
         let kind = match e.first {
-            Message::Proposal(_) => 0,
-            Message::Vote(_) => 1,
-            Message::Timeout(_) => 2,
-            _ => 3,
+            Statement::Proposal(_) => 0,
+            Statement::Vote(_) => 1,
+            Statement::Timeout(_) => 2,
+            Statement::Checkpoint(_) => 3,
         };
         let rec = phalanx_storage::EvidenceRecord {
             signer: e.signer.0,

@@ -9,7 +9,9 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use phalanx_consensus::{EvidenceReport, GRAYLIST_INVALID_MAX, MAX_MESSAGE_BYTES, Message};
+use phalanx_consensus::{
+    EvidenceReport, GRAYLIST_INVALID_MAX, MAX_MESSAGE_BYTES, Message, Statement,
+};
 use phalanx_tests::{Cluster, ClusterOptions, PATIENCE, account, transfer_hex};
 use serde_json::json;
 
@@ -260,7 +262,7 @@ fn a_double_voter_is_caught_by_evidence_and_never_certifies_its_second_block() {
         let Message::Evidence(r) = report else {
             panic!("not a report")
         };
-        let (Message::Vote(a), Message::Vote(b)) = (&r.first, &r.second) else {
+        let (Statement::Vote(a), Statement::Vote(b)) = (&r.first, &r.second) else {
             panic!("double votes are votes: {r:?}")
         };
         assert_eq!((a.signer.0, b.signer.0), (ATTACKER as u16, ATTACKER as u16));

@@ -14,7 +14,7 @@ use std::sync::{Arc, OnceLock};
 
 use phalanx_consensus::{
     Block, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote, EvidenceReport, Height,
-    Message, Proposal, QuorumCert, Timeout, Verifier, View, Vote,
+    Message, Proposal, QuorumCert, Statement, Timeout, Verifier, View, Vote,
 };
 use phalanx_crypto::{Certificate, KeyPair, Signed, ValidatorIndex, Verified, encode};
 use phalanx_ledger::Genesis;
@@ -188,8 +188,8 @@ fn consensus_seeds(f: &Fixture) -> Vec<Vec<u8>> {
         ..vote
     };
     let evidence = EvidenceReport {
-        first: Message::Vote(f.signed(1, vote)),
-        second: Message::Vote(f.signed(1, other)),
+        first: Statement::Vote(f.signed(1, vote)),
+        second: Statement::Vote(f.signed(1, other)),
     };
     let msgs = [
         Message::Evidence(Box::new(evidence)),
