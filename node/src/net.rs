@@ -601,6 +601,28 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
     }
 }
 
+/// At most one warning per peer and kind this often for what a peer can
+/// repeat at will (every occurrence is counted in metrics).
+const PEER_WARN_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Whether a warning of `what` about `peer` may be logged now.
+fn may_warn(peer: ValidatorIndex, what: &'static str) -> bool {
+    type Last = std::sync::Mutex<HashMap<(ValidatorIndex, &'static str), std::time::Instant>>;
+    static LAST: std::sync::OnceLock<Last> = std::sync::OnceLock::new();
+    let mut last = LAST
+        .get_or_init(Default::default)
+        .lock()
+        .unwrap_or_else(|e| e.into_inner());
+    let now = std::time::Instant::now();
+    match last.get(&(peer, what)) {
+        Some(t) if now.duration_since(*t) < PEER_WARN_INTERVAL => false,
+        _ => {
+            last.insert((peer, what), now);
+            true
+        }
+    }
+}
+
 /// At most one log line this often for connections refused by address.
 const LIMIT_WARN_INTERVAL: Duration = Duration::from_secs(10);
 
@@ -718,7 +740,9 @@ async fn read_len(
     let len = u32::from_be_bytes(len) as usize;
     if len > max {
         metrics.invalid(Some(from.0), "oversized_frame");
-        warn!(peer = from.0, len, "oversized frame; stream dropped");
+        if may_warn(from, "oversized_frame") {
+            warn!(peer = from.0, len, "oversized frame; stream dropped");
+        }
         return None;
     }
     Some(len)
@@ -770,10 +794,12 @@ async fn tx_reader(
     while let Some(bytes) = read_frame(from, &mut stream, MAX_GOSSIP_BYTES, &metrics).await {
         let Some(txs) = decode_batch(&bytes) else {
             metrics.invalid(Some(from.0), "bad_gossip_batch");
-            warn!(
-                peer = from.0,
-                "undecodable transaction batch; stream dropped"
-            );
+            if may_warn(from, "bad_gossip_batch") {
+                warn!(
+                    peer = from.0,
+                    "undecodable transaction batch; stream dropped"
+                );
+            }
             return;
         };
         metrics.received(TX_BATCH_KIND, bytes.len());
