@@ -824,7 +824,7 @@ impl Core {
             VerifiedMessage::BlockResponse(b) => self.on_blocks(from, b.blocks()),
             VerifiedMessage::RecoveryQuery(q) => self.on_recovery_query(from, q),
             VerifiedMessage::ViewReport(r) => self.on_view_report(r),
-            VerifiedMessage::Evidence(e) => self.on_evidence_report(e),
+            VerifiedMessage::Evidence(e) => self.on_evidence_report(*e),
         }
     }
 

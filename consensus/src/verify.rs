@@ -105,7 +105,7 @@ pub enum VerifiedMessage {
     ViewReport(Verified<ViewReport>),
     /// Evidence passed on by a peer: both statements' signatures verified,
     /// and they conflict.
-    Evidence(crate::core::Evidence),
+    Evidence(Box<crate::core::Evidence>),
 }
 
 impl VerifiedMessage {
@@ -308,7 +308,7 @@ impl Verifier {
                 for m in [&r.first, &r.second] {
                     self.verify_statement(m)?;
                 }
-                VerifiedMessage::Evidence(e)
+                VerifiedMessage::Evidence(Box::new(e))
             }
             Message::ViewReport(r) => {
                 self.verify_qc(&r.payload.high_qc)?;
@@ -428,7 +428,7 @@ fn trusted(msg: Message) -> VerifiedMessage {
         Message::RecoveryQuery(q) => VerifiedMessage::RecoveryQuery(q),
         Message::ViewReport(r) => VerifiedMessage::ViewReport(Verified::trusted(r)),
         Message::Evidence(r) => match evidence_shape(&r) {
-            Ok(e) => VerifiedMessage::Evidence(e),
+            Ok(e) => VerifiedMessage::Evidence(Box::new(e)),
             Err(_) => unreachable!("evidence is never cached as verified"),
         },
     }
