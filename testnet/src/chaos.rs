@@ -726,7 +726,7 @@ pub struct Report {
     /// The longest wait for commits to resume after a heal, ms.
     pub slowest_resume_ms: u64,
     /// Applied transfers per second while a Byzantine fault was on, and
-    /// while none was.
+    /// while no fault of any kind was.
     pub throughput: (f64, f64),
     /// The seed.
     pub seed: u64,
@@ -999,16 +999,24 @@ pub fn check_records(records: &[Value]) -> Report {
     // their block's time, against the fault windows (history times are
     // since the start, whose wall clock the start record holds).
     let wall = start["wall_ms"].as_u64().unwrap_or(0);
+    // Faults come one at a time: each window runs from a fault's start to
+    // its heal. Byzantine windows are compared with the time no fault of
+    // any kind was on.
     let mut windows: Vec<(u64, u64)> = Vec::new();
-    let mut open: Option<u64> = None;
+    let mut faulty: Vec<(u64, u64)> = Vec::new();
+    let mut open: Option<(u64, bool)> = None;
     for f in of("fault") {
-        if f["fault"] == "byzantine" && f["phase"] == "start" {
-            open = f["t"].as_u64();
+        if f["phase"] == "start" {
+            open = f["t"].as_u64().map(|t| (t, f["fault"] == "byzantine"));
         }
         if f["phase"] == "healed"
-            && let Some(o) = open.take()
+            && let Some((o, byz)) = open.take()
         {
-            windows.push((wall + o, wall + f["t"].as_u64().unwrap_or(o)));
+            let w = (wall + o, wall + f["t"].as_u64().unwrap_or(o));
+            faulty.push(w);
+            if byz {
+                windows.push(w);
+            }
         }
     }
     // The workload's window: from its first submission to its end.
@@ -1022,9 +1030,11 @@ pub fn check_records(records: &[Value]) -> Report {
             .next()
             .and_then(|v| v["t"].as_u64())
             .unwrap_or(0);
-    let byz_ms: u64 = windows.iter().map(|(a, b)| b - a).sum();
-    let clean_ms = to.saturating_sub(from).saturating_sub(byz_ms);
-    let (mut in_byz, mut out_byz) = (0u64, 0u64);
+    let within = |(a, b): &(u64, u64)| b.min(&to).saturating_sub(*a.max(&from));
+    let byz_ms: u64 = windows.iter().map(within).sum();
+    let faulty_ms: u64 = faulty.iter().map(within).sum();
+    let clean_ms = to.saturating_sub(from).saturating_sub(faulty_ms);
+    let (mut in_byz, mut clean) = (0u64, 0u64);
     for h in applied_at.values() {
         let ts = chain.get(h).map_or(0, |(_, _, ts)| *ts);
         if ts < from || ts > to {
@@ -1032,8 +1042,8 @@ pub fn check_records(records: &[Value]) -> Report {
         }
         if windows.iter().any(|(a, b)| ts >= *a && ts <= *b) {
             in_byz += 1;
-        } else {
-            out_byz += 1;
+        } else if !faulty.iter().any(|(a, b)| ts >= *a && ts <= *b) {
+            clean += 1;
         }
     }
     let rate = |n: u64, ms: u64| {
@@ -1043,7 +1053,7 @@ pub fn check_records(records: &[Value]) -> Report {
             n as f64 * 1000.0 / ms as f64
         }
     };
-    r.throughput = (rate(in_byz, byz_ms), rate(out_byz, clean_ms));
+    r.throughput = (rate(in_byz, byz_ms), rate(clean, clean_ms));
     r
 }
 
@@ -1091,6 +1101,35 @@ mod tests {
     fn with(mut records: Vec<Value>, f: impl FnOnce(&mut Vec<Value>)) -> Vec<Value> {
         f(&mut records);
         records
+    }
+
+    #[test]
+    fn throughput_without_faults_leaves_out_every_fault_window() {
+        // The workload runs 1010..1060 (wall ms); the Byzantine window is
+        // 1030..1040 and the one transfer applies at 1015.
+        let r = check_records(&clean());
+        assert_eq!(r.throughput, (0.0, 1000.0 / 40.0));
+        // A kill over 1012..1018 holds the transfer: nothing is left for
+        // the fault-free time, which shrinks by its 6 ms.
+        let with_kill = with(clean(), |h| {
+            h.insert(3, json!({"kind": "fault", "t": 12, "phase": "start", "index": 9, "fault": "kill", "node": 0}));
+            h.insert(
+                4,
+                json!({"kind": "fault", "t": 18, "phase": "healed", "index": 9}),
+            );
+        });
+        let r = check_records(&with_kill);
+        assert_eq!(r.throughput, (0.0, 0.0));
+        // Applied inside the Byzantine window instead: counted there.
+        let in_byz = with(clean(), |h| {
+            for v in h.iter_mut() {
+                if v["kind"] == "block" && v["height"] == 2 {
+                    v["timestamp_ms"] = json!(1_035);
+                }
+            }
+        });
+        let r = check_records(&in_byz);
+        assert_eq!(r.throughput, (1000.0 / 10.0, 0.0));
     }
 
     #[test]

@@ -246,7 +246,7 @@ fn print_report(r: &chaos::Report) -> bool {
         r.acknowledged, r.applied, r.slowest_resume_ms
     );
     println!(
-        "applied transfers/s: {:.1} with a Byzantine validator, {:.1} without",
+        "applied transfers/s: {:.1} with a Byzantine validator, {:.1} with no fault on",
         r.throughput.0, r.throughput.1
     );
     for v in r.violations.iter().take(50) {
