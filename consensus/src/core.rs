@@ -604,9 +604,14 @@ impl Core {
         self.safety.quarantine.is_some()
     }
 
+    /// While quarantined, the nonce view reports must carry (P19).
+    pub fn report_nonce(&self) -> Option<Digest> {
+        self.safety.quarantine
+    }
+
     /// True if a view report from `signer` for `nonce` would count now:
-    /// lets the driver refuse unsolicited reports before checking their
-    /// signatures and certificates.
+    /// lets a screen refuse unsolicited reports before checking their
+    /// signatures and certificates (D13).
     pub fn wants_report(&self, signer: ValidatorIndex, nonce: &Digest) -> bool {
         self.safety.quarantine.as_ref() == Some(nonce)
             && signer != self.me

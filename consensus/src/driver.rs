@@ -1,7 +1,7 @@
 //! The driver: the one piece of code that turns the core's actions into
 //! effects, used by the node and by the simulator alike.
 //!
-//! It owns the [`Core`] and the [`Verifier`], takes inputs (bytes from a
+//! It owns the [`Core`] and a [`Screen`] (its [`Verifier`]), takes inputs (bytes from a
 //! peer, execution results, the passing of time, a mempool that has
 //! something to offer) and performs the core's actions over narrow
 //! [`Ports`]: a safety store, a block store, an outbox, an executor, a
@@ -88,6 +88,17 @@
 //!   [`BLOCK_REQUEST_BURST`]); the rest are refused unread
 //!   ([`NOT_ADMITTED_REQUEST_RATE`]). An honest validator catching up asks
 //!   for up to the sync batch per request, well inside the rate.
+//! * **D16 — screening may run elsewhere.** Admission and verification of
+//!   a peer's frame (D10, D13, D14 and the [`Verifier`]) form a
+//!   [`Screen`]. [`Driver::on_bytes`] runs the driver's own inline; an
+//!   embedder with threads runs screens from [`Driver::screen`] away from
+//!   the driver, under the latest [`Driver::admission`], and hands each
+//!   outcome to [`Driver::on_screened`]. Everything that changes state —
+//!   the monitor's reports, graylist counts, the core — happens there, in
+//!   arrival order of outcomes. One peer's frames must go to one screen,
+//!   in order. A stale admission costs work, never safety: the core checks
+//!   views and reports again, and a frame screened while its sender was
+//!   being graylisted is dropped in [`Driver::on_screened`].
 
 use std::collections::HashMap;
 
@@ -95,6 +106,8 @@ use phalanx_crypto::{Digest, KeyPair, ValidatorIndex};
 
 use crate::core::{Action, Config, ConfigError, Core, Event, Evidence, PayloadValidator, Restore};
 use crate::safety::SafetyState;
+use crate::screen::{Admission, Screen, Screened};
+pub use crate::screen::{FAR_VIEW_INTERVAL_MS, NOT_ADMITTED_FAR_VIEW, NOT_ADMITTED_REPORT};
 use crate::types::{
     Block, BlockRequest, BlockResponse, CheckpointCert, Height, Message, QuorumCert, Time, View,
 };
@@ -121,19 +134,11 @@ const BLOCK_OVERHEAD_BYTES: usize = 512;
 /// it gave fewer, fuller blocks and a lower p99 at 10,000 transfers/s.
 pub const PROPOSE_MAX_UNEXECUTED: usize = 0;
 
-/// How often one peer may have a message from beyond the view window
-/// verified, ms (D10).
-pub const FAR_VIEW_INTERVAL_MS: u64 = 250;
-
 /// Block requests one peer may have answered per second (D15).
 pub const BLOCK_REQUESTS_PER_SEC: u64 = 50;
 /// Block requests one peer may have answered at once after a quiet spell
 /// (D15).
 pub const BLOCK_REQUEST_BURST: u64 = 100;
-/// Why a message from beyond the view window was refused (D10).
-pub const NOT_ADMITTED_FAR_VIEW: &str = "beyond the view window";
-/// Why an unsolicited view report was refused (D13).
-pub const NOT_ADMITTED_REPORT: &str = "view report not asked for";
 /// Why a block request over its peer's rate was refused (D15).
 pub const NOT_ADMITTED_REQUEST_RATE: &str = "block requests over the rate";
 
@@ -216,6 +221,23 @@ fn proves_fault(e: &VerifyError) -> bool {
         // crossed a bound, can send these.
         VerifyError::SyncBound(_) | VerifyError::NotAdmitted(_) => false,
     }
+}
+
+/// The verifier for `cfg`'s chain and validators.
+fn verifier_for(cfg: &Config) -> Verifier {
+    let genesis = Block::genesis(&cfg.chain_id, cfg.genesis_time_ms);
+    #[cfg_attr(not(feature = "sim"), allow(unused_mut))]
+    let mut verifier = Verifier::new(
+        cfg.validators.clone(),
+        cfg.chain_id.clone(),
+        &genesis,
+        cfg.max_payload_bytes,
+    );
+    #[cfg(feature = "sim")]
+    if cfg.flaw == Some(crate::Flaw::TcSkipsMaxView) {
+        verifier.skip_tc_max_view();
+    }
+    verifier
 }
 
 /// Fills a block response from `blocks` (walking down a chain): at most
@@ -385,13 +407,12 @@ struct Owed {
 /// The consensus driver of one validator.
 pub struct Driver<P: Ports> {
     core: Core,
-    verifier: Verifier,
+    /// The inline screen (D16): what [`Driver::on_bytes`] runs.
+    screen: Screen,
     ports: P,
     cfg: DriverConfig,
     timer: Option<(View, Time)>,
     owed: Option<Owed>,
-    /// When each peer last had a message from beyond the window verified.
-    far_view_at: HashMap<ValidatorIndex, u64>,
     /// Peers sending invalid messages (D14).
     graylist: Graylist,
     /// Block requests each peer may still have answered (D15).
@@ -420,28 +441,16 @@ impl<P: Ports> Driver<P> {
         cfg: DriverConfig,
         now: Time,
     ) -> Result<Driver<P>, DriverError> {
-        let genesis = Block::genesis(&core_cfg.chain_id, core_cfg.genesis_time_ms);
-        #[cfg_attr(not(feature = "sim"), allow(unused_mut))]
-        let mut verifier = Verifier::new(
-            core_cfg.validators.clone(),
-            core_cfg.chain_id.clone(),
-            &genesis,
-            core_cfg.max_payload_bytes,
-        );
-        #[cfg(feature = "sim")]
-        if core_cfg.flaw == Some(crate::Flaw::TcSkipsMaxView) {
-            verifier.skip_tc_max_view();
-        }
+        let screen = Screen::new(verifier_for(&core_cfg));
         let head = restore.committed.0.height();
         let (core, actions) = Core::restore(core_cfg, key, payload_check, restore, now)?;
         let mut d = Driver {
             core,
-            verifier,
+            screen,
             ports,
             cfg,
             timer: None,
             owed: None,
-            far_view_at: HashMap::new(),
             graylist: Graylist::default(),
             requests: RequestBudget::default(),
             committed: head,
@@ -530,81 +539,96 @@ impl<P: Ports> Driver<P> {
         Ok(())
     }
 
-    /// Wire bytes from peer `from`: decoded and verified at the edge (D10),
-    /// then handed to the core. A refused message is reported to the
-    /// monitor and is not an error.
+    /// Wire bytes from peer `from`, screened here: admitted, decoded and
+    /// verified at the edge (D10, D13, D14), then handed to the core. A
+    /// refused message is reported to the monitor and is not an error.
     pub fn on_bytes(
         &mut self,
         now: Time,
         from: ValidatorIndex,
         bytes: &[u8],
     ) -> Result<(), DriverError> {
-        match self.verify(now, from, bytes)? {
-            Some(msg) => self.on_verified(now, from, msg),
-            None => Ok(()),
+        self.check_running()?;
+        let adm = self.admission(now);
+        let screened = self.screen.screen(now, from, bytes, &adm);
+        self.on_screened(now, from, screened, bytes.len())
+    }
+
+    /// What a screen running elsewhere needs to know of this driver's state
+    /// at `now` (D16). Republish it whenever it changes.
+    pub fn admission(&self, now: Time) -> Admission {
+        let core = &self.core;
+        let reports = core.report_nonce().map(|nonce| {
+            let wanted = core
+                .config()
+                .validators
+                .indices()
+                .filter(|i| core.wants_report(*i, &nonce))
+                .collect();
+            (nonce, wanted)
+        });
+        let mut graylisted: Vec<_> = self
+            .graylist
+            .until
+            .iter()
+            .filter(|(_, u)| now.0 < **u)
+            .map(|(p, u)| (*p, *u))
+            .collect();
+        graylisted.sort_unstable();
+        Admission {
+            view: core.view(),
+            window: core.config().future_view_window,
+            reports,
+            graylisted,
         }
     }
 
-    /// The first half of [`Driver::on_bytes`], for an embedder that times
-    /// verification: decodes and verifies (D10), reporting a refusal to the
-    /// monitor and answering `None` for it.
-    pub fn verify(
+    /// A new screen for this driver's chain and validators, to run away
+    /// from the driver (D16). Its caches start empty.
+    pub fn screen(&self) -> Screen {
+        Screen::new(verifier_for(self.core.config()))
+    }
+
+    /// The outcome of screening a `bytes`-long frame from `from`, here or
+    /// on a screen from [`Driver::screen`] (D16): reported to the monitor,
+    /// counted towards a graylisting (D14) when it proves a fault, and a
+    /// verified message handed to the core — unless its sender was
+    /// graylisted while it was being screened.
+    pub fn on_screened(
         &mut self,
         now: Time,
         from: ValidatorIndex,
-        bytes: &[u8],
-    ) -> Result<Option<VerifiedMessage>, DriverError> {
+        screened: Screened,
+        bytes: usize,
+    ) -> Result<(), DriverError> {
         self.check_running()?;
-        if self.graylist.blocks(from, now) {
-            self.ports.dropped(from);
-            return Ok(None);
-        }
-        let view = self.core.view().0;
-        let window = self.core.config().future_view_window;
-        let last = self.far_view_at.get(&from).copied();
-        let mut admitted_far = false;
-        let core = &self.core;
-        let admit = |m: &Message| -> Result<(), &'static str> {
-            // D13: only the view reports a quarantined core asked for.
-            if let Message::ViewReport(r) = m
-                && !core.wants_report(r.signer, &r.payload.nonce)
-            {
-                return Err(NOT_ADMITTED_REPORT);
+        match screened {
+            Screened::Dropped => {
+                self.ports.dropped(from);
+                Ok(())
             }
-            match m.view() {
-                Some(v) if v.0 > view.saturating_add(window) => {
-                    if last.is_some_and(|t| now.0 < t.saturating_add(FAR_VIEW_INTERVAL_MS)) {
-                        return Err(NOT_ADMITTED_FAR_VIEW);
-                    }
-                    admitted_far = true;
-                    Ok(())
-                }
-                _ => Ok(()),
-            }
-        };
-        let verified = self.verifier.verify_bytes_if(bytes, admit);
-        if admitted_far {
-            self.far_view_at.insert(from, now.0);
-        }
-        match verified {
-            Ok(msg) => {
-                self.ports.received(from, &msg, bytes.len());
-                Ok(Some(msg))
-            }
-            Err(e) => {
+            Screened::Refused(e) => {
                 self.ports.refused(from, &e);
                 if proves_fault(&e)
                     && let Some(until) = self.graylist.invalid(from, now)
                 {
                     self.ports.graylisted(from, until);
                 }
-                Ok(None)
+                Ok(())
+            }
+            Screened::Verified(_) if self.graylist.blocks(from, now) => {
+                self.ports.dropped(from);
+                Ok(())
+            }
+            Screened::Verified(msg) => {
+                self.ports.received(from, &msg, bytes);
+                self.on_verified(now, from, *msg)
             }
         }
     }
 
-    /// A message already verified (by [`Verifier`] elsewhere) from `from`.
-    pub fn on_verified(
+    /// A verified message from `from`, for the core.
+    fn on_verified(
         &mut self,
         now: Time,
         from: ValidatorIndex,

@@ -27,6 +27,7 @@
 mod core;
 pub mod driver;
 mod safety;
+mod screen;
 #[cfg(feature = "sim")]
 pub mod sim;
 mod types;
@@ -46,6 +47,7 @@ pub use driver::{
     SYNC_RESPONSE_BYTES_MAX, SafetyStore, take_sync_blocks,
 };
 pub use safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
+pub use screen::{Admission, FAR_VIEW_INTERVAL_MS, Screen, Screened};
 pub use types::{
     Block, BlockHeader, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote,
     EvidenceReport, Height, Idleness, MESSAGE_KINDS, Message, Proposal, QuorumCert, RecoveryQuery,

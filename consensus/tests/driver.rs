@@ -804,3 +804,81 @@ fn block_requests_past_a_peer_rate_are_refused_unread_and_never_graylist() {
     let calls = calls_after(&mut d, |d| d.on_bytes(one, ValidatorIndex(2), &req(2)));
     assert_eq!(calls, vec![Refused]);
 }
+
+/// D16: frames screened away from the driver, under the admissions it hands
+/// out, lead to exactly the port calls the inline screen leads to.
+#[test]
+fn a_screen_run_elsewhere_decides_as_the_inline_one() {
+    let n = net();
+    let chain = n.chain(6);
+    let mut forged = n.signed_vote(2, &chain[0]).into_signed();
+    forged.signature = n.signed_vote(3, &chain[0]).into_signed().signature;
+    let forged = encode(&Message::Vote(forged));
+    // Proposals, votes, invalid frames enough to graylist, far views.
+    let mut inputs: Vec<(u64, u16, Vec<u8>)> = Vec::new();
+    for (i, b) in chain.iter().enumerate() {
+        let t = T0 + 1 + i as u64;
+        inputs.push((t, b.header.proposer.0, n.proposal(b.clone())));
+        inputs.push((t, 1, n.vote(1, b)));
+        inputs.push((t, 3, n.far_timeout(3, 100 + i as u64)));
+    }
+    for _ in 0..=GRAYLIST_INVALID_MAX {
+        inputs.push((T0 + 10, 2, forged.clone()));
+    }
+    inputs.push((T0 + 11, 2, n.vote(2, &chain[5])));
+    inputs.push((T0 + 11, 2, vec![0xff; 40]));
+    inputs.push((T0 + 11, 1, n.vote(1, &chain[5])));
+
+    let mut inline = n.driver(ME, n.genesis_restore(), Recorder::default());
+    let mut split = n.driver(ME, n.genesis_restore(), Recorder::default());
+    let mut screen = split.screen();
+    for (t, from, bytes) in &inputs {
+        let (t, from) = (Time(*t), ValidatorIndex(*from));
+        inline.on_bytes(t, from, bytes).unwrap();
+        let adm = split.admission(t);
+        let out = screen.screen(t, from, bytes, &adm);
+        split.on_screened(t, from, out, bytes.len()).unwrap();
+    }
+    let (a, b) = (&inline.ports().calls, &split.ports().calls);
+    assert!(a.contains(&Dropped(2)) && a.iter().any(|c| matches!(c, Graylisted { .. })));
+    assert!(a.contains(&PersistBlock(6)), "{a:?}");
+    assert_eq!(a, b);
+    assert_eq!(inline.core().view(), split.core().view());
+}
+
+/// D16: a stale admission costs work, never state: a frame verified before
+/// its sender was graylisted is dropped when its outcome arrives, and a
+/// graylisted sender's frames are dropped unread by any screen that has
+/// the new admission.
+#[test]
+fn an_outcome_from_a_sender_graylisted_meanwhile_is_dropped() {
+    let n = net();
+    let mut d = n.driver(ME, n.genesis_restore(), Recorder::default());
+    let b1 = n.chain(1).remove(0);
+    let mut forged = n.signed_vote(2, &b1).into_signed();
+    forged.signature = n.signed_vote(3, &b1).into_signed().signature;
+    let forged = encode(&Message::Vote(forged));
+    let t = Time(T0 + 1);
+    let stale = d.admission(t);
+    let mut screen = d.screen();
+    let good = n.vote(2, &b1);
+    let early = screen.screen(t, ValidatorIndex(2), &good, &stale);
+    assert!(matches!(early, phalanx_consensus::Screened::Verified(_)));
+    for _ in 0..=GRAYLIST_INVALID_MAX {
+        d.on_bytes(t, ValidatorIndex(2), &forged).unwrap();
+    }
+    let calls = calls_after(&mut d, |d| {
+        d.on_screened(t, ValidatorIndex(2), early, good.len())
+    });
+    assert_eq!(calls, vec![Dropped(2)]);
+    let fresh = d.admission(t);
+    assert!(fresh.blocks(ValidatorIndex(2), t) && !fresh.blocks(ValidatorIndex(1), t));
+    assert!(!fresh.blocks(ValidatorIndex(2), Time(t.0 + GRAYLIST_MS)));
+    // Unread: junk is dropped, not refused.
+    let junk = screen.screen(t, ValidatorIndex(2), &[0xff; 40], &fresh);
+    assert!(matches!(junk, phalanx_consensus::Screened::Dropped));
+    // The stale admission still lets it through to a refusal; the driver
+    // counts it against the sender as it would inline.
+    let junk = screen.screen(t, ValidatorIndex(2), &[0xff; 40], &stale);
+    assert!(matches!(junk, phalanx_consensus::Screened::Refused(_)));
+}

@@ -17,6 +17,7 @@ pub mod rpc;
 pub mod rpc_guard;
 pub mod runtime;
 pub mod safety;
+pub mod screening;
 pub mod shared;
 pub mod statesync;
 pub mod validity;

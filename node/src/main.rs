@@ -513,7 +513,8 @@ async fn run_node(
         let _ = stop_tx.send(true);
     });
     runtime.set_catch_up_limit(cfg.retained_blocks);
-    let res = run_instrumented(runtime, inbound, stop_rx).await;
+    let screened = runtime.start_screening(inbound)?;
+    let res = run_instrumented(runtime, screened, stop_rx).await;
     let _ = rpc_handle.stop();
     res?;
     Ok(())

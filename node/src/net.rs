@@ -139,6 +139,17 @@ pub struct Inbound {
     _budget: OwnedSemaphorePermit,
 }
 
+impl Inbound {
+    /// A frame from `from` holding `budget` until it is dropped.
+    pub fn new(from: ValidatorIndex, bytes: Vec<u8>, budget: OwnedSemaphorePermit) -> Inbound {
+        Inbound {
+            from,
+            bytes,
+            _budget: budget,
+        }
+    }
+}
+
 /// Settings the network needs.
 pub struct NetConfig {
     /// This validator's key (also its libp2p identity).

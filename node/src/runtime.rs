@@ -28,9 +28,10 @@ use phalanx_storage::{SafetyRecord, StorageError, Store};
 use tokio::sync::{mpsc, watch};
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::metrics::{self, Metrics, StorageOp, VerifyWhat};
+use crate::metrics::{self, Metrics, StorageOp};
 use crate::net::{Inbound, Network};
 use crate::safety::StartState;
+use crate::screening::{self, ScreenedFrame};
 use crate::shared::{CommitNotice, Shared};
 use crate::validity::{LedgerValidity, Vouched};
 
@@ -57,8 +58,8 @@ pub enum RuntimeError {
         /// Where.
         height: u64,
     },
-    /// The executor thread could not be started.
-    #[error("starting the executor thread: {0}")]
+    /// The executor or a screening thread could not be started.
+    #[error("starting a thread: {0}")]
     Spawn(std::io::Error),
     /// The executor thread ended without being asked to.
     #[error("the executor stopped")]
@@ -650,6 +651,8 @@ pub struct Runtime {
     done: mpsc::UnboundedReceiver<Result<Executed, StorageError>>,
     executor: std::thread::JoinHandle<()>,
     status: watch::Sender<Status>,
+    /// What screening threads admit frames under (D16).
+    admission: watch::Sender<Arc<phalanx_consensus::Admission>>,
     metrics: Arc<Metrics>,
     shared: Arc<Shared>,
     /// Blocks peers keep below their stable checkpoint (`None`: never
@@ -799,11 +802,13 @@ impl Runtime {
             view = driver.core().view().0,
             "consensus resumed"
         );
+        let (admission, _) = watch::channel(Arc::new(driver.admission(now())));
         let mut rt = Runtime {
             driver,
             done,
             executor,
             status,
+            admission,
             metrics,
             shared,
             catch_up_limit: None,
@@ -867,13 +872,39 @@ impl Runtime {
             *old = s;
             changed
         });
+        let adm = self.driver.admission(now());
+        self.admission.send_if_modified(|old| {
+            let changed = **old != adm;
+            if changed {
+                *old = Arc::new(adm);
+            }
+            changed
+        });
+    }
+
+    /// Starts screening `inbound` on [`screening::thread_count`] threads
+    /// (D16): the queue [`Runtime::run`] takes.
+    pub fn start_screening(
+        &self,
+        inbound: mpsc::Receiver<Inbound>,
+    ) -> Result<mpsc::Receiver<ScreenedFrame>, RuntimeError> {
+        let screens = (0..screening::thread_count())
+            .map(|_| self.driver.screen())
+            .collect();
+        screening::start(
+            screens,
+            self.admission.subscribe(),
+            inbound,
+            self.metrics.clone(),
+        )
+        .map_err(RuntimeError::Spawn)
     }
 
     /// Runs until `shutdown` fires or a fatal error, then lets the executor
     /// finish what it was handed.
     pub async fn run(
         mut self,
-        inbound: mpsc::Receiver<Inbound>,
+        inbound: mpsc::Receiver<ScreenedFrame>,
         shutdown: watch::Receiver<bool>,
     ) -> Result<(), RuntimeError> {
         let result = self.event_loop(inbound, shutdown).await;
@@ -943,7 +974,7 @@ impl Runtime {
 
     async fn event_loop(
         &mut self,
-        mut inbound: mpsc::Receiver<Inbound>,
+        mut inbound: mpsc::Receiver<ScreenedFrame>,
         mut shutdown: watch::Receiver<bool>,
     ) -> Result<(), RuntimeError> {
         loop {
@@ -985,12 +1016,7 @@ impl Runtime {
                 },
                 frame = inbound.recv(), if input => {
                     let Some(f) = frame else { return Ok(()) };
-                    let started = Instant::now();
-                    let msg = self.driver.verify(now(), f.from, &f.bytes)?;
-                    self.metrics.verified(VerifyWhat::ConsensusMessage, started.elapsed());
-                    if let Some(msg) = msg {
-                        self.driver.on_verified(now(), f.from, msg)?;
-                    }
+                    self.driver.on_screened(now(), f.from, f.outcome, f.len)?;
                 }
                 _ = new_txs => self.driver.payload_available(now())?,
                 _ = tokio::time::sleep(wait.min(BEHIND_CHECK_EVERY)) => self.driver.tick(now())?,
@@ -1003,7 +1029,7 @@ impl Runtime {
 /// Runs the runtime inside a span naming this validator.
 pub async fn run_instrumented(
     rt: Runtime,
-    inbound: mpsc::Receiver<Inbound>,
+    inbound: mpsc::Receiver<ScreenedFrame>,
     shutdown: watch::Receiver<bool>,
 ) -> Result<(), RuntimeError> {
     let me = rt.driver.core().index().0;

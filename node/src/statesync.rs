@@ -170,6 +170,25 @@ pub fn answer(store: &Store, req: StateRequest) -> StateResponse {
     res.unwrap_or_else(|e| StateResponse::Error(e.to_string()))
 }
 
+/// Requests being answered, per peer: at most [`MAX_REQUESTS_IN_FLIGHT`]
+/// each. Keyed by validators only (the caller refuses other keys first),
+/// so the map is bounded by the validator set.
+#[derive(Default)]
+pub struct PeerSlots(std::collections::HashMap<PeerId, Arc<tokio::sync::Semaphore>>);
+
+impl PeerSlots {
+    /// A slot for one request from `peer`, held until the answer is
+    /// written; `None` while the peer has its bound in flight.
+    pub fn take(&mut self, peer: PeerId) -> Option<tokio::sync::OwnedSemaphorePermit> {
+        self.0
+            .entry(peer)
+            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT)))
+            .clone()
+            .try_acquire_owned()
+            .ok()
+    }
+}
+
 /// Serves state sync requests from validators until the node stops.
 /// Until `store` holds the store (while this node is syncing itself, or
 /// opening), there is nothing to offer: checkpoint requests are answered
@@ -186,8 +205,7 @@ pub async fn serve(
             return;
         }
     };
-    let mut in_flight: std::collections::HashMap<PeerId, Arc<tokio::sync::Semaphore>> =
-        std::collections::HashMap::new();
+    let mut in_flight = PeerSlots::default();
     while let Some((peer, mut stream)) = incoming.next().await {
         if !validators.contains(&peer) {
             debug!(%peer, "state request from a non-validator refused");
@@ -195,10 +213,7 @@ pub async fn serve(
         }
         // Each request may read megabytes: a validator has at most a few
         // answered at once, and its extra streams are dropped unread.
-        let slots = in_flight
-            .entry(peer)
-            .or_insert_with(|| Arc::new(tokio::sync::Semaphore::new(MAX_REQUESTS_IN_FLIGHT)));
-        let Ok(slot) = slots.clone().try_acquire_owned() else {
+        let Some(slot) = in_flight.take(peer) else {
             debug!(%peer, "state request over the peer's in-flight bound dropped");
             continue;
         };
@@ -599,7 +614,24 @@ async fn restore_offer(
 
 #[cfg(test)]
 mod tests {
-    use super::needs_restore;
+    use super::{MAX_REQUESTS_IN_FLIGHT, PeerSlots, needs_restore};
+
+    #[test]
+    fn each_peer_has_at_most_its_bound_of_requests_answered_at_once() {
+        let (a, b) = (libp2p::PeerId::random(), libp2p::PeerId::random());
+        let mut slots = PeerSlots::default();
+        let mut held: Vec<_> = (0..MAX_REQUESTS_IN_FLIGHT)
+            .map(|i| slots.take(a).unwrap_or_else(|| panic!("slot {i} refused")))
+            .collect();
+        assert!(slots.take(a).is_none(), "one over the bound");
+        // Another peer is not held up by the first.
+        assert!(slots.take(b).is_some());
+        // An answered request frees its slot.
+        held.pop();
+        let again = slots.take(a);
+        assert!(again.is_some());
+        assert!(slots.take(a).is_none());
+    }
 
     #[test]
     fn a_restore_is_decided_on_the_highest_retained_from_and_never_goes_back() {
