@@ -9,7 +9,7 @@
 //!
 //! It never makes a protocol decision and never orders actions itself:
 //! the order that keeps a validator safe is the driver's contract
-//! (`phalanx_consensus::driver`, D1–D11), the same code the simulator runs.
+//! (`phalanx_consensus::driver`, D1–D16), the same code the simulator runs.
 
 use std::collections::{HashMap, HashSet};
 use std::sync::Arc;

@@ -146,6 +146,11 @@ pub struct SimConfig {
     pub crashes: bool,
     /// Whether honest validators are wiped (one or two, before GST).
     pub wipes: Wipes,
+    /// Honest validators screen frames apart from their driver, as the
+    /// node does on its threads (D16), under an admission republished
+    /// before a frame with this probability (`None`: screened inline,
+    /// `Some(0.0)`: the admission of the start, never republished).
+    pub screen_apart: Option<f64>,
 }
 
 impl SimConfig {
@@ -164,6 +169,7 @@ impl SimConfig {
             checkpoint_interval: 5,
             crashes: true,
             wipes: Wipes::None,
+            screen_apart: None,
         }
     }
 }
@@ -487,6 +493,9 @@ struct Slot {
     gst_height: u64,
     /// Started in recovery (P19) and not yet out of quarantine.
     recovering: bool,
+    /// With [`SimConfig::screen_apart`]: this life's screen and the
+    /// admission it was last handed.
+    screen: Option<(crate::Screen, crate::Admission)>,
 }
 
 impl Slot {
@@ -688,6 +697,7 @@ impl<'a> Sim<'a> {
                     side: if copies == 2 { c == 1 } else { rng.chance(0.5) },
                     gst_height: 0,
                     recovering: false,
+                    screen: None,
                 });
             }
         }
@@ -812,6 +822,7 @@ impl<'a> Sim<'a> {
             Ok(driver) => {
                 self.slots[s].recovering = driver.core().quarantined();
                 self.slots[s].driver = Some(driver);
+                self.slots[s].screen = None;
                 self.after_call(s, Ok(()));
             }
             Err(e) => self.violations.push(format!("restart failed: {e}")),
@@ -1010,6 +1021,7 @@ impl<'a> Sim<'a> {
         self.stats.crashes += 1;
         let slot = &mut self.slots[s];
         slot.driver = None;
+        slot.screen = None;
         slot.jobs.clear();
         slot.tick_at = None;
         self.mix(5000 + s as u64);
@@ -1087,6 +1099,24 @@ impl<'a> Sim<'a> {
             self.slots[to].heard.push(bytes.clone());
         }
         let now = self.clock(to);
+        if let Some(p) = self.cfg.screen_apart
+            && self.honest(to)
+        {
+            let republish = self.rng.chance(p);
+            let slot = &mut self.slots[to];
+            let Some(d) = slot.driver.as_ref() else {
+                return;
+            };
+            let (screen, adm) = slot
+                .screen
+                .get_or_insert_with(|| (d.screen(), d.admission(now)));
+            if republish {
+                *adm = d.admission(now);
+            }
+            let out = screen.screen(now, from, &bytes, adm);
+            self.call(to, |d| d.on_screened(now, from, out, bytes.len()));
+            return;
+        }
         self.call(to, |d| d.on_bytes(now, from, &bytes));
     }
 
