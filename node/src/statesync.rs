@@ -444,6 +444,8 @@ pub async fn catch_up(
     );
     let head = store.head().height;
     let mut attempts = 0;
+    // Peers that stalled or sent junk in an earlier attempt: asked last.
+    let mut suspects = std::collections::HashSet::new();
     let restored = loop {
         attempts += 1;
         let Some((first, offer, retained_from)) =
@@ -470,7 +472,8 @@ pub async fn catch_up(
             "state sync starting"
         );
         let target = (genesis, data, options);
-        match restore_offer(&mut control, &peers, first, &offer, target, metrics).await {
+        let order = peer_order(&peers, first, &suspects);
+        match restore_offer(&mut control, &order, &mut suspects, &offer, target, metrics).await {
             Ok(r) => break (r, offer),
             Err(e) if attempts < MAX_ROUNDS => {
                 warn!("state sync of checkpoint {h} failed ({e}); asking for a newer checkpoint");
@@ -497,12 +500,30 @@ pub async fn catch_up(
     Ok(store)
 }
 
-/// Restores `offer` into a new store in `data`/`db.restore`, asking `first`
-/// first and the other peers in turn, dropping peers that fail.
-async fn restore_offer(
-    control: &mut libp2p_stream::Control,
+/// The order peers are asked for a snapshot's chunks: `first` (whose
+/// offer is restored), then the rest, except that peers in `suspects`
+/// (they stalled or sent junk in an earlier attempt) go last. Snapshots
+/// are served only for two checkpoint intervals: a liar asked first on
+/// every attempt could stall each one until its snapshot is gone.
+pub fn peer_order(
     peers: &[PeerId],
     first: PeerId,
+    suspects: &std::collections::HashSet<PeerId>,
+) -> Vec<PeerId> {
+    let mut order = vec![first];
+    order.extend(peers.iter().copied().filter(|p| *p != first));
+    // Stable: the order among honest-looking peers is kept.
+    order.sort_by_key(|p| suspects.contains(p));
+    order
+}
+
+/// Restores `offer` into a new store in `data`/`db.restore`, asking the
+/// peers in `order` in turn, dropping peers that fail; those that stall or
+/// send junk join `suspects`.
+async fn restore_offer(
+    control: &mut libp2p_stream::Control,
+    order: &[PeerId],
+    suspects: &mut std::collections::HashSet<PeerId>,
     offer: &Offer,
     (genesis, data, options): (&Genesis, &Path, &StoreOptions),
     metrics: &crate::metrics::Metrics,
@@ -514,8 +535,6 @@ async fn restore_offer(
     }
     let fresh = Store::open(&dir, genesis, options.clone())?;
     let mut restore = StateRestore::new(fresh, offer.cert.clone(), offer.manifest.clone())?;
-    let mut order = vec![first];
-    order.extend(peers.iter().copied().filter(|p| *p != first));
     let mut dropped: std::collections::HashMap<PeerId, PeerFault> = Default::default();
     let mut which = 0usize;
     let mut rounds = 0usize;
@@ -537,9 +556,11 @@ async fn restore_offer(
                     MAX_ROUNDS
                 )));
             }
-            if dropped.values().all(|d| *d == PeerFault::NotRetained) {
+            // A peer that no longer serves it has a newer one: ask for
+            // that rather than wait on peers that failed otherwise.
+            if dropped.values().any(|d| *d == PeerFault::NotRetained) {
                 return Err(StateSyncError::Failed(format!(
-                    "no peer serves checkpoint {height} any more"
+                    "checkpoint {height} is no longer served"
                 )));
             }
             warn!(
@@ -575,6 +596,9 @@ async fn restore_offer(
             restore.restart_bucket();
             metrics.state_sync_peer_drop(why.label());
             warn!(peer = %peer, reason = why.label(), "state sync peer dropped: {detail}");
+            if why != PeerFault::NotRetained {
+                suspects.insert(peer);
+            }
             dropped.insert(peer, why);
             which += 1;
             continue;
@@ -614,7 +638,19 @@ async fn restore_offer(
 
 #[cfg(test)]
 mod tests {
-    use super::{MAX_REQUESTS_IN_FLIGHT, PeerSlots, needs_restore};
+    use super::{MAX_REQUESTS_IN_FLIGHT, PeerSlots, needs_restore, peer_order};
+
+    #[test]
+    fn peers_that_failed_an_earlier_attempt_are_asked_last() {
+        let p: Vec<libp2p::PeerId> = (0..4).map(|_| libp2p::PeerId::random()).collect();
+        let none = Default::default();
+        assert_eq!(peer_order(&p, p[2], &none), vec![p[2], p[0], p[1], p[3]]);
+        // The liar made the best offer again: it still goes last.
+        let liar = std::collections::HashSet::from([p[2]]);
+        assert_eq!(peer_order(&p, p[2], &liar), vec![p[0], p[1], p[3], p[2]]);
+        let two = std::collections::HashSet::from([p[0], p[2]]);
+        assert_eq!(peer_order(&p, p[3], &two), vec![p[3], p[1], p[0], p[2]]);
+    }
 
     #[test]
     fn each_peer_has_at_most_its_bound_of_requests_answered_at_once() {
