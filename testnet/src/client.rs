@@ -13,11 +13,18 @@ use serde_json::Value;
 /// of a full block is well under this).
 pub const MAX_RESPONSE_BYTES: u32 = 64 << 20;
 
+/// Requests one client has in flight at once. Each may hold a connection,
+/// and a node gives one address at most `rpc_connections_per_ip` (64 by
+/// default): past that, connections are refused with HTTP 429. Kept well
+/// under it, since the tool's clients of one node share the address.
+pub const CLIENT_CONCURRENCY: usize = 16;
+
 /// A JSON-RPC client for `url`.
 pub fn rpc_client(url: &str, timeout: Duration) -> Result<HttpClient> {
     HttpClientBuilder::default()
         .request_timeout(timeout)
         .max_response_size(MAX_RESPONSE_BYTES)
+        .max_concurrent_requests(CLIENT_CONCURRENCY)
         .build(url)
         .with_context(|| format!("JSON-RPC client for {url}"))
 }
@@ -27,9 +34,23 @@ pub const RATE_LIMITED: i32 = 1021;
 /// How long a call keeps retrying while its address is rate-limited.
 const RATE_LIMIT_PATIENCE: Duration = Duration::from_secs(60);
 
-/// One JSON-RPC call. A call refused for the address's request rate is
-/// retried with backoff (every client of a local testnet shares one
-/// address); any other error is returned.
+/// Whether `e` refused the call for the address's share of the node
+/// (request rate, code 1021; connections, HTTP 429): worth retrying, since
+/// every client of a local testnet shares one address.
+pub fn rate_limited(e: &jsonrpsee_core::ClientError) -> bool {
+    match e {
+        jsonrpsee_core::ClientError::Call(e) => e.code() == RATE_LIMITED,
+        jsonrpsee_core::ClientError::Transport(t) => matches!(
+            t.downcast_ref::<jsonrpsee_http_client::transport::Error>(),
+            Some(jsonrpsee_http_client::transport::Error::Rejected { status_code: 429 })
+        ),
+        _ => false,
+    }
+}
+
+/// One JSON-RPC call. A call refused for the address's share of the node
+/// ([`rate_limited`]) is retried with backoff; any other error is
+/// returned.
 pub async fn call(client: &HttpClient, method: &str, params: Vec<Value>) -> Result<Value> {
     let mut p = ArrayParams::new();
     for v in params {
@@ -39,9 +60,7 @@ pub async fn call(client: &HttpClient, method: &str, params: Vec<Value>) -> Resu
     let mut wait = Duration::from_millis(20);
     loop {
         match client.request::<Value, _>(method, p.clone()).await {
-            Err(jsonrpsee_core::ClientError::Call(e))
-                if e.code() == RATE_LIMITED && started.elapsed() < RATE_LIMIT_PATIENCE =>
-            {
+            Err(e) if rate_limited(&e) && started.elapsed() < RATE_LIMIT_PATIENCE => {
                 tokio::time::sleep(wait).await;
                 wait = (wait * 2).min(Duration::from_secs(1));
             }
@@ -76,4 +95,26 @@ pub fn http_get(url: &str, timeout: Duration) -> Result<(u16, String)> {
         .read_to_string()
         .with_context(|| format!("GET {url}: reading the body"))?;
     Ok((status, body))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonrpsee_core::ClientError;
+    use jsonrpsee_http_client::transport::Error as Transport;
+    use jsonrpsee_http_client::types::ErrorObjectOwned;
+
+    #[test]
+    fn only_refusals_for_the_address_share_are_retried() {
+        let call = |code| ClientError::Call(ErrorObjectOwned::owned(code, "x", None::<()>));
+        let http =
+            |status_code| ClientError::Transport(Box::new(Transport::Rejected { status_code }));
+        assert!(rate_limited(&call(RATE_LIMITED)));
+        assert!(rate_limited(&http(429)));
+        // A full admission queue, a bad transaction, a server error: not.
+        assert!(!rate_limited(&call(1020)));
+        assert!(!rate_limited(&call(1018)));
+        assert!(!rate_limited(&http(500)));
+        assert!(!rate_limited(&ClientError::RequestTimeout));
+    }
 }
