@@ -8,7 +8,9 @@
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use phalanx_tests::{PATIENCE, TestnetDown, namespaces_available, testnet_ok as ok};
+use phalanx_tests::{
+    PATIENCE, TestnetDown, namespaces_available, run, testnet_bin, testnet_ok as ok,
+};
 use serde_json::Value;
 
 fn heights(d: &str) -> Vec<u64> {
@@ -118,4 +120,70 @@ fn partitions_on_real_links_stop_the_minority_and_heal_within_thirty_seconds() {
         !String::from_utf8_lossy(&left.stdout).contains(&prefix),
         "namespaces left behind"
     );
+}
+
+/// `netem` on a node's link: delay and loss are set on its namespace's
+/// interface, the chain goes on, and zeros take them off. Kernels without
+/// the netem queueing discipline (module `sch_netem`) get a clear error
+/// from the tool; there the test says so and returns.
+#[test]
+fn netem_delays_and_drops_on_a_real_link_and_the_chain_goes_on() {
+    if let Err(why) = namespaces_available() {
+        eprintln!("skipped: network namespaces cannot be created here ({why})");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().join("net").to_string_lossy().to_string();
+    let _down = TestnetDown(PathBuf::from(&d));
+    ok(&["up", "--dir", &d, "--netns", "--accounts", "20"]);
+    let set = [
+        "netem",
+        "--dir",
+        &d,
+        "--node",
+        "1",
+        "--delay-ms",
+        "150",
+        "--jitter-ms",
+        "10",
+    ];
+    let (code, out, err) = run(
+        &testnet_bin(),
+        &[&set[..], &["--loss-percent", "5"]].concat(),
+    );
+    if code != Some(0) {
+        assert!(
+            err.contains("no netem queueing discipline"),
+            "netem failed without saying why:\n{out}\n{err}"
+        );
+        eprintln!("skipped: {}", err.trim());
+        return;
+    }
+    let testnet: Value =
+        serde_json::from_str(&std::fs::read_to_string(format!("{d}/testnet.json")).unwrap())
+            .unwrap();
+    let ns = format!("{}-1", testnet["netns"]["prefix"].as_str().unwrap());
+    let qdisc = || {
+        let o = std::process::Command::new("ip")
+            .args(["netns", "exec", &ns, "tc", "qdisc", "show", "dev", "eth0"])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&o.stdout).to_string()
+    };
+    let shown = qdisc();
+    assert!(
+        shown.contains("netem") && shown.contains("delay 150ms") && shown.contains("loss 5%"),
+        "{shown}"
+    );
+    let before = heights(&d);
+    wait_for(
+        "commits go on with node 1 delayed and lossy",
+        PATIENCE,
+        || {
+            let h = heights(&d);
+            (0..4).all(|i| h[i] >= before[i] + 10)
+        },
+    );
+    ok(&["netem", "--dir", &d, "--node", "1"]);
+    assert!(!qdisc().contains("netem"), "{}", qdisc());
 }
