@@ -578,7 +578,13 @@ async fn client(
         )
         .await;
         let (result, detail) = match r {
-            Ok(Ok(v)) if v["status"] == "committed" => ("committed", v["status"].clone()),
+            // Included in a block is not applied: a transfer whose nonce
+            // another of its sender's transfers took is committed with a
+            // failure receipt, and moves nothing.
+            Ok(Ok(v)) if v["status"] == "committed" && v["receipt"]["status"] == "applied" => {
+                ("committed", v["status"].clone())
+            }
+            Ok(Ok(v)) if v["status"] == "committed" => ("rejected", v["receipt"].clone()),
             Ok(Ok(v)) => ("accepted", v["status"].clone()),
             Ok(Err(e)) => ("failed", json!(format!("{e:#}"))),
             Err(_) => ("unknown", json!("timed out")),
