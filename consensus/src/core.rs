@@ -321,6 +321,16 @@ pub enum Action {
     StableCheckpoint(CheckpointCert),
     /// Misbehaviour detected.
     Evidence(Evidence),
+    /// A certificate carries this validator's signature of a `kind`
+    /// ("vote" or "timeout") in `view`, where this process signed no such
+    /// statement: another process holds its key (P21). At most once per
+    /// view.
+    OwnKeyElsewhere {
+        /// The view signed in.
+        view: View,
+        /// What was signed.
+        kind: &'static str,
+    },
 }
 
 /// Where a restarted validator resumes from: what its storage holds.
@@ -410,6 +420,8 @@ pub struct Core {
     reported: BTreeSet<(u64, Kind, ValidatorIndex)>,
     /// Evidence passed on, per culprit (bounded by the validator count).
     evidence_spread: BTreeMap<ValidatorIndex, u32>,
+    /// The highest view reported as signed elsewhere (P21).
+    elsewhere: View,
     pending: BTreeMap<(View, ValidatorIndex), Verified<Proposal>>,
     /// Blocks being fetched: the view of the first request and of the
     /// last one.
@@ -483,6 +495,7 @@ impl Core {
             seen: BTreeMap::new(),
             reported: BTreeSet::new(),
             evidence_spread: BTreeMap::new(),
+            elsewhere: View(0),
             pending: BTreeMap::new(),
             wanted: BTreeMap::new(),
             pending_commit: None,
@@ -1210,6 +1223,14 @@ impl Core {
     fn observe_qc(&mut self, qc: QuorumCert, from: ValidatorIndex) {
         let id = qc.payload.block_id;
         let view = qc.payload.view;
+        if qc.signers.contains(self.me) {
+            let mine = self
+                .safety
+                .last_vote
+                .as_ref()
+                .is_some_and(|v| v.payload == qc.payload);
+            self.check_signed_here(view, "vote", mine);
+        }
         if view > self.safety.high_qc.payload.view {
             // Persisted with the next vote or timeout, before it matters.
             self.safety.high_qc = qc.clone();
@@ -1223,9 +1244,32 @@ impl Core {
         self.try_commit_via(id, from);
     }
 
+    /// P21: this validator's signature in a certificate for `view` must be
+    /// one this process made. Views at or below the recovery floor, and any
+    /// while quarantined, may hold signatures of a lost record; below the
+    /// last view signed in, only the latest statement is kept to compare
+    /// with, so nothing is claimed there. `mine`: the kept statement is the
+    /// certified one.
+    fn check_signed_here(&mut self, view: View, kind: &'static str, mine: bool) {
+        let s = &self.safety;
+        if mine || s.quarantine.is_some() || view <= s.floor || view < s.last_voted_view {
+            return;
+        }
+        if view > self.elsewhere {
+            self.elsewhere = view;
+            self.out.push(Action::OwnKeyElsewhere { view, kind });
+        }
+    }
+
     /// P11: a timeout certificate moves everyone to the next view.
     fn observe_tc(&mut self, tc: TimeoutCert, from: ValidatorIndex) {
         let view = tc.view;
+        if let Some(e) = tc.entries.iter().find(|e| e.signer == self.me) {
+            let mine = self.safety.last_timeout.as_ref().is_some_and(|t| {
+                t.payload.view == view && t.payload.high_qc.payload.view == e.high_qc_view
+            });
+            self.check_signed_here(view, "timeout", mine);
+        }
         self.observe_qc(tc.high_qc.clone(), from);
         if self.high_tc.as_ref().is_none_or(|t| t.view < view) {
             self.high_tc = Some(tc);

@@ -374,6 +374,8 @@ pub trait Monitor {
     fn timed_out(&mut self, _view: View) {}
     /// Misbehaviour detected.
     fn evidence(&mut self, _evidence: &Evidence) {}
+    /// Another process signs with this validator's key (P21).
+    fn own_key_elsewhere(&mut self, _view: View, _kind: &'static str) {}
     /// Committed blocks were served from the store.
     fn served(&mut self, _to: ValidatorIndex, _from: Height, _blocks: usize) {}
     /// A peer was graylisted until `until` (D14).
@@ -881,6 +883,7 @@ impl<P: Ports> Driver<P> {
                 }
             }
             Action::Evidence(e) => self.ports.evidence(&e),
+            Action::OwnKeyElsewhere { view, kind } => self.ports.own_key_elsewhere(view, kind),
         }
         Ok(())
     }

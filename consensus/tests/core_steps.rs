@@ -998,3 +998,46 @@ fn an_idle_validators_turns_pass_to_the_next_except_in_probe_rotations() {
     assert_eq!(header.idle.of(ValidatorIndex(0)), 0);
     assert_eq!(n.cfg.leader(View(20), &header), ValidatorIndex(0));
 }
+
+fn elsewhere(actions: &[Action]) -> Vec<(View, &'static str)> {
+    actions
+        .iter()
+        .filter_map(|a| match a {
+            Action::OwnKeyElsewhere { view, kind } => Some((*view, *kind)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// P21: a certificate holding validator 2's vote for a view in which this
+/// process signed nothing raises the alarm, once; the same certificate
+/// after this process cast that very vote does not.
+#[test]
+fn a_certificate_with_a_vote_this_process_never_cast_raises_the_own_key_alarm() {
+    let mut n = net();
+    let set = n.verifier_set().clone();
+    let p = n.proposal(b"tx", 2_100);
+    let vote = Vote {
+        view: View(1),
+        height: Height(1),
+        block_id: p.payload.block.id(),
+    };
+    let qc = quorum_on(&n, &set, vote);
+
+    // Validator 2 voted: the certificate holds its own vote.
+    let mut voted = n.core(2);
+    n.deliver(&mut voted, 1, Message::Proposal(p.clone()), 2_200);
+    assert_eq!(
+        voted.safety().last_vote.as_ref().map(|v| v.payload),
+        Some(vote)
+    );
+    let out = n.deliver(&mut voted, 1, timeout_of_v1(&n, qc.clone()), 2_300);
+    assert_eq!(elsewhere(&out), vec![]);
+
+    // A copy that never saw the proposal finds its key's vote in it.
+    let mut other = n.core(2);
+    let out = n.deliver(&mut other, 1, timeout_of_v1(&n, qc.clone()), 2_300);
+    assert_eq!(elsewhere(&out), vec![(View(1), "vote")]);
+    let out = n.deliver(&mut other, 3, timeout_of_v1(&n, qc), 2_400);
+    assert_eq!(elsewhere(&out), vec![], "once per view");
+}

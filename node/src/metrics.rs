@@ -281,6 +281,7 @@ pub struct Metrics {
     rpc_requests: Family<RpcCall, Counter>,
     rpc_seconds: HistogramFamily<RpcCall>,
     equivocations: Counter,
+    own_key_elsewhere: Counter,
     graylistings: Counter,
     rpc_refused: Family<Reason, Counter>,
     mempool_overdue: Gauge,
@@ -332,6 +333,7 @@ impl Metrics {
             rpc_requests: Family::default(),
             rpc_seconds: Family::new_with_constructor(seconds_histogram),
             equivocations: Counter::default(),
+            own_key_elsewhere: Counter::default(),
             graylistings: Counter::default(),
             rpc_refused: Family::default(),
             mempool_overdue: Gauge::default(),
@@ -524,6 +526,11 @@ impl Metrics {
             "equivocations",
             "Equivocation evidence seen (two signed messages for one slot)",
             m.equivocations.clone(),
+        );
+        r.register(
+            "own_key_elsewhere",
+            "Views in which a certificate carried this validator's signature of a vote or timeout it never signed: another process holds its key, or it runs on an old copy of its data",
+            m.own_key_elsewhere.clone(),
         );
         r.register(
             "graylistings",
@@ -800,6 +807,11 @@ impl Metrics {
     /// Equivocation evidence seen.
     pub fn equivocation(&self) {
         self.equivocations.inc();
+    }
+
+    /// This validator's key signed, elsewhere, what it did not (P21).
+    pub fn own_key_elsewhere(&self) {
+        self.own_key_elsewhere.inc();
     }
 
     /// A JSON-RPC connection or call refused by a per-address limit.

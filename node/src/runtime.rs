@@ -26,7 +26,7 @@ use phalanx_crypto::{Digest, KeyPair, ValidatorIndex, encode};
 use phalanx_ledger::{Genesis, decode_payload, encode_payload, prepare_payload_trusting};
 use phalanx_storage::{SafetyRecord, StorageError, Store};
 use tokio::sync::{mpsc, watch};
-use tracing::{Instrument, debug, info, info_span, warn};
+use tracing::{Instrument, debug, error, info, info_span, warn};
 
 use crate::metrics::{self, Metrics, StorageOp};
 use crate::net::{Inbound, Network};
@@ -184,6 +184,8 @@ struct NodePorts {
     /// The validity rule's handle, told of every block persisted.
     validity: LedgerValidity,
     jobs: std_mpsc::Sender<Job>,
+    /// When the key-used-elsewhere line was last logged (P21).
+    elsewhere_logged: Option<Instant>,
     /// Attack modes, when asked for (feature `byzantine`, test builds).
     #[cfg(feature = "byzantine")]
     attacker: Option<crate::byzantine::Attacker>,
@@ -366,6 +368,24 @@ impl Monitor for NodePorts {
     fn timed_out(&mut self, view: View) {
         info!(view = view.0, "view timed out");
         self.metrics.view_timeout();
+    }
+
+    fn own_key_elsewhere(&mut self, view: View, kind: &'static str) {
+        self.metrics.own_key_elsewhere();
+        // At most once per view (the core's bound); views pass quickly, so
+        // the line is further limited to one a minute.
+        let now = std::time::Instant::now();
+        if self
+            .elsewhere_logged
+            .is_none_or(|t| now.duration_since(t) >= OWN_KEY_LOG_INTERVAL)
+        {
+            self.elsewhere_logged = Some(now);
+            error!(
+                view = view.0,
+                kind,
+                "another process signs with this validator's key (a certificate holds its {kind} for a view where this process signed none): stop every other copy of this validator, and never run one on an old copy of its data"
+            );
+        }
     }
 
     fn evidence(&mut self, e: &Evidence) {
@@ -671,6 +691,8 @@ pub struct Runtime {
 }
 
 /// Overdue transactions are logged at most this often.
+/// At most one key-used-elsewhere line (P21) per this interval.
+const OWN_KEY_LOG_INTERVAL: Duration = Duration::from_secs(60);
 const OVERDUE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The event loop wakes at least this often (to check [`FELL_BEHIND_AFTER`]).
@@ -775,6 +797,7 @@ impl Runtime {
             max_block_txs: genesis.params.max_block_txs as usize,
             seen: HashMap::new(),
             jobs: jobs_tx,
+            elsewhere_logged: None,
             #[cfg(feature = "byzantine")]
             attacker: None,
         };

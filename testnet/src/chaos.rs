@@ -703,6 +703,16 @@ async fn collect(
             }
         }
     }
+    for (i, n) in net.nodes.iter().enumerate() {
+        let log = std::fs::read_to_string(&n.log).unwrap_or_default();
+        let alarms = log
+            .lines()
+            .filter(|l| l.contains("another process signs with this validator's key"))
+            .count();
+        if alarms > 0 {
+            history.record(json!({"kind": "own_key_elsewhere", "node": i, "lines": alarms}));
+        }
+    }
     history.record(json!({
         "kind": "byzantine_nodes",
         "nodes": byzantine.iter().collect::<Vec<_>>(),
@@ -965,36 +975,50 @@ pub fn check_records(records: &[Value]) -> Report {
 
     // Evidence names only validators that were made Byzantine.
     let byz = of("byzantine_nodes").next();
-    let culprits: BTreeSet<u64> = byz
+    let validator_of: Vec<u64> = byz
         .map(|b| {
-            let validator_of: Vec<u64> = b["validator_of"]
+            b["validator_of"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .filter_map(Value::as_u64)
-                .collect();
-            let mut set: BTreeSet<u64> = b["nodes"]
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut culprits: BTreeSet<u64> = byz
+        .map(|b| {
+            b["nodes"]
                 .as_array()
                 .into_iter()
                 .flatten()
                 .filter_map(Value::as_u64)
                 .map(|n| validator_of.get(n as usize).copied().unwrap_or(n))
-                .collect();
-            // A twin's key is a culprit too.
-            for (n, v) in validator_of.iter().enumerate() {
-                if *v != n as u64 {
-                    set.insert(*v);
-                }
-            }
-            set
+                .collect()
         })
         .unwrap_or_default();
+    // A twin's key is a culprit too.
+    for (n, v) in validator_of.iter().enumerate() {
+        if *v != n as u64 {
+            culprits.insert(*v);
+        }
+    }
     for e in of("evidence") {
         let s = e["signer"].as_u64().unwrap_or(u64::MAX);
         if !culprits.contains(&s) {
             r.violations.push(format!(
                 "node {} holds evidence against validator {s}, which was never Byzantine",
                 e["node"]
+            ));
+        }
+    }
+
+    // P21: a validator never Byzantine holds its key alone.
+    for e in of("own_key_elsewhere") {
+        let node = e["node"].as_u64().unwrap_or(u64::MAX);
+        let v = validator_of.get(node as usize).copied().unwrap_or(node);
+        if !culprits.contains(&v) {
+            r.violations.push(format!(
+                "node {node} found validator {v}'s key used elsewhere, though it was never Byzantine"
             ));
         }
     }
@@ -1203,6 +1227,12 @@ mod tests {
                 "never Byzantine",
                 with(clean(), |h| {
                     h.push(json!({"kind": "evidence", "node": 1, "signer": 0}));
+                }),
+            ),
+            (
+                "key used elsewhere",
+                with(clean(), |h| {
+                    h.push(json!({"kind": "own_key_elsewhere", "node": 0, "lines": 1}));
                 }),
             ),
             (

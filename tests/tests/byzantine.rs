@@ -67,8 +67,19 @@ fn evidence(c: &Cluster, i: usize) -> Vec<u64> {
         .collect()
 }
 
+/// Whether node `i` ever raised the key-used-elsewhere alarm (P21).
+fn alarmed(c: &Cluster, i: usize) -> bool {
+    c.log_records(i).iter().any(|r| {
+        r["level"] == "ERROR"
+            && r["message"]
+                .as_str()
+                .is_some_and(|m| m.starts_with("another process signs with this validator's key"))
+    })
+}
+
 /// Safety: the honest nodes agree on the block at every height any two of
-/// them committed, and no evidence any of them holds names an honest key.
+/// them committed, no evidence any of them holds names an honest key, and
+/// none of them thinks its key is used elsewhere.
 fn assert_safe(c: &Cluster, honest: &[usize], culprit: usize) {
     let logs: Vec<BTreeMap<u64, String>> = honest.iter().map(|i| c.committed(*i)).collect();
     for a in 0..logs.len() {
@@ -85,6 +96,10 @@ fn assert_safe(c: &Cluster, honest: &[usize], culprit: usize) {
         }
     }
     for i in honest {
+        assert!(
+            !alarmed(c, *i),
+            "honest node {i} found its key used elsewhere"
+        );
         for signer in evidence(c, *i) {
             assert_eq!(
                 signer, culprit as u64,
@@ -478,16 +493,17 @@ fn a_leader_burning_transactions_gets_its_blocks_refused_and_burns_none() {
 /// copies hear different halves of the cluster and quorum intersection
 /// lets at most one of them certify anything in a view; both sign (votes,
 /// timeouts, proposals), the chain stays whole, and neither copy is ever
-/// led off it. Evidence needs two conflicting signatures for one view to
-/// reach one validator, which this topology does not produce: only one
-/// copy can gather a quorum for a view, so only one proposes, and copies
-/// in step sign byte-identical votes and timeouts (ed25519 signing is
-/// deterministic). Freezing a validator until views fail for everyone did
-/// not change that in five rounds either. Evidence is counted, not
-/// required (the simulator's partitioned twins and the `double-vote` and
-/// `equivocate` modes above are where evidence is asserted).
+/// led off it. Copies in step sign byte-identical statements (ed25519
+/// signing is deterministic), which are no fault and no evidence; what
+/// shows the twin is P21: a copy finds, in a certificate, its key's vote
+/// or timeout for a view where it signed none, and raises the alarm
+/// (metric, error line). Conflicting-signature evidence needs two
+/// different statements for one view to reach one validator, which this
+/// topology rarely produces: it is counted, not required (the simulator's
+/// partitioned twins and the `double-vote` and `equivocate` modes above
+/// are where it is asserted).
 #[test]
-fn a_twin_of_a_validator_signs_from_two_processes_and_forks_nothing() {
+fn a_twin_of_a_validator_is_detected_and_forks_nothing() {
     let mut c = cluster();
     let twin = c.add_twin(2);
     c.start_all();
@@ -506,6 +522,22 @@ fn a_twin_of_a_validator_signs_from_two_processes_and_forks_nothing() {
             signed >= 1.0
         })
     });
+    c.wait_until("a copy of validator 2 finds its key used elsewhere", |c| {
+        [2, twin].iter().any(|i| {
+            c.metric(*i, "phalanx_own_key_elsewhere_total")
+                .unwrap_or(0.0)
+                >= 1.0
+        })
+    });
+    let copies: Vec<usize> = [2, twin].into_iter().filter(|i| alarmed(&c, *i)).collect();
+    assert!(!copies.is_empty(), "the alarm is logged as well as counted");
+    for i in [0, 1, ATTACKER] {
+        assert_eq!(
+            c.metric(i, "phalanx_own_key_elsewhere_total"),
+            Some(0.0),
+            "validator {i} holds its key alone"
+        );
+    }
     assert_safe(&c, &[0, 1, ATTACKER], 2);
     let reference = c.committed(0);
     for i in [2, twin] {
@@ -519,7 +551,9 @@ fn a_twin_of_a_validator_signs_from_two_processes_and_forks_nothing() {
         .iter()
         .map(|i| evidence(&c, *i).len())
         .sum();
-    eprintln!("evidence against validator 2 held by honest nodes: {evidence}");
+    eprintln!(
+        "copies that raised the alarm: {copies:?}; evidence against validator 2 held by honest nodes: {evidence}"
+    );
 }
 
 fn commits_go_on_among(c: &mut Cluster, nodes: &[usize], blocks: u64) {

@@ -193,6 +193,8 @@ pub struct RunStats {
     pub evidence: u64,
     /// Byzantine validators graylisted by honest ones (D14).
     pub graylisted: u64,
+    /// Views in which a twin saw its key used by its other copy (P21).
+    pub elsewhere: u64,
     /// Stable checkpoints reached (highest height).
     pub stable_height: u64,
     /// Crashes injected.
@@ -332,6 +334,7 @@ struct SimPorts {
     jobs: Vec<Job>,
     evidence: Vec<Evidence>,
     graylisted: Vec<ValidatorIndex>,
+    elsewhere: Vec<View>,
     /// Port calls left before the process dies mid-list (`Some(0)`: the
     /// next call fails).
     fuse: Option<usize>,
@@ -350,6 +353,7 @@ impl SimPorts {
             jobs: Vec::new(),
             evidence: Vec::new(),
             graylisted: Vec::new(),
+            elsewhere: Vec::new(),
             fuse: None,
             delivered: 0,
             rejected: 0,
@@ -468,6 +472,10 @@ impl Monitor for SimPorts {
 
     fn graylisted(&mut self, peer: ValidatorIndex, _until: Time) {
         self.graylisted.push(peer);
+    }
+
+    fn own_key_elsewhere(&mut self, view: View, _kind: &'static str) {
+        self.elsewhere.push(view);
     }
 }
 
@@ -1154,6 +1162,7 @@ impl<'a> Sim<'a> {
         let jobs = std::mem::take(&mut d.ports_mut().jobs);
         let evidence = std::mem::take(&mut d.ports_mut().evidence);
         let graylisted = std::mem::take(&mut d.ports_mut().graylisted);
+        let elsewhere = std::mem::take(&mut d.ports_mut().elsewhere);
         self.stats.delivered += std::mem::take(&mut d.ports_mut().delivered);
         self.stats.rejected += std::mem::take(&mut d.ports_mut().rejected);
         let deadline = d.next_deadline();
@@ -1189,6 +1198,16 @@ impl<'a> Sim<'a> {
         }
         for peer in graylisted {
             self.on_graylisted(s, peer);
+        }
+        for view in elsewhere {
+            match self.slots[s].byz {
+                None => self.violations.push(format!(
+                    "key used elsewhere: honest {} found its signature in view {} where it signed nothing of the kind",
+                    self.slots[s].validator, view.0
+                )),
+                Some(Behaviour::Twins) => self.stats.elsewhere += 1,
+                Some(_) => {}
+            }
         }
         if let Err(e) = result {
             match e {
