@@ -29,5 +29,5 @@ pub use state::{
 };
 pub use tx::{
     EncodedTransfer, Leg, MAX_LEGS, MAX_TX_BYTES, MAX_TXS_PER_BLOCK, SignedTransfer, Transfer,
-    decode_payload, encode_payload, verify_encoded, verify_signatures,
+    decode_payload, encode_payload, peek_sender_nonce, verify_encoded, verify_signatures,
 };

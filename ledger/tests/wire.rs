@@ -4,7 +4,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use phalanx_crypto::{ChainId, KeyPair, decode_canonical};
-use phalanx_ledger::{Leg, MAX_TX_BYTES, SignedTransfer, Transfer};
+use phalanx_ledger::{Leg, MAX_TX_BYTES, SignedTransfer, Transfer, peek_sender_nonce};
 use proptest::prelude::*;
 
 /// What serde gives: canonical decoding, then the shape rule.
@@ -87,6 +87,24 @@ proptest! {
         let bytes = tx.encode();
         prop_assert_eq!(SignedTransfer::decode(&bytes).unwrap(), tx.clone());
         prop_assert_eq!(reference(&bytes), Some(tx));
+    }
+
+    #[test]
+    fn a_peek_reads_the_sender_and_nonce_of_any_valid_encoding(tx in transfer()) {
+        prop_assert_eq!(
+            peek_sender_nonce(&tx.encode()),
+            Some((tx.transfer.sender.to_bytes(), tx.transfer.nonce))
+        );
+    }
+
+    #[test]
+    fn a_peek_never_panics_and_agrees_with_decoding_where_that_succeeds(
+        bytes in prop::collection::vec(any::<u8>(), 0..400),
+    ) {
+        let peeked = peek_sender_nonce(&bytes);
+        if let Ok(tx) = SignedTransfer::decode(&bytes) {
+            prop_assert_eq!(peeked, Some((tx.transfer.sender.to_bytes(), tx.transfer.nonce)));
+        }
     }
 
     #[test]

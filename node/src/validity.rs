@@ -42,7 +42,9 @@ use std::sync::{Arc, Mutex};
 
 use phalanx_consensus::{Block, PayloadValidator};
 use phalanx_crypto::{ChainId, Digest};
-use phalanx_ledger::{EncodedTransfer, SignedTransfer, decode_payload, verify_encoded};
+use phalanx_ledger::{
+    EncodedTransfer, SignedTransfer, decode_payload, peek_sender_nonce, verify_encoded,
+};
 use phalanx_storage::Store;
 use tracing::debug;
 
@@ -204,8 +206,10 @@ impl LedgerValidity {
         // committed one, and evicted once applied or passed.
         let mut pooled: Vec<bool> = Vec::with_capacity(items.len());
         let mut unverified: Vec<(Digest, EncodedTransfer)> = Vec::new();
-        // Items beyond the budget are left to execution, unchecked here.
+        // Items beyond the budget are left to execution, unchecked here;
+        // their senders' nonces still count as taken (see `taken_nonces`).
         let mut partial = false;
+        let mut peeked: Vec<([u8; 32], u64)> = Vec::new();
         for ((item, r), known) in items.iter().zip(&raw).zip(known) {
             match known {
                 Some(k) => {
@@ -219,7 +223,10 @@ impl LedgerValidity {
                     txs.push((Arc::new(e.tx().clone()), e.hash()));
                     unverified.push((*r, e));
                 }
-                None => partial = true,
+                None => {
+                    partial = true;
+                    peeked.extend(peek_sender_nonce(item));
+                }
             }
         }
         if partial {
@@ -287,7 +294,14 @@ impl LedgerValidity {
                 return Err(Refusal::NonceTooLow);
             }
         }
-        let senders = runs.iter().map(|(k, (span, _))| (*k, *span)).collect();
+        let mut senders: HashMap<[u8; 32], Span> =
+            runs.iter().map(|(k, (span, _))| (*k, *span)).collect();
+        for (key, nonce) in peeked {
+            senders
+                .entry(key)
+                .and_modify(|s| s.add(nonce))
+                .or_insert_with(|| Span::of(nonce));
+        }
         self.remember(
             id,
             Summary {
@@ -353,11 +367,12 @@ impl LedgerValidity {
                 .collect()
         };
         let mut senders: HashMap<[u8; 32], Span> = HashMap::new();
-        // Items the mempool does not hold are left out rather than decoded
-        // (a block fetched by id can hold thousands): the summary is a hint
-        // for a leader's choice, and a leader proposes from its own pool.
-        for known in known {
-            let Some((key, nonce)) = known else {
+        // Items the mempool does not hold are peeked at, not decoded (a
+        // block fetched by id can hold thousands): a leader that never held
+        // an ancestor's item must still not propose another transfer of
+        // its sender with its nonce. A 30-minute chaos run found that.
+        for (known, item) in known.into_iter().zip(&items) {
+            let Some((key, nonce)) = known.or_else(|| peek_sender_nonce(item)) else {
                 continue;
             };
             senders

@@ -225,3 +225,37 @@ fn what_depends_on_the_ancestors_is_left_to_execution_and_leaders_see_taken_nonc
     f.store.apply_block(&a, &cert).unwrap();
     assert_eq!(f.rule.taken_nonces(own.id()).get(&sender), Some(&(2, 2)));
 }
+
+/// A leader never proposes a nonce its block's ancestors take, even where
+/// it never held the ancestor's item: a block noted without the check (one
+/// fetched by id) and a block whose unknown items outran the check's
+/// verification budget still count every item's sender and nonce. (A
+/// 30-minute chaos run once committed a sender's nonce twice in a row,
+/// the second with receipt `nonce_too_low`, because the summary of the
+/// first block left out an item its leader had not held.)
+#[test]
+fn ancestors_items_the_pool_never_held_still_take_their_nonces() {
+    let f = fixture();
+    let head = f.store.head();
+    let sender = account_key(1).public().to_bytes();
+    let fetched = f.block(&[f.tx(1, 0).encode()]);
+    assert!(!f.rule.note_block(&fetched));
+    assert_eq!(
+        f.rule.taken_nonces(fetched.id()).get(&sender),
+        Some(&(0, 0))
+    );
+
+    // Past the budget of items verified at the vote, sender 2's item is
+    // left to execution; its nonce is taken all the same.
+    let budget = phalanx_node::validity::MAX_VERIFIED_AT_VOTE as u64;
+    let mut items: Vec<Vec<u8>> = (0..budget).map(|n| f.tx(1, 1 + n).encode()).collect();
+    items.push(f.tx(2, 0).encode());
+    let over = f.block_on(fetched.id(), head.height + 2, &items);
+    assert_eq!(f.rule.check(&over), Ok(()));
+    let taken = f.rule.taken_nonces(over.id());
+    assert_eq!(taken.get(&sender), Some(&(0, budget)));
+    assert_eq!(
+        taken.get(&account_key(2).public().to_bytes()),
+        Some(&(0, 0))
+    );
+}
