@@ -710,14 +710,19 @@ fn a_leader_waits_for_its_executor_before_asking_for_a_payload() {
     panic!("never asked for a payload");
 }
 
+/// Validator 2's vote for `b` under validator 3's signature, encoded.
+fn forged_vote(n: &Net, b: &Block) -> Vec<u8> {
+    let mut forged = n.signed_vote(2, b).into_signed();
+    forged.signature = n.signed_vote(3, b).into_signed().signature;
+    encode(&Message::Vote(forged))
+}
+
 #[test]
 fn a_peer_sending_invalid_messages_is_graylisted_and_only_it() {
     let n = net();
     let mut d = n.driver(ME, n.genesis_restore(), Recorder::default());
     let b1 = n.chain(1).remove(0);
-    let mut forged = n.signed_vote(2, &b1).into_signed();
-    forged.signature = n.signed_vote(3, &b1).into_signed().signature;
-    let forged = encode(&Message::Vote(forged));
+    let forged = forged_vote(&n, &b1);
     let t = T0 + 1;
     // Up to the bound: refused, counted, nothing more.
     for _ in 0..GRAYLIST_INVALID_MAX {
@@ -761,9 +766,7 @@ fn invalid_messages_spread_over_windows_do_not_graylist() {
     let n = net();
     let mut d = n.driver(ME, n.genesis_restore(), Recorder::default());
     let b1 = n.chain(1).remove(0);
-    let mut forged = n.signed_vote(2, &b1).into_signed();
-    forged.signature = n.signed_vote(3, &b1).into_signed().signature;
-    let forged = encode(&Message::Vote(forged));
+    let forged = forged_vote(&n, &b1);
     for w in 0..5 {
         let t = T0 + w * GRAYLIST_WINDOW_MS;
         for _ in 0..GRAYLIST_INVALID_MAX {
@@ -855,9 +858,7 @@ fn an_outcome_from_a_sender_graylisted_meanwhile_is_dropped() {
     let n = net();
     let mut d = n.driver(ME, n.genesis_restore(), Recorder::default());
     let b1 = n.chain(1).remove(0);
-    let mut forged = n.signed_vote(2, &b1).into_signed();
-    forged.signature = n.signed_vote(3, &b1).into_signed().signature;
-    let forged = encode(&Message::Vote(forged));
+    let forged = forged_vote(&n, &b1);
     let t = Time(T0 + 1);
     let stale = d.admission(t);
     let mut screen = d.screen();

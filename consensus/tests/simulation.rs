@@ -4,15 +4,20 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use phalanx_consensus::Flaw;
-use phalanx_consensus::sim::{Behaviour, SimConfig, Wipes, run, run_many};
+use phalanx_consensus::sim::{Behaviour, Outcome, SimConfig, Wipes, run, run_many};
 
 fn threads() -> usize {
     std::thread::available_parallelism().map_or(1, |n| n.get())
 }
 
 fn failures(cfg: &SimConfig, seeds: u64) -> Vec<(u64, String)> {
-    run_many(cfg, 0, seeds, threads())
-        .into_iter()
+    failed(&run_many(cfg, 0, seeds, threads()))
+}
+
+/// The seeds that failed, with their violations.
+fn failed(outcomes: &[Outcome]) -> Vec<(u64, String)> {
+    outcomes
+        .iter()
         .filter(|o| !o.passed())
         .map(|o| (o.seed, o.violations.join("; ")))
         .collect()
@@ -280,11 +285,7 @@ fn targeted_adversaries_are_tolerated_at_n4_and_mixed_at_n16() {
     cfg.liveness_max_views = 400;
     cfg.liveness_budget_ms = 300_000;
     let runs = run_many(&cfg, 0, 6, threads());
-    let failed: Vec<_> = runs
-        .iter()
-        .filter(|o| !o.passed())
-        .map(|o| (o.seed, o.violations.join("; ")))
-        .collect();
+    let failed = failed(&runs);
     assert!(failed.is_empty(), "{failed:?}");
     for o in &runs {
         // A checkpoint every 5 blocks: 60 blocks after GST put a dozen
@@ -372,11 +373,7 @@ fn twins_find_their_key_used_elsewhere_and_honest_validators_never_do() {
     let mut cfg = SimConfig::new(4, 1);
     cfg.behaviours = vec![Behaviour::Twins];
     let outcomes = run_many(&cfg, 0, 40, threads());
-    let failed: Vec<_> = outcomes
-        .iter()
-        .filter(|o| !o.passed())
-        .map(|o| (o.seed, o.violations.join("; ")))
-        .collect();
+    let failed = failed(&outcomes);
     assert!(failed.is_empty(), "{failed:?}");
     let seen = outcomes.iter().filter(|o| o.stats.elsewhere > 0).count();
     eprintln!("twins saw their key used elsewhere on {seen} of 40 seeds");

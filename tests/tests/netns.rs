@@ -46,16 +46,26 @@ fn settled(d: &str, nodes: &[usize], settle: Duration) -> Vec<u64> {
     }
 }
 
-#[test]
-fn partitions_on_real_links_stop_the_minority_and_heal_within_thirty_seconds() {
+/// A 4-validator testnet on network namespaces (its scratch directory,
+/// its path, and the guard that takes it down), or `None` with a line
+/// saying why where namespaces cannot be created.
+fn netns_testnet() -> Option<(tempfile::TempDir, String, TestnetDown)> {
     if let Err(why) = namespaces_available() {
         eprintln!("skipped: network namespaces cannot be created here ({why})");
-        return;
+        return None;
     }
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path().join("net").to_string_lossy().to_string();
-    let _down = TestnetDown(PathBuf::from(&d));
+    let down = TestnetDown(PathBuf::from(&d));
     ok(&["up", "--dir", &d, "--netns", "--accounts", "20"]);
+    Some((dir, d, down))
+}
+
+#[test]
+fn partitions_on_real_links_stop_the_minority_and_heal_within_thirty_seconds() {
+    let Some((_dir, d, _down)) = netns_testnet() else {
+        return;
+    };
 
     // Halves: neither side has a quorum, so neither commits.
     ok(&["partition", "--dir", &d, "--groups", "0,1/2,3"]);
@@ -128,14 +138,9 @@ fn partitions_on_real_links_stop_the_minority_and_heal_within_thirty_seconds() {
 /// from the tool; there the test says so and returns.
 #[test]
 fn netem_delays_and_drops_on_a_real_link_and_the_chain_goes_on() {
-    if let Err(why) = namespaces_available() {
-        eprintln!("skipped: network namespaces cannot be created here ({why})");
+    let Some((_dir, d, _down)) = netns_testnet() else {
         return;
-    }
-    let dir = tempfile::tempdir().unwrap();
-    let d = dir.path().join("net").to_string_lossy().to_string();
-    let _down = TestnetDown(PathBuf::from(&d));
-    ok(&["up", "--dir", &d, "--netns", "--accounts", "20"]);
+    };
     let set = [
         "netem",
         "--dir",
