@@ -374,7 +374,7 @@ impl Monitor for NodePorts {
         self.metrics.own_key_elsewhere();
         // At most once per view (the core's bound); views pass quickly, so
         // the line is further limited to one a minute.
-        let now = std::time::Instant::now();
+        let now = Instant::now();
         if self
             .elsewhere_logged
             .is_none_or(|t| now.duration_since(t) >= OWN_KEY_LOG_INTERVAL)
@@ -691,9 +691,10 @@ pub struct Runtime {
 }
 
 /// Overdue transactions are logged at most this often.
+const OVERDUE_LOG_EVERY: Duration = Duration::from_secs(10);
+
 /// At most one key-used-elsewhere line (P21) per this interval.
 const OWN_KEY_LOG_INTERVAL: Duration = Duration::from_secs(60);
-const OVERDUE_LOG_EVERY: Duration = Duration::from_secs(10);
 
 /// The event loop wakes at least this often (to check [`FELL_BEHIND_AFTER`]).
 const BEHIND_CHECK_EVERY: Duration = Duration::from_secs(1);

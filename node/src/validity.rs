@@ -83,6 +83,14 @@ impl Span {
         self.min = self.min.min(nonce);
         self.max = self.max.max(nonce);
     }
+
+    /// Widens `key`'s span in `senders` to take `nonce`.
+    fn note(senders: &mut HashMap<[u8; 32], Span>, key: [u8; 32], nonce: u64) {
+        senders
+            .entry(key)
+            .and_modify(|s| s.add(nonce))
+            .or_insert_with(|| Span::of(nonce));
+    }
 }
 
 /// What a leader's choice needs of a block.
@@ -297,10 +305,7 @@ impl LedgerValidity {
         let mut senders: HashMap<[u8; 32], Span> =
             runs.iter().map(|(k, (span, _))| (*k, *span)).collect();
         for (key, nonce) in peeked {
-            senders
-                .entry(key)
-                .and_modify(|s| s.add(nonce))
-                .or_insert_with(|| Span::of(nonce));
+            Span::note(&mut senders, key, nonce);
         }
         self.remember(
             id,
@@ -375,10 +380,7 @@ impl LedgerValidity {
             let Some((key, nonce)) = known.or_else(|| peek_sender_nonce(item)) else {
                 continue;
             };
-            senders
-                .entry(key)
-                .and_modify(|s| s.add(nonce))
-                .or_insert_with(|| Span::of(nonce));
+            Span::note(&mut senders, key, nonce);
         }
         let executed = self.store.head_height().0;
         self.remember(

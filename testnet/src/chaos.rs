@@ -702,9 +702,6 @@ async fn collect(
                 history.record(json!({"kind": "evidence", "node": i, "signer": s}));
             }
         }
-    }
-    for (i, n) in net.nodes.iter().enumerate() {
-        let log = std::fs::read_to_string(&n.log).unwrap_or_default();
         let alarms = log
             .lines()
             .filter(|l| l.contains("another process signs with this validator's key"))
