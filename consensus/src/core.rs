@@ -323,8 +323,9 @@ pub enum Action {
     Evidence(Evidence),
     /// A certificate carries this validator's signature of a `kind`
     /// ("vote" or "timeout") in `view`, where this process signed no such
-    /// statement: another process holds its key (P21). At most once per
-    /// view.
+    /// statement, or a signed or certified block names it the proposer of
+    /// `view` ("proposal"), where this process proposed none or another:
+    /// another process holds its key (P21). At most once per view.
     OwnKeyElsewhere {
         /// The view signed in.
         view: View,
@@ -378,6 +379,16 @@ pub const PROBE_ROTATIONS: u64 = 1024;
 const MAX_PENDING_PROPOSALS: usize = 8;
 /// Most blocks being fetched at once.
 const MAX_WANTED: usize = 64;
+/// Own proposals remembered by view for P21 (in memory only: after a
+/// restart, views up to the persisted `last_proposed_view` are unknown
+/// and claim nothing).
+const OWN_PROPOSALS_KEPT: usize = 64;
+/// Block requests a peer may leave unanswered before blocks are asked of
+/// others. A peer that lacks a block, stalls, lies, or is reached over a
+/// connection that no longer leads to it answers nothing, and the messages
+/// that make this validator ask (proposals, certificates) may keep coming
+/// from that very peer while views advance without a local timeout.
+pub const UNANSWERED_BLOCK_REQUESTS: u32 = 2;
 
 /// Counters of what the core refused or noticed, read through
 /// [`Core::stats`] (the simulator checks them; the node does not export
@@ -422,10 +433,16 @@ pub struct Core {
     evidence_spread: BTreeMap<ValidatorIndex, u32>,
     /// The highest view reported as signed elsewhere (P21).
     elsewhere: View,
+    /// The blocks this process proposed, by view (the last
+    /// `OWN_PROPOSALS_KEPT`), for P21.
+    proposed: BTreeMap<View, Digest>,
     pending: BTreeMap<(View, ValidatorIndex), Verified<Proposal>>,
     /// Blocks being fetched: the view of the first request and of the
     /// last one.
     wanted: BTreeMap<Digest, (View, View)>,
+    /// Block requests each peer has left unanswered since it last served a
+    /// wanted block.
+    unanswered: BTreeMap<ValidatorIndex, u32>,
     pending_commit: Option<Digest>,
     awaiting_payload: Option<View>,
     checkpoint_votes: BTreeMap<Height, BTreeMap<ValidatorIndex, Verified<CheckpointVote>>>,
@@ -496,8 +513,10 @@ impl Core {
             reported: BTreeSet::new(),
             evidence_spread: BTreeMap::new(),
             elsewhere: View(0),
+            proposed: BTreeMap::new(),
             pending: BTreeMap::new(),
             wanted: BTreeMap::new(),
+            unanswered: BTreeMap::new(),
             pending_commit: None,
             awaiting_payload: None,
             checkpoint_votes: BTreeMap::new(),
@@ -823,6 +842,10 @@ impl Core {
             Proposal { block, tc },
         );
         self.safety.last_proposed_view = view;
+        self.proposed.insert(view, signed.payload.block.id());
+        while self.proposed.len() > OWN_PROPOSALS_KEPT {
+            self.proposed.pop_first();
+        }
         self.persist();
         self.out.push(Action::Broadcast(Message::Proposal(
             signed.signed().clone(),
@@ -940,6 +963,11 @@ impl Core {
             // so a validator that fell far behind catches up.
             self.catch_up(block.header.justify.clone(), p.payload.tc.clone(), from);
             return;
+        }
+        // Signed with this validator's key (verification ties the signer to
+        // the header's proposer).
+        if block.header.proposer == self.me {
+            self.check_proposed_here(&block.header, block.id());
         }
         // Whose turn the view is depends on the block extended (P20): a
         // proposal whose parent is known is checked here, one whose parent
@@ -1251,8 +1279,40 @@ impl Core {
     /// with, so nothing is claimed there. `mine`: the kept statement is the
     /// certified one.
     fn check_signed_here(&mut self, view: View, kind: &'static str, mine: bool) {
+        if mine || view < self.safety.last_voted_view {
+            return;
+        }
+        self.signed_elsewhere(view, kind);
+    }
+
+    /// P21 for blocks: `header`, signed with this validator's key or
+    /// certified by a quorum that checked that signature, names this
+    /// validator the proposer of its view. This process proposed in at most
+    /// one view at a time and remembers its recent blocks: a view above the
+    /// highest it proposed in, or one it proposed another block in, was
+    /// proposed by another process. Views at or below the highest whose
+    /// block is forgotten (a restart, or older than the kept ones) claim
+    /// nothing.
+    fn check_proposed_here(&mut self, header: &BlockHeader, id: Digest) {
+        if header.proposer != self.me {
+            return;
+        }
+        let view = header.view;
+        let elsewhere = match self.proposed.get(&view) {
+            Some(mine) => *mine != id,
+            None => view > self.safety.last_proposed_view,
+        };
+        if elsewhere {
+            self.signed_elsewhere(view, "proposal");
+        }
+    }
+
+    /// Raises P21's alarm for `view`, at most once per view, except where a
+    /// lost record may explain the signature: at or below the recovery
+    /// floor, or while quarantined.
+    fn signed_elsewhere(&mut self, view: View, kind: &'static str) {
         let s = &self.safety;
-        if mine || s.quarantine.is_some() || view <= s.floor || view < s.last_voted_view {
+        if s.quarantine.is_some() || view <= s.floor || view.0 == 0 {
             return;
         }
         if view > self.elsewhere {
@@ -1418,11 +1478,14 @@ impl Core {
             .entry(id)
             .and_modify(|(_, last)| *last = view)
             .or_insert((view, view));
-        let peer = if peer == self.me {
+        let hint = if peer == self.me {
             self.other_holder(&id)
         } else {
             peer
         };
+        let peer = self.block_source(hint);
+        let owed = self.unanswered.entry(peer).or_default();
+        *owed = owed.saturating_add(1);
         self.send_to(
             peer,
             Message::BlockRequest(BlockRequest {
@@ -1430,6 +1493,25 @@ impl Core {
                 count: self.cfg.sync_batch_blocks,
             }),
         );
+    }
+
+    /// Whom to ask for a block `hint` should hold: `hint`, unless it left
+    /// [`UNANSWERED_BLOCK_REQUESTS`] requests unanswered; then the other
+    /// validator (or `hint`) that left the fewest, the first after `hint` on
+    /// a tie.
+    fn block_source(&self, hint: ValidatorIndex) -> ValidatorIndex {
+        let owed = |v: ValidatorIndex| self.unanswered.get(&v).copied().unwrap_or(0);
+        if owed(hint) < UNANSWERED_BLOCK_REQUESTS {
+            return hint;
+        }
+        // The others in turn after `hint`, then `hint`: the first with the
+        // fewest left unanswered.
+        let n = self.cfg.validators.len() as u64;
+        (1..=n)
+            .map(|k| ValidatorIndex(((hint.0 as u64 + k) % n) as u16))
+            .filter(|v| *v != self.me)
+            .min_by_key(|v| owed(*v))
+            .unwrap_or(hint)
     }
 
     /// Someone other than this validator who holds block `id`: a signer of
@@ -1477,6 +1559,9 @@ impl Core {
                 continue;
             }
             let parent = b.header.parent;
+            // Every block fetched is certified or an ancestor of one: a
+            // quorum checked its proposer's signature.
+            self.check_proposed_here(&b.header, id);
             self.insert_block(b.clone());
             self.out.push(Action::PersistBlock(b.clone()));
             added = true;
@@ -1487,6 +1572,9 @@ impl Core {
         if !added {
             return;
         }
+        // Only a wanted block counts as an answer: junk keeps nothing owed
+        // from being asked elsewhere.
+        self.unanswered.remove(&from);
         // Any parent still missing is asked for from the same peer.
         for id in parents {
             self.request_block(id, from, false);

@@ -37,7 +37,7 @@ mod verify;
 pub use crate::core::Flaw;
 pub use crate::core::{
     AcceptAll, Action, Config, ConfigError, Core, Event, Evidence, PROBE_ROTATIONS,
-    PayloadValidator, Restore, Stats,
+    PayloadValidator, Restore, Stats, UNANSWERED_BLOCK_REQUESTS,
 };
 pub use driver::{
     BLOCK_REQUEST_BURST, BLOCK_REQUESTS_PER_SEC, BlockStore, Driver, DriverConfig, DriverError,

@@ -4,9 +4,10 @@
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
 use phalanx_consensus::{
-    AcceptAll, Action, Block, BlockHeader, Config, Core, Event, Evidence, EvidenceReport, Height,
-    Idleness, Message, PROBE_ROTATIONS, Proposal, QuorumCert, RecoveryQuery, Restore, SafetyState,
-    Statement, Time, Timeout, VerifiedMessage, Verifier, View, ViewReport, Vote, genesis_qc,
+    AcceptAll, Action, Block, BlockHeader, BlockResponse, Config, Core, Event, Evidence,
+    EvidenceReport, Height, Idleness, Message, PROBE_ROTATIONS, Proposal, QuorumCert,
+    RecoveryQuery, Restore, SafetyState, Statement, Time, Timeout, UNANSWERED_BLOCK_REQUESTS,
+    VerifiedMessage, Verifier, View, ViewReport, Vote, genesis_qc,
 };
 use phalanx_crypto::{ChainId, Digest, KeyPair, Signed, ValidatorIndex, ValidatorSet, Verified};
 
@@ -1040,4 +1041,173 @@ fn a_certificate_with_a_vote_this_process_never_cast_raises_the_own_key_alarm() 
     assert_eq!(elsewhere(&out), vec![(View(1), "vote")]);
     let out = n.deliver(&mut other, 3, timeout_of_v1(&n, qc), 2_400);
     assert_eq!(elsewhere(&out), vec![], "once per view");
+}
+
+/// P21 for blocks: a block naming validator 1 its proposer, signed with its
+/// key, in a view where this process proposed none or another raises the
+/// alarm, whether the block arrives as a proposal or is fetched as a
+/// certified block; the process that proposed it raises none.
+#[test]
+fn a_block_proposed_under_this_key_by_another_process_raises_the_own_key_alarm() {
+    let mut n = net();
+    let set = n.verifier_set().clone();
+    let p = n.proposal(b"tx", 2_100);
+    let block = p.payload.block.clone();
+
+    // A copy that never proposed is sent the other copy's proposal.
+    let mut copy = n.core(1);
+    let out = n.deliver(&mut copy, 0, Message::Proposal(p.clone()), 2_200);
+    assert_eq!(elsewhere(&out), vec![(View(1), "proposal")]);
+
+    // A copy that only hears of the block through a certificate (without
+    // its own vote) fetches it, and finds it named the proposer.
+    let vote = Vote {
+        view: View(1),
+        height: Height(1),
+        block_id: block.id(),
+    };
+    let votes: Vec<_> = [0u16, 2, 3]
+        .iter()
+        .map(|i| {
+            Verified::sign(
+                &n.keys[*i as usize],
+                ValidatorIndex(*i),
+                &n.cfg.chain_id,
+                vote,
+            )
+        })
+        .collect();
+    let qc = phalanx_crypto::Certificate::aggregate(&votes, &set).unwrap();
+    let carrier = Message::Timeout(
+        Verified::sign(
+            &n.keys[0],
+            ValidatorIndex(0),
+            &n.cfg.chain_id,
+            Timeout {
+                view: View(2),
+                high_qc: qc,
+                high_tc: None,
+            },
+        )
+        .into_signed(),
+    );
+    let mut fetching = n.core(1);
+    let out = n.deliver(&mut fetching, 0, carrier, 2_300);
+    assert_eq!(elsewhere(&out), vec![]);
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::Send { msg: Message::BlockRequest(r), .. } if r.id == block.id())),
+        "the certified block is fetched: {out:?}"
+    );
+    let response = Message::BlockResponse(BlockResponse {
+        blocks: vec![block.clone()],
+    });
+    let out = n.deliver(&mut fetching, 0, response, 2_400);
+    assert_eq!(elsewhere(&out), vec![(View(1), "proposal")]);
+
+    // The process that proposed a block in view 1 raises nothing for its
+    // own block, and the alarm for the other copy's block of that view.
+    let (mut leader, started) = Core::new(
+        n.cfg.clone(),
+        n.keys[1].clone(),
+        Box::new(AcceptAll),
+        Time(2_000),
+    )
+    .unwrap();
+    assert!(
+        started
+            .iter()
+            .any(|a| matches!(a, Action::RequestPayload { view, .. } if *view == View(1))),
+        "validator 1 leads view 1: {started:?}"
+    );
+    let out = leader.handle(
+        Time(2_050),
+        Event::PayloadReady {
+            view: View(1),
+            payload: b"own".to_vec(),
+        },
+    );
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::Broadcast(Message::Proposal(_)))),
+        "it proposes: {out:?}"
+    );
+    assert_eq!(elsewhere(&out), vec![]);
+    let out = n.deliver(&mut leader, 0, Message::Proposal(p), 2_200);
+    assert_eq!(elsewhere(&out), vec![(View(1), "proposal")]);
+}
+
+/// A peer that leaves block requests unanswered (it lacks the blocks,
+/// stalls, or is reached over a connection that no longer leads to it)
+/// while its messages keep asking for more is not asked again until the
+/// others have been asked as often; a peer that serves a wanted block is
+/// asked first again.
+#[test]
+fn blocks_are_asked_of_others_once_a_peer_leaves_requests_unanswered() {
+    let mut n = net();
+    let mut c = n.core(0);
+    let set = n.verifier_set().clone();
+    let asked_of = |out: &[Action], id: Digest| -> Vec<u16> {
+        out.iter()
+            .filter_map(|a| match a {
+                Action::Send {
+                    to,
+                    msg: Message::BlockRequest(r),
+                } if r.id == id => Some(to.0),
+                _ => None,
+            })
+            .collect()
+    };
+    // Certificates from validator 1 for blocks nobody serves.
+    let mut peers = Vec::new();
+    for k in 0..6u64 {
+        let id = Digest::of(&k.to_le_bytes());
+        let out = n.deliver(
+            &mut c,
+            1,
+            timeout_of_v1(&n, quorum_for(&n, &set, id)),
+            2_100,
+        );
+        let to = asked_of(&out, id);
+        assert_eq!(to.len(), 1, "block {k} is asked of one peer: {out:?}");
+        peers.push(to[0]);
+    }
+    let limit = UNANSWERED_BLOCK_REQUESTS as usize;
+    assert_eq!(&peers[..limit], &vec![1; limit][..], "the sender first");
+    assert_ne!(peers[limit], 1, "then another: {peers:?}");
+    for p in 1..4u16 {
+        assert_eq!(
+            peers.iter().filter(|x| **x == p).count(),
+            2,
+            "each peer asked as often: {peers:?}"
+        );
+    }
+
+    // Validator 3 serves a wanted block: it is asked first again.
+    let p = n.proposal(b"tx", 2_100);
+    let block = p.payload.block.clone();
+    let vote = Vote {
+        view: View(1),
+        height: Height(1),
+        block_id: block.id(),
+    };
+    let out = n.deliver(
+        &mut c,
+        1,
+        timeout_of_v1(&n, quorum_on(&n, &set, vote)),
+        2_200,
+    );
+    assert_eq!(asked_of(&out, block.id()).len(), 1);
+    let response = Message::BlockResponse(BlockResponse {
+        blocks: vec![block],
+    });
+    n.deliver(&mut c, 3, response, 2_300);
+    let id = Digest::of(b"one more");
+    let out = n.deliver(
+        &mut c,
+        1,
+        timeout_of_v1(&n, quorum_for(&n, &set, id)),
+        2_400,
+    );
+    assert_eq!(asked_of(&out, id), vec![3]);
 }
