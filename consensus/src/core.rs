@@ -1552,7 +1552,16 @@ impl Core {
         let mut parents: BTreeSet<Digest> = BTreeSet::new();
         for b in blocks {
             let id = b.id();
-            if self.wanted.remove(&id).is_none() && !parents.remove(&id) {
+            let asked = self.wanted.remove(&id).is_some() || parents.remove(&id);
+            // A block whose certificate is held (one a certificate named, or
+            // the parent of a block held) is authentic by its id: it is kept
+            // even when its request expired, or gave way to newer ones,
+            // before the answer came. Behind a fast chain, requests expire
+            // within a fraction of a second (the window is in views), and
+            // the one that gives way first when the set is full is the
+            // oldest: the lowest gap, the one commits wait for.
+            let certified = !asked && self.qcs.contains_key(&id) && !self.blocks.contains_key(&id);
+            if !asked && !certified {
                 continue;
             }
             if b.height() <= self.committed.0 {
