@@ -496,8 +496,10 @@ fn a_leader_burning_transactions_gets_its_blocks_refused_and_burns_none() {
 /// led off it. Copies in step sign byte-identical statements (ed25519
 /// signing is deterministic), which are no fault and no evidence; what
 /// shows the twin is P21: a copy finds, in a certificate, its key's vote
-/// or timeout for a view where it signed none, and raises the alarm
-/// (metric, error line). Conflicting-signature evidence needs two
+/// or timeout for a view where it signed none, or a block proposed under
+/// its key in a view where it proposed none or another (what a copy that
+/// lags and never votes sees as it fetches the other's blocks), and
+/// raises the alarm (metric, error line). Conflicting-signature evidence needs two
 /// different statements for one view to reach one validator, which this
 /// topology rarely produces: it is counted, not required (the simulator's
 /// partitioned twins and the `double-vote` and `equivocate` modes above
