@@ -557,10 +557,10 @@ fn a_certificate_from_beyond_the_window_is_followed_and_its_block_fetched() {
         "the timeout itself is not kept"
     );
     assert_eq!(c.view(), View(51), "the view after the certificate");
-    let asked = actions.iter().any(|a| {
-        matches!(a, Action::Send { msg: Message::BlockRequest(r), .. } if r.id == vote.block_id)
-    });
-    assert!(asked, "the certified block is fetched: {actions:?}");
+    assert!(
+        !asked_for(&actions, vote.block_id).is_empty(),
+        "the certified block is fetched: {actions:?}"
+    );
 }
 
 #[test]
@@ -588,24 +588,14 @@ fn votes_that_overtake_the_proposal_leave_the_next_leader_able_to_lead() {
         out.extend(n.deliver(&mut c, i, Message::Vote(v), 2_200));
     }
     assert_eq!(c.view(), View(2), "the certificate moves it to view 2");
-    let asked: Vec<ValidatorIndex> = out
-        .iter()
-        .filter_map(|a| match a {
-            Action::Send {
-                to,
-                msg: Message::BlockRequest(r),
-            } if r.id == b1.id() => Some(*to),
-            _ => None,
-        })
-        .collect();
+    let asked = asked_for(&out, b1.id());
     assert!(
         !asked.is_empty() && !asked.contains(&ValidatorIndex(2)),
         "the block is asked of another validator: {out:?}"
     );
     let late = n.deliver(&mut c, 1, Message::Proposal(p), 2_300);
     assert!(
-        late.iter()
-            .any(|a| matches!(a, Action::PersistBlock(b) if b.id() == b1.id())),
+        persists(&late, b1.id()),
         "the late proposal's block is kept: {late:?}"
     );
     assert!(
@@ -760,12 +750,8 @@ fn abandoned_block_requests_never_lock_fetching_out() {
     let mut c = n.core(0);
     let set = n.verifier_set().clone();
     let qc_for = |n: &Net, k: u64| quorum_for(n, &set, Digest::of(&k.to_le_bytes()));
-    let requested = |out: &[Action], k: u64| {
-        out.iter().any(|a| {
-            matches!(a, Action::Send { msg: Message::BlockRequest(r), .. }
-                if r.id == Digest::of(&k.to_le_bytes()))
-        })
-    };
+    let requested =
+        |out: &[Action], k: u64| !asked_for(out, Digest::of(&k.to_le_bytes())).is_empty();
     for k in 0..70u64 {
         let t = timeout_of_v1(&n, qc_for(&n, k));
         let out = n.deliver(&mut c, 1, t, 2_100);
@@ -784,11 +770,7 @@ fn a_block_request_expires_after_a_window_of_views() {
     let set = n.verifier_set().clone();
     let missing = Digest::of(b"a block nobody serves");
     let qc = quorum_for(&n, &set, missing);
-    let asks = |out: &[Action]| {
-        out.iter().any(
-            |a| matches!(a, Action::Send { msg: Message::BlockRequest(r), .. } if r.id == missing),
-        )
-    };
+    let asks = |out: &[Action]| !asked_for(out, missing).is_empty();
     let t = timeout_of_v1(&n, qc);
     assert!(asks(&n.deliver(&mut c, 1, t, 2_100)));
     let mut now = 3_000;
@@ -1000,6 +982,25 @@ fn an_idle_validators_turns_pass_to_the_next_except_in_probe_rotations() {
     assert_eq!(n.cfg.leader(View(20), &header), ValidatorIndex(0));
 }
 
+/// The validators `out` asks for block `id`.
+fn asked_for(out: &[Action], id: Digest) -> Vec<ValidatorIndex> {
+    out.iter()
+        .filter_map(|a| match a {
+            Action::Send {
+                to,
+                msg: Message::BlockRequest(r),
+            } if r.id == id => Some(*to),
+            _ => None,
+        })
+        .collect()
+}
+
+/// True if `out` persists block `id`.
+fn persists(out: &[Action], id: Digest) -> bool {
+    out.iter()
+        .any(|a| matches!(a, Action::PersistBlock(b) if b.id() == id))
+}
+
 fn elsewhere(actions: &[Action]) -> Vec<(View, &'static str)> {
     actions
         .iter()
@@ -1095,8 +1096,7 @@ fn a_block_proposed_under_this_key_by_another_process_raises_the_own_key_alarm()
     let out = n.deliver(&mut fetching, 0, carrier, 2_300);
     assert_eq!(elsewhere(&out), vec![]);
     assert!(
-        out.iter()
-            .any(|a| matches!(a, Action::Send { msg: Message::BlockRequest(r), .. } if r.id == block.id())),
+        !asked_for(&out, block.id()).is_empty(),
         "the certified block is fetched: {out:?}"
     );
     let response = Message::BlockResponse(BlockResponse {
@@ -1148,15 +1148,7 @@ fn blocks_are_asked_of_others_once_a_peer_leaves_requests_unanswered() {
     let mut c = n.core(0);
     let set = n.verifier_set().clone();
     let asked_of = |out: &[Action], id: Digest| -> Vec<u16> {
-        out.iter()
-            .filter_map(|a| match a {
-                Action::Send {
-                    to,
-                    msg: Message::BlockRequest(r),
-                } if r.id == id => Some(to.0),
-                _ => None,
-            })
-            .collect()
+        asked_for(out, id).iter().map(|v| v.0).collect()
     };
     // Certificates from validator 1 for blocks nobody serves.
     let mut peers = Vec::new();
@@ -1256,10 +1248,7 @@ fn a_certified_block_answered_after_its_request_expired_is_kept() {
             block_id: b.id(),
         },
     );
-    let asks = |out: &[Action], id: Digest| {
-        out.iter()
-            .any(|x| matches!(x, Action::Send { msg: Message::BlockRequest(r), .. } if r.id == id))
-    };
+    let asks = |out: &[Action], id: Digest| !asked_for(out, id).is_empty();
     // B's certificate: B is asked for; a short answer brings B alone, and
     // its parent A is asked for.
     let out = n.deliver(&mut c, 1, timeout_of_v1(&n, qc_b), 2_200);
@@ -1291,11 +1280,7 @@ fn a_certified_block_answered_after_its_request_expired_is_kept() {
         blocks: vec![a.clone()],
     });
     let out = n.deliver(&mut c, 1, late, now + 10);
-    assert!(
-        out.iter()
-            .any(|x| matches!(x, Action::PersistBlock(k) if k.id() == a.id())),
-        "the late answer is kept: {out:?}"
-    );
+    assert!(persists(&out, a.id()), "the late answer is kept: {out:?}");
     assert!(
         out.iter()
             .any(|x| matches!(x, Action::Commit { block, .. } if block.id() == a.id())),
