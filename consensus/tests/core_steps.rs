@@ -711,13 +711,18 @@ fn quorum_for(n: &Net, set: &ValidatorSet, id: Digest) -> QuorumCert {
 
 /// Validator 1's timeout for view 1, carrying `high_qc`.
 fn timeout_of_v1(n: &Net, high_qc: QuorumCert) -> Message {
+    timeout_carrying(n, 1, 1, high_qc)
+}
+
+/// Validator `i`'s timeout for `view`, carrying `high_qc`.
+fn timeout_carrying(n: &Net, i: u16, view: u64, high_qc: QuorumCert) -> Message {
     Message::Timeout(
         Verified::sign(
-            &n.keys[1],
-            ValidatorIndex(1),
+            &n.keys[i as usize],
+            ValidatorIndex(i),
             &n.cfg.chain_id,
             Timeout {
-                view: View(1),
+                view: View(view),
                 high_qc,
                 high_tc: None,
             },
@@ -728,11 +733,17 @@ fn timeout_of_v1(n: &Net, high_qc: QuorumCert) -> Message {
 
 /// Validators 1 to 3's certificate for `vote`.
 fn quorum_on(n: &Net, set: &ValidatorSet, vote: Vote) -> QuorumCert {
-    let votes: Vec<_> = (1..4u16)
+    quorum_of(n, set, &[1, 2, 3], vote)
+}
+
+/// The certificate of `signers` for `vote`.
+fn quorum_of(n: &Net, set: &ValidatorSet, signers: &[u16], vote: Vote) -> QuorumCert {
+    let votes: Vec<_> = signers
+        .iter()
         .map(|i| {
             Verified::sign(
-                &n.keys[i as usize],
-                ValidatorIndex(i),
+                &n.keys[*i as usize],
+                ValidatorIndex(*i),
                 &n.cfg.chain_id,
                 vote,
             )
@@ -1067,31 +1078,7 @@ fn a_block_proposed_under_this_key_by_another_process_raises_the_own_key_alarm()
         height: Height(1),
         block_id: block.id(),
     };
-    let votes: Vec<_> = [0u16, 2, 3]
-        .iter()
-        .map(|i| {
-            Verified::sign(
-                &n.keys[*i as usize],
-                ValidatorIndex(*i),
-                &n.cfg.chain_id,
-                vote,
-            )
-        })
-        .collect();
-    let qc = phalanx_crypto::Certificate::aggregate(&votes, &set).unwrap();
-    let carrier = Message::Timeout(
-        Verified::sign(
-            &n.keys[0],
-            ValidatorIndex(0),
-            &n.cfg.chain_id,
-            Timeout {
-                view: View(2),
-                high_qc: qc,
-                high_tc: None,
-            },
-        )
-        .into_signed(),
-    );
+    let carrier = timeout_carrying(&n, 0, 2, quorum_of(&n, &set, &[0, 2, 3], vote));
     let mut fetching = n.core(1);
     let out = n.deliver(&mut fetching, 0, carrier, 2_300);
     assert_eq!(elsewhere(&out), vec![]);
