@@ -966,9 +966,7 @@ impl Core {
         }
         // Signed with this validator's key (verification ties the signer to
         // the header's proposer).
-        if block.header.proposer == self.me {
-            self.check_proposed_here(&block.header, block.id());
-        }
+        self.check_proposed_here(&block.header, || block.id());
         // Whose turn the view is depends on the block extended (P20): a
         // proposal whose parent is known is checked here, one whose parent
         // is not is held (one per signer) and checked when it arrives.
@@ -1292,14 +1290,14 @@ impl Core {
     /// highest it proposed in, or one it proposed another block in, was
     /// proposed by another process. Views at or below the highest whose
     /// block is forgotten (a restart, or older than the kept ones) claim
-    /// nothing.
-    fn check_proposed_here(&mut self, header: &BlockHeader, id: Digest) {
+    /// nothing. `id` is only computed for a block naming this validator.
+    fn check_proposed_here(&mut self, header: &BlockHeader, id: impl FnOnce() -> Digest) {
         if header.proposer != self.me {
             return;
         }
         let view = header.view;
         let elsewhere = match self.proposed.get(&view) {
-            Some(mine) => *mine != id,
+            Some(mine) => *mine != id(),
             None => view > self.safety.last_proposed_view,
         };
         if elsewhere {
@@ -1552,16 +1550,18 @@ impl Core {
         let mut parents: BTreeSet<Digest> = BTreeSet::new();
         for b in blocks {
             let id = b.id();
-            let asked = self.wanted.remove(&id).is_some() || parents.remove(&id);
-            // A block whose certificate is held (one a certificate named, or
-            // the parent of a block held) is authentic by its id: it is kept
-            // even when its request expired, or gave way to newer ones,
-            // before the answer came. Behind a fast chain, requests expire
-            // within a fraction of a second (the window is in views), and
-            // the one that gives way first when the set is full is the
-            // oldest: the lowest gap, the one commits wait for.
-            let certified = !asked && self.qcs.contains_key(&id) && !self.blocks.contains_key(&id);
-            if !asked && !certified {
+            // Besides what was asked for, a block whose certificate is held
+            // (one a certificate named, or the parent of a block held) is
+            // authentic by its id: it is kept even when its request expired,
+            // or gave way to newer ones, before the answer came. Behind a
+            // fast chain, requests expire within a fraction of a second (the
+            // window is in views), and the one that gives way first when the
+            // set is full is the oldest: the lowest gap, the one commits wait
+            // for.
+            let keep = self.wanted.remove(&id).is_some()
+                || parents.remove(&id)
+                || (self.qcs.contains_key(&id) && !self.blocks.contains_key(&id));
+            if !keep {
                 continue;
             }
             if b.height() <= self.committed.0 {
@@ -1570,7 +1570,7 @@ impl Core {
             let parent = b.header.parent;
             // Every block fetched is certified or an ancestor of one: a
             // quorum checked its proposer's signature.
-            self.check_proposed_here(&b.header, id);
+            self.check_proposed_here(&b.header, || id);
             self.insert_block(b.clone());
             self.out.push(Action::PersistBlock(b.clone()));
             added = true;

@@ -1134,9 +1134,6 @@ fn blocks_are_asked_of_others_once_a_peer_leaves_requests_unanswered() {
     let mut n = net();
     let mut c = n.core(0);
     let set = n.verifier_set().clone();
-    let asked_of = |out: &[Action], id: Digest| -> Vec<u16> {
-        asked_for(out, id).iter().map(|v| v.0).collect()
-    };
     // Certificates from validator 1 for blocks nobody serves.
     let mut peers = Vec::new();
     for k in 0..6u64 {
@@ -1147,9 +1144,9 @@ fn blocks_are_asked_of_others_once_a_peer_leaves_requests_unanswered() {
             timeout_of_v1(&n, quorum_for(&n, &set, id)),
             2_100,
         );
-        let to = asked_of(&out, id);
+        let to = asked_for(&out, id);
         assert_eq!(to.len(), 1, "block {k} is asked of one peer: {out:?}");
-        peers.push(to[0]);
+        peers.push(to[0].0);
     }
     let limit = UNANSWERED_BLOCK_REQUESTS as usize;
     assert_eq!(&peers[..limit], &vec![1; limit][..], "the sender first");
@@ -1176,7 +1173,7 @@ fn blocks_are_asked_of_others_once_a_peer_leaves_requests_unanswered() {
         timeout_of_v1(&n, quorum_on(&n, &set, vote)),
         2_200,
     );
-    assert_eq!(asked_of(&out, block.id()).len(), 1);
+    assert_eq!(asked_for(&out, block.id()).len(), 1);
     let response = Message::BlockResponse(BlockResponse {
         blocks: vec![block],
     });
@@ -1188,7 +1185,7 @@ fn blocks_are_asked_of_others_once_a_peer_leaves_requests_unanswered() {
         timeout_of_v1(&n, quorum_for(&n, &set, id)),
         2_400,
     );
-    assert_eq!(asked_of(&out, id), vec![3]);
+    assert_eq!(asked_for(&out, id), vec![ValidatorIndex(3)]);
 }
 
 /// Behind a fast chain, a block request expires (a window of views on)
