@@ -19,8 +19,9 @@ use crate::driver::take_sync_blocks;
 use crate::safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
 use crate::types::{
     Block, BlockHeader, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote,
-    EvidenceReport, Height, Idleness, Message, Proposal, QuorumCert, RecoveryQuery, Statement,
-    Time, Timeout, TimeoutCert, TimeoutEntry, View, ViewReport, Vote, genesis_qc,
+    EvidenceReport, ExecResult, Height, Idleness, MAX_EXEC_PER_BLOCK, Message, Proposal,
+    QuorumCert, RecoveryQuery, Statement, Time, Timeout, TimeoutCert, TimeoutEntry, View,
+    ViewReport, Vote, genesis_qc,
 };
 use crate::verify::{MAX_SYNC_BLOCKS, VerifiedMessage};
 
@@ -77,6 +78,9 @@ pub enum Flaw {
     /// Certificates of 2f signatures instead of 2f + 1 (every quorum the
     /// validator forms or checks is one short).
     QuorumOffByOne,
+    /// Vote without checking the execution results a block carries
+    /// against this validator's own (P22 skipped).
+    VoteWithoutExecCheck,
 }
 
 /// Protocol parameters. Every validator of a chain must use the same values
@@ -246,15 +250,8 @@ pub enum Event {
         /// The payload to propose.
         payload: Vec<u8>,
     },
-    /// A committed block was executed.
-    Executed {
-        /// Its height.
-        height: Height,
-        /// Its id.
-        block_id: Digest,
-        /// The state root after it.
-        state_root: Digest,
-    },
+    /// A committed block was executed (heights in order, each once).
+    Executed(ExecResult),
 }
 
 /// Conflicting signed messages of one validator: proof of misbehaviour.
@@ -271,6 +268,9 @@ pub struct Evidence {
 }
 
 /// Outputs of the core, to be performed in order.
+// Each action is built once and moved to the driver: boxing the blocks in
+// the large variants would cost an allocation per block for nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug)]
 pub enum Action {
     /// Write the safety state durably (synced) before doing anything later in
@@ -332,6 +332,20 @@ pub enum Action {
         /// What was signed.
         kind: &'static str,
     },
+    /// A proposal carries an execution result that differs from this
+    /// validator's own for that height (P22): either the proposer lies or
+    /// this validator's execution diverged from the others'. No vote was
+    /// cast for it. At most once per height.
+    ExecutionMismatch {
+        /// The proposer.
+        proposer: ValidatorIndex,
+        /// The view of the proposal.
+        view: View,
+        /// This validator's result.
+        ours: ExecResult,
+        /// The proposal's.
+        theirs: ExecResult,
+    },
 }
 
 /// Where a restarted validator resumes from: what its storage holds.
@@ -345,6 +359,10 @@ pub struct Restore {
     pub stable: Option<CheckpointCert>,
     /// Uncommitted blocks persisted by [`Action::PersistBlock`].
     pub blocks: Vec<Block>,
+    /// The latest execution results, ascending, ending at the committed
+    /// block (as many as storage holds, up to [`EXEC_RESULTS_KEPT`]): what
+    /// this validator checks proposals' results against (P22).
+    pub executed: Vec<ExecResult>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -383,6 +401,17 @@ const MAX_WANTED: usize = 64;
 /// restart, views up to the persisted `last_proposed_view` are unknown
 /// and claim nothing).
 const OWN_PROPOSALS_KEPT: usize = 64;
+/// Own execution results kept to check proposals against (P22). An honest
+/// chain certifies results a few heights behind the commit, so only a
+/// leader far behind names older ones, and validators refuse those.
+pub const EXEC_RESULTS_KEPT: usize = 1024;
+/// Heights between a proposed block and the newest execution result an
+/// honest leader puts in it (P22): a block at height `h` carries results up
+/// to `h - 3`. Its justify certifies `h - 1` and commits `h - 2`, so
+/// voters are still executing `h - 2` when it arrives, while they
+/// committed `h - 3` a round earlier and have had that round to execute it.
+pub const EXEC_LAG: u64 = 3;
+
 /// Block requests a peer may leave unanswered before blocks are asked of
 /// others. A peer that lacks a block, stalls, lies, or is reached over a
 /// connection that no longer leads to it answers nothing, and the messages
@@ -409,6 +438,15 @@ pub struct Stats {
     /// certificate condition refused (P7): a leader extending an older
     /// certificate than the highest one its timeout certificate carries.
     pub lock_refused: u64,
+    /// Proposals refused because an execution result they carry differs
+    /// from this validator's own (P22).
+    pub exec_mismatches: u64,
+    /// Proposals refused because they carry a result for a height whose own
+    /// result this validator no longer holds (P22).
+    pub exec_unverifiable: u64,
+    /// Votes held until this validator's own execution caught up with the
+    /// results a proposal carries (P22).
+    pub exec_waits: u64,
 }
 
 /// One validator's consensus state machine.
@@ -436,6 +474,17 @@ pub struct Core {
     /// The blocks this process proposed, by view (the last
     /// `OWN_PROPOSALS_KEPT`), for P21.
     proposed: BTreeMap<View, Digest>,
+    /// This validator's own execution results (the last
+    /// `EXEC_RESULTS_KEPT`), for P22.
+    results: BTreeMap<Height, ExecResult>,
+    /// The highest height this validator executed.
+    executed: Height,
+    /// The highest height an execution mismatch was reported for.
+    mismatch_reported: Option<Height>,
+    /// The current view's proposal, valid but waiting for this validator's
+    /// execution to reach the results it carries: its view, block id and
+    /// timeout certificate.
+    vote_held: Option<(View, Digest, Option<TimeoutCert>)>,
     pending: BTreeMap<(View, ValidatorIndex), Verified<Proposal>>,
     /// Blocks being fetched: the view of the first request and of the
     /// last one.
@@ -474,6 +523,7 @@ impl Core {
             committed: (genesis, qc),
             stable: None,
             blocks: vec![],
+            executed: vec![],
         };
         Core::restore(cfg, key, payload_check, restore, now)
     }
@@ -514,6 +564,10 @@ impl Core {
             evidence_spread: BTreeMap::new(),
             elsewhere: View(0),
             proposed: BTreeMap::new(),
+            results: BTreeMap::new(),
+            executed: Height(0),
+            mismatch_reported: None,
+            vote_held: None,
             pending: BTreeMap::new(),
             wanted: BTreeMap::new(),
             unanswered: BTreeMap::new(),
@@ -529,6 +583,12 @@ impl Core {
             safety: restore.safety,
             cfg,
         };
+        // The committed block is executed: its state is what storage holds
+        // (a state sync brings the state without the results before it).
+        core.executed = committed.0;
+        for r in restore.executed {
+            core.record_result(r);
+        }
         core.committed_ids.insert(committed.0, committed.1);
         core.qcs.insert(committed.1, cert);
         core.blocks.insert(committed.1, block);
@@ -570,11 +630,7 @@ impl Core {
                 }
             }
             Event::PayloadReady { view, payload } => self.on_payload(view, payload),
-            Event::Executed {
-                height,
-                block_id,
-                state_root,
-            } => self.on_executed(height, block_id, state_root),
+            Event::Executed(r) => self.on_executed(r),
         }
         std::mem::take(&mut self.out)
     }
@@ -822,16 +878,22 @@ impl Core {
         } else {
             self.high_tc.clone().filter(|tc| tc.view.next() == view)
         };
+        let height = parent.height().next();
+        let exec = self.results_to_certify(parent.header.exec_next, height);
         let block = Block {
             header: BlockHeader {
                 parent: parent.id(),
-                height: parent.height().next(),
+                height,
                 view,
                 proposer: self.me,
                 timestamp_ms: self.now.0.max(parent.header.timestamp_ms + 1),
                 payload_digest: Digest::of(&payload),
                 idle: Idleness::next(&parent.header.idle, self.cfg.validators.len(), self.me, &qc),
                 justify: qc,
+                exec_next: exec
+                    .last()
+                    .map_or(parent.header.exec_next, |r| r.height.next()),
+                exec,
             },
             payload,
         };
@@ -1038,6 +1100,7 @@ impl Core {
         let h = &block.header;
         let well_formed = h.parent == parent_id
             && h.height == parent.height().next()
+            && exec_well_formed(h, &parent.header)
             && h.idle
                 == Idleness::next(
                     &parent.header.idle,
@@ -1060,7 +1123,97 @@ impl Core {
         let block = block.clone();
         let id = self.insert_block(block.clone());
         self.out.push(Action::PersistBlock(block.clone()));
-        self.try_vote(&block, id, p.payload.tc.as_ref());
+        match self.check_exec(&block) {
+            ExecCheck::Agrees => self.try_vote(&block, id, p.payload.tc.as_ref()),
+            ExecCheck::Ahead => {
+                self.stats.exec_waits += 1;
+                self.vote_held = Some((view, id, p.payload.tc.clone()));
+            }
+            ExecCheck::Refused => {}
+        }
+    }
+
+    // ----- certified execution (P22) ----------------------------------------
+
+    /// The results a leader puts in a block at `height` whose parent's
+    /// chain has certified everything below `from`: its own, in height
+    /// order from `from`, up to `height - EXEC_LAG`. A leader that never
+    /// executed `from` (its state came from a state sync above it) starts
+    /// at its first own result instead: those heights stay uncertified,
+    /// rather than no result ever being certified again.
+    fn results_to_certify(&self, from: Height, height: Height) -> Vec<ExecResult> {
+        let last = Height(height.0.saturating_sub(EXEC_LAG));
+        let mut out: Vec<ExecResult> = Vec::new();
+        if from > last {
+            return out;
+        }
+        for r in self.results.range(from..=last).map(|(_, r)| *r) {
+            if out.len() == MAX_EXEC_PER_BLOCK
+                || out.last().is_some_and(|p| p.height.next() != r.height)
+            {
+                break;
+            }
+            out.push(r);
+        }
+        out
+    }
+
+    fn record_result(&mut self, r: ExecResult) {
+        self.executed = self.executed.max(r.height);
+        self.results.insert(r.height, r);
+        while self.results.len() > EXEC_RESULTS_KEPT {
+            self.results.pop_first();
+        }
+    }
+
+    /// P22: every result a block carries must equal this validator's own.
+    fn check_exec(&mut self, block: &Block) -> ExecCheck {
+        #[cfg(feature = "sim")]
+        if self.flaw(Flaw::VoteWithoutExecCheck) {
+            return ExecCheck::Agrees;
+        }
+        for theirs in &block.header.exec {
+            match self.results.get(&theirs.height) {
+                Some(ours) if ours == theirs => {}
+                Some(ours) => {
+                    self.stats.exec_mismatches += 1;
+                    if self.mismatch_reported < Some(theirs.height) {
+                        self.mismatch_reported = Some(theirs.height);
+                        self.out.push(Action::ExecutionMismatch {
+                            proposer: block.header.proposer,
+                            view: block.view(),
+                            ours: *ours,
+                            theirs: *theirs,
+                        });
+                    }
+                    return ExecCheck::Refused;
+                }
+                None if theirs.height > self.executed => return ExecCheck::Ahead,
+                None => {
+                    self.stats.exec_unverifiable += 1;
+                    return ExecCheck::Refused;
+                }
+            }
+        }
+        ExecCheck::Agrees
+    }
+
+    /// A vote held for execution (P22): cast it once execution agrees.
+    fn release_held_vote(&mut self) {
+        let Some((view, id, tc)) = self.vote_held.take() else {
+            return;
+        };
+        if view != self.view {
+            return;
+        }
+        let Some(block) = self.blocks.get(&id).cloned() else {
+            return;
+        };
+        match self.check_exec(&block) {
+            ExecCheck::Agrees => self.try_vote(&block, id, tc.as_ref()),
+            ExecCheck::Ahead => self.vote_held = Some((view, id, tc)),
+            ExecCheck::Refused => {}
+        }
     }
 
     /// P7–P8: vote if the safety rules allow, persisting first.
@@ -1719,7 +1872,16 @@ impl Core {
     // ----- checkpoints ----------------------------------------------------
 
     /// P17: after executing a checkpoint height, sign (height, block, root).
-    fn on_executed(&mut self, height: Height, block_id: Digest, state_root: Digest) {
+    /// P22: remember the result, and cast a vote that waited for it.
+    fn on_executed(&mut self, r: ExecResult) {
+        self.record_result(r);
+        self.release_held_vote();
+        let ExecResult {
+            height,
+            block_id,
+            state_root,
+            ..
+        } = r;
         let k = self.cfg.checkpoint_interval;
         let stable_h = self.stable.as_ref().map_or(0, |c| c.payload.height.0);
         if height.0 == 0
@@ -1785,4 +1947,36 @@ impl Core {
         self.stable = Some(cert.clone());
         self.out.push(Action::StableCheckpoint(cert));
     }
+}
+
+/// What P22's check says of a proposal's execution results.
+enum ExecCheck {
+    /// Every result equals this validator's own.
+    Agrees,
+    /// One names a height this validator has not executed yet.
+    Ahead,
+    /// One differs from this validator's own, or names a height whose own
+    /// result it no longer holds.
+    Refused,
+}
+
+/// P22's shape rule: `header` carries at most [`MAX_EXEC_PER_BLOCK`]
+/// results, for consecutive heights from the parent's `exec_next` or above
+/// it, none above `height - 2` (the highest its justify can have
+/// committed), and its `exec_next` follows them (or is the parent's when it
+/// carries none).
+pub fn exec_well_formed(header: &BlockHeader, parent: &BlockHeader) -> bool {
+    let Some(first) = header.exec.first() else {
+        return header.exec_next == parent.exec_next;
+    };
+    let start = first.height.0;
+    header.exec.len() <= MAX_EXEC_PER_BLOCK
+        && start >= parent.exec_next.0
+        && header
+            .exec
+            .iter()
+            .enumerate()
+            .all(|(i, r)| r.height.0 == start + i as u64)
+        && header.exec_next.0 == start + header.exec.len() as u64
+        && header.exec_next.0 < header.height.0
 }

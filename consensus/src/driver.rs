@@ -109,7 +109,8 @@ use crate::safety::SafetyState;
 use crate::screen::{Admission, Screen, Screened};
 pub use crate::screen::{FAR_VIEW_INTERVAL_MS, NOT_ADMITTED_FAR_VIEW, NOT_ADMITTED_REPORT};
 use crate::types::{
-    Block, BlockRequest, BlockResponse, CheckpointCert, Height, Message, QuorumCert, Time, View,
+    Block, BlockRequest, BlockResponse, CheckpointCert, ExecResult, Height, Message, QuorumCert,
+    Time, View,
 };
 use crate::verify::{MAX_MESSAGE_BYTES, MAX_SYNC_BLOCKS, VerifiedMessage, Verifier, VerifyError};
 
@@ -376,6 +377,16 @@ pub trait Monitor {
     fn evidence(&mut self, _evidence: &Evidence) {}
     /// Another process signs with this validator's key (P21).
     fn own_key_elsewhere(&mut self, _view: View, _kind: &'static str) {}
+    /// A proposal's execution result differs from this validator's own
+    /// (P22); no vote was cast for it.
+    fn execution_mismatch(
+        &mut self,
+        _proposer: ValidatorIndex,
+        _view: View,
+        _ours: &ExecResult,
+        _theirs: &ExecResult,
+    ) {
+    }
     /// Committed blocks were served from the store.
     fn served(&mut self, _to: ValidatorIndex, _from: Height, _blocks: usize) {}
     /// A peer was graylisted until `until` (D14).
@@ -654,14 +665,9 @@ impl<P: Ports> Driver<P> {
     }
 
     /// The executor finished the block at `height`.
-    pub fn on_executed(
-        &mut self,
-        now: Time,
-        height: Height,
-        block_id: Digest,
-        state_root: Digest,
-    ) -> Result<(), DriverError> {
+    pub fn on_executed(&mut self, now: Time, result: ExecResult) -> Result<(), DriverError> {
         self.check_running()?;
+        let height = result.height;
         assert!(
             height == self.executed.next() && height <= self.committed,
             "execution reported height {} out of order (executed {}, committed {})",
@@ -670,14 +676,7 @@ impl<P: Ports> Driver<P> {
             self.committed.0
         );
         self.executed = height;
-        let actions = self.core.handle(
-            now,
-            Event::Executed {
-                height,
-                block_id,
-                state_root,
-            },
-        );
+        let actions = self.core.handle(now, Event::Executed(result));
         self.perform_all(now, actions)?;
         // D12: a payload held back while execution lagged.
         self.payload_available(now)
@@ -884,6 +883,14 @@ impl<P: Ports> Driver<P> {
             }
             Action::Evidence(e) => self.ports.evidence(&e),
             Action::OwnKeyElsewhere { view, kind } => self.ports.own_key_elsewhere(view, kind),
+            Action::ExecutionMismatch {
+                proposer,
+                view,
+                ours,
+                theirs,
+            } => self
+                .ports
+                .execution_mismatch(proposer, view, &ours, &theirs),
         }
         Ok(())
     }

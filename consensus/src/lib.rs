@@ -36,8 +36,8 @@ mod verify;
 #[cfg(feature = "sim")]
 pub use crate::core::Flaw;
 pub use crate::core::{
-    AcceptAll, Action, Config, ConfigError, Core, Event, Evidence, PROBE_ROTATIONS,
-    PayloadValidator, Restore, Stats, UNANSWERED_BLOCK_REQUESTS,
+    AcceptAll, Action, Config, ConfigError, Core, EXEC_LAG, EXEC_RESULTS_KEPT, Event, Evidence,
+    PROBE_ROTATIONS, PayloadValidator, Restore, Stats, UNANSWERED_BLOCK_REQUESTS, exec_well_formed,
 };
 pub use driver::{
     BLOCK_REQUEST_BURST, BLOCK_REQUESTS_PER_SEC, BlockStore, Driver, DriverConfig, DriverError,
@@ -50,9 +50,9 @@ pub use safety::{SafetyState, commits_parent, safe_to_vote, view_timeout_ms};
 pub use screen::{Admission, FAR_VIEW_INTERVAL_MS, Screen, Screened};
 pub use types::{
     Block, BlockHeader, BlockRequest, BlockResponse, CheckpointCert, CheckpointVote,
-    EvidenceReport, Height, Idleness, MESSAGE_KINDS, Message, Proposal, QuorumCert, RecoveryQuery,
-    Statement, Time, Timeout, TimeoutCert, TimeoutEntry, TimeoutVote, View, ViewReport, Vote,
-    genesis_qc,
+    EvidenceReport, ExecResult, Height, Idleness, MAX_EXEC_PER_BLOCK, MESSAGE_KINDS, Message,
+    Proposal, QuorumCert, RecoveryQuery, Statement, Time, Timeout, TimeoutCert, TimeoutEntry,
+    TimeoutVote, View, ViewReport, Vote, genesis_qc,
 };
 pub use verify::{
     MAX_MESSAGE_BYTES, MAX_SYNC_BLOCKS, VerifiedBlocks, VerifiedMessage, Verifier, VerifyError,

@@ -97,6 +97,35 @@ pub struct BlockHeader {
     pub justify: QuorumCert,
     /// Each validator's idleness along the chain up to this block (P20).
     pub idle: Idleness,
+    /// Height of the first committed block whose execution this chain has
+    /// not yet certified, after this block's [`BlockHeader::exec`] (P22):
+    /// the parent's value plus `exec.len()`. Genesis has 1: the genesis
+    /// state is given by the genesis file, which every node and client
+    /// holds, not certified by a quorum.
+    pub exec_next: Height,
+    /// Execution results of committed blocks, one per height from the
+    /// parent's `exec_next` on, at most [`MAX_EXEC_PER_BLOCK`] (P22). A
+    /// quorum certificate for this block certifies them: every honest
+    /// signer executed those heights itself and found the same results.
+    pub exec: Vec<ExecResult>,
+}
+
+/// Most execution results one block header carries (P22).
+pub const MAX_EXEC_PER_BLOCK: usize = 32;
+
+/// What executing one committed block produced: the state after it and the
+/// receipts of its items (P22). Certified by the quorum certificate of a
+/// later block whose header carries it.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug, Serialize, Deserialize)]
+pub struct ExecResult {
+    /// The executed block's height.
+    pub height: Height,
+    /// Its id.
+    pub block_id: Digest,
+    /// The state root after it.
+    pub state_root: Digest,
+    /// The root of its receipts, one per payload item in order.
+    pub receipts_root: Digest,
 }
 
 /// For each validator, in set order, how many blocks in a row up to and
@@ -184,6 +213,8 @@ impl Block {
                     signatures: vec![],
                 },
                 idle: Idleness::default(),
+                exec_next: Height(1),
+                exec: Vec::new(),
             },
             payload,
         }

@@ -5,7 +5,7 @@
 
 use phalanx_consensus::{
     AcceptAll, Action, Block, BlockHeader, BlockResponse, Config, Core, Event, Evidence,
-    EvidenceReport, Height, Idleness, Message, PROBE_ROTATIONS, Proposal, QuorumCert,
+    EvidenceReport, ExecResult, Height, Idleness, Message, PROBE_ROTATIONS, Proposal, QuorumCert,
     RecoveryQuery, Restore, SafetyState, Statement, Time, Timeout, UNANSWERED_BLOCK_REQUESTS,
     VerifiedMessage, Verifier, View, ViewReport, Vote, genesis_qc,
 };
@@ -88,6 +88,8 @@ impl Net {
                     &genesis_qc(&g),
                 ),
                 justify: genesis_qc(&g),
+                exec_next: g.header.exec_next,
+                exec: vec![],
             },
             payload: payload.to_vec(),
         };
@@ -214,6 +216,7 @@ impl Net {
             committed: (g.clone(), genesis_qc(&g)),
             stable: None,
             blocks: vec![],
+            executed: vec![],
         };
         Core::restore(
             self.cfg.clone(),
@@ -907,11 +910,12 @@ fn a_checkpoint_forms_from_a_quorum_of_equal_votes() {
     for c in cores.iter_mut().take(3) {
         let out = c.handle(
             Time(2_100),
-            Event::Executed {
+            Event::Executed(ExecResult {
                 height: Height(2),
                 block_id: block,
                 state_root: root,
-            },
+                receipts_root: Digest::ZERO,
+            }),
         );
         votes.extend(out.into_iter().filter_map(|a| match a {
             Action::Broadcast(m @ Message::Checkpoint(_)) => Some(m),
@@ -1220,6 +1224,8 @@ fn a_certified_block_answered_after_its_request_expired_is_kept() {
             payload_digest: Digest::of(b""),
             idle: Idleness::next(&a.header.idle, 4, proposer, &qc_a),
             justify: qc_a,
+            exec_next: a.header.exec_next,
+            exec: vec![],
         },
         payload: Vec::new(),
     };
@@ -1284,4 +1290,202 @@ fn a_certified_block_answered_after_its_request_expired_is_kept() {
         !out.iter().any(|x| matches!(x, Action::PersistBlock(_))),
         "an uncertified block is not kept: {out:?}"
     );
+}
+
+/// Genesis, A (view 1) and B (view 2, certifying A), with certificates for
+/// both, and the result of executing A.
+struct ExecChain {
+    a: Block,
+    qc_a: QuorumCert,
+    b: Block,
+    qc_b: QuorumCert,
+    result_a: ExecResult,
+}
+
+fn exec_chain(n: &Net) -> ExecChain {
+    let set = n.verifier_set().clone();
+    let a = n.proposal(b"tx", 2_100).payload.block.clone();
+    let qc_a = quorum_on(n, &set, vote_on(&a));
+    let b = child(n, &a, 2, qc_a.clone(), vec![]);
+    let qc_b = quorum_on(n, &set, vote_on(&b));
+    let result_a = ExecResult {
+        height: Height(1),
+        block_id: a.id(),
+        state_root: Digest::of(b"state after a"),
+        receipts_root: Digest::of(b"receipts of a"),
+    };
+    ExecChain {
+        a,
+        qc_a,
+        b,
+        qc_b,
+        result_a,
+    }
+}
+
+fn vote_on(b: &Block) -> Vote {
+    Vote {
+        view: b.view(),
+        height: b.height(),
+        block_id: b.id(),
+    }
+}
+
+/// A block of `view` on `parent` by its leader, carrying `exec`.
+fn child(n: &Net, parent: &Block, view: u64, justify: QuorumCert, exec: Vec<ExecResult>) -> Block {
+    let proposer = n.cfg.leader(View(view), &parent.header);
+    Block {
+        header: BlockHeader {
+            parent: parent.id(),
+            height: parent.height().next(),
+            view: View(view),
+            proposer,
+            timestamp_ms: parent.header.timestamp_ms + 50,
+            payload_digest: Digest::of(b""),
+            idle: Idleness::next(&parent.header.idle, 4, proposer, &justify),
+            justify,
+            exec_next: exec
+                .last()
+                .map_or(parent.header.exec_next, |r| r.height.next()),
+            exec,
+        },
+        payload: Vec::new(),
+    }
+}
+
+fn proposal_of(n: &Net, block: Block) -> Message {
+    let p = block.header.proposer;
+    Message::Proposal(
+        Verified::sign(
+            &n.keys[p.as_usize()],
+            p,
+            &n.cfg.chain_id,
+            Proposal { block, tc: None },
+        )
+        .into_signed(),
+    )
+}
+
+/// Validator `i` in view 3 holding A committed (and its result when
+/// `executed`) and B.
+fn at_view_3(n: &Net, i: usize, ch: &ExecChain, executed: bool) -> Core {
+    let restore = Restore {
+        safety: SafetyState::initial(ch.qc_b.clone()),
+        committed: (ch.a.clone(), ch.qc_a.clone()),
+        stable: None,
+        blocks: vec![ch.b.clone()],
+        executed: if executed { vec![ch.result_a] } else { vec![] },
+    };
+    Core::restore(
+        n.cfg.clone(),
+        n.keys[i].clone(),
+        Box::new(AcceptAll),
+        restore,
+        Time(2_300),
+    )
+    .unwrap()
+    .0
+}
+
+/// P22: a proposal whose execution result differs from the validator's own
+/// gets no vote and raises the mismatch; the true one gets a vote.
+#[test]
+fn a_proposal_certifying_a_wrong_execution_result_gets_no_vote() {
+    let mut n = net();
+    let ch = exec_chain(&n);
+    let leader = n.cfg.leader(View(3), &ch.b.header).as_usize();
+    let voter = (leader + 1) % 4;
+    for (what, lie) in [
+        ("state root", {
+            let mut r = ch.result_a;
+            r.state_root = Digest::of(b"another state");
+            r
+        }),
+        ("receipts root", {
+            let mut r = ch.result_a;
+            r.receipts_root = Digest::of(b"other receipts");
+            r
+        }),
+    ] {
+        let mut c = at_view_3(&n, voter, &ch, true);
+        let c_block = child(&n, &ch.b, 3, ch.qc_b.clone(), vec![lie]);
+        let out = n.deliver(&mut c, leader as u16, proposal_of(&n, c_block), 2_400);
+        assert!(votes(&out).is_empty(), "{what}: voted for a wrong result");
+        assert_eq!(c.safety().last_voted_view, View(0), "{what}");
+        let raised: Vec<_> = out
+            .iter()
+            .filter_map(|a| match a {
+                Action::ExecutionMismatch { ours, theirs, .. } => Some((*ours, *theirs)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(raised, vec![(ch.result_a, lie)], "{what}");
+        assert_eq!(c.stats().exec_mismatches, 1);
+    }
+    let mut c = at_view_3(&n, voter, &ch, true);
+    let honest = child(&n, &ch.b, 3, ch.qc_b.clone(), vec![ch.result_a]);
+    n.deliver(&mut c, leader as u16, proposal_of(&n, honest), 2_400);
+    assert_eq!(
+        c.safety().last_voted_view,
+        View(3),
+        "no vote for the true result"
+    );
+    // A result for a height at or below this validator's state that it
+    // does not hold (its state came from a state sync) cannot be checked:
+    // no vote, and no alarm either.
+    let mut c = at_view_3(&n, voter, &ch, false);
+    let honest = child(&n, &ch.b, 3, ch.qc_b.clone(), vec![ch.result_a]);
+    let out = n.deliver(&mut c, leader as u16, proposal_of(&n, honest), 2_400);
+    assert_eq!(c.safety().last_voted_view, View(0));
+    assert!(
+        !out.iter()
+            .any(|a| matches!(a, Action::ExecutionMismatch { .. }))
+    );
+    assert_eq!(c.stats().exec_unverifiable, 1);
+}
+
+/// P22: a result for a height this validator has committed but not yet
+/// executed holds the vote until its own execution agrees.
+#[test]
+fn a_vote_waits_for_execution_to_reach_the_results_it_certifies() {
+    let mut n = net();
+    let ch = exec_chain(&n);
+    let leader = n.cfg.leader(View(3), &ch.b.header).as_usize();
+    let voter = (leader + 1) % 4;
+    let g = n.genesis();
+    let restore = Restore {
+        safety: SafetyState::initial(ch.qc_b.clone()),
+        committed: (g.clone(), genesis_qc(&g)),
+        stable: None,
+        blocks: vec![ch.a.clone(), ch.b.clone()],
+        executed: vec![],
+    };
+    let mut c = Core::restore(
+        n.cfg.clone(),
+        n.keys[voter].clone(),
+        Box::new(AcceptAll),
+        restore,
+        Time(2_300),
+    )
+    .unwrap()
+    .0;
+    let block = child(&n, &ch.b, 3, ch.qc_b.clone(), vec![ch.result_a]);
+    let out = n.deliver(&mut c, leader as u16, proposal_of(&n, block), 2_400);
+    assert_eq!(
+        c.safety().last_voted_view,
+        View(0),
+        "voted before executing height 1"
+    );
+    assert!(
+        out.iter()
+            .any(|a| matches!(a, Action::Commit { block, .. } if block.id() == ch.a.id())),
+        "the proposal's certificate commits A"
+    );
+    c.handle(Time(2_450), Event::Executed(ch.result_a));
+    assert_eq!(
+        c.safety().last_voted_view,
+        View(3),
+        "the held vote is cast once executed"
+    );
+    assert_eq!(c.stats().exec_waits, 1);
 }

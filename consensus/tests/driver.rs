@@ -8,7 +8,7 @@ use std::collections::BTreeMap;
 
 use phalanx_consensus::{
     AcceptAll, BLOCK_REQUEST_BURST, BLOCK_REQUESTS_PER_SEC, Block, BlockHeader, BlockRequest,
-    BlockStore, CheckpointCert, Config, Driver, DriverConfig, DriverError, Executor,
+    BlockStore, CheckpointCert, Config, Driver, DriverConfig, DriverError, ExecResult, Executor,
     GRAYLIST_INVALID_MAX, GRAYLIST_MS, GRAYLIST_WINDOW_MS, Height, Idleness, MAX_UNEXECUTED_BLOCKS,
     Message, Monitor, Outbox, PROPOSE_MAX_UNEXECUTED, PayloadRequest, PayloadSource, PortError,
     Proposal, QuorumCert, Restore, SYNC_RESPONSE_BYTES_MAX, SafetyState, SafetyStore, Time,
@@ -179,6 +179,7 @@ impl Net {
     fn genesis_restore(&self) -> Restore {
         let g = self.genesis();
         Restore {
+            executed: vec![],
             safety: SafetyState::initial(genesis_qc(&g)),
             committed: (g.clone(), genesis_qc(&g)),
             stable: None,
@@ -218,6 +219,8 @@ impl Net {
                     &justify,
                 ),
                 justify,
+                exec_next: parent.header.exec_next,
+                exec: vec![],
             },
             payload: payload.to_vec(),
         }
@@ -444,12 +447,18 @@ fn execution_results_are_fed_back_and_sign_checkpoints() {
     // heights waited is asked for as they execute: D12.)
     let not_payload = |c: &Call| !matches!(c, Payload { .. });
     let calls = calls_after(&mut d, |d| {
-        d.on_executed(Time(T0 + 2), Height(1), c[0].id(), Digest::of(b"r1"))
+        d.on_executed(
+            Time(T0 + 2),
+            result(Height(1), c[0].id(), Digest::of(b"r1")),
+        )
     });
     let calls: Vec<Call> = calls.into_iter().filter(not_payload).collect();
     assert_eq!(calls, vec![], "height 1 is no checkpoint");
     let calls = calls_after(&mut d, |d| {
-        d.on_executed(Time(T0 + 2), Height(2), c[1].id(), Digest::of(b"r2"))
+        d.on_executed(
+            Time(T0 + 2),
+            result(Height(2), c[1].id(), Digest::of(b"r2")),
+        )
     });
     let calls: Vec<Call> = calls.into_iter().filter(not_payload).collect();
     assert_eq!(calls, vec![Broadcast("checkpoint")], "height 2 is");
@@ -462,7 +471,10 @@ fn an_execution_result_out_of_height_order_is_a_bug() {
     let n = net();
     let mut d = n.driver_with_two_commits();
     let c = n.chain(2);
-    let _ = d.on_executed(Time(T0 + 2), Height(2), c[1].id(), Digest::of(b"r2"));
+    let _ = d.on_executed(
+        Time(T0 + 2),
+        result(Height(2), c[1].id(), Digest::of(b"r2")),
+    );
 }
 
 #[test]
@@ -652,8 +664,11 @@ fn input_is_refused_while_too_many_commits_wait_for_execution() {
     }
     assert_eq!(d.unexecuted(), MAX_UNEXECUTED_BLOCKS);
     assert!(!d.accepts_input());
-    d.on_executed(Time(T0 + 2), Height(1), chain[0].id(), Digest::of(b"r"))
-        .unwrap();
+    d.on_executed(
+        Time(T0 + 2),
+        result(Height(1), chain[0].id(), Digest::of(b"r")),
+    )
+    .unwrap();
     assert!(d.accepts_input());
 }
 
@@ -692,7 +707,7 @@ fn a_leader_waits_for_its_executor_before_asking_for_a_payload() {
     for h in 1..=2u64 {
         let calls = calls_after(&mut d, |d| {
             let id = chain[h as usize - 1].id();
-            d.on_executed(Time(T0 + 3), Height(h), id, Digest::of(b"r"))
+            d.on_executed(Time(T0 + 3), result(Height(h), id, Digest::of(b"r")))
         });
         let asked = calls.contains(&Payload {
             view: 4,
@@ -882,4 +897,14 @@ fn an_outcome_from_a_sender_graylisted_meanwhile_is_dropped() {
     // counts it against the sender as it would inline.
     let junk = screen.screen(t, ValidatorIndex(2), &[0xff; 40], &stale);
     assert!(matches!(junk, phalanx_consensus::Screened::Refused(_)));
+}
+
+/// An execution result with an empty receipts root.
+fn result(height: Height, block_id: Digest, state_root: Digest) -> ExecResult {
+    ExecResult {
+        height,
+        block_id,
+        state_root,
+        receipts_root: Digest::ZERO,
+    }
 }

@@ -359,7 +359,7 @@ fn screening_apart_under_stale_admissions_stays_safe_and_live() {
 fn checker_catches_an_admission_never_republished() {
     let mut cfg = SimConfig::new(4, 0);
     cfg.screen_apart = Some(0.0);
-    let found = first_failure(&cfg, 40).expect("a frozen admission must be caught");
+    let found = first_failure(&cfg, 400).expect("a frozen admission must be caught");
     eprintln!("caught at seed {}: {}", found.0, found.1);
     assert!(found.1.contains("liveness"), "{found:?}");
 }
@@ -381,4 +381,43 @@ fn twins_find_their_key_used_elsewhere_and_honest_validators_never_do() {
         seen >= 30,
         "twins found each other on only {seen} of 40 seeds"
     );
+}
+
+/// P22: a leader that certifies a state or receipts root nobody computed
+/// is refused by every honest validator, which reports the mismatch, and
+/// every result a committed block carries is the one the honest validators
+/// computed for that height (the checker compares each against them).
+#[test]
+fn a_leader_lying_about_execution_is_refused_and_certified_roots_agree() {
+    let mut cfg = SimConfig::new(4, 1);
+    cfg.behaviours = vec![Behaviour::LieExecution];
+    let outcomes = run_many(&cfg, 0, 40, threads());
+    let f = failed(&outcomes);
+    assert!(f.is_empty(), "{f:?}");
+    let mismatches: u64 = outcomes.iter().map(|o| o.stats.exec_mismatches).sum();
+    assert!(mismatches > 0, "no honest validator saw the lie");
+    assert!(
+        outcomes.iter().all(|o| o.stats.certified_results > 0),
+        "a run certified no execution result"
+    );
+    // An honest cluster with wipes and crashes certifies every height it
+    // can, checked alike.
+    let mut cfg = SimConfig::new(4, 0);
+    cfg.wipes = Wipes::Store;
+    let outcomes = run_many(&cfg, 0, 20, threads());
+    let f = failed(&outcomes);
+    assert!(f.is_empty(), "{f:?}");
+    assert!(outcomes.iter().all(|o| o.stats.certified_results > 0));
+}
+
+/// ... and the checker catches validators that vote without comparing a
+/// block's execution results with their own: the lie is certified.
+#[test]
+fn checker_catches_voting_without_the_execution_check() {
+    let mut cfg = SimConfig::new(4, 1);
+    cfg.behaviours = vec![Behaviour::LieExecution];
+    cfg.flaw = Some(Flaw::VoteWithoutExecCheck);
+    let found = first_failure(&cfg, 100).expect("a certified lie must be caught");
+    eprintln!("caught at seed {}: {}", found.0, found.1);
+    assert!(found.1.contains("certified execution"), "{found:?}");
 }

@@ -12,6 +12,7 @@ mod account;
 mod error;
 mod exec;
 mod genesis;
+mod receipts;
 mod state;
 mod tx;
 
@@ -22,6 +23,10 @@ pub use exec::{
     execute_prepared, prepare_payload, prepare_payload_trusting,
 };
 pub use genesis::{Genesis, GenesisAccount, Params};
+pub use receipts::{
+    MAX_RECEIPT_PROOF_DEPTH, ReceiptProof, prove_receipt, receipt_leaf, receipts_root,
+    verify_receipt_proof,
+};
 pub use state::{
     AccountProof, EMPTY_HASH, KeyHash, MAX_PROOF_DEPTH, ProofLeaf, StateTree, Subtree, account_key,
     account_leaf, account_value, decode_account_value, key_of_bytes, leaf_hash, leaf_of_bytes,

@@ -421,6 +421,8 @@ impl Attacker {
             payload_digest: Digest::of(&payload),
             justify: qc.clone(),
             idle: Idleness::next(&parent.header.idle, self.n, self.me, qc),
+            exec_next: parent.header.exec_next,
+            exec: vec![],
         };
         Some(Proposal {
             block: Block { header, payload },

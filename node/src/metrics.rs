@@ -282,6 +282,7 @@ pub struct Metrics {
     rpc_seconds: HistogramFamily<RpcCall>,
     equivocations: Counter,
     own_key_elsewhere: Counter,
+    execution_mismatches: Counter,
     graylistings: Counter,
     rpc_refused: Family<Reason, Counter>,
     mempool_overdue: Gauge,
@@ -334,6 +335,7 @@ impl Metrics {
             rpc_seconds: Family::new_with_constructor(seconds_histogram),
             equivocations: Counter::default(),
             own_key_elsewhere: Counter::default(),
+            execution_mismatches: Counter::default(),
             graylistings: Counter::default(),
             rpc_refused: Family::default(),
             mempool_overdue: Gauge::default(),
@@ -531,6 +533,11 @@ impl Metrics {
             "own_key_elsewhere",
             "Views in which a certificate carried this validator's signature of a vote or timeout it never signed: another process holds its key, or it runs on an old copy of its data",
             m.own_key_elsewhere.clone(),
+        );
+        r.register(
+            "execution_mismatches",
+            "Heights at which a proposal certified an execution result (state or receipts root) differing from this validator's own; no vote was cast for it (P22)",
+            m.execution_mismatches.clone(),
         );
         r.register(
             "graylistings",
@@ -812,6 +819,11 @@ impl Metrics {
     /// This validator's key signed, elsewhere, what it did not (P21).
     pub fn own_key_elsewhere(&self) {
         self.own_key_elsewhere.inc();
+    }
+
+    /// A proposal's execution result differed from this validator's (P22).
+    pub fn execution_mismatch(&self) {
+        self.execution_mismatches.inc();
     }
 
     /// A JSON-RPC connection or call refused by a per-address limit.

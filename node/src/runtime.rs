@@ -18,9 +18,9 @@ use std::time::{Duration, Instant};
 
 use phalanx_consensus::{
     Block, BlockStore, CheckpointCert, Config as CoreConfig, Driver, DriverConfig, DriverError,
-    Evidence, Executor, Height, Message, Monitor, Outbox, PayloadRequest, PayloadSource, PortError,
-    QuorumCert, Restore, SafetyState, SafetyStore, Statement, Time, VerifiedMessage, VerifyError,
-    View, genesis_qc,
+    EXEC_RESULTS_KEPT, Evidence, ExecResult, Executor, Height, Message, Monitor, Outbox,
+    PayloadRequest, PayloadSource, PortError, QuorumCert, Restore, SafetyState, SafetyStore,
+    Statement, Time, VerifiedMessage, VerifyError, View, genesis_qc,
 };
 use phalanx_crypto::{Digest, KeyPair, ValidatorIndex, encode};
 use phalanx_ledger::{Genesis, decode_payload, encode_payload, prepare_payload_trusting};
@@ -161,13 +161,6 @@ struct KnownItems {
     vouched: Vouched,
 }
 
-/// What the executor reports back.
-struct Executed {
-    height: Height,
-    block_id: Digest,
-    state_root: Digest,
-}
-
 /// The driver's ports in the node.
 struct NodePorts {
     store: Arc<Store>,
@@ -186,6 +179,8 @@ struct NodePorts {
     jobs: std_mpsc::Sender<Job>,
     /// When the key-used-elsewhere line was last logged (P21).
     elsewhere_logged: Option<Instant>,
+    /// When the execution-mismatch line was last logged (P22).
+    mismatch_logged: Option<Instant>,
     /// Attack modes, when asked for (feature `byzantine`, test builds).
     #[cfg(feature = "byzantine")]
     attacker: Option<crate::byzantine::Attacker>,
@@ -388,6 +383,35 @@ impl Monitor for NodePorts {
         }
     }
 
+    fn execution_mismatch(
+        &mut self,
+        proposer: ValidatorIndex,
+        view: View,
+        ours: &ExecResult,
+        theirs: &ExecResult,
+    ) {
+        self.metrics.execution_mismatch();
+        // At most once per height (the core's bound); a lying leader can
+        // name a new height in every view it leads, so one line a minute.
+        let now = Instant::now();
+        if self
+            .mismatch_logged
+            .is_none_or(|t| now.duration_since(t) >= OWN_KEY_LOG_INTERVAL)
+        {
+            self.mismatch_logged = Some(now);
+            error!(
+                view = view.0,
+                proposer = proposer.0,
+                height = ours.height.0,
+                our_state_root = %ours.state_root.to_hex(),
+                their_state_root = %theirs.state_root.to_hex(),
+                our_receipts_root = %ours.receipts_root.to_hex(),
+                their_receipts_root = %theirs.receipts_root.to_hex(),
+                "a proposal certifies an execution result that differs from this validator's own: no vote cast. If other validators' proposals differ too, this validator's execution diverged (check its binary and data); otherwise the proposer lies"
+            );
+        }
+    }
+
     fn evidence(&mut self, e: &Evidence) {
         self.metrics.equivocation();
         warn!(
@@ -532,7 +556,7 @@ fn execute_loop(
     shared: Arc<Shared>,
     metrics: Arc<Metrics>,
     jobs: std_mpsc::Receiver<Job>,
-    done: mpsc::UnboundedSender<Result<Executed, StorageError>>,
+    done: mpsc::UnboundedSender<Result<ExecResult, StorageError>>,
 ) {
     let mut last_commit_at: Option<Instant> = None;
     while let Ok(job) = jobs.recv() {
@@ -583,7 +607,7 @@ fn execute_one(
     items: KnownItems,
     first_seen: Option<Instant>,
     last_commit_at: &mut Option<Instant>,
-) -> Result<Executed, StorageError> {
+) -> Result<ExecResult, StorageError> {
     let h = block.height();
     let span = info_span!("execute", height = h.0);
     let _enter = span.enter();
@@ -646,11 +670,7 @@ fn execute_one(
         state_root: res.head.state_root,
         receipts: Arc::new(res.receipts),
     });
-    Ok(Executed {
-        height: h,
-        block_id: id,
-        state_root: res.head.state_root,
-    })
+    Ok(res.exec)
 }
 
 /// A validator's own settings the runtime needs (from its config file).
@@ -668,7 +688,7 @@ pub struct LocalOptions {
 /// The consensus shell of one validator.
 pub struct Runtime {
     driver: Driver<NodePorts>,
-    done: mpsc::UnboundedReceiver<Result<Executed, StorageError>>,
+    done: mpsc::UnboundedReceiver<Result<ExecResult, StorageError>>,
     executor: std::thread::JoinHandle<()>,
     status: watch::Sender<Status>,
     /// What screening threads admit frames under (D16).
@@ -767,6 +787,7 @@ impl Runtime {
             committed: (block, cert),
             stable: store.stable_checkpoint()?,
             blocks: pending.clone(),
+            executed: store.recent_results(EXEC_RESULTS_KEPT)?,
         };
         let metrics = net.metrics().clone();
         if let Some(cp) = &restore.stable {
@@ -799,6 +820,7 @@ impl Runtime {
             seen: HashMap::new(),
             jobs: jobs_tx,
             elsewhere_logged: None,
+            mismatch_logged: None,
             #[cfg(feature = "byzantine")]
             attacker: None,
         };
@@ -1033,7 +1055,7 @@ impl Runtime {
                 done = self.done.recv() => match done {
                     Some(Ok(e)) => {
                         self.driver.ports_mut().executed(e.height.0);
-                        self.driver.on_executed(now(), e.height, e.block_id, e.state_root)?;
+                        self.driver.on_executed(now(), e)?;
                     }
                     Some(Err(e)) => return Err(e.into()),
                     None => return Err(RuntimeError::ExecutorStopped),

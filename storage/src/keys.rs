@@ -12,8 +12,15 @@ pub const CF_SAFETY: &str = "safety";
 pub const CF_PENDING: &str = "pending_blocks";
 pub const CF_CHECKPOINTS: &str = "checkpoints";
 pub const CF_EVIDENCE: &str = "evidence";
+/// Height → the execution result of the block at that height (P22).
+pub const CF_EXEC: &str = "exec_results";
+/// Height → the receipts of the block at that height, in payload order.
+pub const CF_RECEIPTS: &str = "receipts";
+/// Height → the height of the committed block whose header certifies the
+/// execution result of that height (P22).
+pub const CF_CERTIFIED: &str = "certified_by";
 
-pub const ALL_CFS: [&str; 11] = [
+pub const ALL_CFS: [&str; 14] = [
     CF_META,
     CF_BLOCKS,
     CF_BLOCK_INDEX,
@@ -25,6 +32,9 @@ pub const ALL_CFS: [&str; 11] = [
     CF_PENDING,
     CF_CHECKPOINTS,
     CF_EVIDENCE,
+    CF_EXEC,
+    CF_RECEIPTS,
+    CF_CERTIFIED,
 ];
 
 pub const META_GENESIS: &[u8] = b"genesis_hash";
@@ -39,8 +49,9 @@ pub const SAFETY_COUNTER_KEY: &[u8] = b"counter";
 /// The on-disk format version this code writes and reads. 3: the genesis
 /// block and every consensus signature bind the genesis hash, and the
 /// safety record is a file of its own; a store of format 2 holds a chain
-/// whose signatures this version does not accept.
-pub const FORMAT_VERSION: u32 = 3;
+/// whose signatures this version does not accept. 4: block headers carry
+/// execution results (P22), so a chain of format 3 has other block ids.
+pub const FORMAT_VERSION: u32 = 4;
 
 pub fn height_key(h: u64) -> [u8; 8] {
     h.to_be_bytes()

@@ -6,7 +6,7 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard};
 use std::time::{Duration, Instant};
 
-use phalanx_consensus::{Block, CheckpointCert, Height, QuorumCert, genesis_qc};
+use phalanx_consensus::{Block, CheckpointCert, ExecResult, Height, QuorumCert, genesis_qc};
 use phalanx_crypto::{ChainId, Digest, PublicKey, decode, encode};
 use phalanx_ledger::{
     Account, AccountProof, Genesis, LedgerError, PreparedPayload, Receipt, Rules, StateTree,
@@ -95,6 +95,8 @@ pub struct ApplyResult {
     pub head: Head,
     /// One receipt per payload item.
     pub receipts: Vec<Receipt>,
+    /// The block's execution result (P22): its state and receipts roots.
+    pub exec: ExecResult,
     /// Where the time went, for metrics.
     pub timings: ApplyTimings,
 }
@@ -479,9 +481,18 @@ impl Store {
                 .collect();
             (out, previous)
         };
+        let receipts_root = phalanx_ledger::receipts_root(&out.receipts);
         let t1 = Instant::now();
         let id = block.id();
         let mut wb = WriteBatch::default();
+        wb.put_cf(self.cf(CF_RECEIPTS)?, height_key(h), encode(&out.receipts));
+        // The results this block's header certifies (checked by the
+        // quorum that certified it, P22): where a proof of each finds its
+        // certificate.
+        let certified = self.cf(CF_CERTIFIED)?;
+        for r in &block.header.exec {
+            wb.put_cf(certified, height_key(r.height.0), height_key(h));
+        }
         wb.put_cf(self.cf(CF_BLOCKS)?, height_key(h), encode(block));
         wb.put_cf(self.cf(CF_BLOCK_INDEX)?, id.0, height_key(h));
         wb.put_cf(self.cf(CF_CERTS)?, height_key(h), encode(cert));
@@ -553,6 +564,13 @@ impl Store {
             state_root: root,
         };
         wb.put_cf(self.cf(CF_STATE_ROOTS)?, height_key(h), root.0);
+        let exec = ExecResult {
+            height: block.height(),
+            block_id: id,
+            state_root: root,
+            receipts_root,
+        };
+        wb.put_cf(self.cf(CF_EXEC)?, height_key(h), encode(&exec));
         // Written unsynced, then the log synced on its own: durable before
         // this returns all the same, but RocksDB's write queue is not held
         // for the sync, so the vote path's unsynced writes (pending blocks,
@@ -593,6 +611,7 @@ impl Store {
         Ok(ApplyResult {
             head: new_head,
             receipts: out.receipts,
+            exec,
             timings: ApplyTimings {
                 execute: t1 - t0,
                 state_root: t3 - t2,
@@ -689,6 +708,51 @@ impl Store {
                 Ok(Digest(arr))
             }
         }
+    }
+
+    /// The execution result of the block at `height` (P22), while retained
+    /// (`None` for genesis, whose state the genesis file gives).
+    pub fn exec_result(&self, height: Height) -> Result<Option<ExecResult>, StorageError> {
+        self.read_record(CF_EXEC, &height_key(height.0), "execution result")
+    }
+
+    /// The receipts of the block at `height`, while retained.
+    pub fn receipts(&self, height: Height) -> Result<Option<Vec<Receipt>>, StorageError> {
+        self.read_record(CF_RECEIPTS, &height_key(height.0), "receipts")
+    }
+
+    /// The height of the committed block whose header certifies the
+    /// execution result of `height` (P22), once one is committed.
+    pub fn certified_by(&self, height: Height) -> Result<Option<Height>, StorageError> {
+        match self
+            .db
+            .get_pinned_cf(self.cf(CF_CERTIFIED)?, height_key(height.0))?
+        {
+            None => Ok(None),
+            Some(b) => {
+                let arr: [u8; 8] = b.as_ref().try_into().map_err(|_| {
+                    StorageError::Corrupt(format!("certified-by record {}", height.0))
+                })?;
+                Ok(Some(Height(u64::from_be_bytes(arr))))
+            }
+        }
+    }
+
+    /// The latest execution results, ascending, at most `n` (what a
+    /// restarted validator checks proposals against, P22).
+    pub fn recent_results(&self, n: usize) -> Result<Vec<ExecResult>, StorageError> {
+        let head = self.head().height;
+        let mut out = Vec::with_capacity(n.min(1024));
+        let it = self.db.iterator_cf(
+            self.cf(CF_EXEC)?,
+            IteratorMode::From(&height_key(head), rocksdb::Direction::Reverse),
+        );
+        for item in it.take(n) {
+            let (_, v) = item?;
+            out.push(phalanx_crypto::decode(&v, 256).map_err(|e| corrupt("execution result", e))?);
+        }
+        out.reverse();
+        Ok(out)
     }
 
     /// Whether a transaction with this hash was applied in a retained
@@ -870,6 +934,9 @@ impl Store {
                 wb.delete_cf(self.cf(CF_BLOCKS)?, height_key(h));
                 wb.delete_cf(self.cf(CF_CERTS)?, height_key(h));
                 wb.delete_cf(self.cf(CF_STATE_ROOTS)?, height_key(h));
+                wb.delete_cf(self.cf(CF_EXEC)?, height_key(h));
+                wb.delete_cf(self.cf(CF_RECEIPTS)?, height_key(h));
+                wb.delete_cf(self.cf(CF_CERTIFIED)?, height_key(h));
             }
             self.db.write(wb)?;
             // The transaction records of those heights go with them.

@@ -87,11 +87,22 @@ pub fn transfers(
 }
 
 /// The next block on the store's head carrying `txs`, with a stand-in
-/// certificate (storage does not verify certificates; consensus does).
+/// certificate (storage does not verify certificates; consensus does). Like
+/// an honest leader's, it carries the store's own execution result of the
+/// height three below it (P22).
 pub fn next_block(store: &Store, txs: &[Vec<u8>]) -> (Block, QuorumCert) {
     let head = store.head();
     let payload = encode_payload(txs);
     let h = head.height + 1;
+    let exec: Vec<_> = match h.checked_sub(3) {
+        Some(e) if e >= 1 => store
+            .exec_result(Height(e))
+            .ok()
+            .flatten()
+            .into_iter()
+            .collect(),
+        _ => vec![],
+    };
     let parent_qc = QuorumCert {
         payload: Vote {
             view: View(head.height),
@@ -111,6 +122,8 @@ pub fn next_block(store: &Store, txs: &[Vec<u8>]) -> (Block, QuorumCert) {
             payload_digest: Digest::of(&payload),
             justify: parent_qc,
             idle: Default::default(),
+            exec_next: Height(h.saturating_sub(2).max(1)),
+            exec,
         },
         payload,
     };

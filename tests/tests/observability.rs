@@ -226,6 +226,7 @@ fn a_testnet_under_load_feeds_every_dashboard_panel_and_alert_rule_in_a_real_pro
         names,
         [
             "PhalanxEquivocation",
+            "PhalanxExecutionMismatch",
             "PhalanxKeyUsedElsewhere",
             "PhalanxMempoolNearFull",
             "PhalanxNoCommit",

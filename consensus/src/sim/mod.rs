@@ -31,15 +31,15 @@ use phalanx_crypto::{ChainId, Digest, KeyPair, ValidatorIndex, ValidatorSet, Ver
 
 pub use rng::Rng;
 
-use crate::core::{Config, Evidence, Flaw, PayloadValidator, Restore};
+use crate::core::{Config, EXEC_RESULTS_KEPT, Evidence, Flaw, PayloadValidator, Restore};
 use crate::driver::{
     BlockStore, Driver, DriverConfig, DriverError, Executor, Monitor, Outbox, PayloadRequest,
     PayloadSource, PortError, SafetyStore,
 };
 use crate::safety::SafetyState;
 use crate::types::{
-    Block, CheckpointCert, Height, Message, Proposal, QuorumCert, Time, Timeout, View, Vote,
-    genesis_qc,
+    Block, CheckpointCert, ExecResult, Height, Message, Proposal, QuorumCert, Time, Timeout, View,
+    Vote, genesis_qc,
 };
 use crate::verify::{VerifiedMessage, VerifyError};
 
@@ -83,11 +83,14 @@ pub enum Behaviour {
     /// Serves block requests with junk: nothing, only the first block, or
     /// blocks whose payload no longer matches their header.
     SyncLiar,
+    /// As leader, proposes blocks whose execution results carry a state
+    /// root or receipts root nobody computed (P22 must refuse them).
+    LieExecution,
 }
 
 impl Behaviour {
     /// Every behaviour.
-    pub const ALL: [Behaviour; 13] = [
+    pub const ALL: [Behaviour; 14] = [
         Behaviour::Silent,
         Behaviour::Equivocate,
         Behaviour::DoubleVote,
@@ -101,6 +104,7 @@ impl Behaviour {
         Behaviour::LowTc,
         Behaviour::Delay,
         Behaviour::SyncLiar,
+        Behaviour::LieExecution,
     ];
 }
 
@@ -195,6 +199,12 @@ pub struct RunStats {
     pub graylisted: u64,
     /// Views in which a twin saw its key used by its other copy (P21).
     pub elsewhere: u64,
+    /// Execution mismatches honest validators reported against a lying
+    /// leader (P22).
+    pub exec_mismatches: u64,
+    /// Execution results certified in committed blocks and checked against
+    /// the honest validators' own (P22).
+    pub certified_results: u64,
     /// Stable checkpoints reached (highest height).
     pub stable_height: u64,
     /// Crashes injected.
@@ -311,6 +321,9 @@ struct Disk {
     /// driver serves block requests from.
     chain: BTreeMap<u64, Block>,
     chain_ids: HashMap<Digest, u64>,
+    /// The latest execution results (P22), as the node's store keeps its
+    /// state and receipts roots by height.
+    results: BTreeMap<u64, ExecResult>,
 }
 
 /// Work handed to the simulated executor, done in order.
@@ -335,6 +348,7 @@ struct SimPorts {
     evidence: Vec<Evidence>,
     graylisted: Vec<ValidatorIndex>,
     elsewhere: Vec<View>,
+    mismatches: Vec<ValidatorIndex>,
     /// Port calls left before the process dies mid-list (`Some(0)`: the
     /// next call fails).
     fuse: Option<usize>,
@@ -354,6 +368,7 @@ impl SimPorts {
             evidence: Vec::new(),
             graylisted: Vec::new(),
             elsewhere: Vec::new(),
+            mismatches: Vec::new(),
             fuse: None,
             delivered: 0,
             rejected: 0,
@@ -476,6 +491,16 @@ impl Monitor for SimPorts {
 
     fn own_key_elsewhere(&mut self, view: View, _kind: &'static str) {
         self.elsewhere.push(view);
+    }
+
+    fn execution_mismatch(
+        &mut self,
+        proposer: ValidatorIndex,
+        _view: View,
+        _ours: &ExecResult,
+        _theirs: &ExecResult,
+    ) {
+        self.mismatches.push(proposer);
     }
 }
 
@@ -808,6 +833,7 @@ impl<'a> Sim<'a> {
             committed: head,
             stable: disk.stable,
             blocks: disk.blocks.into_values().collect(),
+            executed: disk.results.into_values().collect(),
         };
         let now = self.clock(s);
         let slot = &mut self.slots[s];
@@ -1049,11 +1075,15 @@ impl<'a> Sim<'a> {
             return;
         }
         let peer = peers[self.rng.index(peers.len())];
-        let from = self.slots[peer].disk.borrow().clone();
+        let mut from = self.slots[peer].disk.borrow().clone();
         let Some(mut head) = from.head.clone() else {
             return;
         };
         let mut root = from.root;
+        // A state sync restores a checkpoint and replays the blocks after
+        // it, executing each: the results of those heights are its own.
+        let synced_from = from.stable.as_ref().map_or(0, |c| c.payload.height.0);
+        let mut results: BTreeMap<u64, ExecResult> = from.results.split_off(&(synced_from + 1));
         // Half the time, the checkpoint (older than the head): the restored
         // view is then further behind the views this validator signed in.
         if self.rng.chance(0.5)
@@ -1063,6 +1093,7 @@ impl<'a> Sim<'a> {
         {
             head = (b.clone(), child.header.justify.clone());
             root = cp.payload.state_root;
+            results.clear();
         }
         self.stats.wipes += 1;
         self.crash(s);
@@ -1082,6 +1113,7 @@ impl<'a> Sim<'a> {
             chain: BTreeMap::from([(h, head.0.clone())]),
             chain_ids: HashMap::from([(id, h)]),
             head: Some(head),
+            results,
         };
     }
 
@@ -1163,6 +1195,7 @@ impl<'a> Sim<'a> {
         let evidence = std::mem::take(&mut d.ports_mut().evidence);
         let graylisted = std::mem::take(&mut d.ports_mut().graylisted);
         let elsewhere = std::mem::take(&mut d.ports_mut().elsewhere);
+        let mismatches = std::mem::take(&mut d.ports_mut().mismatches);
         self.stats.delivered += std::mem::take(&mut d.ports_mut().delivered);
         self.stats.rejected += std::mem::take(&mut d.ports_mut().rejected);
         let deadline = d.next_deadline();
@@ -1198,6 +1231,9 @@ impl<'a> Sim<'a> {
         }
         for peer in graylisted {
             self.on_graylisted(s, peer);
+        }
+        for proposer in mismatches {
+            self.on_mismatch(s, proposer);
         }
         for view in elsewhere {
             match self.slots[s].byz {
@@ -1252,9 +1288,9 @@ impl<'a> Sim<'a> {
         };
         match job {
             Job::Execute(block, cert) => {
-                let (h, id, root) = self.on_commit(s, block, cert);
+                let result = self.on_commit(s, block, cert);
                 let now = self.clock(s);
-                self.call(s, |d| d.on_executed(now, Height(h), id, root));
+                self.call(s, |d| d.on_executed(now, result));
             }
             Job::Checkpoint(c) => self.on_checkpoint(s, c),
         }
@@ -1303,9 +1339,58 @@ impl<'a> Sim<'a> {
         }
     }
 
+    /// An honest validator found a proposal's execution result differing
+    /// from its own (P22): a violation unless the proposer may lie.
+    fn on_mismatch(&mut self, s: usize, proposer: ValidatorIndex) {
+        if !self.honest(s) {
+            return;
+        }
+        let proposer_honest = self
+            .slots
+            .iter()
+            .filter(|x| x.validator == proposer)
+            .all(|x| x.byz.is_none() || x.byz == Some(Behaviour::Twins));
+        if proposer_honest {
+            self.violations.push(format!(
+                "execution divergence: honest {} found honest {proposer}'s execution result differing from its own",
+                self.slots[s].validator
+            ));
+        } else {
+            self.stats.exec_mismatches += 1;
+        }
+    }
+
+    /// P22's check on the certified root: every execution result a
+    /// committed block carries is what the honest validators computed for
+    /// that height.
+    fn check_certified_results(&mut self, s: usize, block: &Block) {
+        let who = self.slots[s].validator;
+        for r in &block.header.exec {
+            let h = r.height.0;
+            let expected = match (self.committed.get(&h), self.roots.get(&h)) {
+                (Some(id), Some(root)) => Some(ExecResult {
+                    height: r.height,
+                    block_id: *id,
+                    state_root: *root,
+                    receipts_root: receipts_root_of(id),
+                }),
+                _ => None,
+            };
+            if expected.as_ref() != Some(r) {
+                self.violations.push(format!(
+                    "certified execution: {who} committed block {} at height {} certifying a result at height {h} that the honest validators did not compute",
+                    block.id().short(),
+                    block.height().0
+                ));
+            } else {
+                self.stats.certified_results += 1;
+            }
+        }
+    }
+
     /// Executes a committed block on the slot's disk after checking it;
-    /// returns its height, id and the state root after it.
-    fn on_commit(&mut self, s: usize, block: Block, cert: QuorumCert) -> (u64, Digest, Digest) {
+    /// returns its execution result.
+    fn on_commit(&mut self, s: usize, block: Block, cert: QuorumCert) -> ExecResult {
         let id = block.id();
         let h = block.height().0;
         let who = self.slots[s].validator;
@@ -1381,7 +1466,14 @@ impl<'a> Sim<'a> {
                     self.roots.insert(h, root);
                 }
             }
+            self.check_certified_results(s, &block);
         }
+        let result = ExecResult {
+            height: block.height(),
+            block_id: id,
+            state_root: root,
+            receipts_root: receipts_root_of(&id),
+        };
         self.check_conflicts();
         self.all_blocks.insert(id, block.clone());
         {
@@ -1391,9 +1483,13 @@ impl<'a> Sim<'a> {
             disk.chain.insert(h, block.clone());
             disk.chain_ids.insert(id, h);
             disk.head = Some((block, cert));
+            disk.results.insert(h, result);
+            while disk.results.len() > EXEC_RESULTS_KEPT {
+                disk.results.pop_first();
+            }
         }
         self.check_liveness();
-        (h, id, root)
+        result
     }
 
     fn on_checkpoint(&mut self, s: usize, c: CheckpointCert) {
@@ -1525,6 +1621,23 @@ impl<'a> Sim<'a> {
                 if let Message::Proposal(p) = &msg
                     && let Some(alt) = self.burn(s, &p.payload)
                 {
+                    self.transmit(s, to, &Message::Proposal(alt));
+                    return;
+                }
+                self.transmit(s, to, &msg);
+            }
+            Some(Behaviour::LieExecution) => {
+                if let Message::Proposal(p) = &msg
+                    && !p.payload.block.header.exec.is_empty()
+                {
+                    let mut alt = p.payload.clone();
+                    let r = &mut alt.block.header.exec[0];
+                    if self.rng.chance(0.5) {
+                        r.state_root = Digest::of(&r.state_root.0);
+                    } else {
+                        r.receipts_root = Digest::of(&r.receipts_root.0);
+                    }
+                    let alt = self.sign_as(s, alt);
                     self.transmit(s, to, &Message::Proposal(alt));
                     return;
                 }
@@ -1823,4 +1936,10 @@ pub fn run_many(cfg: &SimConfig, start: u64, count: u64, threads: usize) -> Vec<
     });
     all.sort_by_key(|o| o.seed);
     all
+}
+
+/// The simulated receipts root of a block: anything every honest executor
+/// computes alike.
+fn receipts_root_of(id: &Digest) -> Digest {
+    Digest::of_parts(&[b"receipts", &id.0])
 }
