@@ -5,8 +5,12 @@
 //! stores anything. The shape is RFC 9162's (Certificate Transparency v2):
 //! leaves `H(0x00 ‖ encode(receipt))`, nodes `H(0x01 ‖ left ‖ right)`, the
 //! left subtree of `n` leaves the largest power of two below `n`, and the
-//! empty tree `H()`. A receipt names its transaction's hash, so a receipt's
-//! proof also proves which transaction sat at that position of the block.
+//! empty tree `H()`. The root binds the count as well: it is
+//! `H(0x02 ‖ count as 8 bytes little-endian ‖ tree hash)`, so a proof's
+//! position and count are both fixed by the root (RFC 9162's audit path
+//! alone verifies for some other tree sizes too). A receipt names its
+//! transaction's hash, so a receipt's proof also proves which transaction
+//! sat at that position of the block.
 //!
 //! # Why not a crate
 //! `rs_merkle` and `ct-merkle` build the same shape, but over their own
@@ -61,7 +65,15 @@ fn root_of_leaves(leaves: &[[u8; 32]]) -> [u8; 32] {
 /// The receipts root of a block's receipts.
 pub fn receipts_root(receipts: &[Receipt]) -> Digest {
     let leaves: Vec<[u8; 32]> = receipts.iter().map(receipt_leaf).collect();
-    Digest(root_of_leaves(&leaves))
+    bind_count(receipts.len() as u64, &root_of_leaves(&leaves))
+}
+
+fn bind_count(count: u64, tree: &[u8; 32]) -> Digest {
+    let mut h = Sha256::new();
+    h.update([2u8]);
+    h.update(count.to_le_bytes());
+    h.update(tree);
+    Digest(h.finalize().into())
 }
 
 /// A proof that a receipt is the one at `index` of `count` under a
@@ -160,7 +172,7 @@ pub fn verify_receipt_proof(
     if s != 0 {
         return fail("receipt proof shorter than its tree");
     }
-    if r != root.0 {
+    if bind_count(u64::from(proof.count), &r) != root {
         return fail("receipt proof does not lead to the receipts root");
     }
     Ok(())
@@ -201,6 +213,9 @@ mod tests {
                     moved.index = ((i + 1) % n) as u32;
                     assert!(verify_receipt_proof(root, &rs[i], &moved).is_err());
                 }
+                let mut grown = p.clone();
+                grown.count += 1;
+                assert!(verify_receipt_proof(root, &rs[i], &grown).is_err());
                 for j in 0..p.siblings.len() {
                     let mut flipped = p.clone();
                     flipped.siblings[j][7] ^= 1;
@@ -215,8 +230,14 @@ mod tests {
     fn the_root_is_the_rfc_shape() {
         let rs = receipts(3);
         let l: Vec<_> = rs.iter().map(receipt_leaf).collect();
-        assert_eq!(receipts_root(&rs).0, node(&node(&l[0], &l[1]), &l[2]));
-        assert_eq!(receipts_root(&rs[..1]).0, l[0]);
-        assert_eq!(receipts_root(&[]).0, <[u8; 32]>::from(Sha256::digest([])));
+        assert_eq!(
+            receipts_root(&rs),
+            bind_count(3, &node(&node(&l[0], &l[1]), &l[2]))
+        );
+        assert_eq!(receipts_root(&rs[..1]), bind_count(1, &l[0]));
+        assert_eq!(
+            receipts_root(&[]),
+            bind_count(0, &Sha256::digest([]).into())
+        );
     }
 }

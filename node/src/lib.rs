@@ -10,6 +10,7 @@
 pub mod byzantine;
 pub mod config;
 pub mod ingress;
+pub mod light;
 pub mod mempool;
 pub mod metrics;
 pub mod net;

@@ -74,6 +74,27 @@ enum Cmd {
         /// A node's JSON-RPC URL.
         #[arg(long)]
         rpc: String,
+        /// Answer only once the node has committed this height.
+        #[arg(long)]
+        min_height: Option<u64>,
+        #[command(flatten)]
+        verify: wallet::VerifyArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Show a committed block.
+    Block {
+        /// A height, or `latest`.
+        block: String,
+        /// A node's JSON-RPC URL.
+        #[arg(long)]
+        rpc: String,
+        /// Answer only once the node has committed this height.
+        #[arg(long)]
+        min_height: Option<u64>,
+        #[command(flatten)]
+        verify: wallet::VerifyArgs,
         /// Print JSON.
         #[arg(long)]
         json: bool,
@@ -156,7 +177,20 @@ fn main() -> std::process::ExitCode {
         }
         Cmd::Keys(k) => wallet::keys(k),
         Cmd::Tx(t) => wallet::tx(t),
-        Cmd::Account { address, rpc, json } => wallet::account(&address, &rpc, json),
+        Cmd::Account {
+            address,
+            rpc,
+            min_height,
+            verify,
+            json,
+        } => wallet::account(&address, &rpc, min_height, &verify, json),
+        Cmd::Block {
+            block,
+            rpc,
+            min_height,
+            verify,
+            json,
+        } => wallet::block(&block, &rpc, min_height, &verify, json),
         Cmd::Status { rpc, json } => wallet::status(&rpc, json),
     };
     match res {
@@ -385,7 +419,7 @@ async fn run_node(
     for p in &cfg.peers {
         peers.push((p.key, p.addr.parse().context("peers")?));
     }
-    let metrics = Arc::new(Metrics::new(genesis.validators.len(), &rpc::METHODS));
+    let metrics = Arc::new(Metrics::new(genesis.validators.len(), &rpc::method_names()));
     let (network, inbound, mut gossip) = net::start(NetConfig {
         key: key.clone(),
         listen,

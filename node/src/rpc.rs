@@ -19,7 +19,7 @@ use jsonrpsee::server::{
 };
 use jsonrpsee::types::{ErrorObject, ErrorObjectOwned, Params};
 use phalanx_crypto::{Digest, PublicKey, encode};
-use phalanx_ledger::{Receipt, SignedTransfer, TxStatus, decode_payload};
+use phalanx_ledger::{Receipt, TxStatus, decode_payload};
 use phalanx_storage::TxRecord;
 use serde_json::{Value, json};
 use tokio::sync::{broadcast, mpsc, oneshot};
@@ -102,6 +102,15 @@ pub mod codes {
     /// The client's address holds as many connections as it may (sent
     /// as an HTTP 429 answer before the connection is closed).
     pub const TOO_MANY_CONNECTIONS: i32 = 1022;
+    /// The node has not committed the read's `min_height` (after waiting
+    /// up to 10 s); `data` holds its height.
+    pub const BEHIND: i32 = 1023;
+    /// No committed block certifies the execution of the height a proof is
+    /// for yet (after waiting up to 10 s); retry.
+    pub const NOT_CERTIFIED: i32 = 1024;
+    /// The height asked for is not retained (pruned, or a state other
+    /// than the head's).
+    pub const NOT_RETAINED: i32 = 1025;
 }
 
 fn err(code: i32, msg: impl Into<String>) -> ErrorObjectOwned {
@@ -185,13 +194,6 @@ fn committed_json(hash: &Digest, rec: &TxRecord) -> Value {
         "index": rec.index,
         "receipt": receipt_json(&rec.receipt),
     })
-}
-
-fn tx_hash_of_item(item: &[u8]) -> Digest {
-    match SignedTransfer::decode(item) {
-        Ok(t) => t.hash(),
-        Err(_) => Digest::of(item),
-    }
 }
 
 /// A digest written as 64 hex characters without a heap allocation.
@@ -442,260 +444,314 @@ struct Ctx {
     ingress: mpsc::Sender<Submission>,
 }
 
-/// The methods answered with a single result (counted and timed in
-/// metrics), besides the block subscription.
-pub const METHODS: [&str; 9] = [
-    "health_live",
-    "health_ready",
-    "ledger_submitTransaction",
-    "ledger_submitTransactions",
-    "ledger_getTransaction",
-    "ledger_getBlock",
-    "ledger_getAccount",
-    "ledger_status",
-    "ledger_getEvidence",
+/// One JSON-RPC method: its name, what the OpenRPC document says of it,
+/// and its handler. [`API`] is the one table both the server and
+/// `rpc.discover` are built from.
+pub struct MethodSpec {
+    /// The method name.
+    pub name: &'static str,
+    /// One line on what it does.
+    pub summary: &'static str,
+    /// Its positional parameters.
+    pub params: &'static [ParamSpec],
+    /// The JSON Schema of its result.
+    pub result: &'static str,
+    handler: Handler,
+}
+
+/// One positional parameter of a method.
+pub struct ParamSpec {
+    /// Its name.
+    pub name: &'static str,
+    /// Whether it must be given.
+    pub required: bool,
+    /// Its JSON Schema.
+    pub schema: &'static str,
+    /// What it means.
+    pub description: &'static str,
+}
+
+type BoxedResult = std::pin::Pin<Box<dyn std::future::Future<Output = RpcResult> + Send>>;
+
+#[derive(Clone, Copy)]
+enum Handler {
+    /// Answered on the async worker that received it (cheap reads).
+    Sync(fn(Params<'_>, &Ctx) -> RpcResult),
+    /// Awaits (commits, the ingress, a blocking-pool read).
+    Async(fn(Params<'static>, Arc<Ctx>) -> BoxedResult),
+    /// The block subscription (and, named apart, its unsubscribe method).
+    Subscription { unsubscribe: &'static str },
+    /// The unsubscribe method, registered with its subscription.
+    Unsubscribe,
+}
+
+const READ_OPTS: ParamSpec = ParamSpec {
+    name: "options",
+    required: false,
+    schema: r#"{"type":"object","additionalProperties":false,"properties":{"min_height":{"type":"integer","minimum":0,"description":"answer only once this node has committed this height (waits up to 10 s, else error 1023)"},"proof":{"type":"boolean","description":"attach a proof bundle (hex) checkable against the genesis"}}}"#,
+    description: "read options: min_height (read your writes) and proof",
+};
+
+const HASH_SCHEMA: &str = r#"{"type":"string","pattern":"^(0x)?[0-9a-fA-F]{64}$"}"#;
+const OBJECT: &str = r#"{"type":"object"}"#;
+
+/// Every method the server answers.
+pub static API: [MethodSpec; 13] = [
+    MethodSpec {
+        name: "health_live",
+        summary: "Liveness: the process answers (also GET /livez).",
+        params: &[],
+        result: r#"{"type":"object","properties":{"live":{"type":"boolean"}}}"#,
+        handler: Handler::Sync(|_, _| Ok(json!({"live": true}))),
+    },
+    MethodSpec {
+        name: "health_ready",
+        summary: "Readiness: committing and not behind its peers (also GET /readyz); error 1014 otherwise.",
+        params: &[],
+        result: r#"{"type":"object","properties":{"ready":{"type":"boolean"}}}"#,
+        handler: Handler::Sync(|_, ctx| {
+            ctx.shared
+                .ready(READY_MAX_LAG, READY_MAX_SILENCE_MS)
+                .map(|()| json!({"ready": true}))
+                .map_err(|why| err(codes::NOT_READY, why))
+        }),
+    },
+    MethodSpec {
+        name: "ledger_submitTransaction",
+        summary: "Submits one signed transfer (hex); with wait \"commit\", answers once it is committed, with its height.",
+        params: &[
+            ParamSpec {
+                name: "tx",
+                required: true,
+                schema: r#"{"type":"string","pattern":"^(0x)?[0-9a-fA-F]*$"}"#,
+                description: "the signed transfer's canonical bytes, hex",
+            },
+            ParamSpec {
+                name: "wait",
+                required: false,
+                schema: r#"{"type":"string","enum":["none","commit"]}"#,
+                description: "\"commit\" to answer once committed (up to 30 s)",
+            },
+        ],
+        result: OBJECT,
+        handler: Handler::Async(|p, c| Box::pin(submit(p, c))),
+    },
+    MethodSpec {
+        name: "ledger_submitTransactions",
+        summary: "Submits up to 1024 signed transfers; one result or error per transfer, in order.",
+        params: &[ParamSpec {
+            name: "txs",
+            required: true,
+            schema: r#"{"type":"array","items":{"type":"string"},"minItems":1,"maxItems":1024}"#,
+            description: "signed transfers, hex",
+        }],
+        result: r#"{"type":"array","items":{"type":"object"}}"#,
+        handler: Handler::Async(|p, c| Box::pin(submit_many(p, c))),
+    },
+    MethodSpec {
+        name: "ledger_getTransaction",
+        summary: "A transaction's status: committed (height, index, receipt), pending, not_retained or unknown; with proof, its receipt's proof bundle.",
+        params: &[
+            ParamSpec {
+                name: "hash",
+                required: true,
+                schema: HASH_SCHEMA,
+                description: "the transaction hash, hex",
+            },
+            READ_OPTS,
+        ],
+        result: OBJECT,
+        handler: Handler::Async(|p, c| Box::pin(get_transaction_proved(p, c))),
+    },
+    MethodSpec {
+        name: "ledger_getBlock",
+        summary: "A committed block by height (or \"latest\"): header fields, transaction hashes, certificate; with proof, the block, its certificate and the header certifying its execution.",
+        params: &[
+            ParamSpec {
+                name: "block",
+                required: true,
+                schema: r#"{"oneOf":[{"type":"integer","minimum":0},{"type":"string","enum":["latest"]}]}"#,
+                description: "a height, or \"latest\"",
+            },
+            READ_OPTS,
+        ],
+        result: OBJECT,
+        handler: Handler::Async(|p, c| Box::pin(read_blocking(p, c, 1, get_block))),
+    },
+    MethodSpec {
+        name: "ledger_getAccount",
+        summary: "An account's balance and nonce at the head, with its Merkle proof; with proof, a bundle that proves it against the genesis validators.",
+        params: &[
+            ParamSpec {
+                name: "address",
+                required: true,
+                schema: HASH_SCHEMA,
+                description: "the account's public key, hex",
+            },
+            ParamSpec {
+                name: "options",
+                required: false,
+                schema: r#"{"type":"object","additionalProperties":false,"properties":{"min_height":{"type":"integer","minimum":0},"proof":{"type":"boolean"},"height":{"type":"integer","minimum":0,"description":"the height whose state is wanted: this node holds the state at its head only, so another height is answered with error 1025"}}}"#,
+                description: "read options: min_height, proof, height",
+            },
+        ],
+        result: OBJECT,
+        handler: Handler::Async(|p, c| Box::pin(get_account(p, c))),
+    },
+    MethodSpec {
+        name: "ledger_status",
+        summary: "The node's chain, head, view, peers, stable checkpoint and mempool.",
+        params: &[READ_OPTS],
+        result: OBJECT,
+        handler: Handler::Async(|p, c| Box::pin(read(p, c, 0, status))),
+    },
+    MethodSpec {
+        name: "ledger_getEvidence",
+        summary: "Equivocation evidence this node holds, for every validator or one.",
+        params: &[
+            ParamSpec {
+                name: "signer",
+                required: false,
+                schema: r#"{"type":["integer","null"],"minimum":0}"#,
+                description: "one validator's index (null: all)",
+            },
+            READ_OPTS,
+        ],
+        result: OBJECT,
+        handler: Handler::Async(|p, c| Box::pin(read(p, c, 1, get_evidence))),
+    },
+    MethodSpec {
+        name: "ledger_subscribeBlocks",
+        summary: "WebSocket: a `ledger_block` notification per committed block (with transaction hashes and statuses when the parameter is true).",
+        params: &[ParamSpec {
+            name: "with_transactions",
+            required: false,
+            schema: r#"{"type":"boolean"}"#,
+            description: "include each transaction's hash and status",
+        }],
+        result: r#"{"type":"string","description":"the subscription id"}"#,
+        handler: Handler::Subscription {
+            unsubscribe: "ledger_unsubscribeBlocks",
+        },
+    },
+    MethodSpec {
+        name: "ledger_unsubscribeBlocks",
+        summary: "Ends a block subscription.",
+        params: &[ParamSpec {
+            name: "subscription",
+            required: true,
+            schema: r#"{"type":"string"}"#,
+            description: "the id ledger_subscribeBlocks returned",
+        }],
+        result: r#"{"type":"boolean"}"#,
+        handler: Handler::Unsubscribe,
+    },
+    MethodSpec {
+        name: "rpc.discover",
+        summary: "This API as an OpenRPC document, generated from the table the server registers its methods from.",
+        params: &[],
+        result: r#"{"type":"object","description":"an OpenRPC 1.2.6 document"}"#,
+        handler: Handler::Sync(|_, _| Ok(openrpc_document())),
+    },
+    MethodSpec {
+        name: "ledger_getExecution",
+        summary: "The execution result of a committed height (block id, state root, receipts root) and, once committed, the height of the block whose header certifies it.",
+        params: &[
+            ParamSpec {
+                name: "height",
+                required: true,
+                schema: r#"{"type":"integer","minimum":1}"#,
+                description: "a committed height",
+            },
+            READ_OPTS,
+        ],
+        result: OBJECT,
+        handler: Handler::Async(|p, c| Box::pin(read(p, c, 1, get_execution))),
+    },
 ];
 
+/// The names of the methods answered with a single result (counted and
+/// timed in metrics).
+pub fn method_names() -> Vec<&'static str> {
+    API.iter()
+        .filter(|m| matches!(m.handler, Handler::Sync(_) | Handler::Async(_)))
+        .map(|m| m.name)
+        .collect()
+}
+
+/// The OpenRPC document of [`API`].
+pub fn openrpc_document() -> Value {
+    let schema = |s: &str| serde_json::from_str::<Value>(s).unwrap_or_else(|_| json!({}));
+    let methods: Vec<Value> = API
+        .iter()
+        .map(|m| {
+            json!({
+                "name": m.name,
+                "summary": m.summary,
+                "paramStructure": "by-position",
+                "params": m.params.iter().map(|p| json!({
+                    "name": p.name,
+                    "required": p.required,
+                    "description": p.description,
+                    "schema": schema(p.schema),
+                })).collect::<Vec<_>>(),
+                "result": { "name": "result", "schema": schema(m.result) },
+            })
+        })
+        .collect();
+    json!({
+        "openrpc": "1.2.6",
+        "info": {
+            "title": "Phalanx JSON-RPC",
+            "version": env!("CARGO_PKG_VERSION"),
+            "description": "A Phalanx node's API. Errors carry stable codes (1001-1025); see the README.",
+        },
+        "methods": methods,
+    })
+}
+
 type RpcResult = Result<Value, ErrorObjectOwned>;
-
-/// Registers a synchronous method, counted and timed.
-fn method<F>(m: &mut RpcModule<Ctx>, name: &'static str, f: F) -> anyhow::Result<()>
-where
-    F: Fn(Params<'_>, &Ctx) -> RpcResult + Send + Sync + Clone + 'static,
-{
-    debug_assert!(METHODS.contains(&name));
-    m.register_method(name, move |params, ctx, _| {
-        let started = Instant::now();
-        let res = f(params, ctx);
-        ctx.shared.metrics.rpc(name, res.is_ok(), started.elapsed());
-        res
-    })?;
-    Ok(())
-}
-
-/// Registers a synchronous method that runs on the blocking pool rather
-/// than an async worker (it may read and decode megabytes), counted and
-/// timed.
-fn blocking_method<F>(m: &mut RpcModule<Ctx>, name: &'static str, f: F) -> anyhow::Result<()>
-where
-    F: Fn(Params<'_>, &Ctx) -> RpcResult + Send + Sync + Clone + 'static,
-{
-    debug_assert!(METHODS.contains(&name));
-    m.register_blocking_method(name, move |params, ctx, _| {
-        let started = Instant::now();
-        let res = f(params, &ctx);
-        ctx.shared.metrics.rpc(name, res.is_ok(), started.elapsed());
-        res
-    })?;
-    Ok(())
-}
-
-/// Registers an asynchronous method, counted and timed.
-fn async_method<F, Fut>(m: &mut RpcModule<Ctx>, name: &'static str, f: F) -> anyhow::Result<()>
-where
-    F: Fn(Params<'static>, Arc<Ctx>) -> Fut + Send + Sync + Clone + 'static,
-    Fut: std::future::Future<Output = RpcResult> + Send + 'static,
-{
-    debug_assert!(METHODS.contains(&name));
-    m.register_async_method(name, move |params, ctx, _| {
-        let f = f.clone();
-        async move {
-            let started = Instant::now();
-            let res = f(params, ctx.clone()).await;
-            ctx.shared.metrics.rpc(name, res.is_ok(), started.elapsed());
-            res
-        }
-    })?;
-    Ok(())
-}
 
 fn module(
     shared: Arc<Shared>,
     ingress: mpsc::Sender<Submission>,
 ) -> anyhow::Result<RpcModule<Ctx>> {
     let mut m = RpcModule::new(Ctx { shared, ingress });
-
-    method(&mut m, "health_live", |_, _| Ok(json!({"live": true})))?;
-    method(&mut m, "health_ready", |_, ctx| {
-        ctx.shared
-            .ready(READY_MAX_LAG, READY_MAX_SILENCE_MS)
-            .map(|()| json!({"ready": true}))
-            .map_err(|why| err(codes::NOT_READY, why))
-    })?;
-
-    async_method(&mut m, "ledger_submitTransaction", submit)?;
-    async_method(&mut m, "ledger_submitTransactions", submit_many)?;
-
-    method(&mut m, "ledger_getTransaction", |params, ctx| {
-        let (hash,): (String,) = params.parse()?;
-        let hash = digest_param(&hash)?;
-        let store = &ctx.shared.store;
-        let rec = store.transaction(&hash).map_err(internal)?;
-        if let Some(rec) = &rec
-            && rec.receipt.status == TxStatus::Applied
-        {
-            return Ok(committed_json(&hash, rec));
-        }
-        // A failure receipt is not final while the transaction is pending
-        // again (a leader may have put it out of nonce order).
-        if ctx.shared.pool().contains(&hash) {
-            let mut v = json!({ "hash": hash.to_hex(), "status": "pending" });
-            if let Some(rec) = &rec {
-                v["last_failure"] = committed_json(&hash, rec);
+    for spec in &API {
+        let name = spec.name;
+        match spec.handler {
+            Handler::Sync(f) => {
+                m.register_method(name, move |params, ctx, _| {
+                    let started = Instant::now();
+                    let res = f(params, ctx);
+                    ctx.shared.metrics.rpc(name, res.is_ok(), started.elapsed());
+                    res
+                })?;
             }
-            return Ok(v);
-        }
-        if let Some(rec) = &rec {
-            return Ok(committed_json(&hash, rec));
-        }
-        // Records go with their blocks: with history pruned, an unknown
-        // hash may be one committed below what this node keeps.
-        let from = store.first_retained_block().map_err(internal)?.0;
-        if from > 1 {
-            return Ok(json!({
-                "hash": hash.to_hex(),
-                "status": "not_retained",
-                "retained_from": from,
-                "message": format!(
-                    "not pending and not in the blocks this node keeps (heights {from} on); \
-                     a transaction committed below them has been pruned"
-                ),
-            }));
-        }
-        Ok(json!({ "hash": hash.to_hex(), "status": "unknown" }))
-    })?;
-
-    // A block is up to the payload bound (megabytes) to read, decode and
-    // hash: off the async workers, which serve every other connection.
-    blocking_method(&mut m, "ledger_getBlock", |params, ctx| {
-        let (which,): (Value,) = params.parse()?;
-        let store = &ctx.shared.store;
-        let height = match &which {
-            Value::String(s) if s == "latest" => store.head().height,
-            Value::Number(n) => n
-                .as_u64()
-                .ok_or_else(|| err(codes::BAD_PARAM, "height: expected a non-negative integer"))?,
-            _ => {
-                return Err(err(codes::BAD_PARAM, "expected a height or \"latest\""));
+            Handler::Async(f) => {
+                m.register_async_method(name, move |params, ctx, _| async move {
+                    let started = Instant::now();
+                    let res = f(params, ctx.clone()).await;
+                    ctx.shared.metrics.rpc(name, res.is_ok(), started.elapsed());
+                    res
+                })?;
             }
-        };
-        let block = store
-            .block(phalanx_consensus::Height(height))
-            .map_err(internal)?
-            .ok_or_else(|| err(codes::NOT_FOUND, format!("no block at height {height}")))?;
-        let cert = store
-            .cert(phalanx_consensus::Height(height))
-            .map_err(internal)?;
-        let txs: Vec<String> = decode_payload(&block.payload)
-            .map(|items| items.iter().map(|i| tx_hash_of_item(i).to_hex()).collect())
-            .unwrap_or_default();
-        let h = &block.header;
-        Ok(json!({
-            "height": height,
-            "block_id": block.id().to_hex(),
-            "parent": h.parent.to_hex(),
-            "view": h.view.0,
-            "proposer": h.proposer.0,
-            "timestamp_ms": h.timestamp_ms,
-            "payload_digest": h.payload_digest.to_hex(),
-            "transactions": txs,
-            "certificate": cert.map(|c| json!({
-                "view": c.payload.view.0,
-                "block_id": c.payload.block_id.to_hex(),
-                "signers": c.signers.iter().map(|i| i.0).collect::<Vec<_>>(),
-                "bytes": hex::encode(encode(&c)),
-            })),
-        }))
-    })?;
+            Handler::Subscription { unsubscribe } => subscribe_blocks(&mut m, name, unsubscribe)?,
+            Handler::Unsubscribe => {}
+        }
+    }
+    Ok(m)
+}
 
-    method(&mut m, "ledger_getAccount", |params, ctx| {
-        let (addr,): (String,) = params.parse()?;
-        let addr = address_param(&addr)?;
-        let (head, account, proof) = ctx
-            .shared
-            .store
-            .account_with_proof(&addr)
-            .map_err(internal)?;
-        #[cfg(feature = "byzantine")]
-        let account = crate::byzantine::read_account(&addr, account);
-        let a = account.unwrap_or_default();
-        Ok(json!({
-            "address": addr.to_hex(),
-            "exists": account.is_some(),
-            "balance": a.balance,
-            "nonce": a.nonce,
-            "height": head.height,
-            "state_root": head.state_root.to_hex(),
-            "proof": hex::encode(proof.to_bytes()),
-        }))
-    })?;
-
-    method(&mut m, "ledger_getEvidence", |params, ctx| {
-        // Optional: one culprit's validator index.
-        let signer: Option<u64> = params.sequence().optional_next()?;
-        let store = &ctx.shared.store;
-        let records = match signer {
-            Some(i) => {
-                let i = u16::try_from(i)
-                    .ok()
-                    .filter(|i| usize::from(*i) < ctx.shared.validators)
-                    .ok_or_else(|| {
-                        err(
-                            codes::BAD_PARAM,
-                            format!(
-                                "signer: no validator {i} in a set of {}",
-                                ctx.shared.validators
-                            ),
-                        )
-                    })?;
-                store.evidence_of(i).map_err(internal)?
-            }
-            None => store.evidence().map_err(internal)?,
-        };
-        const KINDS: [&str; 4] = ["proposal", "vote", "timeout", "checkpoint"];
-        let list: Vec<Value> = records
-            .iter()
-            .map(|r| {
-                json!({
-                    "signer": r.signer,
-                    "round": r.round,
-                    "kind": KINDS.get(usize::from(r.kind)).copied().unwrap_or("unknown"),
-                    "report": hex::encode(&r.bytes),
-                })
-            })
-            .collect();
-        Ok(json!({ "evidence": list }))
-    })?;
-
-    method(&mut m, "ledger_status", |_, ctx| {
-        let s = ctx.shared.status.borrow().clone();
-        let store = &ctx.shared.store;
-        let head = store.head();
-        let stable = store.stable_checkpoint().map_err(internal)?;
-        let pool = ctx.shared.pool();
-        Ok(json!({
-            "chain_id": ctx.shared.chain.to_string(),
-            "validator": ctx.shared.validator.to_hex(),
-            "height": head.height,
-            "block_id": head.block_id.to_hex(),
-            "state_root": head.state_root.to_hex(),
-            "view": s.view.0,
-            "leader": s.leader.0,
-            "peers": ctx.shared.metrics.peers(),
-            "syncing": ctx.shared.ready(READY_MAX_LAG, u64::MAX).is_err(),
-            "stable_checkpoint": stable.map(|c| json!({
-                "height": c.payload.height.0,
-                "block_id": c.payload.block_id.to_hex(),
-                "state_root": c.payload.state_root.to_hex(),
-            })),
-            "mempool": { "transactions": pool.len(), "bytes": pool.bytes() },
-        }))
-    })?;
-
+fn subscribe_blocks(
+    m: &mut RpcModule<Ctx>,
+    name: &'static str,
+    unsubscribe: &'static str,
+) -> anyhow::Result<()> {
     m.register_subscription(
-        "ledger_subscribeBlocks",
+        name,
         "ledger_block",
-        "ledger_unsubscribeBlocks",
+        unsubscribe,
         |params, pending: PendingSubscriptionSink, ctx, _| async move {
             // Optional: `true` adds each transaction's hash and status.
             let with_txs = match params.sequence().optional_next::<bool>() {
@@ -733,7 +789,478 @@ fn module(
             }
         },
     )?;
-    Ok(m)
+    Ok(())
+}
+
+/// How long a read with `min_height` waits for this node to reach it.
+pub const MIN_HEIGHT_WAIT: Duration = Duration::from_secs(10);
+/// A `min_height` further than this above the head is answered at once:
+/// no node commits that much within [`MIN_HEIGHT_WAIT`].
+pub const MIN_HEIGHT_MAX_AHEAD: u64 = 100_000;
+/// How long a read with a proof waits for the block that certifies the
+/// head's execution result to commit (a few blocks after the head).
+pub const PROOF_WAIT: Duration = Duration::from_secs(10);
+
+/// The options object every read method takes.
+#[derive(Default, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+struct ReadOpts {
+    min_height: Option<u64>,
+    #[serde(default)]
+    proof: bool,
+    height: Option<u64>,
+}
+
+/// The read options at position `pos` of `params` (absent or null: none).
+fn read_opts(params: &Params<'_>, pos: usize) -> Result<ReadOpts, ErrorObjectOwned> {
+    let Some(raw) = params.as_str() else {
+        return Ok(ReadOpts::default());
+    };
+    let v: Value = serde_json::from_str(raw)
+        .map_err(|e| err(jsonrpsee::types::error::INVALID_PARAMS_CODE, e.to_string()))?;
+    match v.get(pos) {
+        None | Some(Value::Null) => Ok(ReadOpts::default()),
+        Some(o) => serde_json::from_value(o.clone())
+            .map_err(|e| err(codes::BAD_PARAM, format!("options: {e}"))),
+    }
+}
+
+/// Waits until this node has committed `min` (bounded), or says how far
+/// behind it is.
+async fn reach(ctx: &Ctx, min: Option<u64>) -> Result<(), ErrorObjectOwned> {
+    let Some(min) = min else { return Ok(()) };
+    let mut commits = ctx.shared.commits.subscribe();
+    let behind = |h: u64| {
+        ErrorObject::owned(
+            codes::BEHIND,
+            format!(
+                "this node has committed height {h}, below min_height {min}; retry, or ask another node"
+            ),
+            Some(json!({ "height": h, "min_height": min })),
+        )
+    };
+    let head = ctx.shared.store.head_height().0;
+    if head >= min {
+        return Ok(());
+    }
+    if min - head > MIN_HEIGHT_MAX_AHEAD {
+        return Err(behind(head));
+    }
+    let wait = async {
+        loop {
+            match commits.recv().await {
+                Ok(n) if n.height >= min => return Ok(()),
+                Ok(_) => {}
+                Err(broadcast::error::RecvError::Lagged(_)) => {
+                    if ctx.shared.store.head_height().0 >= min {
+                        return Ok(());
+                    }
+                }
+                Err(broadcast::error::RecvError::Closed) => return Err(shutting_down()),
+            }
+        }
+    };
+    match tokio::time::timeout(MIN_HEIGHT_WAIT, wait).await {
+        Ok(r) => r,
+        Err(_) => Err(behind(ctx.shared.store.head_height().0)),
+    }
+}
+
+/// A read: waits for `min_height` (options at `pos`), then answers.
+async fn read(
+    params: Params<'static>,
+    ctx: Arc<Ctx>,
+    pos: usize,
+    f: fn(Params<'_>, &Ctx, ReadOpts) -> RpcResult,
+) -> RpcResult {
+    let opts = read_opts(&params, pos)?;
+    reach(&ctx, opts.min_height).await?;
+    let res = f(params, &ctx, opts)?;
+    Ok(res)
+}
+
+/// A read that may decode megabytes: on the blocking pool, off the async
+/// workers that serve every other connection.
+async fn read_blocking(
+    params: Params<'static>,
+    ctx: Arc<Ctx>,
+    pos: usize,
+    f: fn(Params<'_>, &Ctx, ReadOpts) -> RpcResult,
+) -> RpcResult {
+    let opts = read_opts(&params, pos)?;
+    reach(&ctx, opts.min_height).await?;
+    let c = ctx.clone();
+    tokio::task::spawn_blocking(move || f(params, &c, opts))
+        .await
+        .map_err(internal)?
+}
+
+/// The first positional parameter, parsed.
+fn first<T: serde::de::DeserializeOwned>(params: &Params<'_>) -> Result<T, ErrorObjectOwned> {
+    let mut seq = params.sequence();
+    seq.next()
+}
+
+/// The committed block certifying the execution result of `height`, with
+/// its certificate, once one is committed.
+fn certified_header(
+    store: &phalanx_storage::Store,
+    height: u64,
+) -> Result<Option<crate::light::CertifiedHeader>, ErrorObjectOwned> {
+    let Some(by) = store
+        .certified_by(phalanx_consensus::Height(height))
+        .map_err(internal)?
+    else {
+        return Ok(None);
+    };
+    let block = store.block(by).map_err(internal)?;
+    let cert = store.cert(by).map_err(internal)?;
+    Ok(match (block, cert) {
+        (Some(b), Some(cert)) => Some(crate::light::CertifiedHeader {
+            header: b.header,
+            cert,
+        }),
+        _ => None,
+    })
+}
+
+/// Waits (bounded) for the block certifying `height`'s execution result
+/// to commit.
+async fn await_certified(
+    ctx: &Ctx,
+    height: u64,
+) -> Result<crate::light::CertifiedHeader, ErrorObjectOwned> {
+    let mut commits = ctx.shared.commits.subscribe();
+    let store = &ctx.shared.store;
+    let wait = async {
+        loop {
+            if let Some(c) = certified_header(store, height)? {
+                return Ok(c);
+            }
+            match commits.recv().await {
+                Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+                Err(broadcast::error::RecvError::Closed) => return Err(shutting_down()),
+            }
+        }
+    };
+    match tokio::time::timeout(PROOF_WAIT, wait).await {
+        Ok(r) => r,
+        Err(_) => Err(err(
+            codes::NOT_CERTIFIED,
+            format!(
+                "no committed block certifies the execution of height {height} yet (waited {} s); retry",
+                PROOF_WAIT.as_secs()
+            ),
+        )),
+    }
+}
+
+fn not_retained(store: &phalanx_storage::Store, what: String) -> ErrorObjectOwned {
+    let from = store.first_retained_block().map(|h| h.0).unwrap_or(0);
+    ErrorObject::owned(
+        codes::NOT_RETAINED,
+        format!("{what} is not retained: this node keeps heights {from} on"),
+        Some(json!({ "retained_from": from })),
+    )
+}
+
+fn get_transaction(params: Params<'_>, ctx: &Ctx, _: ReadOpts) -> RpcResult {
+    let hash: String = first(&params)?;
+    let hash = digest_param(&hash)?;
+    let store = &ctx.shared.store;
+    let rec = store.transaction(&hash).map_err(internal)?;
+    if let Some(rec) = &rec
+        && rec.receipt.status == TxStatus::Applied
+    {
+        return Ok(committed_json(&hash, rec));
+    }
+    // A failure receipt is not final while the transaction is pending
+    // again (a leader may have put it out of nonce order).
+    if ctx.shared.pool().contains(&hash) {
+        let mut v = json!({ "hash": hash.to_hex(), "status": "pending" });
+        if let Some(rec) = &rec {
+            v["last_failure"] = committed_json(&hash, rec);
+        }
+        return Ok(v);
+    }
+    if let Some(rec) = &rec {
+        return Ok(committed_json(&hash, rec));
+    }
+    // Records go with their blocks: with history pruned, an unknown
+    // hash may be one committed below what this node keeps.
+    let from = store.first_retained_block().map_err(internal)?.0;
+    if from > 1 {
+        return Ok(json!({
+            "hash": hash.to_hex(),
+            "status": "not_retained",
+            "retained_from": from,
+            "message": format!(
+                "not pending and not in the blocks this node keeps (heights {from} on); \
+                 a transaction committed below them has been pruned"
+            ),
+        }));
+    }
+    Ok(json!({ "hash": hash.to_hex(), "status": "unknown" }))
+}
+
+/// `ledger_getTransaction`, with the receipt's proof bundle when asked.
+async fn get_transaction_proved(params: Params<'static>, ctx: Arc<Ctx>) -> RpcResult {
+    let opts = read_opts(&params, 1)?;
+    reach(&ctx, opts.min_height).await?;
+    let mut v = get_transaction(params.clone(), &ctx, ReadOpts::default())?;
+    if !opts.proof || v["status"] != "committed" {
+        return Ok(v);
+    }
+    let hash: String = first(&params)?;
+    let hash = digest_param(&hash)?;
+    let store = &ctx.shared.store;
+    let Some(rec) = store.transaction(&hash).map_err(internal)? else {
+        return Ok(v);
+    };
+    let height = phalanx_consensus::Height(rec.height);
+    let receipts = store
+        .receipts(height)
+        .map_err(internal)?
+        .ok_or_else(|| not_retained(store, format!("the receipts of height {}", rec.height)))?;
+    let proof = phalanx_ledger::prove_receipt(&receipts, rec.index as usize).ok_or_else(|| {
+        internal(format!(
+            "transaction index {} past the {} receipts of height {}",
+            rec.index,
+            receipts.len(),
+            rec.height
+        ))
+    })?;
+    let receipt = receipts[rec.index as usize].clone();
+    let certified = await_certified(&ctx, rec.height).await?;
+    v["proof"] = json!(crate::light::to_hex(&crate::light::ReceiptBundle {
+        height,
+        receipt,
+        proof,
+        certified,
+    }));
+    Ok(v)
+}
+
+fn get_block(params: Params<'_>, ctx: &Ctx, opts: ReadOpts) -> RpcResult {
+    let which: Value = first(&params)?;
+    let store = &ctx.shared.store;
+    let height = match &which {
+        Value::String(s) if s == "latest" => store.head().height,
+        Value::Number(n) => n
+            .as_u64()
+            .ok_or_else(|| err(codes::BAD_PARAM, "height: expected a non-negative integer"))?,
+        _ => {
+            return Err(err(codes::BAD_PARAM, "expected a height or \"latest\""));
+        }
+    };
+    let head = store.head().height;
+    let block = match store
+        .block(phalanx_consensus::Height(height))
+        .map_err(internal)?
+    {
+        Some(b) => b,
+        None if height <= head => {
+            return Err(not_retained(store, format!("block {height}")));
+        }
+        None => {
+            return Err(err(
+                codes::NOT_FOUND,
+                format!("no block at height {height}: this node has committed up to {head}"),
+            ));
+        }
+    };
+    let cert = store
+        .cert(phalanx_consensus::Height(height))
+        .map_err(internal)?;
+    let txs: Vec<String> = decode_payload(&block.payload)
+        .map(|items| {
+            items
+                .iter()
+                .map(|i| crate::light::item_hash(i).to_hex())
+                .collect()
+        })
+        .unwrap_or_default();
+    let h = &block.header;
+    let mut v = json!({
+        "height": height,
+        "block_id": block.id().to_hex(),
+        "parent": h.parent.to_hex(),
+        "view": h.view.0,
+        "proposer": h.proposer.0,
+        "timestamp_ms": h.timestamp_ms,
+        "payload_digest": h.payload_digest.to_hex(),
+        "transactions": txs,
+        "certifies": h.exec.iter().map(exec_json).collect::<Vec<_>>(),
+        "certificate": cert.as_ref().map(|c| json!({
+            "view": c.payload.view.0,
+            "block_id": c.payload.block_id.to_hex(),
+            "signers": c.signers.iter().map(|i| i.0).collect::<Vec<_>>(),
+            "bytes": hex::encode(encode(&c)),
+        })),
+    });
+    // The state after this block, once a committed header certifies it.
+    let execution = if height == 0 {
+        None
+    } else {
+        certified_header(store, height)?
+    };
+    v["certified_state_root"] = json!(
+        execution
+            .as_ref()
+            .and_then(|c| c.header.exec.iter().find(|r| r.height.0 == height))
+            .map(|r| r.state_root.to_hex())
+    );
+    if opts.proof {
+        let cert = cert.ok_or_else(|| internal(format!("block {height} has no certificate")))?;
+        v["proof"] = json!(crate::light::to_hex(&crate::light::BlockBundle {
+            block,
+            cert,
+            execution,
+        }));
+    }
+    Ok(v)
+}
+
+fn exec_json(r: &phalanx_consensus::ExecResult) -> Value {
+    json!({
+        "height": r.height.0,
+        "block_id": r.block_id.to_hex(),
+        "state_root": r.state_root.to_hex(),
+        "receipts_root": r.receipts_root.to_hex(),
+    })
+}
+
+fn get_execution(params: Params<'_>, ctx: &Ctx, _: ReadOpts) -> RpcResult {
+    let height: u64 = first(&params)?;
+    let store = &ctx.shared.store;
+    let head = store.head().height;
+    if height == 0 || height > head {
+        return Err(err(
+            codes::NOT_FOUND,
+            format!("no execution result for height {height}: this node has executed 1 to {head}"),
+        ));
+    }
+    let r = store
+        .exec_result(phalanx_consensus::Height(height))
+        .map_err(internal)?
+        .ok_or_else(|| not_retained(store, format!("the execution result of height {height}")))?;
+    let by = store
+        .certified_by(phalanx_consensus::Height(height))
+        .map_err(internal)?;
+    let mut v = exec_json(&r);
+    v["certified_by"] = json!(by.map(|h| h.0));
+    Ok(v)
+}
+
+async fn get_account(params: Params<'static>, ctx: Arc<Ctx>) -> RpcResult {
+    let opts = read_opts(&params, 1)?;
+    reach(&ctx, opts.min_height).await?;
+    let addr: String = first(&params)?;
+    let addr = address_param(&addr)?;
+    let store = &ctx.shared.store;
+    let (head, account, proof) = store.account_with_proof(&addr).map_err(internal)?;
+    if let Some(h) = opts.height
+        && h != head.height
+    {
+        return Err(ErrorObject::owned(
+            codes::NOT_RETAINED,
+            format!(
+                "the state at height {h} is not retained: this node holds the state at its head only (height {}); ask without `height`, with `min_height` to read at or above a height",
+                head.height
+            ),
+            Some(json!({ "head": head.height })),
+        ));
+    }
+    #[cfg(feature = "byzantine")]
+    let account = crate::byzantine::read_account(&addr, account);
+    let a = account.unwrap_or_default();
+    let mut v = json!({
+        "address": addr.to_hex(),
+        "exists": account.is_some(),
+        "balance": a.balance,
+        "nonce": a.nonce,
+        "height": head.height,
+        "state_root": head.state_root.to_hex(),
+        "proof": hex::encode(proof.to_bytes()),
+    });
+    if opts.proof {
+        if head.height == 0 {
+            return Err(err(
+                codes::NOT_CERTIFIED,
+                "the genesis state is given by the genesis file, not certified by a quorum",
+            ));
+        }
+        let certified = await_certified(&ctx, head.height).await?;
+        v["certified_proof"] = json!(crate::light::to_hex(&crate::light::AccountBundle {
+            height: phalanx_consensus::Height(head.height),
+            account,
+            proof,
+            certified,
+        }));
+    }
+    Ok(v)
+}
+
+fn get_evidence(params: Params<'_>, ctx: &Ctx, _: ReadOpts) -> RpcResult {
+    // Optional: one culprit's validator index.
+    let signer: Option<u64> = params.sequence().optional_next()?;
+    let store = &ctx.shared.store;
+    let records = match signer {
+        Some(i) => {
+            let i = u16::try_from(i)
+                .ok()
+                .filter(|i| usize::from(*i) < ctx.shared.validators)
+                .ok_or_else(|| {
+                    err(
+                        codes::BAD_PARAM,
+                        format!(
+                            "signer: no validator {i} in a set of {}",
+                            ctx.shared.validators
+                        ),
+                    )
+                })?;
+            store.evidence_of(i).map_err(internal)?
+        }
+        None => store.evidence().map_err(internal)?,
+    };
+    const KINDS: [&str; 4] = ["proposal", "vote", "timeout", "checkpoint"];
+    let list: Vec<Value> = records
+        .iter()
+        .map(|r| {
+            json!({
+                "signer": r.signer,
+                "round": r.round,
+                "kind": KINDS.get(usize::from(r.kind)).copied().unwrap_or("unknown"),
+                "report": hex::encode(&r.bytes),
+            })
+        })
+        .collect();
+    Ok(json!({ "evidence": list }))
+}
+
+fn status(_: Params<'_>, ctx: &Ctx, _: ReadOpts) -> RpcResult {
+    let s = ctx.shared.status.borrow().clone();
+    let store = &ctx.shared.store;
+    let head = store.head();
+    let stable = store.stable_checkpoint().map_err(internal)?;
+    let pool = ctx.shared.pool();
+    Ok(json!({
+        "chain_id": ctx.shared.chain.to_string(),
+        "validator": ctx.shared.validator.to_hex(),
+        "height": head.height,
+        "block_id": head.block_id.to_hex(),
+        "state_root": head.state_root.to_hex(),
+        "view": s.view.0,
+        "leader": s.leader.0,
+        "peers": ctx.shared.metrics.peers(),
+        "syncing": ctx.shared.ready(READY_MAX_LAG, u64::MAX).is_err(),
+        "stable_checkpoint": stable.map(|c| json!({
+            "height": c.payload.height.0,
+            "block_id": c.payload.block_id.to_hex(),
+            "state_root": c.payload.state_root.to_hex(),
+        })),
+        "mempool": { "transactions": pool.len(), "bytes": pool.bytes() },
+    }))
 }
 
 fn shutting_down() -> ErrorObjectOwned {

@@ -10,8 +10,10 @@ use clap::Subcommand;
 use jsonrpsee_core::client::ClientT;
 use jsonrpsee_core::params::ArrayParams;
 use jsonrpsee_http_client::HttpClient;
-use phalanx_crypto::{ChainId, KeyPair, PublicKey};
-use phalanx_ledger::{Leg, Transfer};
+use phalanx_crypto::{ChainId, Digest, KeyPair, PublicKey};
+use phalanx_ledger::{Genesis, Leg, Transfer};
+use phalanx_node::light::{self, AccountBundle, Anchor, BlockBundle, ReceiptBundle};
+use phalanx_node::rpc::receipt_json;
 use serde_json::{Value, json};
 
 /// How long a wallet call waits for the node (a commit wait included).
@@ -82,7 +84,94 @@ pub enum TxCmd {
         /// Return once accepted into the mempool.
         #[arg(long)]
         no_wait: bool,
+        #[command(flatten)]
+        verify: VerifyArgs,
     },
+    /// Show a transaction's status.
+    Status {
+        /// The transaction hash (hex).
+        hash: String,
+        /// A node's JSON-RPC URL.
+        #[arg(long)]
+        rpc: String,
+        /// Answer only once the node has committed this height.
+        #[arg(long)]
+        min_height: Option<u64>,
+        #[command(flatten)]
+        verify: VerifyArgs,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+/// `--verify`: check the node's answer against the genesis, trusting
+/// nothing the node says that its proof does not show.
+#[derive(clap::Args, Clone)]
+pub struct VerifyArgs {
+    /// Verify the answer with its proof bundle against the genesis's
+    /// validators (needs --genesis).
+    #[arg(long, requires = "genesis")]
+    pub verify: bool,
+    /// The chain's genesis file: the only thing --verify trusts.
+    #[arg(long)]
+    pub genesis: Option<PathBuf>,
+}
+
+impl VerifyArgs {
+    fn anchor(&self) -> Result<Option<Anchor>> {
+        if !self.verify {
+            return Ok(None);
+        }
+        let path = self
+            .genesis
+            .as_ref()
+            .context("--verify needs --genesis FILE")?;
+        let g = Genesis::load(path).with_context(|| format!("genesis {}", path.display()))?;
+        Ok(Some(Anchor::from_genesis(&g)?))
+    }
+}
+
+fn failed(e: light::LightError) -> anyhow::Error {
+    anyhow::anyhow!("verification failed: {e}")
+}
+
+/// A field of a node's answer that its proof must agree with.
+fn agree(what: &str, claimed: &Value, proven: Value) -> Result<()> {
+    if *claimed != proven {
+        bail!(
+            "verification failed: the node answered {what} = {claimed}, but its proof shows {proven}"
+        );
+    }
+    Ok(())
+}
+
+/// Verifies a transaction answer that has a proof bundle; returns the
+/// answer with only proven values, and how it was proven.
+fn verify_tx(anchor: &Anchor, hash: &Digest, v: &Value) -> Result<Value> {
+    let bundle: ReceiptBundle = light::from_hex(
+        v["proof"]
+            .as_str()
+            .context("verification failed: the node sent no proof")?,
+    )
+    .map_err(failed)?;
+    let (exec, receipt) = anchor.verify_receipt(hash, &bundle).map_err(failed)?;
+    agree("height", &v["height"], json!(exec.height.0))?;
+    agree("receipt", &v["receipt"], receipt_json(&receipt))?;
+    agree("index", &v["index"], json!(bundle.proof.index))?;
+    Ok(json!({
+        "hash": hash.to_hex(),
+        "status": "committed",
+        "height": exec.height.0,
+        "index": bundle.proof.index,
+        "block_id": exec.block_id.to_hex(),
+        "receipt": receipt_json(&receipt),
+        "verified": {
+            "certified_by_height": bundle.certified.header.height.0,
+            "signers": bundle.certified.cert.signers.count(),
+            "receipts_root": exec.receipts_root.to_hex(),
+        },
+    }))
 }
 
 fn parse_address(s: &str) -> Result<PublicKey> {
@@ -193,6 +282,13 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
 /// `phalanx tx …`.
 pub fn tx(cmd: TxCmd) -> Result<()> {
     match cmd {
+        TxCmd::Status {
+            hash,
+            rpc,
+            min_height,
+            verify,
+            json: j,
+        } => tx_status(&hash, &rpc, min_height, &verify, j),
         TxCmd::Sign {
             transfer:
                 TransferArgs {
@@ -229,7 +325,12 @@ pub fn tx(cmd: TxCmd) -> Result<()> {
                 },
             nonce,
             no_wait,
+            verify,
         } => {
+            let anchor = verify.anchor()?;
+            if anchor.is_some() && no_wait {
+                bail!("--verify needs the commit: leave out --no-wait");
+            }
             let key = load_key(&key)?;
             let to = parse_address(&to)?;
             if amount == 0 {
@@ -260,6 +361,23 @@ pub fn tx(cmd: TxCmd) -> Result<()> {
                     vec![json!(hex_tx), json!(wait)],
                 )
                 .await?;
+                let r = match &anchor {
+                    Some(anchor) if r["status"] == "committed" => {
+                        let hash = Digest::from_hex(r["hash"].as_str().unwrap_or_default())
+                            .context("the node's transaction hash")?;
+                        let v = call(
+                            &rpc,
+                            "ledger_getTransaction",
+                            vec![
+                                json!(hash.to_hex()),
+                                json!({ "proof": true, "min_height": r["height"] }),
+                            ],
+                        )
+                        .await?;
+                        verify_tx(anchor, &hash, &v)?
+                    }
+                    _ => r,
+                };
                 print(&r, j, |r| {
                     let mut s = format!(
                         "transaction {} {}",
@@ -269,6 +387,9 @@ pub fn tx(cmd: TxCmd) -> Result<()> {
                     if let Some(h) = r["height"].as_u64() {
                         let status = r["receipt"]["status"].as_str().unwrap_or("");
                         s.push_str(&format!(" at height {h}: {status}"));
+                        if r["verified"].is_object() {
+                            s.push_str(&verified_line(&r["verified"]));
+                        }
                         if status != "applied" {
                             s.push_str(
                                 "\n(a failure receipt is not final: the same transaction can still apply once its nonce and funds allow)",
@@ -283,19 +404,187 @@ pub fn tx(cmd: TxCmd) -> Result<()> {
     }
 }
 
-/// `phalanx account ADDR --rpc URL`.
-pub fn account(addr: &str, rpc: &str, j: bool) -> Result<()> {
-    let addr = parse_address(addr)?;
+fn verified_line(v: &Value) -> String {
+    format!(
+        "\nverified: certified by the block at height {} ({} validators signed)",
+        v["certified_by_height"], v["signers"]
+    )
+}
+
+/// `phalanx tx status HASH --rpc URL`.
+pub fn tx_status(
+    hash: &str,
+    rpc: &str,
+    min_height: Option<u64>,
+    verify: &VerifyArgs,
+    j: bool,
+) -> Result<()> {
+    let hash = Digest::from_hex(hash.strip_prefix("0x").unwrap_or(hash))
+        .with_context(|| format!("transaction hash `{hash}`"))?;
+    let anchor = verify.anchor()?;
     block_on(async move {
-        let v = call(rpc, "ledger_getAccount", vec![json!(addr.to_hex())]).await?;
+        let opts = json!({ "proof": anchor.is_some(), "min_height": min_height });
+        let v = call(
+            rpc,
+            "ledger_getTransaction",
+            vec![json!(hash.to_hex()), opts],
+        )
+        .await?;
+        let v = match &anchor {
+            Some(anchor) if v["status"] == "committed" => verify_tx(anchor, &hash, &v)?,
+            Some(_) => bail!(
+                "cannot verify: the transaction is {} (only a committed transaction has a proof)",
+                v["status"]
+            ),
+            None => v,
+        };
         print(&v, j, |v| {
-            format!(
+            let mut s = format!(
+                "transaction {} {}",
+                v["hash"].as_str().unwrap_or(""),
+                v["status"].as_str().unwrap_or("")
+            );
+            if let Some(h) = v["height"].as_u64() {
+                s.push_str(&format!(
+                    " at height {h}: {}",
+                    v["receipt"]["status"].as_str().unwrap_or("")
+                ));
+            }
+            if v["verified"].is_object() {
+                s.push_str(&verified_line(&v["verified"]));
+            }
+            s
+        });
+        Ok(())
+    })
+}
+
+/// `phalanx account ADDR --rpc URL`.
+pub fn account(
+    addr: &str,
+    rpc: &str,
+    min_height: Option<u64>,
+    verify: &VerifyArgs,
+    j: bool,
+) -> Result<()> {
+    let addr = parse_address(addr)?;
+    let anchor = verify.anchor()?;
+    block_on(async move {
+        let opts = json!({ "proof": anchor.is_some(), "min_height": min_height });
+        let v = call(rpc, "ledger_getAccount", vec![json!(addr.to_hex()), opts]).await?;
+        let v = match &anchor {
+            None => v,
+            Some(anchor) => {
+                let bundle: AccountBundle = light::from_hex(
+                    v["certified_proof"]
+                        .as_str()
+                        .context("verification failed: the node sent no proof")?,
+                )
+                .map_err(failed)?;
+                let (h, a) = anchor.verify_account(&addr, &bundle).map_err(failed)?;
+                let acct = a.unwrap_or_default();
+                agree("height", &v["height"], json!(h.0))?;
+                agree("exists", &v["exists"], json!(a.is_some()))?;
+                agree("balance", &v["balance"], json!(acct.balance))?;
+                agree("nonce", &v["nonce"], json!(acct.nonce))?;
+                json!({
+                    "address": addr.to_hex(),
+                    "exists": a.is_some(),
+                    "balance": acct.balance,
+                    "nonce": acct.nonce,
+                    "height": h.0,
+                    "verified": {
+                        "certified_by_height": bundle.certified.header.height.0,
+                        "signers": bundle.certified.cert.signers.count(),
+                    },
+                })
+            }
+        };
+        print(&v, j, |v| {
+            let mut s = format!(
                 "address: {}\nbalance: {}\nnonce:   {}\nheight:  {}",
                 v["address"].as_str().unwrap_or(""),
                 v["balance"],
                 v["nonce"],
                 v["height"]
-            )
+            );
+            if v["verified"].is_object() {
+                s.push_str(&verified_line(&v["verified"]));
+            }
+            s
+        });
+        Ok(())
+    })
+}
+
+/// `phalanx block HEIGHT|latest --rpc URL`.
+pub fn block(
+    which: &str,
+    rpc: &str,
+    min_height: Option<u64>,
+    verify: &VerifyArgs,
+    j: bool,
+) -> Result<()> {
+    let which = match which {
+        "latest" => json!("latest"),
+        h => json!(
+            h.parse::<u64>()
+                .with_context(|| format!("block `{h}`: expected a height or `latest`"))?
+        ),
+    };
+    let anchor = verify.anchor()?;
+    block_on(async move {
+        let opts = json!({ "proof": anchor.is_some(), "min_height": min_height });
+        let v = call(rpc, "ledger_getBlock", vec![which, opts]).await?;
+        let v = match &anchor {
+            None => v,
+            Some(anchor) => {
+                let bundle: BlockBundle = light::from_hex(
+                    v["proof"]
+                        .as_str()
+                        .context("verification failed: the node sent no proof")?,
+                )
+                .map_err(failed)?;
+                let b = anchor.verify_block(&bundle).map_err(failed)?;
+                let txs: Vec<String> = b.transactions.iter().map(|t| t.to_hex()).collect();
+                agree("height", &v["height"], json!(b.height.0))?;
+                agree("block_id", &v["block_id"], json!(b.id.to_hex()))?;
+                agree("transactions", &v["transactions"], json!(txs))?;
+                agree(
+                    "certified_state_root",
+                    &v["certified_state_root"],
+                    json!(b.execution.map(|r| r.state_root.to_hex())),
+                )?;
+                json!({
+                    "height": b.height.0,
+                    "block_id": b.id.to_hex(),
+                    "transactions": txs,
+                    "state_root": b.execution.map(|r| r.state_root.to_hex()),
+                    "verified": {
+                        "certified_by_height": b.height.0,
+                        "signers": bundle.cert.signers.count(),
+                        "execution_certified_by_height": bundle.execution.as_ref().map(|c| c.header.height.0),
+                    },
+                })
+            }
+        };
+        print(&v, j, |v| {
+            let mut s = format!(
+                "block {} at height {}: {} transactions",
+                v["block_id"].as_str().unwrap_or(""),
+                v["height"],
+                v["transactions"].as_array().map_or(0, |t| t.len())
+            );
+            if v["verified"].is_object() {
+                s.push_str(&verified_line(&v["verified"]));
+                if let Some(root) = v["state_root"].as_str() {
+                    s.push_str(&format!(
+                        "\nstate root after it: {root} (certified by the block at height {})",
+                        v["verified"]["execution_certified_by_height"]
+                    ));
+                }
+            }
+            s
         });
         Ok(())
     })

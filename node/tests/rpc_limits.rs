@@ -33,7 +33,7 @@ fn server(limits: RpcLimits) -> Server {
     let store = Arc::new(Store::open(dir.path(), &g, StoreOptions::default()).unwrap());
     let (b, c) = next_block(&store, &[]);
     store.apply_block(&b, &c).unwrap();
-    let metrics = Arc::new(Metrics::new(4, &rpc::METHODS));
+    let metrics = Arc::new(Metrics::new(4, &rpc::method_names()));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -17,6 +17,8 @@ use std::time::{Duration, Instant};
 use phalanx_crypto::{ChainId, KeyPair, PublicKey};
 use phalanx_ledger::{Genesis, GenesisAccount, Params};
 
+pub mod proxy;
+
 /// Deadline for conditions that need the cluster to make progress.
 pub const PATIENCE: Duration = Duration::from_secs(120);
 

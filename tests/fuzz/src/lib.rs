@@ -341,7 +341,7 @@ pub mod rpc {
             let methods = rt.block_on(async {
                 let metrics = Arc::new(Metrics::new(
                     f.genesis.validators.len(),
-                    &phalanx_node::rpc::METHODS,
+                    &phalanx_node::rpc::method_names(),
                 ));
                 let (shared, status) = Shared::new(
                     f.store.clone(),
