@@ -42,3 +42,38 @@ ensure_prometheus() {
         _apt install -y -qq --no-install-recommends prometheus >/dev/null
     fi
 }
+
+# The OpenRPC meta-schema and the JSON Schema meta-schema it refers to,
+# from their npm packages (@open-rpc/meta-schema,
+# @json-schema-tools/meta-schema), as plain JSON files for the test that
+# validates `rpc.discover`'s document. Fetched once into the cache.
+OPENRPC_META_SCHEMA_VERSION=1.14.9
+JSON_SCHEMA_TOOLS_VERSION=1.8.0
+export PHALANX_OPENRPC_SCHEMAS="${PHALANX_OPENRPC_SCHEMAS:-$HOME/.cache/phalanx/openrpc-$OPENRPC_META_SCHEMA_VERSION}"
+ensure_openrpc_schemas() {
+    local dir="$PHALANX_OPENRPC_SCHEMAS"
+    if [ -s "$dir/openrpc.json" ] && [ -s "$dir/json-schema-tools.json" ]; then
+        return
+    fi
+    if ! command -v npm >/dev/null || ! command -v node >/dev/null; then
+        echo "==> installing nodejs and npm (for the OpenRPC meta-schema)"
+        _apt update -qq
+        _apt install -y -qq nodejs npm >/dev/null
+    fi
+    echo "==> fetching the OpenRPC meta-schema"
+    local tmp
+    tmp="$(mktemp -d)"
+    (
+        cd "$tmp"
+        npm pack --silent "@open-rpc/meta-schema@$OPENRPC_META_SCHEMA_VERSION" >/dev/null
+        npm pack --silent "@json-schema-tools/meta-schema@$JSON_SCHEMA_TOOLS_VERSION" >/dev/null
+        mkdir o j
+        tar xzf open-rpc-meta-schema-*.tgz -C o
+        tar xzf json-schema-tools-meta-schema-*.tgz -C j
+        node -e 'process.stdout.write(JSON.stringify(require("./o/package").openrpcDocument))' > openrpc.json
+        node -e 'process.stdout.write(JSON.stringify(require("./j/package").default))' > json-schema-tools.json
+    )
+    mkdir -p "$dir"
+    mv "$tmp/openrpc.json" "$tmp/json-schema-tools.json" "$dir/"
+    rm -rf "$tmp"
+}

@@ -7,6 +7,7 @@ source scripts/env.sh
 
 ensure_build_deps
 ensure_prometheus
+ensure_openrpc_schemas
 
 echo "==> one RocksDB build for every command"
 python3 scripts/check-rocksdb-build.py
