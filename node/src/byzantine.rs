@@ -599,9 +599,15 @@ pub fn state_lie(req: &crate::statesync::StateRequest) -> Option<StateLie> {
         (0, _) => StateLie::Stall,
         // Claims to have no checkpoint: ends the exchange early.
         (1, StateRequest::Checkpoint) => StateLie::Answer(StateResponse::Checkpoint(None)),
-        (1, StateRequest::Chunk { .. }) => {
+        (1, StateRequest::Chunk { .. } | StateRequest::Blocks { .. }) => {
             StateLie::Answer(StateResponse::Error("not serving".into()))
         }
+        // Claims a far head and sends nothing.
+        (_, StateRequest::Blocks { .. }) => StateLie::Answer(StateResponse::Blocks {
+            head: u64::MAX,
+            blocks: vec![],
+            stable: None,
+        }),
         (_, StateRequest::Checkpoint) => StateLie::Answer(StateResponse::Error("junk".into())),
         (_, StateRequest::Chunk { height, bucket, .. }) => {
             StateLie::Answer(StateResponse::Chunk(phalanx_storage::StateChunk {

@@ -111,6 +111,12 @@ pub struct Config {
     /// Async runtime worker threads; 0 means one per CPU core. Validators
     /// sharing a machine (a local testnet) run better with fewer.
     pub runtime_threads: usize,
+    /// Run as a full node: follow the chain from the validators in `peers`
+    /// (verifying every certificate), serve reads, and forward submitted
+    /// transactions to `forward_rpc`. Its key is not a validator's.
+    pub full_node: bool,
+    /// A full node's validators' JSON-RPC URLs, where submissions go.
+    pub forward_rpc: Vec<String>,
 }
 
 impl Default for Config {
@@ -138,6 +144,8 @@ impl Default for Config {
             overdue_tx_ms: 30_000,
             clock_offset_ms: 0,
             runtime_threads: 0,
+            full_node: false,
+            forward_rpc: Vec::new(),
         }
     }
 }
@@ -225,6 +233,9 @@ impl Config {
         }
         if self.overdue_tx_ms < 1000 {
             return bad("overdue_tx_ms", "must be at least 1000".into());
+        }
+        if let Some(u) = self.forward_rpc.iter().find(|u| !u.starts_with("http://")) {
+            return bad("forward_rpc", format!("`{u}`: expected an http:// URL"));
         }
         if self.rpc_connections_per_ip == 0
             || self.rpc_connections_per_ip > crate::rpc::MAX_CONNECTIONS
@@ -319,9 +330,22 @@ clock_offset_ms = {co}
 # machine (a local testnet) run better with fewer.
 runtime_threads = {rt}
 
+# A full node follows the chain from the validators in [[peers]] and
+# serves reads; it never votes. Its submissions go to the validators'
+# JSON-RPC URLs in forward_rpc.
+full_node = {full}
+forward_rpc = [{forward}]
+
 # The other validators: one [[peers]] table each, with the validator's
 # public key and its libp2p address.
 {peers}"#,
+            full = self.full_node,
+            forward = self
+                .forward_rpc
+                .iter()
+                .map(|u| format!("\"{u}\""))
+                .collect::<Vec<_>>()
+                .join(", "),
             genesis = self.genesis.display(),
             key = self.key_file.display(),
             data = self.data_dir.display(),

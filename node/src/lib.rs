@@ -9,6 +9,7 @@
 #[cfg(feature = "byzantine")]
 pub mod byzantine;
 pub mod config;
+pub mod follow;
 pub mod ingress;
 pub mod light;
 pub mod mempool;

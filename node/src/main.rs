@@ -57,6 +57,14 @@ enum Cmd {
         /// A peer validator as `KEY_HEX@MULTIADDR` (repeatable).
         #[arg(long = "peer")]
         peers: Vec<String>,
+        /// A full node: follows the chain from its peers and serves reads;
+        /// its key is not a validator's.
+        #[arg(long)]
+        full_node: bool,
+        /// A validator's JSON-RPC URL a full node forwards submissions to
+        /// (repeatable).
+        #[arg(long = "forward-rpc")]
+        forward_rpc: Vec<String>,
         /// Print the result as JSON.
         #[arg(long)]
         json: bool,
@@ -146,6 +154,8 @@ fn main() -> std::process::ExitCode {
             metrics_listen,
             genesis,
             peers,
+            full_node,
+            forward_rpc,
             json,
         } => init(
             &home,
@@ -156,6 +166,7 @@ fn main() -> std::process::ExitCode {
             },
             genesis,
             &peers,
+            (full_node, forward_rpc),
             json,
         ),
         Cmd::Start {
@@ -214,10 +225,18 @@ fn init(
     addrs: Addrs,
     genesis: Option<PathBuf>,
     peers: &[String],
+    (full_node, forward_rpc): (bool, Vec<String>),
     json: bool,
 ) -> Result<()> {
     std::fs::create_dir_all(home).with_context(|| format!("creating {}", home.display()))?;
-    let mut cfg = Config::default();
+    let mut cfg = Config {
+        full_node,
+        forward_rpc,
+        ..Config::default()
+    };
+    if full_node {
+        cfg.key_file = PathBuf::from("node.key");
+    }
     if let Some(l) = addrs.listen {
         cfg.listen = l;
     }
@@ -268,8 +287,13 @@ fn init(
                 "public_key": public,
                 "key_file": key_path,
                 "config": config_path,
+                "full_node": full_node,
             })
         );
+    } else if full_node {
+        println!("full node key: {public}");
+        println!("key file:      {}", key_path.display());
+        println!("config:        {}", config_path.display());
     } else {
         println!("validator key: {public}");
         println!("key file:      {}", key_path.display());
@@ -332,6 +356,16 @@ fn start(home: &Path, log_format: Option<String>, recover: bool, attack: Attack)
         .with_context(|| format!("genesis {}", genesis_path.display()))?;
     let key_path = Config::resolve(home, &cfg.key_file);
     let key = KeyPair::load(&key_path).with_context(|| format!("key {}", key_path.display()))?;
+    if cfg.full_node {
+        if genesis.validators.contains(&key.public()) {
+            bail!(
+                "full_node = true, but key {} is a validator of chain {}: a full node needs a key of its own",
+                key.public().to_hex(),
+                genesis.chain_id
+            );
+        }
+        return start_full_node(cfg, genesis, key, home);
+    }
     if !genesis.validators.contains(&key.public()) {
         bail!(
             "key {} is not a validator of chain {}",
@@ -442,6 +476,7 @@ async fn run_node(
         network.control(),
         Arc::new(network.validator_peer_ids()),
         store_ready,
+        network.outsider_activity(),
     ));
     // A fresh (or wiped) validator, or one further behind than its peers
     // keep blocks, restores the latest stable checkpoint from its peers
@@ -536,6 +571,7 @@ async fn run_node(
             connections_per_ip: cfg.rpc_connections_per_ip,
             requests_per_sec: cfg.rpc_requests_per_sec,
         },
+        None,
     )
     .await
     .with_context(|| format!("starting JSON-RPC on {}", cfg.rpc_listen))?;
@@ -552,6 +588,143 @@ async fn run_node(
     let _ = rpc_handle.stop();
     res?;
     Ok(())
+}
+
+/// `phalanx start` of a full node: its store, the follower, JSON-RPC and
+/// metrics; no consensus, no safety record.
+fn start_full_node(cfg: Config, genesis: Genesis, key: KeyPair, home: &Path) -> Result<()> {
+    let data = Config::resolve(home, &cfg.data_dir);
+    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
+    phalanx_node::statesync::settle(&data).with_context(|| {
+        format!(
+            "settling an interrupted state restore in {}",
+            data.display()
+        )
+    })?;
+    let store_options = StoreOptions {
+        retained_blocks: cfg.retained_blocks,
+        ..StoreOptions::default()
+    };
+    let store = Store::open(
+        &data.join(phalanx_node::statesync::DB_DIR),
+        &genesis,
+        store_options.clone(),
+    )?;
+    info!(
+        chain = %genesis.chain_id,
+        key = %key.public().to_hex(),
+        height = store.head().height,
+        "full node store open"
+    );
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cfg.runtime_threads > 0 {
+        builder.worker_threads(cfg.runtime_threads);
+    }
+    let rt = builder
+        .enable_all()
+        .build()
+        .context("starting the async runtime")?;
+    let res = rt.block_on(run_full_node(
+        cfg,
+        genesis,
+        key,
+        store,
+        (data, store_options),
+    ));
+    rt.shutdown_timeout(Duration::from_secs(5));
+    match &res {
+        Ok(()) => info!("stopped"),
+        Err(e) => error!("stopped on error: {e:#}"),
+    }
+    res
+}
+
+async fn run_full_node(
+    cfg: Config,
+    genesis: Genesis,
+    key: KeyPair,
+    store: Store,
+    (data, store_options): (PathBuf, StoreOptions),
+) -> Result<()> {
+    let listen: Multiaddr = cfg.listen.parse().context("listen")?;
+    let mut peers = Vec::new();
+    for p in &cfg.peers {
+        peers.push((p.key, p.addr.parse().context("peers")?));
+    }
+    let metrics = Arc::new(Metrics::new(genesis.validators.len(), &rpc::method_names()));
+    let (network, _inbound, _gossip) = net::start(NetConfig {
+        key: key.clone(),
+        listen,
+        validators: genesis.validators.clone(),
+        peers,
+        peer_queue: cfg.peer_queue,
+        reconnect_base: Duration::from_millis(cfg.reconnect_base_ms),
+        reconnect_max: Duration::from_millis(cfg.reconnect_max_ms),
+        metrics: metrics.clone(),
+        genesis: genesis.hash(),
+        limits: net::ConnLimits::default(),
+    })?;
+    let metrics_addr = metrics::serve(cfg.metrics_listen, metrics.clone())
+        .await
+        .with_context(|| format!("starting metrics on {}", cfg.metrics_listen))?;
+    info!(addr = %metrics_addr, "metrics listening");
+    // Behind what the validators keep (or new): their latest checkpoint
+    // first, then blocks.
+    let store = phalanx_node::statesync::catch_up(
+        network.control(),
+        network.other_validators(),
+        &genesis,
+        store,
+        (&data, &store_options),
+        &metrics,
+    )
+    .await?;
+    let store = Arc::new(store);
+    let (shared, _status) = Shared::new(
+        store.clone(),
+        &genesis,
+        key.public(),
+        MempoolLimits::new(
+            cfg.mempool_max_txs,
+            cfg.mempool_max_bytes,
+            cfg.mempool_max_nonce_gap,
+            &genesis.params,
+        ),
+        metrics.clone(),
+    );
+    let shared = Arc::new(shared);
+    // Submissions are forwarded, never admitted here: the ingress only
+    // stands behind the RPC module's signature.
+    let (ingress_tx, _ingress_rx) = mpsc::channel(1);
+    let (rpc_handle, rpc_addr) = rpc::start(
+        cfg.rpc_listen,
+        shared.clone(),
+        ingress_tx,
+        rpc::RpcLimits {
+            connections_per_ip: cfg.rpc_connections_per_ip,
+            requests_per_sec: cfg.rpc_requests_per_sec,
+        },
+        Some(rpc::Forward::new(&cfg.forward_rpc)?),
+    )
+    .await
+    .with_context(|| format!("starting JSON-RPC on {}", cfg.rpc_listen))?;
+    info!(addr = %rpc_addr, forward = ?cfg.forward_rpc, "JSON-RPC listening (full node)");
+    let follower = phalanx_node::follow::follow(
+        network.control(),
+        network.other_validators(),
+        genesis,
+        store,
+        shared,
+    );
+    let res = tokio::select! {
+        r = follower => r.map_err(anyhow::Error::from),
+        _ = wait_for_signal() => {
+            info!("signal received; shutting down");
+            Ok(())
+        }
+    };
+    let _ = rpc_handle.stop();
+    res
 }
 
 fn fell_behind(e: &anyhow::Error) -> bool {

@@ -90,10 +90,43 @@ pub const MAX_PENDING_INCOMING: u32 = 64;
 pub const MAX_NON_VALIDATOR_CONNECTIONS: u32 = 32;
 /// Connections from keys outside the validator set per IP address.
 pub const MAX_NON_VALIDATOR_PER_IP: usize = 4;
-/// How long a connection from a key outside the validator set stays open.
-/// No stream protocol serves such a key, so the connection can only be
-/// idle: it is closed after this.
+/// How long a connection from a key outside the validator set stays open
+/// without a state request (the only protocol served to such a key: full
+/// nodes follow the chain by it). Each request of its keeps it open for
+/// this long again.
 pub const NON_VALIDATOR_GRACE: Duration = Duration::from_secs(10);
+
+/// When each key outside the validator set last made a state request, for
+/// the grace of its connection. Entries go with the connection, so the map
+/// is bounded by the connection limits.
+#[derive(Clone, Default)]
+pub struct OutsiderActivity(Arc<std::sync::Mutex<HashMap<PeerId, std::time::Instant>>>);
+
+impl OutsiderActivity {
+    /// `peer` made a request now.
+    pub fn note(&self, peer: PeerId) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(t) = m.get_mut(&peer) {
+            *t = std::time::Instant::now();
+        }
+    }
+
+    fn connected(&self, peer: PeerId) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.insert(peer, std::time::Instant::now());
+    }
+
+    fn gone(&self, peer: &PeerId) {
+        let mut m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.remove(peer);
+    }
+
+    /// How long ago `peer` last made a request (or connected).
+    fn idle_for(&self, peer: &PeerId) -> Option<Duration> {
+        let m = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        m.get(peer).map(|t| t.elapsed())
+    }
+}
 
 /// Limits on connections from keys outside the validator set.
 #[derive(Clone, Copy, Debug)]
@@ -201,9 +234,16 @@ pub struct Network {
     control: libp2p_stream::Control,
     peer_ids: Arc<HashMap<ValidatorIndex, PeerId>>,
     me: PeerId,
+    activity: OutsiderActivity,
 }
 
 impl Network {
+    /// Where the state sync server notes requests of keys outside the
+    /// validator set (which keeps their connections open).
+    pub fn outsider_activity(&self) -> OutsiderActivity {
+        self.activity.clone()
+    }
+
     /// Queues a frame for one validator; dropped (and counted) if its queue
     /// is full. Consensus tolerates loss; blocking here would stall it.
     pub fn send(&self, to: ValidatorIndex, frame: Arc<Vec<u8>>) {
@@ -428,7 +468,10 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
     };
     let mut outbound = HashMap::new();
     let mut tx_queues = Vec::new();
-    for (peer, idx) in index_of.iter().filter(|(p, _)| **p != me) {
+    // A full node (a key outside the set) opens no consensus or gossip
+    // streams: validators refuse them. It only dials, for state requests.
+    let is_validator = index_of.contains_key(&me);
+    for (peer, idx) in index_of.iter().filter(|(p, _)| **p != me && is_validator) {
         outbound.insert(
             *idx,
             open(
@@ -444,6 +487,7 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
         index_of.iter().map(|(p, i)| (*i, *p)).collect();
     let (gossip_out_tx, gossip_out_rx) = mpsc::channel(crate::ingress::INGRESS_QUEUE);
     tokio::spawn(tx_batcher(gossip_out_rx, tx_queues, metrics.clone()));
+    let activity = OutsiderActivity::default();
     tokio::spawn(swarm_loop(
         swarm,
         SwarmCtx {
@@ -453,6 +497,7 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
             max: cfg.reconnect_max,
             metrics: metrics.clone(),
             limits: cfg.limits,
+            activity: activity.clone(),
         },
     ));
     Ok((
@@ -462,6 +507,7 @@ pub fn start(cfg: NetConfig) -> Result<(Network, mpsc::Receiver<Inbound>, Gossip
             control,
             peer_ids: Arc::new(peer_ids),
             me,
+            activity,
         },
         in_rx,
         Gossip {
@@ -478,6 +524,7 @@ struct SwarmCtx {
     max: Duration,
     metrics: Arc<Metrics>,
     limits: ConnLimits,
+    activity: OutsiderActivity,
 }
 
 /// Decodes a gossip batch, enforcing its bounds.
@@ -506,11 +553,12 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
         max,
         metrics,
         limits,
+        activity,
     } = ctx;
     let (redial_tx, mut redial_rx) = mpsc::unbounded_channel::<PeerId>();
     // Connections from keys outside the validator set, by IP, and their
     // closing times.
-    let mut outsiders: HashMap<ConnectionId, std::net::IpAddr> = HashMap::new();
+    let mut outsiders: HashMap<ConnectionId, (std::net::IpAddr, PeerId)> = HashMap::new();
     let (expire_tx, mut expire_rx) = mpsc::unbounded_channel::<ConnectionId>();
     let mut refused_warned: Option<std::time::Instant> = None;
     let mut backoff: HashMap<PeerId, Duration> = HashMap::new();
@@ -553,7 +601,7 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
                         continue;
                     }
                     let ip = ip_of(endpoint.get_remote_address());
-                    let from_ip = outsiders.values().filter(|a| Some(**a) == ip).count();
+                    let from_ip = outsiders.values().filter(|(a, _)| Some(*a) == ip).count();
                     if ip.is_none() || from_ip >= limits.max_per_ip {
                         metrics.invalid(None, "connection_limit");
                         if refused_warned.is_none_or(|t| t.elapsed() >= LIMIT_WARN_INTERVAL) {
@@ -565,7 +613,8 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
                     }
                     debug!(%peer_id, "non-validator connected");
                     if let Some(ip) = ip {
-                        outsiders.insert(connection_id, ip);
+                        outsiders.insert(connection_id, (ip, peer_id));
+                        activity.connected(peer_id);
                     }
                     let tx = expire_tx.clone();
                     let grace = limits.grace;
@@ -575,7 +624,9 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
                     });
                 }
                 SwarmEvent::ConnectionClosed { connection_id, .. } if outsiders.contains_key(&connection_id) => {
-                    outsiders.remove(&connection_id);
+                    if let Some((_, peer)) = outsiders.remove(&connection_id) {
+                        activity.gone(&peer);
+                    }
                 }
                 SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                     if let Some(i) = index_of.get(&peer_id) {
@@ -603,9 +654,23 @@ async fn swarm_loop(mut swarm: libp2p::Swarm<Behaviour>, ctx: SwarmCtx) {
             },
             Some(peer) = redial_rx.recv() => dial(&mut swarm, peer),
             Some(conn) = expire_rx.recv() => {
-                if outsiders.contains_key(&conn) {
-                    metrics.invalid(None, "non_validator_idle");
-                    swarm.close_connection(conn);
+                let Some((_, peer)) = outsiders.get(&conn) else { continue };
+                // A key that made a state request within its grace (a
+                // full node following the chain) keeps its connection for
+                // another grace from that request.
+                match activity.idle_for(peer) {
+                    Some(idle) if idle < limits.grace => {
+                        let tx = expire_tx.clone();
+                        let wait = limits.grace - idle;
+                        tokio::spawn(async move {
+                            tokio::time::sleep(wait).await;
+                            let _ = tx.send(conn);
+                        });
+                    }
+                    _ => {
+                        metrics.invalid(None, "non_validator_idle");
+                        swarm.close_connection(conn);
+                    }
                 }
             }
         }

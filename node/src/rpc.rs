@@ -274,6 +274,7 @@ pub async fn start(
     shared: Arc<Shared>,
     ingress: mpsc::Sender<Submission>,
     limits: RpcLimits,
+    forward: Option<Forward>,
 ) -> anyhow::Result<(ServerHandle, SocketAddr)> {
     let probes =
         ProxyGetRequestLayer::new([("/livez", "health_live"), ("/readyz", "health_ready")])?;
@@ -295,7 +296,7 @@ pub async fn start(
         .to_service_builder();
     let listener = tokio::net::TcpListener::bind(addr).await?;
     let local = listener.local_addr()?;
-    let methods = methods(shared.clone(), ingress)?;
+    let methods: jsonrpsee::Methods = module(shared.clone(), ingress, forward)?.into();
     let (stop, handle) = stop_channel();
     let guard = AddressLimits::new(limits);
     tokio::spawn(async move {
@@ -436,12 +437,81 @@ pub fn methods(
     shared: Arc<Shared>,
     ingress: mpsc::Sender<Submission>,
 ) -> anyhow::Result<jsonrpsee::Methods> {
-    Ok(module(shared, ingress)?.into())
+    Ok(module(shared, ingress, None)?.into())
 }
 
 struct Ctx {
     shared: Arc<Shared>,
     ingress: mpsc::Sender<Submission>,
+    /// A full node's: where submissions go instead of the ingress.
+    forward: Option<Forward>,
+}
+
+/// How long a forwarded submission may take (a commit wait included).
+pub const FORWARD_TIMEOUT: Duration = Duration::from_secs(40);
+
+/// A full node's submission path: the validators' JSON-RPC endpoints,
+/// tried in turn from the last one that answered.
+pub struct Forward {
+    clients: Vec<(String, jsonrpsee_http_client::HttpClient)>,
+    next: std::sync::atomic::AtomicUsize,
+}
+
+impl Forward {
+    /// Clients for `urls` (none: submissions are refused with a message
+    /// saying so).
+    pub fn new(urls: &[String]) -> anyhow::Result<Forward> {
+        let mut clients = Vec::new();
+        for u in urls {
+            let c = jsonrpsee_http_client::HttpClient::builder()
+                .request_timeout(FORWARD_TIMEOUT)
+                .build(u)
+                .map_err(|e| anyhow::anyhow!("forward_rpc `{u}`: {e}"))?;
+            clients.push((u.clone(), c));
+        }
+        Ok(Forward {
+            clients,
+            next: Default::default(),
+        })
+    }
+
+    /// Sends `method` with `params` to a validator: its answer, or its
+    /// JSON-RPC error as is; the next validator on a transport failure.
+    async fn call(&self, method: &str, params: Vec<Value>) -> RpcResult {
+        use jsonrpsee_core::client::ClientT;
+        use std::sync::atomic::Ordering;
+        if self.clients.is_empty() {
+            return Err(err(
+                codes::BUSY,
+                "this full node forwards submissions nowhere: set forward_rpc in its config",
+            ));
+        }
+        let start = self.next.load(Ordering::Relaxed);
+        let mut last = String::new();
+        for k in 0..self.clients.len() {
+            let i = (start + k) % self.clients.len();
+            let (url, client) = &self.clients[i];
+            let mut p = jsonrpsee_core::params::ArrayParams::new();
+            for v in &params {
+                p.insert(v).map_err(internal)?;
+            }
+            match client.request::<Value, _>(method, p).await {
+                Ok(v) => {
+                    self.next.store(i, Ordering::Relaxed);
+                    return Ok(v);
+                }
+                Err(jsonrpsee_core::ClientError::Call(e)) => {
+                    self.next.store(i, Ordering::Relaxed);
+                    return Err(e.into_owned());
+                }
+                Err(e) => last = format!("{url}: {e}"),
+            }
+        }
+        Err(err(
+            codes::BUSY,
+            format!("no validator took the submission (last: {last}); retry later"),
+        ))
+    }
 }
 
 /// One JSON-RPC method: its name, what the OpenRPC document says of it,
@@ -715,8 +785,13 @@ type RpcResult = Result<Value, ErrorObjectOwned>;
 fn module(
     shared: Arc<Shared>,
     ingress: mpsc::Sender<Submission>,
+    forward: Option<Forward>,
 ) -> anyhow::Result<RpcModule<Ctx>> {
-    let mut m = RpcModule::new(Ctx { shared, ingress });
+    let mut m = RpcModule::new(Ctx {
+        shared,
+        ingress,
+        forward,
+    });
     for spec in &API {
         let name = spec.name;
         match spec.handler {
@@ -1316,6 +1391,9 @@ fn submitted_json(s: &Submitted) -> Value {
 /// were taken). Only a bad parameter as a whole fails the call.
 async fn submit_many(params: Params<'static>, ctx: Arc<Ctx>) -> RpcResult {
     let (txs,): (Vec<String>,) = params.parse()?;
+    if let Some(f) = &ctx.forward {
+        return f.call("ledger_submitTransactions", vec![json!(txs)]).await;
+    }
     if txs.is_empty() || txs.len() > MAX_SUBMIT_TXS {
         return Err(err(
             codes::BAD_PARAM,
@@ -1351,6 +1429,13 @@ async fn submit_many(params: Params<'static>, ctx: Arc<Ctx>) -> RpcResult {
 
 async fn submit(params: Params<'static>, ctx: Arc<Ctx>) -> Result<Value, ErrorObjectOwned> {
     let (tx_hex, wait): (String, Option<String>) = params.parse()?;
+    if let Some(f) = &ctx.forward {
+        let mut p = vec![json!(tx_hex)];
+        if let Some(w) = wait {
+            p.push(json!(w));
+        }
+        return f.call("ledger_submitTransaction", p).await;
+    }
     let wait_commit = match wait.as_deref() {
         None | Some("none") => false,
         Some("commit") => true,

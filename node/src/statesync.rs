@@ -25,7 +25,7 @@ use std::time::Duration;
 
 use futures::{AsyncReadExt, AsyncWriteExt, StreamExt};
 use libp2p::{PeerId, StreamProtocol};
-use phalanx_consensus::{Block, CheckpointCert, QuorumCert, Verifier};
+use phalanx_consensus::{Block, CheckpointCert, Height, QuorumCert, Verifier};
 use phalanx_crypto::{decode, encode};
 use phalanx_ledger::{Genesis, KeyHash};
 use phalanx_storage::{
@@ -76,7 +76,23 @@ pub enum StateRequest {
         /// Resume after this key.
         after: Option<KeyHash>,
     },
+    /// Committed blocks from a height on, with their certificates (what a
+    /// full node follows the chain by).
+    Blocks {
+        /// The first height wanted.
+        from: u64,
+        /// Most blocks wanted (the answer holds at most
+        /// [`MAX_FOLLOW_BLOCKS`] and [`MAX_RESPONSE_BYTES`]).
+        max: u16,
+    },
 }
+
+/// Most blocks in one [`StateResponse::Blocks`].
+pub const MAX_FOLLOW_BLOCKS: usize = 256;
+/// State requests answered at once for all keys outside the validator set
+/// together (full nodes): they share this bound, validators are never
+/// held behind it.
+pub const MAX_OUTSIDER_REQUESTS_IN_FLIGHT: usize = 8;
 
 /// What a checkpoint offer carries.
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -103,6 +119,16 @@ pub enum StateResponse {
     Chunk(StateChunk),
     /// The request cannot be served.
     Error(String),
+    /// Committed blocks, each with its own certificate, ascending from the
+    /// height asked for.
+    Blocks {
+        /// The peer's head.
+        head: u64,
+        /// The blocks.
+        blocks: Vec<(Block, QuorumCert)>,
+        /// The peer's latest stable checkpoint.
+        stable: Option<CheckpointCert>,
+    },
 }
 
 async fn read_frame(s: &mut libp2p::Stream, max: usize) -> Option<Vec<u8>> {
@@ -165,6 +191,32 @@ pub fn answer(store: &Store, req: StateRequest) -> StateResponse {
                 after,
                 MAX_CHUNK_ACCOUNTS,
             )?)),
+            StateRequest::Blocks { from, max } => {
+                let head = store.head().height;
+                let mut blocks = Vec::new();
+                // Room for the response's own framing besides the blocks.
+                let mut bytes = 1024;
+                let last = head.min(
+                    from.saturating_add(u64::from(max).min(MAX_FOLLOW_BLOCKS as u64))
+                        .saturating_sub(1),
+                );
+                for h in from.max(1)..=last {
+                    let (Some(b), Some(c)) = (store.block(Height(h))?, store.cert(Height(h))?)
+                    else {
+                        break;
+                    };
+                    bytes += b.payload.len() + 1024;
+                    if bytes > MAX_RESPONSE_BYTES && !blocks.is_empty() {
+                        break;
+                    }
+                    blocks.push((b, c));
+                }
+                Ok(StateResponse::Blocks {
+                    head,
+                    blocks,
+                    stable: store.stable_checkpoint()?,
+                })
+            }
         }
     })();
     res.unwrap_or_else(|e| StateResponse::Error(e.to_string()))
@@ -197,6 +249,7 @@ pub async fn serve(
     mut control: libp2p_stream::Control,
     validators: Arc<std::collections::HashSet<PeerId>>,
     store: tokio::sync::watch::Receiver<Option<Arc<Store>>>,
+    outsiders_seen: crate::net::OutsiderActivity,
 ) {
     let mut incoming = match control.accept(STATE_PROTOCOL) {
         Ok(i) => i,
@@ -206,15 +259,20 @@ pub async fn serve(
         }
     };
     let mut in_flight = PeerSlots::default();
+    let outsiders = Arc::new(tokio::sync::Semaphore::new(MAX_OUTSIDER_REQUESTS_IN_FLIGHT));
     while let Some((peer, mut stream)) = incoming.next().await {
-        if !validators.contains(&peer) {
-            debug!(%peer, "state request from a non-validator refused");
-            continue;
-        }
         // Each request may read megabytes: a validator has at most a few
-        // answered at once, and its extra streams are dropped unread.
-        let Some(slot) = in_flight.take(peer) else {
-            debug!(%peer, "state request over the peer's in-flight bound dropped");
+        // answered at once, and its extra streams are dropped unread. Keys
+        // outside the validator set (full nodes; the network layer bounds
+        // their connections) share one bound of their own.
+        let slot = if validators.contains(&peer) {
+            in_flight.take(peer)
+        } else {
+            outsiders_seen.note(peer);
+            outsiders.clone().try_acquire_owned().ok()
+        };
+        let Some(slot) = slot else {
+            debug!(%peer, "state request over the in-flight bound dropped");
             continue;
         };
         let store = store.borrow().clone();
@@ -244,7 +302,7 @@ pub async fn serve(
                     .await
                     .unwrap_or_else(|e| StateResponse::Error(e.to_string())),
                 (None, StateRequest::Checkpoint) => StateResponse::Checkpoint(None),
-                (None, StateRequest::Chunk { .. }) => {
+                (None, StateRequest::Chunk { .. } | StateRequest::Blocks { .. }) => {
                     StateResponse::Error("this validator is starting; ask another".into())
                 }
             };
@@ -254,7 +312,9 @@ pub async fn serve(
     }
 }
 
-async fn request(
+/// Sends one state request to `peer` and reads its answer (bounded in
+/// size and time; `None` on any failure).
+pub async fn request(
     control: &mut libp2p_stream::Control,
     peer: PeerId,
     req: &StateRequest,

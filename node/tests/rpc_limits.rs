@@ -53,7 +53,7 @@ fn server(limits: RpcLimits) -> Server {
         let (gossip, mut gossip_rx) = tokio::sync::mpsc::channel(16);
         tokio::spawn(ingress::run(shared.clone(), rx, gossip));
         tokio::spawn(async move { while gossip_rx.recv().await.is_some() {} });
-        let (handle, addr) = rpc::start("127.0.0.1:0".parse().unwrap(), shared, tx, limits)
+        let (handle, addr) = rpc::start("127.0.0.1:0".parse().unwrap(), shared, tx, limits, None)
             .await
             .unwrap();
         std::mem::forget(handle);

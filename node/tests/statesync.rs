@@ -154,6 +154,7 @@ fn liar(net: &Network, store: Arc<Store>, lie: Lie) {
                         }
                         StateResponse::Chunk(c)
                     }
+                    StateRequest::Blocks { .. } => StateResponse::Error("not served".into()),
                 };
                 let bytes = encode(&resp);
                 let _ = s.write_all(&(bytes.len() as u32).to_be_bytes()).await;
@@ -177,7 +178,12 @@ async fn sync_past(lie: Lie) {
     for i in [1, 2] {
         let (net, _) = node(&g, &ports, i, &[]);
         let (tx, rx) = tokio::sync::watch::channel(Some(src.clone()));
-        tokio::spawn(serve(net.control(), Arc::new(net.validator_peer_ids()), rx));
+        tokio::spawn(serve(
+            net.control(),
+            Arc::new(net.validator_peer_ids()),
+            rx,
+            net.outsider_activity(),
+        ));
         servers.push((net, tx));
     }
     let (client, metrics) = node(&g, &ports, 3, &[0, 1, 2]);

@@ -48,6 +48,8 @@ pub struct UpOptions {
     pub byzantine: Vec<(usize, String)>,
     /// Validators that get a twin: a second process with the same key.
     pub twins: Vec<usize>,
+    /// Full nodes beside the validators.
+    pub full_nodes: usize,
     /// One network namespace per node (root only), for partitions and
     /// netem.
     pub netns: bool,
@@ -72,9 +74,12 @@ pub struct UpOptions {
 fn peer_list(nodes: &[NodeInfo], n: &NodeInfo, twin: Option<(usize, usize)>) -> Vec<usize> {
     let validators: Vec<usize> = nodes
         .iter()
-        .filter(|p| p.twin_of.is_none())
+        .filter(|p| p.is_validator())
         .map(|p| p.index)
         .collect();
+    if n.full_node {
+        return validators;
+    }
     let Some((of, twin_node)) = twin else {
         return validators.into_iter().filter(|p| *p != n.index).collect();
     };
@@ -216,7 +221,10 @@ pub async fn up(dir: &Path, opts: &UpOptions) -> Result<Testnet> {
     std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     let dir = std::fs::canonicalize(dir)?;
     let netns = if opts.netns {
-        Some(NetnsInfo::create(&dir, opts.validators + opts.twins.len())?)
+        Some(NetnsInfo::create(
+            &dir,
+            opts.validators + opts.twins.len() + opts.full_nodes,
+        )?)
     } else {
         None
     };
@@ -280,6 +288,7 @@ fn make_nodes(
             pid: None,
             byzantine: None,
             twin_of: None,
+            full_node: false,
         };
         Ok(info)
     };
@@ -304,6 +313,12 @@ fn make_nodes(
         .context("copying the twinned key")?;
         n.key = nodes[of].key.clone();
         n.twin_of = Some(of);
+        nodes.push(n);
+    }
+    for _ in 0..opts.full_nodes {
+        let index = nodes.len();
+        let mut n = home_for(index, format!("node-{index}-full"))?;
+        n.full_node = true;
         nodes.push(n);
     }
     Ok(nodes)
@@ -353,6 +368,25 @@ fn finish_up(
                 &format!("\nclock_offset_ms = {ms}\n"),
             );
         }
+        if n.full_node {
+            let forward: Vec<String> = nodes
+                .iter()
+                .filter(|p| p.is_validator())
+                .map(|p| format!("\"{}\"", p.rpc_url))
+                .collect();
+            for (from, to) in [
+                ("\nfull_node = false\n", "\nfull_node = true\n".to_string()),
+                (
+                    "\nforward_rpc = []\n",
+                    format!("\nforward_rpc = [{}]\n", forward.join(", ")),
+                ),
+            ] {
+                if !text.contains(from) {
+                    bail!("{}: no `{}` line to set", cfg.display(), from.trim());
+                }
+                text = text.replace(from, &to);
+            }
+        }
         if let Some(r) = opts.retained_blocks {
             text = text
                 .lines()
@@ -395,7 +429,7 @@ fn finish_up(
         genesis_time_ms: now_ms(),
         validators: nodes
             .iter()
-            .filter(|n| n.twin_of.is_none())
+            .filter(|n| n.is_validator())
             .map(|n| phalanx_crypto::PublicKey::from_hex(&n.key))
             .collect::<Result<_, _>>()
             .map_err(|e| anyhow::anyhow!("validator key: {e}"))?,

@@ -49,6 +49,18 @@ pub struct NodeInfo {
     /// (`--twin`): a second process signing as that validator.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub twin_of: Option<usize>,
+    /// A full node (`--full-nodes`): it follows the chain and serves
+    /// reads, and is not a validator.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub full_node: bool,
+}
+
+impl NodeInfo {
+    /// Whether this node is one of the chain's validators (not a twin's
+    /// second copy, not a full node).
+    pub fn is_validator(&self) -> bool {
+        self.twin_of.is_none() && !self.full_node
+    }
 }
 
 /// What a node's process is doing.

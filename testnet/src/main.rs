@@ -73,6 +73,11 @@ enum Cmd {
         /// signs as that validator from its own state.
         #[arg(long = "twin")]
         twins: Vec<usize>,
+        /// Full nodes to run beside the validators: each follows the chain
+        /// from them (verifying every certificate), serves reads and
+        /// forwards submissions.
+        #[arg(long, default_value_t = 0)]
+        full_nodes: usize,
         /// Run each node in a network namespace of its own, joined to a
         /// bridge (root only), so that `partition`, `heal` and `netem` can
         /// cut and slow real links.
@@ -285,6 +290,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
             json,
             byzantine,
             twins,
+            full_nodes,
             netns,
             retained_blocks,
             planted_bug,
@@ -298,6 +304,7 @@ async fn run(cmd: Cmd) -> Result<bool> {
                 node_threads,
                 byzantine,
                 twins,
+                full_nodes,
                 netns,
                 retained_blocks,
                 planted_bug,

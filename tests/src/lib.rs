@@ -293,6 +293,24 @@ impl Cluster {
         self.nodes.len() - 1
     }
 
+    /// Adds a full node (not started): a key outside the validator set,
+    /// following the chain from every validator and forwarding
+    /// submissions to their JSON-RPC. Returns its index.
+    pub fn add_full_node(&mut self) -> usize {
+        let k = self.nodes.len();
+        let node = Node::init(self.dir.path().join(format!("full{k}")), "../genesis.json");
+        let peers: String = self.nodes.iter().map(Node::peer_entry).collect();
+        let forward: Vec<String> = (0..self.nodes.len())
+            .map(|i| format!("\"{}\"", self.rpc_url(i)))
+            .collect();
+        node.configure(
+            &format!("full_node = true\nforward_rpc = [{}]", forward.join(", ")),
+            &peers,
+        );
+        self.nodes.push(node);
+        self.nodes.len() - 1
+    }
+
     /// Adds a second process holding validator `of`'s key (a twin): its
     /// own home, ports and data, and the chain's genesis. Returns its index
     /// (not started).

@@ -1,7 +1,7 @@
 //! Verifiable reads end to end: real validators certify execution results
-//! (P22), nodes serve proof bundles, and the `phalanx` CLI checks them
-//! against nothing but the genesis file, through a proxy that tampers with
-//! the answers.
+//! (P22), a full node beside them follows the chain and serves proof
+//! bundles, and the `phalanx` CLI checks them against nothing but the
+//! genesis file, through a proxy that tampers with the answers.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -33,28 +33,34 @@ fn cli(args: &[&str]) -> Result<Value, String> {
 }
 
 #[test]
-fn the_cli_verifies_accounts_transactions_and_blocks_and_catches_a_tampering_proxy() {
+fn a_full_node_follows_the_chain_and_the_cli_verifies_its_answers_through_a_tampering_proxy() {
     let mut c = fast_cluster();
+    let full = c.add_full_node();
     c.start_all();
     c.wait_until("every node serves RPC", |c| {
         (0..c.nodes.len()).all(|i| c.rpc(i, "ledger_status", vec![]).is_ok())
     });
+    c.wait_until("the full node follows the chain", |c| {
+        c.rpc_height(full) >= 20
+    });
     let chain = c.genesis.chain_id.clone();
     let genesis = c.dir.path().join("genesis.json");
     let g = genesis.to_str().unwrap();
-    let url = c.rpc_url(1);
+    let url = c.rpc_url(full);
 
-    // A transfer, committed through node 0; read through node 1 at or
-    // above its commit height (read your writes).
+    // A transfer submitted to the full node (which forwards it to a
+    // validator) and committed; read back from the full node at or above
+    // its commit height (read your writes).
     let to = account(1).public();
     let tx = transfer_hex(&chain, 0, 0, &to, 77);
     let r = c
         .rpc(
-            0,
+            full,
             "ledger_submitTransaction",
             vec![json!(tx), json!("commit")],
         )
         .unwrap();
+    assert_eq!(r["status"], "committed", "{r}");
     let h = r["height"].as_u64().unwrap();
     let hash = r["hash"].as_str().unwrap().to_string();
     let hs = h.to_string();
@@ -136,10 +142,10 @@ fn the_cli_verifies_accounts_transactions_and_blocks_and_catches_a_tampering_pro
 
     // A read at a height far beyond the head is refused at once with its
     // own code; one a few blocks ahead is answered once reached.
-    let head = c.rpc_height(1);
+    let head = c.rpc_height(full);
     let far = c
         .rpc(
-            1,
+            full,
             "ledger_getAccount",
             vec![json!(to.to_hex()), json!({"min_height": head + 1_000_000})],
         )
@@ -147,7 +153,7 @@ fn the_cli_verifies_accounts_transactions_and_blocks_and_catches_a_tampering_pro
     assert_eq!(far.code, 1023, "{}", far.message);
     let near = c
         .rpc(
-            1,
+            full,
             "ledger_getAccount",
             vec![json!(to.to_hex()), json!({"min_height": head + 5})],
         )
@@ -157,16 +163,42 @@ fn the_cli_verifies_accounts_transactions_and_blocks_and_catches_a_tampering_pro
     // A state other than the head's is not held: said so by code.
     let old = c
         .rpc(
-            1,
+            full,
             "ledger_getAccount",
             vec![json!(to.to_hex()), json!({"height": 1})],
         )
         .unwrap_err();
     assert_eq!(old.code, 1025, "{}", old.message);
+    // Every read method takes min_height.
+    for (method, first) in [
+        ("ledger_getTransaction", json!(hash)),
+        ("ledger_getBlock", json!("latest")),
+        ("ledger_getExecution", json!(1)),
+        ("ledger_getEvidence", Value::Null),
+    ] {
+        let v = c
+            .rpc(full, method, vec![first, json!({ "min_height": sent_at })])
+            .unwrap_or_else(|e| panic!("{method}: {}", e.message));
+        assert!(v.is_object(), "{method}: {v}");
+    }
+    let s = c
+        .rpc(
+            full,
+            "ledger_status",
+            vec![json!({ "min_height": sent_at })],
+        )
+        .unwrap();
+    assert!(s["height"].as_u64().unwrap() >= sent_at, "{s}");
+    // The full node agrees with the validators block by block.
+    for h in 1..=sent_at {
+        let ours = c.rpc(full, "ledger_getBlock", vec![json!(h)]).unwrap();
+        let theirs = c.rpc(0, "ledger_getBlock", vec![json!(h)]).unwrap();
+        assert_eq!(ours["block_id"], theirs["block_id"], "height {h}");
+    }
 
     // Through a proxy that changes answers, every verifying command fails;
     // unchanged answers still verify through it.
-    let proxy = TamperProxy::start(c.nodes[1].rpc_port, Box::new(|_| false));
+    let proxy = TamperProxy::start(c.nodes[full].rpc_port, Box::new(|_| false));
     let purl = proxy.url();
     cli(&[
         "account",
