@@ -78,10 +78,13 @@ pub enum Mode {
     Spam,
     /// Junk, silence or a cut-short answer to block and state requests.
     SyncLiar,
+    /// Proposals certifying a state root or receipts root nobody computed
+    /// (P22).
+    LieExec,
 }
 
 /// Every mode by name, as `--byzantine` takes them.
-pub const MODES: [(&str, Mode); 9] = [
+pub const MODES: [(&str, Mode); 10] = [
     ("equivocate", Mode::Equivocate),
     ("double-vote", Mode::DoubleVote),
     ("withhold", Mode::Withhold),
@@ -91,6 +94,7 @@ pub const MODES: [(&str, Mode); 9] = [
     ("burn", Mode::Burn),
     ("spam", Mode::Spam),
     ("sync-liar", Mode::SyncLiar),
+    ("lie-exec", Mode::LieExec),
 ];
 
 impl Mode {
@@ -355,6 +359,21 @@ impl Attacker {
             return all(msg.clone(), Duration::ZERO);
         }
         let view = p.payload.block.view();
+        if self.modes.has(Mode::LieExec) && !p.payload.block.header.exec.is_empty() {
+            let mut lie = p.payload.clone();
+            let r = &mut lie.block.header.exec[0];
+            if view.0 % 2 == 0 {
+                r.state_root = Digest::of(&r.state_root.0);
+            } else {
+                r.receipts_root = Digest::of(&r.receipts_root.0);
+            }
+            self.acted(
+                Mode::LieExec,
+                view,
+                "proposal certifying an execution result nobody computed",
+            );
+            return all(self.sign_proposal(lie), Duration::ZERO);
+        }
         if self.modes.has(Mode::StaleLock)
             && let Some(tc) = &p.payload.tc
             && let Some(stale) = self.stale_proposal(&p.payload, tc)

@@ -565,3 +565,53 @@ fn commits_go_on_among(c: &mut Cluster, nodes: &[usize], blocks: u64) {
         |c| nodes.iter().all(|i| c.height(*i) >= h + blocks),
     );
 }
+
+/// P22: a leader whose proposals certify a state or receipts root nobody
+/// computed gets no votes: the honest nodes refuse and raise the mismatch,
+/// commits go on, and every result a committed block certifies is the one
+/// the honest nodes computed.
+#[test]
+fn a_leader_lying_about_execution_gets_no_votes_and_no_lie_is_certified() {
+    let mut c = cluster();
+    start(&mut c, "lie-exec");
+    c.wait_until("the attacker lies (lie-exec) 3 times", |c| {
+        attacks(c, ATTACKER, "lie-exec") >= 3
+    });
+    c.wait_until("honest nodes raise the mismatch", |c| {
+        HONEST
+            .iter()
+            .filter(|i| {
+                c.metric(**i, "phalanx_execution_mismatches_total")
+                    .unwrap_or(0.0)
+                    > 0.0
+            })
+            .count()
+            >= 2
+    });
+    commits_go_on(&mut c, 10);
+    let roots = c.roots(0);
+    let head = c.height(0);
+    let mut checked = 0;
+    for h in 1..=head {
+        let b = c.rpc(0, "ledger_getBlock", vec![json!(h)]).unwrap();
+        for r in b["certifies"].as_array().unwrap() {
+            let at = r["height"].as_u64().unwrap();
+            assert_eq!(
+                r["state_root"].as_str(),
+                roots.get(&at).map(String::as_str),
+                "block {h} certifies a state root at {at} no honest node computed"
+            );
+            let own = c.rpc(1, "ledger_getExecution", vec![json!(at)]).unwrap();
+            assert_eq!(
+                r["receipts_root"], own["receipts_root"],
+                "block {h}, height {at}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked as u64 + 10 >= head,
+        "{checked} certified results of {head} heights"
+    );
+    assert_safe(&c, &HONEST, ATTACKER);
+}

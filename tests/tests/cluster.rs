@@ -4,14 +4,48 @@
 
 use phalanx_tests::{Cluster, ClusterOptions};
 
-/// Every pair of nodes agrees on the block at every height both committed.
+/// Every pair of nodes agrees on the block and the state root at every
+/// height both committed, and every execution result a committed block
+/// certifies (P22) is the state root the nodes computed for its height.
 fn assert_agreement(c: &Cluster) {
     let logs: Vec<_> = (0..c.nodes.len()).map(|i| c.committed(i)).collect();
+    let roots: Vec<_> = (0..c.nodes.len()).map(|i| c.roots(i)).collect();
     for i in 0..logs.len() {
         for j in i + 1..logs.len() {
             for (h, id) in &logs[i] {
                 if let Some(other) = logs[j].get(h) {
                     assert_eq!(id, other, "nodes {i} and {j} differ at height {h}");
+                }
+            }
+            for (h, root) in &roots[i] {
+                if let Some(other) = roots[j].get(h) {
+                    assert_eq!(root, other, "nodes {i} and {j} have other states at {h}");
+                }
+            }
+        }
+    }
+    // Certified roots, read from a node that answers (some may be down).
+    let Some(i) = (0..c.nodes.len()).find(|i| c.rpc(*i, "ledger_status", vec![]).is_ok()) else {
+        return;
+    };
+    let from = c
+        .rpc(i, "ledger_getBlock", vec![serde_json::json!("latest")])
+        .ok()
+        .and_then(|b| b["height"].as_u64())
+        .unwrap_or(0);
+    for h in from.saturating_sub(50).max(1)..=from {
+        let Ok(b) = c.rpc(i, "ledger_getBlock", vec![serde_json::json!(h)]) else {
+            continue; // pruned
+        };
+        for r in b["certifies"].as_array().into_iter().flatten() {
+            let at = r["height"].as_u64().unwrap();
+            for (k, node_roots) in roots.iter().enumerate() {
+                if let Some(root) = node_roots.get(&at) {
+                    assert_eq!(
+                        r["state_root"].as_str(),
+                        Some(root.as_str()),
+                        "block {h} certifies another state at {at} than node {k} computed"
+                    );
                 }
             }
         }
