@@ -15,7 +15,7 @@ use phalanx_consensus::Flaw;
 use phalanx_consensus::sim::{Behaviour, SimConfig, Wipes, run_many};
 
 const USAGE: &str = "usage: simulate --validators N --byzantine F --seeds S --seed-start X \
-[--threads T] [--behaviour NAME]... [--flaw commit-on-single-qc|vote-ignores-lock|vote-twice-in-view|forget-safety|recovery-without-quarantine|vote-without-validity] \
+[--threads T] [--behaviour NAME]... [--flaw commit-on-single-qc|vote-ignores-lock|vote-twice-in-view|forget-safety|recovery-without-quarantine|vote-without-validity|vote-without-exec-check] \
 [--wipes store|everything] [--no-crashes] [--verbose]";
 
 struct Args {
@@ -98,6 +98,7 @@ fn main() -> ExitCode {
         Some("forget-safety") => cfg.forget_safety_on_restart = true,
         Some("recovery-without-quarantine") => cfg.flaw = Some(Flaw::RecoveryWithoutQuarantine),
         Some("vote-without-validity") => cfg.flaw = Some(Flaw::VoteWithoutValidity),
+        Some("vote-without-exec-check") => cfg.flaw = Some(Flaw::VoteWithoutExecCheck),
         Some(other) => {
             eprintln!("unknown flaw {other}\n{USAGE}");
             return ExitCode::from(2);

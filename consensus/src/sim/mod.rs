@@ -687,6 +687,10 @@ impl<'a> Sim<'a> {
         core_cfg.base_timeout_ms = 400;
         core_cfg.max_timeout_ms = 3_200;
         core_cfg.max_clock_skew_ms = 500;
+        // Short runs commit tens of blocks: the least lag certifies the
+        // most of them, and makes votes wait for execution (which the
+        // simulator delays) often enough to be exercised.
+        core_cfg.exec_lag = 3;
         core_cfg.future_view_window = 20;
         core_cfg.sync_batch_blocks = 32;
         core_cfg.retained_blocks = 100_000;
