@@ -11,7 +11,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
-use libp2p::Multiaddr;
 use phalanx_crypto::KeyPair;
 use phalanx_ledger::Genesis;
 use phalanx_node::config::{Config, Peer};
@@ -373,23 +372,7 @@ fn start(home: &Path, log_format: Option<String>, recover: bool, attack: Attack)
             genesis.chain_id
         );
     }
-    let data = Config::resolve(home, &cfg.data_dir);
-    std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
-    phalanx_node::statesync::settle(&data).with_context(|| {
-        format!(
-            "settling an interrupted state restore in {}",
-            data.display()
-        )
-    })?;
-    let store_options = StoreOptions {
-        retained_blocks: cfg.retained_blocks,
-        ..StoreOptions::default()
-    };
-    let store = Store::open(
-        &data.join(phalanx_node::statesync::DB_DIR),
-        &genesis,
-        store_options.clone(),
-    )?;
+    let (data, store_options, store) = open_store(&cfg, home, &genesis)?;
     info!(
         chain = %genesis.chain_id,
         validator = %key.public().to_hex(),
@@ -400,14 +383,7 @@ fn start(home: &Path, log_format: Option<String>, recover: bool, attack: Attack)
         phalanx_consensus::Block::genesis(&genesis.consensus_chain(), genesis.genesis_time_ms);
     let (record, start_state) = phalanx_node::safety::open(&data, &store, &genesis_block, recover)?;
 
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if cfg.runtime_threads > 0 {
-        builder.worker_threads(cfg.runtime_threads);
-    }
-    let rt = builder
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = async_runtime(&cfg)?;
     let res = rt.block_on(run_node(
         cfg,
         genesis,
@@ -448,24 +424,8 @@ async fn run_node(
     start_state: StartState,
     (data, store_options, attack): (PathBuf, StoreOptions, Attack),
 ) -> Result<()> {
-    let listen: Multiaddr = cfg.listen.parse().context("listen")?;
-    let mut peers = Vec::new();
-    for p in &cfg.peers {
-        peers.push((p.key, p.addr.parse().context("peers")?));
-    }
     let metrics = Arc::new(Metrics::new(genesis.validators.len(), &rpc::method_names()));
-    let (network, inbound, mut gossip) = net::start(NetConfig {
-        key: key.clone(),
-        listen,
-        validators: genesis.validators.clone(),
-        peers,
-        peer_queue: cfg.peer_queue,
-        reconnect_base: Duration::from_millis(cfg.reconnect_base_ms),
-        reconnect_max: Duration::from_millis(cfg.reconnect_max_ms),
-        metrics: metrics.clone(),
-        genesis: genesis.hash(),
-        limits: net::ConnLimits::default(),
-    })?;
+    let (network, inbound, mut gossip) = net::start(net_config(&cfg, &genesis, &key, &metrics)?)?;
     // Metrics first: a state sync is worth watching.
     let metrics_addr = metrics::serve(cfg.metrics_listen, metrics.clone())
         .await
@@ -590,9 +550,13 @@ async fn run_node(
     Ok(())
 }
 
-/// `phalanx start` of a full node: its store, the follower, JSON-RPC and
-/// metrics; no consensus, no safety record.
-fn start_full_node(cfg: Config, genesis: Genesis, key: KeyPair, home: &Path) -> Result<()> {
+/// The data directory (created, an interrupted state restore settled),
+/// the store's options, and the store.
+fn open_store(
+    cfg: &Config,
+    home: &Path,
+    genesis: &Genesis,
+) -> Result<(PathBuf, StoreOptions, Store)> {
     let data = Config::resolve(home, &cfg.data_dir);
     std::fs::create_dir_all(&data).with_context(|| format!("creating {}", data.display()))?;
     phalanx_node::statesync::settle(&data).with_context(|| {
@@ -607,23 +571,60 @@ fn start_full_node(cfg: Config, genesis: Genesis, key: KeyPair, home: &Path) -> 
     };
     let store = Store::open(
         &data.join(phalanx_node::statesync::DB_DIR),
-        &genesis,
+        genesis,
         store_options.clone(),
     )?;
+    Ok((data, store_options, store))
+}
+
+/// The async runtime, with `runtime_threads` workers when set.
+fn async_runtime(cfg: &Config) -> Result<tokio::runtime::Runtime> {
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if cfg.runtime_threads > 0 {
+        builder.worker_threads(cfg.runtime_threads);
+    }
+    builder
+        .enable_all()
+        .build()
+        .context("starting the async runtime")
+}
+
+/// The network of this node's config: its key, listen address and peers.
+fn net_config(
+    cfg: &Config,
+    genesis: &Genesis,
+    key: &KeyPair,
+    metrics: &Arc<Metrics>,
+) -> Result<NetConfig> {
+    let mut peers = Vec::new();
+    for p in &cfg.peers {
+        peers.push((p.key, p.addr.parse().context("peers")?));
+    }
+    Ok(NetConfig {
+        key: key.clone(),
+        listen: cfg.listen.parse().context("listen")?,
+        validators: genesis.validators.clone(),
+        peers,
+        peer_queue: cfg.peer_queue,
+        reconnect_base: Duration::from_millis(cfg.reconnect_base_ms),
+        reconnect_max: Duration::from_millis(cfg.reconnect_max_ms),
+        metrics: metrics.clone(),
+        genesis: genesis.hash(),
+        limits: net::ConnLimits::default(),
+    })
+}
+
+/// `phalanx start` of a full node: its store, the follower, JSON-RPC and
+/// metrics; no consensus, no safety record.
+fn start_full_node(cfg: Config, genesis: Genesis, key: KeyPair, home: &Path) -> Result<()> {
+    let (data, store_options, store) = open_store(&cfg, home, &genesis)?;
     info!(
         chain = %genesis.chain_id,
         key = %key.public().to_hex(),
         height = store.head().height,
         "full node store open"
     );
-    let mut builder = tokio::runtime::Builder::new_multi_thread();
-    if cfg.runtime_threads > 0 {
-        builder.worker_threads(cfg.runtime_threads);
-    }
-    let rt = builder
-        .enable_all()
-        .build()
-        .context("starting the async runtime")?;
+    let rt = async_runtime(&cfg)?;
     let res = rt.block_on(run_full_node(
         cfg,
         genesis,
@@ -646,24 +647,8 @@ async fn run_full_node(
     store: Store,
     (data, store_options): (PathBuf, StoreOptions),
 ) -> Result<()> {
-    let listen: Multiaddr = cfg.listen.parse().context("listen")?;
-    let mut peers = Vec::new();
-    for p in &cfg.peers {
-        peers.push((p.key, p.addr.parse().context("peers")?));
-    }
     let metrics = Arc::new(Metrics::new(genesis.validators.len(), &rpc::method_names()));
-    let (network, _inbound, _gossip) = net::start(NetConfig {
-        key: key.clone(),
-        listen,
-        validators: genesis.validators.clone(),
-        peers,
-        peer_queue: cfg.peer_queue,
-        reconnect_base: Duration::from_millis(cfg.reconnect_base_ms),
-        reconnect_max: Duration::from_millis(cfg.reconnect_max_ms),
-        metrics: metrics.clone(),
-        genesis: genesis.hash(),
-        limits: net::ConnLimits::default(),
-    })?;
+    let (network, _inbound, _gossip) = net::start(net_config(&cfg, &genesis, &key, &metrics)?)?;
     let metrics_addr = metrics::serve(cfg.metrics_listen, metrics.clone())
         .await
         .with_context(|| format!("starting metrics on {}", cfg.metrics_listen))?;

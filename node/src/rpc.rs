@@ -646,7 +646,7 @@ pub static API: [MethodSpec; 13] = [
             READ_OPTS,
         ],
         result: OBJECT,
-        handler: Handler::Async(|p, c| Box::pin(read_blocking(p, c, 1, get_block))),
+        handler: Handler::Async(|p, c| Box::pin(read(p, c, 1, get_block, Pool::Blocking))),
     },
     MethodSpec {
         name: "ledger_getAccount",
@@ -673,7 +673,7 @@ pub static API: [MethodSpec; 13] = [
         summary: "The node's chain, head, view, peers, stable checkpoint and mempool.",
         params: &[READ_OPTS],
         result: OBJECT,
-        handler: Handler::Async(|p, c| Box::pin(read(p, c, 0, status))),
+        handler: Handler::Async(|p, c| Box::pin(read(p, c, 0, status, Pool::Async))),
     },
     MethodSpec {
         name: "ledger_getEvidence",
@@ -688,7 +688,7 @@ pub static API: [MethodSpec; 13] = [
             READ_OPTS,
         ],
         result: OBJECT,
-        handler: Handler::Async(|p, c| Box::pin(read(p, c, 1, get_evidence))),
+        handler: Handler::Async(|p, c| Box::pin(read(p, c, 1, get_evidence, Pool::Async))),
     },
     MethodSpec {
         name: "ledger_subscribeBlocks",
@@ -736,7 +736,7 @@ pub static API: [MethodSpec; 13] = [
             READ_OPTS,
         ],
         result: OBJECT,
-        handler: Handler::Async(|p, c| Box::pin(read(p, c, 1, get_execution))),
+        handler: Handler::Async(|p, c| Box::pin(read(p, c, 1, get_execution, Pool::Async))),
     },
 ];
 
@@ -941,33 +941,35 @@ async fn reach(ctx: &Ctx, min: Option<u64>) -> Result<(), ErrorObjectOwned> {
     }
 }
 
+/// Where a read runs once its `min_height` is reached.
+#[derive(Clone, Copy)]
+enum Pool {
+    /// On the async worker that received it (cheap reads).
+    Async,
+    /// On the blocking pool, off the async workers that serve every other
+    /// connection (a read that may decode megabytes).
+    Blocking,
+}
+
 /// A read: waits for `min_height` (options at `pos`), then answers.
 async fn read(
     params: Params<'static>,
     ctx: Arc<Ctx>,
     pos: usize,
     f: fn(Params<'_>, &Ctx, ReadOpts) -> RpcResult,
+    pool: Pool,
 ) -> RpcResult {
     let opts = read_opts(&params, pos)?;
     reach(&ctx, opts.min_height).await?;
-    let res = f(params, &ctx, opts)?;
-    Ok(res)
-}
-
-/// A read that may decode megabytes: on the blocking pool, off the async
-/// workers that serve every other connection.
-async fn read_blocking(
-    params: Params<'static>,
-    ctx: Arc<Ctx>,
-    pos: usize,
-    f: fn(Params<'_>, &Ctx, ReadOpts) -> RpcResult,
-) -> RpcResult {
-    let opts = read_opts(&params, pos)?;
-    reach(&ctx, opts.min_height).await?;
-    let c = ctx.clone();
-    tokio::task::spawn_blocking(move || f(params, &c, opts))
-        .await
-        .map_err(internal)?
+    match pool {
+        Pool::Async => f(params, &ctx, opts),
+        Pool::Blocking => {
+            let c = ctx.clone();
+            tokio::task::spawn_blocking(move || f(params, &c, opts))
+                .await
+                .map_err(internal)?
+        }
+    }
 }
 
 /// The first positional parameter, parsed.

@@ -234,3 +234,106 @@ async fn a_state_sync_fed_junk_by_one_peer_completes_from_the_others() {
 async fn a_state_sync_stalled_by_one_peer_completes_from_the_others() {
     sync_past(Lie::Stall).await;
 }
+
+/// How many connections of keys outside the set `m`'s node closed as idle.
+fn idle_closed(m: &Metrics) -> f64 {
+    m.encode()
+        .lines()
+        .filter(|l| l.contains("reason=\"non_validator_idle\""))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
+}
+
+/// A key outside the validator set (a full node) is served committed blocks
+/// with their certificates, and keeps its connection past the grace while
+/// it keeps asking; once it stops, the connection is closed as idle.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_outside_the_set_is_served_blocks_and_kept_connected_while_it_asks() {
+    let g = genesis(ACCOUNTS);
+    let dir = tempfile::tempdir().unwrap();
+    let src = Arc::new(source_store(dir.path(), &g));
+    let (server_port, outsider_port) = (free_port(), free_port());
+    let grace = Duration::from_millis(600);
+    let server_metrics = Arc::new(Metrics::new(4, &[]));
+    let (server, _inbound, _gossip) = start(NetConfig {
+        key: validator_key(0),
+        listen: addr(server_port),
+        validators: g.validators.clone(),
+        peers: vec![],
+        peer_queue: 64,
+        reconnect_base: Duration::from_millis(50),
+        reconnect_max: Duration::from_millis(500),
+        metrics: server_metrics.clone(),
+        genesis: g.hash(),
+        limits: phalanx_node::net::ConnLimits {
+            grace,
+            ..Default::default()
+        },
+    })
+    .unwrap();
+    let (_tx, rx) = tokio::sync::watch::channel(Some(src.clone()));
+    tokio::spawn(serve(
+        server.control(),
+        Arc::new(server.validator_peer_ids()),
+        rx,
+        server.outsider_activity(),
+    ));
+    let outsider_key = KeyPair::from_seed([0x77; 32]);
+    assert!(!g.validators.contains(&outsider_key.public()));
+    let (outsider, _i, _g) = start(NetConfig {
+        key: outsider_key,
+        listen: addr(outsider_port),
+        validators: g.validators.clone(),
+        peers: vec![(validator_key(0).public(), addr(server_port))],
+        peer_queue: 64,
+        // Not redialled within the test: a closed connection stays closed.
+        reconnect_base: Duration::from_secs(60),
+        reconnect_max: Duration::from_secs(60),
+        metrics: Arc::new(Metrics::new(4, &[])),
+        genesis: g.hash(),
+        limits: Default::default(),
+    })
+    .unwrap();
+    let server_id = peer_id_of(&validator_key(0).public()).unwrap();
+    let mut control = outsider.control();
+    // Asking every 100 ms for four graces: served each time, never closed.
+    let asked_until = std::time::Instant::now() + 4 * grace;
+    let mut answers = 0;
+    while std::time::Instant::now() < asked_until {
+        let req = StateRequest::Blocks { from: 1, max: 5 };
+        if let Some(StateResponse::Blocks {
+            head,
+            blocks,
+            stable,
+        }) = phalanx_node::statesync::request(&mut control, server_id, &req).await
+        {
+            assert_eq!(head, src.head().height);
+            assert_eq!(blocks.len(), 5);
+            assert_eq!(
+                blocks[0].0.id(),
+                src.block(phalanx_consensus::Height(1))
+                    .unwrap()
+                    .unwrap()
+                    .id()
+            );
+            assert!(stable.is_some());
+            answers += 1;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(answers >= 10, "{answers} answers");
+    assert_eq!(
+        idle_closed(&server_metrics),
+        0.0,
+        "closed while it was asking"
+    );
+    // Idle now: closed within a grace or two.
+    let deadline = std::time::Instant::now() + Duration::from_secs(20);
+    while idle_closed(&server_metrics) < 1.0 {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "an idle outsider kept its connection"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
