@@ -441,16 +441,7 @@ async fn run_node(
     // A fresh (or wiped) validator, or one further behind than its peers
     // keep blocks, restores the latest stable checkpoint from its peers
     // before consensus starts.
-    let store = phalanx_node::statesync::catch_up(
-        network.control(),
-        network.other_validators(),
-        &genesis,
-        store,
-        (&data, &store_options),
-        &metrics,
-    )
-    .await?;
-    let store = Arc::new(store);
+    let store = caught_up(&network, &genesis, store, (&data, &store_options), &metrics).await?;
     serve_store.send_replace(Some(store.clone()));
     if cfg.empty_block_delay_ms * 2 > genesis.params.base_timeout_ms {
         anyhow::bail!(
@@ -465,12 +456,7 @@ async fn run_node(
         store.clone(),
         &genesis,
         validator,
-        MempoolLimits::new(
-            cfg.mempool_max_txs,
-            cfg.mempool_max_bytes,
-            cfg.mempool_max_nonce_gap,
-            &genesis.params,
-        ),
+        mempool_limits(&cfg, &genesis),
         metrics.clone(),
     );
     let shared = Arc::new(shared);
@@ -577,6 +563,36 @@ fn open_store(
     Ok((data, store_options, store))
 }
 
+/// The store after a state sync from the validators when it needs one (new,
+/// or behind what they keep).
+async fn caught_up(
+    network: &net::Network,
+    genesis: &Genesis,
+    store: Store,
+    target: (&Path, &StoreOptions),
+    metrics: &Metrics,
+) -> Result<Arc<Store>> {
+    let store = phalanx_node::statesync::catch_up(
+        network.control(),
+        network.other_validators(),
+        genesis,
+        store,
+        target,
+        metrics,
+    )
+    .await?;
+    Ok(Arc::new(store))
+}
+
+fn mempool_limits(cfg: &Config, genesis: &Genesis) -> MempoolLimits {
+    MempoolLimits::new(
+        cfg.mempool_max_txs,
+        cfg.mempool_max_bytes,
+        cfg.mempool_max_nonce_gap,
+        &genesis.params,
+    )
+}
+
 /// The async runtime, with `runtime_threads` workers when set.
 fn async_runtime(cfg: &Config) -> Result<tokio::runtime::Runtime> {
     let mut builder = tokio::runtime::Builder::new_multi_thread();
@@ -655,26 +671,12 @@ async fn run_full_node(
     info!(addr = %metrics_addr, "metrics listening");
     // Behind what the validators keep (or new): their latest checkpoint
     // first, then blocks.
-    let store = phalanx_node::statesync::catch_up(
-        network.control(),
-        network.other_validators(),
-        &genesis,
-        store,
-        (&data, &store_options),
-        &metrics,
-    )
-    .await?;
-    let store = Arc::new(store);
+    let store = caught_up(&network, &genesis, store, (&data, &store_options), &metrics).await?;
     let (shared, _status) = Shared::new(
         store.clone(),
         &genesis,
         key.public(),
-        MempoolLimits::new(
-            cfg.mempool_max_txs,
-            cfg.mempool_max_bytes,
-            cfg.mempool_max_nonce_gap,
-            &genesis.params,
-        ),
+        mempool_limits(&cfg, &genesis),
         metrics.clone(),
     );
     let shared = Arc::new(shared);

@@ -65,51 +65,22 @@ fn a_full_node_follows_the_chain_and_the_cli_verifies_its_answers_through_a_tamp
     let hash = r["hash"].as_str().unwrap().to_string();
     let hs = h.to_string();
 
-    let a = cli(&[
-        "account",
-        &to.to_hex(),
-        "--rpc",
-        &url,
-        "--verify",
-        "--genesis",
-        g,
-        "--min-height",
-        &hs,
-        "--json",
-    ])
-    .unwrap();
+    // A verifying CLI command against the full node, with JSON output.
+    let verified = |cmd: &[&str]| {
+        let mut args = cmd.to_vec();
+        args.extend(["--rpc", &url, "--verify", "--genesis", g, "--json"]);
+        cli(&args)
+    };
+    let a = verified(&["account", &to.to_hex(), "--min-height", &hs]).unwrap();
     assert_eq!(a["balance"], json!(1_000_000_077u64), "{a}");
     assert!(a["height"].as_u64().unwrap() >= h, "{a}");
     assert!(a["verified"]["signers"].as_u64().unwrap() >= 3, "{a}");
 
-    let t = cli(&[
-        "tx",
-        "status",
-        &hash,
-        "--rpc",
-        &url,
-        "--verify",
-        "--genesis",
-        g,
-        "--min-height",
-        &hs,
-        "--json",
-    ])
-    .unwrap();
+    let t = verified(&["tx", "status", &hash, "--min-height", &hs]).unwrap();
     assert_eq!(t["height"], json!(h), "{t}");
     assert_eq!(t["receipt"]["status"], "applied", "{t}");
 
-    let b = cli(&[
-        "block",
-        &hs,
-        "--rpc",
-        &url,
-        "--verify",
-        "--genesis",
-        g,
-        "--json",
-    ])
-    .unwrap();
+    let b = verified(&["block", &hs]).unwrap();
     assert_eq!(b["height"], json!(h), "{b}");
     assert!(
         b["transactions"].as_array().unwrap().contains(&json!(hash)),
@@ -119,21 +90,15 @@ fn a_full_node_follows_the_chain_and_the_cli_verifies_its_answers_through_a_tamp
     // `tx send --verify`: committed, then proven.
     let key = c.dir.path().join("sender.key");
     account(2).save(&key).unwrap();
-    let s = cli(&[
+    let s = verified(&[
         "tx",
         "send",
-        "--rpc",
-        &url,
         "--key",
         key.to_str().unwrap(),
         "--to",
         &to.to_hex(),
         "--amount",
         "5",
-        "--verify",
-        "--genesis",
-        g,
-        "--json",
     ])
     .unwrap();
     assert_eq!(s["status"], "committed", "{s}");
@@ -200,17 +165,13 @@ fn a_full_node_follows_the_chain_and_the_cli_verifies_its_answers_through_a_tamp
     // unchanged answers still verify through it.
     let proxy = TamperProxy::start(c.nodes[full].rpc_port, Box::new(|_| false));
     let purl = proxy.url();
-    cli(&[
-        "account",
-        &to.to_hex(),
-        "--rpc",
-        &purl,
-        "--verify",
-        "--genesis",
-        g,
-        "--json",
-    ])
-    .unwrap();
+    // A verifying CLI command through the proxy.
+    let proxied = |cmd: &[&str]| {
+        let mut args = cmd.to_vec();
+        args.extend(["--rpc", &purl, "--verify", "--genesis", g]);
+        cli(&args)
+    };
+    proxied(&["account", &to.to_hex(), "--json"]).unwrap();
     let mut flips = 0;
     for (i, bit) in [
         (0usize, 0u8),
@@ -224,16 +185,7 @@ fn a_full_node_follows_the_chain_and_the_cli_verifies_its_answers_through_a_tamp
         proxy.set(Box::new(move |v| {
             flip_hex_byte(v, "certified_proof", i, bit)
         }));
-        let e = cli(&[
-            "account",
-            &to.to_hex(),
-            "--rpc",
-            &purl,
-            "--verify",
-            "--genesis",
-            g,
-        ])
-        .expect_err(&format!(
+        let e = proxied(&["account", &to.to_hex()]).expect_err(&format!(
             "a flipped bit {bit} of byte {i} of the account proof went unseen"
         ));
         assert!(e.contains("verification failed"), "{e}");
@@ -244,33 +196,13 @@ fn a_full_node_follows_the_chain_and_the_cli_verifies_its_answers_through_a_tamp
         v["balance"] = json!(v["balance"].as_u64().unwrap_or(0) + 1_000);
         true
     }));
-    let e = cli(&[
-        "account",
-        &to.to_hex(),
-        "--rpc",
-        &purl,
-        "--verify",
-        "--genesis",
-        g,
-    ])
-    .unwrap_err();
+    let e = proxied(&["account", &to.to_hex()]).unwrap_err();
     assert!(e.contains("verification failed"), "{e}");
     for (i, bit) in [(0usize, 0u8), (19, 6), (88, 2), (250, 0)] {
         proxy.set(Box::new(move |v| flip_hex_byte(v, "proof", i, bit)));
-        let e = cli(&[
-            "tx",
-            "status",
-            &hash,
-            "--rpc",
-            &purl,
-            "--verify",
-            "--genesis",
-            g,
-        ])
-        .expect_err("a flipped receipt proof went unseen");
+        let e = proxied(&["tx", "status", &hash]).expect_err("a flipped receipt proof went unseen");
         assert!(e.contains("verification failed"), "{e}");
-        let e = cli(&["block", &hs, "--rpc", &purl, "--verify", "--genesis", g])
-            .expect_err("a flipped block proof went unseen");
+        let e = proxied(&["block", &hs]).expect_err("a flipped block proof went unseen");
         assert!(e.contains("verification failed"), "{e}");
         flips += 2;
     }
@@ -281,17 +213,7 @@ fn a_full_node_follows_the_chain_and_the_cli_verifies_its_answers_through_a_tamp
         }
         false
     }));
-    let e = cli(&[
-        "tx",
-        "status",
-        &hash,
-        "--rpc",
-        &purl,
-        "--verify",
-        "--genesis",
-        g,
-    ])
-    .unwrap_err();
+    let e = proxied(&["tx", "status", &hash]).unwrap_err();
     assert!(e.contains("verification failed"), "{e}");
     assert!(
         proxy.tampered() > flips,
