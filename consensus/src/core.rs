@@ -1975,7 +1975,7 @@ enum ExecCheck {
 /// it, none above `height - 2` (the highest its justify can have
 /// committed), and its `exec_next` follows them (or is the parent's when it
 /// carries none).
-pub fn exec_well_formed(header: &BlockHeader, parent: &BlockHeader) -> bool {
+fn exec_well_formed(header: &BlockHeader, parent: &BlockHeader) -> bool {
     let Some(first) = header.exec.first() else {
         return header.exec_next == parent.exec_next;
     };

@@ -37,7 +37,7 @@ mod verify;
 pub use crate::core::Flaw;
 pub use crate::core::{
     AcceptAll, Action, Config, ConfigError, Core, EXEC_LAG, EXEC_RESULTS_KEPT, Event, Evidence,
-    PROBE_ROTATIONS, PayloadValidator, Restore, Stats, UNANSWERED_BLOCK_REQUESTS, exec_well_formed,
+    PROBE_ROTATIONS, PayloadValidator, Restore, Stats, UNANSWERED_BLOCK_REQUESTS,
 };
 pub use driver::{
     BLOCK_REQUEST_BURST, BLOCK_REQUESTS_PER_SEC, BlockStore, Driver, DriverConfig, DriverError,

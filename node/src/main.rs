@@ -78,33 +78,15 @@ enum Cmd {
     Account {
         /// The address (hex).
         address: String,
-        /// A node's JSON-RPC URL.
-        #[arg(long)]
-        rpc: String,
-        /// Answer only once the node has committed this height.
-        #[arg(long)]
-        min_height: Option<u64>,
         #[command(flatten)]
-        verify: wallet::VerifyArgs,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        read: wallet::ReadArgs,
     },
     /// Show a committed block.
     Block {
         /// A height, or `latest`.
         block: String,
-        /// A node's JSON-RPC URL.
-        #[arg(long)]
-        rpc: String,
-        /// Answer only once the node has committed this height.
-        #[arg(long)]
-        min_height: Option<u64>,
         #[command(flatten)]
-        verify: wallet::VerifyArgs,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        read: wallet::ReadArgs,
     },
     /// Show a node's status.
     Status {
@@ -187,20 +169,8 @@ fn main() -> std::process::ExitCode {
         }
         Cmd::Keys(k) => wallet::keys(k),
         Cmd::Tx(t) => wallet::tx(t),
-        Cmd::Account {
-            address,
-            rpc,
-            min_height,
-            verify,
-            json,
-        } => wallet::account(&address, &rpc, min_height, &verify, json),
-        Cmd::Block {
-            block,
-            rpc,
-            min_height,
-            verify,
-            json,
-        } => wallet::block(&block, &rpc, min_height, &verify, json),
+        Cmd::Account { address, read } => wallet::account(&address, &read),
+        Cmd::Block { block, read } => wallet::block(&block, &read),
         Cmd::Status { rpc, json } => wallet::status(&rpc, json),
     };
     match res {

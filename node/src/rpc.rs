@@ -1041,15 +1041,18 @@ fn not_retained(store: &phalanx_storage::Store, what: String) -> ErrorObjectOwne
     )
 }
 
-fn get_transaction(params: Params<'_>, ctx: &Ctx, _: ReadOpts) -> RpcResult {
-    let hash: String = first(&params)?;
-    let hash = digest_param(&hash)?;
+/// What `ledger_getTransaction` answers for `hash`, with its record.
+fn transaction_answer(
+    ctx: &Ctx,
+    hash: &Digest,
+) -> Result<(Value, Option<TxRecord>), ErrorObjectOwned> {
+    let hash = *hash;
     let store = &ctx.shared.store;
     let rec = store.transaction(&hash).map_err(internal)?;
     if let Some(rec) = &rec
         && rec.receipt.status == TxStatus::Applied
     {
-        return Ok(committed_json(&hash, rec));
+        return Ok((committed_json(&hash, rec), Some(rec.clone())));
     }
     // A failure receipt is not final while the transaction is pending
     // again (a leader may have put it out of nonce order).
@@ -1058,40 +1061,39 @@ fn get_transaction(params: Params<'_>, ctx: &Ctx, _: ReadOpts) -> RpcResult {
         if let Some(rec) = &rec {
             v["last_failure"] = committed_json(&hash, rec);
         }
-        return Ok(v);
+        return Ok((v, rec));
     }
-    if let Some(rec) = &rec {
-        return Ok(committed_json(&hash, rec));
+    if let Some(rec) = rec {
+        return Ok((committed_json(&hash, &rec), Some(rec)));
     }
     // Records go with their blocks: with history pruned, an unknown
     // hash may be one committed below what this node keeps.
     let from = store.first_retained_block().map_err(internal)?.0;
     if from > 1 {
-        return Ok(json!({
-            "hash": hash.to_hex(),
-            "status": "not_retained",
-            "retained_from": from,
-            "message": format!(
-                "not pending and not in the blocks this node keeps (heights {from} on); \
-                 a transaction committed below them has been pruned"
-            ),
-        }));
+        return Ok((
+            json!({
+                "hash": hash.to_hex(),
+                "status": "not_retained",
+                "retained_from": from,
+                "message": format!(
+                    "not pending and not in the blocks this node keeps (heights {from} on); \
+                     a transaction committed below them has been pruned"
+                ),
+            }),
+            None,
+        ));
     }
-    Ok(json!({ "hash": hash.to_hex(), "status": "unknown" }))
+    Ok((json!({ "hash": hash.to_hex(), "status": "unknown" }), None))
 }
 
 /// `ledger_getTransaction`, with the receipt's proof bundle when asked.
 async fn get_transaction_proved(params: Params<'static>, ctx: Arc<Ctx>) -> RpcResult {
     let opts = read_opts(&params, 1)?;
     reach(&ctx, opts.min_height).await?;
-    let mut v = get_transaction(params.clone(), &ctx, ReadOpts::default())?;
-    if !opts.proof || v["status"] != "committed" {
-        return Ok(v);
-    }
     let hash: String = first(&params)?;
-    let hash = digest_param(&hash)?;
+    let (mut v, rec) = transaction_answer(&ctx, &digest_param(&hash)?)?;
     let store = &ctx.shared.store;
-    let Some(rec) = store.transaction(&hash).map_err(internal)? else {
+    let Some(rec) = rec.filter(|_| opts.proof && v["status"] == "committed") else {
         return Ok(v);
     };
     let height = phalanx_consensus::Height(rec.height);
@@ -1175,20 +1177,26 @@ fn get_block(params: Params<'_>, ctx: &Ctx, opts: ReadOpts) -> RpcResult {
             "bytes": hex::encode(encode(&c)),
         })),
     });
-    // The state after this block, once a committed header certifies it.
-    let execution = if height == 0 {
-        None
-    } else {
-        certified_header(store, height)?
-    };
-    v["certified_state_root"] = json!(
-        execution
-            .as_ref()
-            .and_then(|c| c.header.exec.iter().find(|r| r.height.0 == height))
+    // The state after this block, once a committed header certifies it:
+    // this node's own result, which equals the certified one (it checked
+    // it, or voted on it), without reading the certifying block.
+    let h = phalanx_consensus::Height(height);
+    let certified = height > 0 && store.certified_by(h).map_err(internal)?.is_some();
+    v["certified_state_root"] = json!(if certified {
+        store
+            .exec_result(h)
+            .map_err(internal)?
             .map(|r| r.state_root.to_hex())
-    );
+    } else {
+        None
+    });
     if opts.proof {
         let cert = cert.ok_or_else(|| internal(format!("block {height} has no certificate")))?;
+        let execution = if certified {
+            certified_header(store, height)?
+        } else {
+            None
+        };
         v["proof"] = json!(crate::light::to_hex(&crate::light::BlockBundle {
             block,
             cert,

@@ -186,6 +186,17 @@ struct NodePorts {
     attacker: Option<crate::byzantine::Attacker>,
 }
 
+/// Whether an alarm line last logged at `last` may be logged again now
+/// (once per [`OWN_KEY_LOG_INTERVAL`]); notes the time when it may.
+fn log_due(last: &mut Option<Instant>) -> bool {
+    let now = Instant::now();
+    if last.is_some_and(|t| now.duration_since(t) < OWN_KEY_LOG_INTERVAL) {
+        return false;
+    }
+    *last = Some(now);
+    true
+}
+
 fn port_err(port: &'static str) -> impl Fn(StorageError) -> PortError {
     move |e| PortError::new(port, e)
 }
@@ -369,12 +380,7 @@ impl Monitor for NodePorts {
         self.metrics.own_key_elsewhere();
         // At most once per view (the core's bound); views pass quickly, so
         // the line is further limited to one a minute.
-        let now = Instant::now();
-        if self
-            .elsewhere_logged
-            .is_none_or(|t| now.duration_since(t) >= OWN_KEY_LOG_INTERVAL)
-        {
-            self.elsewhere_logged = Some(now);
+        if log_due(&mut self.elsewhere_logged) {
             error!(
                 view = view.0,
                 kind,
@@ -393,12 +399,7 @@ impl Monitor for NodePorts {
         self.metrics.execution_mismatch();
         // At most once per height (the core's bound); a lying leader can
         // name a new height in every view it leads, so one line a minute.
-        let now = Instant::now();
-        if self
-            .mismatch_logged
-            .is_none_or(|t| now.duration_since(t) >= OWN_KEY_LOG_INTERVAL)
-        {
-            self.mismatch_logged = Some(now);
+        if log_due(&mut self.mismatch_logged) {
             error!(
                 view = view.0,
                 proposer = proposer.0,

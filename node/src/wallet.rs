@@ -91,18 +91,33 @@ pub enum TxCmd {
     Status {
         /// The transaction hash (hex).
         hash: String,
-        /// A node's JSON-RPC URL.
-        #[arg(long)]
-        rpc: String,
-        /// Answer only once the node has committed this height.
-        #[arg(long)]
-        min_height: Option<u64>,
         #[command(flatten)]
-        verify: VerifyArgs,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
+        read: ReadArgs,
     },
+}
+
+/// What every read command takes: the node, the height to read at or
+/// above, whether to verify, and the output format.
+#[derive(clap::Args, Clone)]
+pub struct ReadArgs {
+    /// A node's JSON-RPC URL.
+    #[arg(long)]
+    pub rpc: String,
+    /// Answer only once the node has committed this height.
+    #[arg(long)]
+    pub min_height: Option<u64>,
+    #[command(flatten)]
+    pub verify: VerifyArgs,
+    /// Print JSON.
+    #[arg(long)]
+    pub json: bool,
+}
+
+impl ReadArgs {
+    /// The read options the node is sent.
+    fn options(&self) -> Value {
+        json!({ "proof": self.verify.verify, "min_height": self.min_height })
+    }
 }
 
 /// `--verify`: check the node's answer against the genesis, trusting
@@ -282,13 +297,7 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
 /// `phalanx tx …`.
 pub fn tx(cmd: TxCmd) -> Result<()> {
     match cmd {
-        TxCmd::Status {
-            hash,
-            rpc,
-            min_height,
-            verify,
-            json: j,
-        } => tx_status(&hash, &rpc, min_height, &verify, j),
+        TxCmd::Status { hash, read } => tx_status(&hash, &read),
         TxCmd::Sign {
             transfer:
                 TransferArgs {
@@ -412,22 +421,16 @@ fn verified_line(v: &Value) -> String {
 }
 
 /// `phalanx tx status HASH --rpc URL`.
-pub fn tx_status(
-    hash: &str,
-    rpc: &str,
-    min_height: Option<u64>,
-    verify: &VerifyArgs,
-    j: bool,
-) -> Result<()> {
+pub fn tx_status(hash: &str, read: &ReadArgs) -> Result<()> {
     let hash = Digest::from_hex(hash.strip_prefix("0x").unwrap_or(hash))
         .with_context(|| format!("transaction hash `{hash}`"))?;
-    let anchor = verify.anchor()?;
+    let anchor = read.verify.anchor()?;
+    let j = read.json;
     block_on(async move {
-        let opts = json!({ "proof": anchor.is_some(), "min_height": min_height });
         let v = call(
-            rpc,
+            &read.rpc,
             "ledger_getTransaction",
-            vec![json!(hash.to_hex()), opts],
+            vec![json!(hash.to_hex()), read.options()],
         )
         .await?;
         let v = match &anchor {
@@ -460,18 +463,13 @@ pub fn tx_status(
 }
 
 /// `phalanx account ADDR --rpc URL`.
-pub fn account(
-    addr: &str,
-    rpc: &str,
-    min_height: Option<u64>,
-    verify: &VerifyArgs,
-    j: bool,
-) -> Result<()> {
+pub fn account(addr: &str, read: &ReadArgs) -> Result<()> {
     let addr = parse_address(addr)?;
-    let anchor = verify.anchor()?;
+    let anchor = read.verify.anchor()?;
+    let j = read.json;
     block_on(async move {
-        let opts = json!({ "proof": anchor.is_some(), "min_height": min_height });
-        let v = call(rpc, "ledger_getAccount", vec![json!(addr.to_hex()), opts]).await?;
+        let params = vec![json!(addr.to_hex()), read.options()];
+        let v = call(&read.rpc, "ledger_getAccount", params).await?;
         let v = match &anchor {
             None => v,
             Some(anchor) => {
@@ -518,13 +516,7 @@ pub fn account(
 }
 
 /// `phalanx block HEIGHT|latest --rpc URL`.
-pub fn block(
-    which: &str,
-    rpc: &str,
-    min_height: Option<u64>,
-    verify: &VerifyArgs,
-    j: bool,
-) -> Result<()> {
+pub fn block(which: &str, read: &ReadArgs) -> Result<()> {
     let which = match which {
         "latest" => json!("latest"),
         h => json!(
@@ -532,10 +524,10 @@ pub fn block(
                 .with_context(|| format!("block `{h}`: expected a height or `latest`"))?
         ),
     };
-    let anchor = verify.anchor()?;
+    let anchor = read.verify.anchor()?;
+    let j = read.json;
     block_on(async move {
-        let opts = json!({ "proof": anchor.is_some(), "min_height": min_height });
-        let v = call(rpc, "ledger_getBlock", vec![which, opts]).await?;
+        let v = call(&read.rpc, "ledger_getBlock", vec![which, read.options()]).await?;
         let v = match &anchor {
             None => v,
             Some(anchor) => {

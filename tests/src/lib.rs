@@ -149,6 +149,23 @@ impl Default for ClusterOptions {
     }
 }
 
+impl ClusterOptions {
+    /// A chain that moves fast: a 10 ms empty-block delay, short view
+    /// timeouts (250 ms, at most 2 s) and a checkpoint every 10 blocks.
+    pub fn fast() -> ClusterOptions {
+        ClusterOptions {
+            extra_config: "empty_block_delay_ms = 10".into(),
+            params: Params {
+                checkpoint_interval: 10,
+                base_timeout_ms: 250,
+                max_timeout_ms: 2000,
+                ..Params::default()
+            },
+            ..ClusterOptions::default()
+        }
+    }
+}
+
 /// A local cluster of validator processes.
 pub struct Cluster {
     /// Scratch directory holding every home.

@@ -62,16 +62,9 @@ fn stable(c: &Cluster, i: usize) -> u64 {
 /// timeouts, a checkpoint every 10 blocks) and whose validators keep
 /// `retained` blocks below their stable checkpoint.
 fn fast_cluster(retained: u64) -> Cluster {
-    Cluster::new(ClusterOptions {
-        extra_config: format!("empty_block_delay_ms = 10\nretained_blocks = {retained}"),
-        params: phalanx_ledger::Params {
-            checkpoint_interval: 10,
-            base_timeout_ms: 250,
-            max_timeout_ms: 2000,
-            ..phalanx_ledger::Params::default()
-        },
-        ..ClusterOptions::default()
-    })
+    let mut opts = ClusterOptions::fast();
+    opts.extra_config += &format!("\nretained_blocks = {retained}");
+    Cluster::new(opts)
 }
 
 #[test]

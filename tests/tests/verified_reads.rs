@@ -10,16 +10,7 @@ use phalanx_tests::{Cluster, ClusterOptions, account, phalanx, transfer_hex};
 use serde_json::{Value, json};
 
 fn fast_cluster() -> Cluster {
-    Cluster::new(ClusterOptions {
-        extra_config: "empty_block_delay_ms = 10".into(),
-        params: phalanx_ledger::Params {
-            checkpoint_interval: 10,
-            base_timeout_ms: 250,
-            max_timeout_ms: 2000,
-            ..phalanx_ledger::Params::default()
-        },
-        ..ClusterOptions::default()
-    })
+    Cluster::new(ClusterOptions::fast())
 }
 
 /// Runs the CLI; returns the parsed JSON of a success, or the error text.
